@@ -1,0 +1,7 @@
+"""mdsample: fast, exact sampling kernels for masked diffusion language models."""
+from .ops.sampling import SampleResult, sample_categorical
+from .ops.unmask import unmask_step
+
+__version__ = "0.1.0"
+
+__all__ = ["SampleResult", "sample_categorical", "unmask_step", "__version__"]

@@ -1,0 +1,70 @@
+"""Which backends loaded in this process, and why the others did not (DESIGN.md §2)."""
+from __future__ import annotations
+
+import os
+
+BACKENDS = ("cuda", "triton", "cpu", "reference")
+
+_reasons: dict[str, str] = {}
+
+try:
+    from . import _C  # type: ignore[attr-defined]
+except ImportError as exc:  # pure-Python install (MDSAMPLE_NO_EXT=1) or a failed build
+    _C = None
+    _reasons["cpu"] = _reasons["cuda"] = f"mdsample._C did not import: {exc}"
+else:
+    if not _C.has_cuda():
+        _reasons["cuda"] = "mdsample._C was built without nvcc (no CUDA kernels compiled in)"
+    elif not _C.cuda_kernels_ready():
+        _reasons["cuda"] = "CUDA kernels of the sampling ops are not in this version yet (issue 3)"
+
+try:
+    import triton  # noqa: F401
+    import triton.language  # noqa: F401
+except ImportError as exc:
+    triton = None
+    _reasons["triton"] = f"triton did not import: {exc}"
+
+
+def triton_interpreted() -> bool:
+    """True when Triton kernels run on the CPU through ``TRITON_INTERPRET=1``."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def available(backend: str, device_type: str) -> bool:
+    """Whether ``backend`` can run on tensors of ``device_type`` ("cpu" or "cuda")."""
+    if backend in _reasons:
+        return False
+    if backend == "cpu":
+        return device_type == "cpu"
+    if backend == "cuda":
+        return device_type == "cuda"
+    if backend == "triton":
+        return device_type == "cuda" or triton_interpreted()
+    return backend == "reference"
+
+
+def why_not(backend: str, device_type: str) -> str:
+    """A sentence saying why ``backend`` cannot run on ``device_type`` tensors."""
+    if backend in _reasons:
+        return _reasons[backend]
+    if backend == "triton" and device_type == "cpu":
+        return "triton runs CPU tensors only under TRITON_INTERPRET=1"
+    return f"backend {backend!r} does not run on {device_type} tensors"
+
+
+def resolve(backend: str, device_type: str) -> str:
+    """The backend to run: ``auto`` picks cuda -> triton -> reference on GPU, cpu -> reference on CPU."""
+    if backend == "auto":
+        order = ("cuda", "triton", "reference") if device_type == "cuda" else ("cpu", "reference")
+        return next(b for b in order if available(b, device_type))
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {backend!r}")
+    if not available(backend, device_type):
+        raise ValueError(f"backend {backend!r} is not available: {why_not(backend, device_type)}")
+    return backend
+
+
+def compiled_module():
+    """The loaded ``mdsample._C`` (None in a pure-Python install)."""
+    return _C

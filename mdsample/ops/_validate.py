@@ -1,0 +1,110 @@
+"""Argument checks shared by the public ops: every error names the argument and what was expected."""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def as_tensor(name: str, value) -> torch.Tensor:
+    """``value`` as a torch tensor; objects with ``__dlpack__`` (CuPy, JAX) come in without a copy."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if hasattr(value, "__dlpack__"):
+        return torch.from_dlpack(value)
+    raise TypeError(f"{name} must be a torch.Tensor (or a DLPack array); got {type(value).__name__}")
+
+
+def float_logits(name: str, value) -> torch.Tensor:
+    """A ``[..., V]`` float16/bfloat16/float32/float64 tensor with a contiguous last dim."""
+    t = as_tensor(name, value)
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64; got {t.dtype}")
+    if t.dim() < 1 or t.shape[-1] < 1:
+        raise ValueError(f"{name} must have shape [..., V] with V >= 1; got {tuple(t.shape)}")
+    if t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(f"{name} must have a contiguous last dim (stride 1); got strides {t.stride()}: call .contiguous()")
+    return t
+
+
+def check_device(name: str, t: torch.Tensor, device: torch.device) -> None:
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the logits are on {device}: put them on the same device")
+
+
+def per_row(name: str, value, lead_shape: torch.Size, device: torch.device, dtype: torch.dtype, *, kind: str) -> torch.Tensor:
+    """A Python number or tensor broadcast over the leading dims, as a contiguous ``[N]`` tensor.
+
+    ``kind`` is "float", "int" or "bool": the accepted input dtypes.
+    """
+    n = math.prod(lead_shape)
+    if isinstance(value, bool) and kind != "bool":
+        raise TypeError(f"{name} must be a number or tensor, not bool")
+    if isinstance(value, numbers.Number) and not isinstance(value, torch.Tensor):
+        if kind == "int" and not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int or int64 tensor; got {type(value).__name__}")
+        if kind == "int" and not (-(2**63) <= int(value) < 2**64):
+            raise ValueError(f"{name} must fit in 64 bits; got {value}")
+        if kind == "int" and int(value) >= 2**63:  # unsigned 64-bit seeds keep their bits
+            value = int(value) - 2**64
+        return torch.full((n,), value, dtype=dtype, device=device)
+    t = as_tensor(name, value)
+    ok = {
+        "float": t.dtype.is_floating_point,
+        "int": t.dtype in INT_DTYPES,
+        "bool": t.dtype == torch.bool,
+    }[kind]
+    if not ok:
+        expected = {"float": "a float", "int": "an integer", "bool": "a bool"}[kind]
+        raise TypeError(f"{name} must be {expected} tensor; got {t.dtype}")
+    check_device(name, t, device)
+    try:
+        t = t.expand(lead_shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{name} must broadcast to the leading dims {tuple(lead_shape)}; got shape {tuple(t.shape)}"
+        ) from None
+    return t.reshape(n).to(dtype).contiguous()
+
+
+def row_offsets(t: torch.Tensor) -> torch.Tensor:
+    """Element offset of each row of ``[..., V]`` from ``t.data_ptr()``, as int64 ``[N]``.
+
+    Works for any strides of the leading dims (an ``expand``ed row is read in place, not copied).
+    """
+    offs = torch.zeros((), dtype=torch.int64, device=t.device)
+    for size, stride in zip(t.shape[:-1], t.stride()[:-1]):
+        offs = offs.unsqueeze(-1) + torch.arange(size, device=t.device, dtype=torch.int64) * stride
+    return offs.reshape(-1).contiguous()
+
+
+def finite_number(name: str, value, *, low: float | None = None, low_inclusive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite; got {value}")
+    if low is not None and (v < low or (v == low and not low_inclusive)):
+        raise ValueError(f"{name} must be {'>=' if low_inclusive else '>'} {low}; got {value}")
+    return v
+
+
+def token_id(name: str, value, vocab: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int token id; got {type(value).__name__}")
+    if not 0 <= int(value) < vocab:
+        raise ValueError(f"{name} must be a token id in [0, {vocab}); got {value}")
+    return int(value)
+
+
+def unravel(flat_index: int, shape) -> tuple[int, ...]:
+    """Flat row index -> index tuple over the leading dims (for error messages)."""
+    out = []
+    for size in reversed(tuple(shape)):
+        out.append(flat_index % size)
+        flat_index //= size
+    return tuple(reversed(out))

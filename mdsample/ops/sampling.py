@@ -1,0 +1,192 @@
+"""``mdsample.sample_categorical``: exact fused categorical sampling from logits (DESIGN.md §5)."""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .. import _backends
+from ..reference.philox import MAX_POSITION
+from . import _validate as V
+from ._rows import RowDraw, run
+from .library import sample_rows_op
+
+
+class SampleResult(NamedTuple):
+    """Tokens and per-token statistics, all over the leading dims ``[...]``.
+
+    ``logprob``/``prob``: log-probability and probability of the returned token;
+    ``margin``: top-1 minus top-2 probability; ``entropy``: of the distribution, in nats.
+    Statistics are of ``softmax(l / stats_temperature)`` (float32) and NaN on inactive or bad rows.
+    """
+
+    tokens: torch.Tensor
+    logprob: torch.Tensor
+    prob: torch.Tensor
+    margin: torch.Tensor
+    entropy: torch.Tensor
+
+
+def build_request(
+    logits, *, temperature, seed, offset, positions, exclude, active, fallback, guidance, guidance_scale,
+    stats_temperature, return_stats, check,
+) -> RowDraw:
+    """Validate the arguments shared by sample_categorical and unmask_step into a :class:`RowDraw`."""
+    logits = V.float_logits("logits", logits)
+    device, lead, vocab = logits.device, logits.shape[:-1], logits.shape[-1]
+    n = math.prod(lead)
+
+    def rows(name, value, dtype, kind):
+        return V.per_row(name, value, lead, device, dtype, kind=kind)
+
+    if isinstance(temperature, torch.Tensor):
+        temp = rows("temperature", temperature, torch.float32, "float")
+        if check and n and not bool(((temp >= 0) & torch.isfinite(temp)).all()):
+            raise ValueError("temperature must be finite and >= 0 in every row")
+    else:
+        temp = rows("temperature", V.finite_number("temperature", temperature, low=0.0), torch.float32, "float")
+
+    position = (
+        torch.arange(n, device=device, dtype=torch.int64) if positions is None
+        else rows("positions", positions, torch.int64, "int")
+    )
+    if check and positions is not None and n:
+        if not bool(((position >= 0) & (position <= MAX_POSITION)).all()):
+            raise ValueError("positions must lie in [0, 2^48) in every row")
+
+    g_offsets, scale = None, 0.0
+    if guidance is not None:
+        guidance = V.float_logits("guidance", guidance)
+        V.check_device("guidance", guidance, device)
+        if guidance.shape != logits.shape or guidance.dtype != logits.dtype:
+            raise ValueError(
+                f"guidance must match logits in shape and dtype ({tuple(logits.shape)}, {logits.dtype}); "
+                f"got {tuple(guidance.shape)}, {guidance.dtype}"
+            )
+        g_offsets = V.row_offsets(guidance)
+        scale = V.finite_number("guidance_scale", guidance_scale)
+    elif guidance_scale != 0.0:
+        raise ValueError("guidance_scale needs guidance (the unconditional logits)")
+
+    if active is None and fallback is not None:
+        raise ValueError("fallback is what inactive rows return: it needs active")
+    act = None if active is None else rows("active", active, torch.bool, "bool")
+    fb = None if fallback is None else rows("fallback", fallback, torch.int64, "int")
+
+    stats_t = None
+    if stats_temperature is not None and not return_stats:
+        raise ValueError("stats_temperature needs return_stats=True")
+    if return_stats:
+        if stats_temperature is None:
+            stats_t = torch.where(temp > 0, temp, 1.0)  # argmax rows report stats at T = 1, as LLaDA does
+        elif isinstance(stats_temperature, torch.Tensor):
+            stats_t = rows("stats_temperature", stats_temperature, torch.float32, "float")
+            if check and n and not bool(((stats_t > 0) & torch.isfinite(stats_t)).all()):
+                raise ValueError("stats_temperature must be finite and > 0 in every row")
+        else:
+            st = V.finite_number("stats_temperature", stats_temperature, low=0.0, low_inclusive=False)
+            stats_t = rows("stats_temperature", st, torch.float32, "float")
+
+    return RowDraw(
+        logits=logits,
+        row_offsets=V.row_offsets(logits),
+        temperature=temp,
+        seed=rows("seed", seed, torch.int64, "int"),
+        offset=rows("offset", offset, torch.int64, "int"),
+        position=position,
+        exclude=-1 if exclude is None else V.token_id("exclude", exclude, vocab),
+        guidance=guidance,
+        guidance_offsets=g_offsets,
+        guidance_scale=scale,
+        active=act,
+        fallback=fb,
+        stats_temperature=stats_t,
+    )
+
+
+def raise_bad_rows(req: RowDraw, tokens: torch.Tensor, considered: torch.Tensor | None) -> None:
+    """With check=True: raise ValueError naming the first row that had no valid draw."""
+    bad = tokens < 0
+    if considered is not None:
+        bad &= considered
+    if not bool(bad.any()):
+        return
+    r = int(bad.nonzero()[0, 0])
+    lead = req.logits.shape[:-1]
+    row = req.logits.reshape(-1, req.vocab)[r].double()
+    where = f"logits{list(V.unravel(r, lead))}" if lead else "logits"
+    if req.guidance is not None:  # a NaN or +inf on either side spoils the guided row
+        row = row + req.guidance.reshape(-1, req.vocab)[r].double().clamp_min(0.0)
+    if torch.isnan(row).any():
+        raise ValueError(f"{where} contains NaN (row {r} of {len(tokens)})")
+    if torch.isposinf(row).any():
+        raise ValueError(f"{where} contains +inf (row {r} of {len(tokens)})")
+    raise ValueError(f"{where} has no finite logit outside `exclude` (row {r} of {len(tokens)}): nothing to sample")
+
+
+def sample_categorical(
+    logits,
+    *,
+    temperature=1.0,
+    seed=0,
+    offset=0,
+    positions=None,
+    exclude=None,
+    active=None,
+    fallback=None,
+    guidance=None,
+    guidance_scale=0.0,
+    return_stats=False,
+    stats_temperature=None,
+    check=True,
+    backend="auto",
+):
+    """Draw one token per row of ``logits`` from ``softmax(logits / temperature)``, exactly.
+
+    Args:
+        logits: ``[..., V]`` float16/bfloat16/float32/float64, last dim stride 1;
+            leading dims may have any strides (an expanded tensor is not copied).
+        temperature: float >= 0 or float tensor over the leading dims ``[...]``; 0 = argmax
+            (lowest index on ties, no randomness consumed).
+        seed, offset: int or int64 tensor over ``[...]``: the Philox key and step counter.
+        positions: int64 ``[...]`` in [0, 2^48), the row's identity in the counter
+            (default: flat row index). Same (seed, offset, position) = same token,
+            whatever the batch or backend.
+        exclude: token id never returned (the mask token).
+        active: bool ``[...]``; inactive rows are not read and return ``fallback``
+            (int or int64 ``[...]``; -1 when not given).
+        guidance: unconditional logits, same shape/dtype as ``logits``; the draw is from
+            ``l_u + (guidance_scale + 1)(l_c - l_u)`` (SMDM / LLaDA CFG), fused in the same read.
+        return_stats: also return logprob, prob, margin and entropy (a :class:`SampleResult`).
+        stats_temperature: temperature of those statistics: default the sampling temperature
+            (Dream), 1.0 on argmax rows; pass 1.0 for LLaDA's confidence.
+        check: validate values (NaN rows, ranges) with a host sync; False is graph-safe
+            and returns -1 for bad rows.
+        backend: "auto", "cuda", "triton", "cpu" or "reference".
+
+    Returns:
+        int64 tokens ``[...]``, or a :class:`SampleResult` with ``return_stats=True``.
+    """
+    req = build_request(
+        logits, temperature=temperature, seed=seed, offset=offset, positions=positions, exclude=exclude,
+        active=active, fallback=fallback, guidance=guidance, guidance_scale=guidance_scale,
+        stats_temperature=stats_temperature, return_stats=return_stats, check=check,
+    )
+    chosen = _backends.resolve(backend, req.logits.device.type)
+    if torch.compiler.is_compiling():
+        tokens, stats = sample_rows_op(req, chosen)
+    else:
+        tokens, stats = run(req, chosen)
+        if check:
+            raise_bad_rows(req, tokens, req.active)
+    return shape_result(req, tokens, stats)
+
+
+def shape_result(req: RowDraw, tokens: torch.Tensor, stats: torch.Tensor | None):
+    """Reshape ``[N]`` tokens and ``[N, 4]`` stats to the leading dims of the logits."""
+    lead = req.logits.shape[:-1]
+    tokens = tokens.view(lead)
+    if stats is None:
+        return tokens
+    return SampleResult(tokens, *(stats[:, i].reshape(lead) for i in range(4)))

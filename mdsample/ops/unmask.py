@@ -1,0 +1,90 @@
+"""``mdsample.unmask_step``: one fused MDLM ancestral step with carry-over (DESIGN.md §5)."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .. import _backends
+from . import _validate as V
+from .library import sample_rows_op
+from ._rows import run
+from .sampling import build_request, raise_bad_rows
+
+
+def unmask_step(
+    logits,
+    x,
+    *,
+    mask_id,
+    reveal_prob,
+    temperature=1.0,
+    seed=0,
+    offset=0,
+    positions=None,
+    guidance=None,
+    guidance_scale=0.0,
+    return_revealed=False,
+    check=True,
+    backend="auto",
+):
+    """Reveal masked positions and draw their tokens, in one pass.
+
+    Each position with ``x == mask_id`` draws a reveal coin from its own Philox
+    domain and is revealed with probability ``reveal_prob`` (MDLM:
+    ``(alpha_s - alpha_t) / (1 - alpha_t)``); only revealed positions read their
+    logits row and take a token from ``softmax(l / temperature)`` without the
+    mask token (SUBS). Unmasked and unrevealed positions return ``x`` unread.
+
+    Args:
+        logits: ``[B, L, V]`` (any ``[..., V]``) float16/bfloat16/float32/float64.
+        x: int64 ``[B, L]`` (the leading dims of ``logits``): current tokens. Not modified.
+        mask_id: the mask token id, in [0, V).
+        reveal_prob: float in [0, 1] or float tensor broadcastable to ``[B, L]``
+            (e.g. ``[B, 1]`` for a per-sequence time).
+        temperature, seed, offset, positions, guidance, guidance_scale, check, backend:
+            as in :func:`mdsample.sample_categorical`.
+        return_revealed: also return the bool ``[B, L]`` mask of positions revealed this step.
+
+    Returns:
+        new tokens int64 ``[B, L]`` (and the revealed mask).
+    """
+    req = build_request(
+        logits, temperature=temperature, seed=seed, offset=offset, positions=positions, exclude=None,
+        active=None, fallback=None, guidance=guidance, guidance_scale=guidance_scale,
+        stats_temperature=None, return_stats=False, check=check,
+    )
+    logits = req.logits
+    lead, vocab = logits.shape[:-1], logits.shape[-1]
+    x = V.as_tensor("x", x)
+    if x.dtype not in V.INT_DTYPES:
+        raise TypeError(f"x must be an integer tensor of token ids; got {x.dtype}")
+    V.check_device("x", x, logits.device)
+    if x.shape != lead:
+        raise ValueError(f"x must have the leading shape of logits {tuple(lead)}; got {tuple(x.shape)}")
+    mask_id = V.token_id("mask_id", mask_id, vocab)
+    if isinstance(reveal_prob, torch.Tensor):
+        prob = V.per_row("reveal_prob", reveal_prob, lead, logits.device, torch.float64, kind="float")
+        if check and prob.numel() and not bool(((prob >= 0) & (prob <= 1)).all()):
+            raise ValueError("reveal_prob must lie in [0, 1] in every row")
+    else:
+        p = V.finite_number("reveal_prob", reveal_prob, low=0.0)
+        if p > 1.0:
+            raise ValueError(f"reveal_prob must lie in [0, 1]; got {reveal_prob}")
+        prob = V.per_row("reveal_prob", p, lead, logits.device, torch.float64, kind="float")
+    flat_x = x.reshape(-1).to(torch.int64).contiguous()
+    if check and flat_x.numel() and not bool(((flat_x >= 0) & (flat_x < vocab)).all()):
+        raise ValueError(f"x must hold token ids in [0, {vocab})")
+    req = dataclasses.replace(req, x=flat_x, mask_id=mask_id, reveal_prob=prob, exclude=mask_id)
+
+    chosen = _backends.resolve(backend, logits.device.type)
+    if torch.compiler.is_compiling():
+        tokens, _ = sample_rows_op(req, chosen)
+    else:
+        tokens, _ = run(req, chosen)
+        if check:
+            raise_bad_rows(req, tokens, flat_x == mask_id)
+    tokens = tokens.view(lead)
+    if return_revealed:
+        return tokens, (x == mask_id) & (tokens != mask_id)
+    return tokens

@@ -1,0 +1,145 @@
+"""Float64 reference of mdsample's categorical draw: the specification every backend follows.
+
+The algorithm (one per row, specified here and in csrc/sampling_cpu.cpp):
+
+1. Scores. ``g_i`` = logit (with guidance: ``l_u + (w + 1)(l_c - l_u)``, and
+   ``-inf`` when either side is ``-inf``); the ``exclude`` token gets ``-inf``.
+   A NaN or ``+inf`` score, or no finite score, makes the row bad (token -1).
+2. Temperature 0: the lowest index of ``max g`` (argmax); no randomness is used.
+3. Otherwise ``a_i = g_i / T``. The vocabulary is cut in chunks of
+   ``CHUNK = 2048`` tokens; chunk ``c`` has ``m_c = max a_i`` and
+   ``S_c = sum exp(a_i - m_c)``, and weight ``W_c = S_c exp(m_c - M)``.
+4. One Philox call (domain TOKEN) gives 128 bits: ``u1`` from words 0-1 and
+   ``u2`` from words 2-3, each a centred 53-bit uniform.
+5. Level 1 (inverse CDF over chunks): the first chunk whose running sum of
+   ``W`` exceeds ``u1 * sum W``. Level 2 (inverse CDF inside it): the first
+   token whose running sum of ``exp(a_i - m_c)`` exceeds ``u2 * S_c``, where
+   the compiled kernels recompute ``S_c`` in float64 for this one chunk so the
+   draw inside it is exact to double precision.
+
+Why this algorithm: it is exact (P(token) = W_c / sum W * w_i / S_c), it reads
+each logit once from memory, and it needs two random numbers per row instead
+of a Philox draw and two logarithms per token (DESIGN.md §3); the chunk sums
+are independent so GPUs split them across CTAs and merge without a second
+pass. The only inexactness is float rounding in the sums (relative ~1e-7),
+far below the 1e-3 frequency budget of DESIGN.md §4.
+
+This module computes the same thing over a dense ``[N, V]`` float64 tensor: it
+is the ground truth of the tests and the naive baseline of the benchmarks.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .philox import DOMAIN_TOKEN, draw_words, uniform53
+
+CHUNK = 2048
+
+
+def guided_scores(logits: torch.Tensor, guidance: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:
+    """Float64 scores ``[N, V]`` from logits ``[N, V]`` and optional unconditional logits ``[N, V]``."""
+    g = logits.to(torch.float64)
+    if guidance is None:
+        return g
+    u = guidance.to(torch.float64)
+    combined = u + (guidance_scale + 1.0) * (g - u)
+    return torch.where(torch.isneginf(g) | torch.isneginf(u), -math.inf, combined)
+
+
+def _first_over(cum: torch.Tensor, weights: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Index of the first running sum > target per row; the last positive weight if none."""
+    idx = (cum <= target.unsqueeze(-1)).sum(-1)
+    n = cum.shape[-1]
+    positions = torch.arange(n, device=cum.device).expand_as(weights)
+    last_positive = torch.where(weights > 0, positions, -1).amax(-1)
+    return torch.where(idx >= n, last_positive, idx)
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    *,
+    temperature: torch.Tensor,
+    seed: torch.Tensor,
+    offset: torch.Tensor,
+    position: torch.Tensor,
+    exclude: int = -1,
+    guidance: torch.Tensor | None = None,
+    guidance_scale: float = 0.0,
+    active: torch.Tensor | None = None,
+    fallback: torch.Tensor | None = None,
+    stats_temperature: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Draw one token per row.
+
+    Args:
+        logits: ``[N, V]`` any float dtype.
+        temperature: ``[N]`` float32, 0 = argmax.
+        seed, offset, position: ``[N]`` int64 Philox key and counter parts.
+        exclude: token id never returned (-1: none).
+        guidance: ``[N, V]`` unconditional logits or None; ``guidance_scale`` is w.
+        active: ``[N]`` bool or None; inactive rows return ``fallback`` ([N] int64, or -1).
+        stats_temperature: ``[N]`` float32; when given, also return stats.
+
+    Returns:
+        tokens ``[N]`` int64 (-1 for bad rows) and, with ``stats_temperature``,
+        stats ``[N, 4]`` float32: logprob and prob of the token, top1 - top2
+        probability margin and entropy, all of ``softmax(g / stats_temperature)``.
+    """
+    n, v = logits.shape
+    device = logits.device
+    g = guided_scores(logits, guidance, guidance_scale)
+    if 0 <= exclude < v:
+        g[:, exclude] = -math.inf
+    bad = torch.isnan(g).any(-1) | torch.isposinf(g).any(-1) | ~torch.isfinite(g).any(-1)
+
+    # Temperature 0: lowest index of the maximum (torch.argmax does not promise which tie).
+    gmax = g.amax(-1, keepdim=True)
+    idx = torch.arange(v, device=device)
+    argmax = torch.where(g == gmax, idx, v).amin(-1)
+
+    t = temperature.to(torch.float64).unsqueeze(-1)
+    a = torch.where(t > 0, g / torch.where(t > 0, t, 1.0), -math.inf)
+    nc = -(-v // CHUNK)
+    a = torch.nn.functional.pad(a, (0, nc * CHUNK - v), value=-math.inf).view(n, nc, CHUNK)
+    m = a.amax(-1)
+    finite_m = torch.where(torch.isfinite(m), m, 0.0)
+    w = torch.exp(a - finite_m.unsqueeze(-1))
+    s = w.sum(-1)
+    big_m = m.amax(-1, keepdim=True)
+    weights = s * torch.exp(torch.where(torch.isfinite(m), m - torch.where(torch.isfinite(big_m), big_m, 0.0), -math.inf))
+
+    w0, w1, w2, w3 = draw_words(seed, offset, position, DOMAIN_TOKEN)
+    u1, u2 = uniform53(w0, w1), uniform53(w2, w3)
+    cum = weights.cumsum(-1)
+    chunk = _first_over(cum, weights, u1 * cum[:, -1]).clamp_min(0)
+    inner_w = w.gather(1, chunk.view(n, 1, 1).expand(n, 1, CHUNK)).squeeze(1)
+    inner_cum = inner_w.cumsum(-1)
+    inner = _first_over(inner_cum, inner_w, u2 * inner_cum[:, -1])
+    sampled = chunk * CHUNK + inner
+
+    tokens = torch.where(temperature > 0, sampled, argmax)
+    tokens = torch.where(bad, -1, tokens)
+    if active is not None:
+        fb = fallback if fallback is not None else torch.full_like(tokens, -1)
+        tokens = torch.where(active, tokens, fb)
+
+    stats = None
+    if stats_temperature is not None:
+        y = g / stats_temperature.to(torch.float64).unsqueeze(-1)
+        lse = torch.logsumexp(y, -1)
+        logp = y - lse.unsqueeze(-1)
+        p = torch.exp(logp)
+        safe_tok = tokens.clamp(0, v - 1).unsqueeze(-1)
+        tok_logp = logp.gather(1, safe_tok).squeeze(1)
+        top = p.topk(min(2, v), -1).values
+        p2 = top[:, 1] if v > 1 else torch.zeros_like(lse)
+        margin = top[:, 0] - p2
+        entropy = -torch.where(p > 0, p * logp, 0.0).sum(-1)
+        stats = torch.stack([tok_logp, tok_logp.exp(), margin, entropy], -1).to(torch.float32)
+        invalid = bad | (tokens < 0)
+        if active is not None:
+            invalid = invalid | ~active
+        stats[invalid] = math.nan
+    return tokens, stats
