@@ -42,7 +42,5 @@ struct SampleArgs {
 };
 
 void sample_cpu(const SampleArgs& args);
-// Returns false when this build has no CUDA support.
-bool sample_cuda(const SampleArgs& args, int64_t stream);
 
 }  // namespace mdsample

@@ -1,0 +1,69 @@
+// mdsample._C: one flat export list. Launchers take raw pointers (as Python
+// ints), sizes and dtype codes; nothing here includes torch (DESIGN.md §2).
+#include <pybind11/pybind11.h>
+
+#include <stdint.h>
+
+#include "sampling.h"
+
+namespace py = pybind11;
+
+namespace mdsample {
+const char* cpu_isa();
+bool cuda_compiled();
+const char* cuda_archs();
+void philox_cuda(uint64_t out, int64_t n, uint64_t counters, uint64_t keys, int64_t stream);
+}  // namespace mdsample
+
+namespace {
+
+template <typename T>
+T* ptr(const py::kwargs& kw, const char* name) {
+  return reinterpret_cast<T*>(kw[name].cast<uintptr_t>());
+}
+
+mdsample::SampleArgs sample_args(const py::kwargs& kw) {
+  mdsample::SampleArgs a;
+  a.logits = ptr<const void>(kw, "logits");
+  a.dtype = kw["dtype"].cast<int>();
+  a.n_rows = kw["n_rows"].cast<int64_t>();
+  a.vocab = kw["vocab"].cast<int64_t>();
+  a.row_offsets = ptr<const int64_t>(kw, "row_offsets");
+  a.guidance = ptr<const void>(kw, "guidance");
+  a.guidance_offsets = ptr<const int64_t>(kw, "guidance_offsets");
+  a.guidance_scale = kw["guidance_scale"].cast<float>();
+  a.temperature = ptr<const float>(kw, "temperature");
+  a.seed = ptr<const int64_t>(kw, "seed");
+  a.offset = ptr<const int64_t>(kw, "offset");
+  a.position = ptr<const int64_t>(kw, "position");
+  a.exclude = kw["exclude"].cast<int64_t>();
+  a.active = ptr<const uint8_t>(kw, "active");
+  a.fallback = ptr<const int64_t>(kw, "fallback");
+  a.x = ptr<const int64_t>(kw, "x");
+  a.mask_id = kw["mask_id"].cast<int64_t>();
+  a.reveal_prob = ptr<const double>(kw, "reveal_prob");
+  a.out = ptr<int64_t>(kw, "out");
+  a.stats = ptr<float>(kw, "stats");
+  a.stats_temperature = ptr<const float>(kw, "stats_temperature");
+  return a;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "mdsample compiled kernels (CPU, and CUDA when built with nvcc)";
+  m.def("cpu_isa", &mdsample::cpu_isa, "Instruction set of the CPU kernels picked on this machine");
+  m.def("has_cuda", &mdsample::cuda_compiled, "Whether CUDA code was compiled into this build");
+  m.def("cuda_archs", &mdsample::cuda_archs, "CUDA architectures compiled in (empty without nvcc)");
+  m.def("cuda_kernels_ready", [] { return false; },
+        "Whether the CUDA sampling kernels are in this build (issue 3: not yet)");
+  m.def("sample_cpu", [](py::kwargs kw) {
+    const mdsample::SampleArgs a = sample_args(kw);
+    py::gil_scoped_release nogil;
+    mdsample::sample_cpu(a);
+  }, "Row draw of sample_categorical / unmask_step on CPU (see csrc/sampling.h)");
+  m.def("philox_cuda", [](uintptr_t out, int64_t n, uintptr_t counters, uintptr_t keys, int64_t stream) {
+    mdsample::philox_cuda(out, n, counters, keys, stream);
+  }, py::arg("out"), py::arg("n"), py::arg("counters"), py::arg("keys"), py::arg("stream"),
+     "Philox4x32-10 of n (counter[4], key[2]) uint32 pairs on the GPU (known-answer tests)");
+}

@@ -1,0 +1,17 @@
+// Built instead of the .cu files when nvcc is absent: the CPU part of the
+// extension still builds and says plainly that it has no CUDA code.
+#include <stdint.h>
+
+#include <stdexcept>
+
+namespace mdsample {
+
+bool cuda_compiled() { return false; }
+
+const char* cuda_archs() { return ""; }
+
+void philox_cuda(uint64_t, int64_t, uint64_t, uint64_t, int64_t) {
+  throw std::runtime_error("mdsample._C was built without CUDA (no nvcc at build time)");
+}
+
+}  // namespace mdsample

@@ -1,0 +1,41 @@
+// Philox4x32-10 on the GPU, from the same header the CPU kernels use; the
+// known-answer tests run it on the device so the header is checked where
+// the CUDA kernels will use it.
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "mdsample/philox.h"
+
+namespace mdsample {
+
+namespace {
+
+__global__ void philox_kernel(uint32_t* out, int64_t n, const uint32_t* counters, const uint32_t* keys) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const uint32_t* c = counters + 4 * i;
+  const uint32_t* k = keys + 2 * i;
+  const Philox4 w = philox4x32_10(c[0], c[1], c[2], c[3], k[0], k[1]);
+  for (int j = 0; j < 4; ++j) out[4 * i + j] = w.w[j];
+}
+
+}  // namespace
+
+bool cuda_compiled() { return true; }
+
+const char* cuda_archs() { return MDS_CUDA_ARCHS; }
+
+void philox_cuda(uint64_t out, int64_t n, uint64_t counters, uint64_t keys, int64_t stream) {
+  if (n <= 0) return;
+  const int threads = 256;
+  const int64_t blocks = (n + threads - 1) / threads;
+  philox_kernel<<<blocks, threads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+      reinterpret_cast<uint32_t*>(out), n, reinterpret_cast<const uint32_t*>(counters),
+      reinterpret_cast<const uint32_t*>(keys));
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw std::runtime_error(std::string("philox_cuda: ") + cudaGetErrorString(err));
+}
+
+}  // namespace mdsample

@@ -1,0 +1,273 @@
+// CPU backend of the sampling ops: sample_categorical and unmask_step.
+//
+// The algorithm is the two-level inverse-CDF draw specified in
+// mdsample/reference/sampling.py. Each row is read from memory once, a chunk
+// of kChunk tokens at a time into an L1-resident buffer; every pass over the
+// buffer is a straight loop the compiler turns into SIMD (the fp32 exp is
+// branch-free, csrc/include/mdsample/online.h). Only the chosen chunk is read a
+// second time, from cache, to find the token inside it.
+//
+// This file is compiled once per instruction set (MDS_ISA = base / avx2, see
+// CMakeLists.txt) and picked at run time by cpu_dispatch.cpp.
+#include <math.h>
+#include <stdint.h>
+
+#include <vector>
+
+#include "mdsample/online.h"
+#include "mdsample/philox.h"
+#include "sampling.h"
+
+#ifndef MDS_ISA
+#define MDS_ISA base
+#endif
+
+namespace mdsample {
+namespace MDS_ISA {
+namespace {
+
+inline float to_float(float v) { return v; }
+inline float to_float(double v) { return float(v); }
+inline float to_float(_Float16 v) { return float(v); }
+struct BF16 {
+  uint16_t bits;
+};
+inline float to_float(BF16 v) { return bits_to_float(int32_t(v.bits) << 16); }
+
+// Per-thread scratch: the chunk buffer and the per-chunk maxima and sums.
+struct Scratch {
+  std::vector<float> buf = std::vector<float>(kChunk);
+  std::vector<float> chunk_max, chunk_sum;
+  std::vector<double> chunk_weight;
+};
+
+// Scores g_i of tokens [lo, lo + n) of one row into buf.
+template <typename T>
+struct RowReader {
+  const T* logits;
+  const T* guidance;  // null: no CFG
+  float w1;           // guidance_scale + 1
+  int64_t exclude;
+
+  void load(int64_t lo, int64_t n, float* buf) const {
+    const T* l = logits + lo;
+    if (guidance) {
+      const T* u = guidance + lo;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const float c = to_float(l[i]), uu = to_float(u[i]);
+        // -inf on either side stays -inf: a token masked out of either pass
+        // must stay out (the formula alone gives NaN or +inf there).
+        buf[i] = (c == -INFINITY || uu == -INFINITY) ? -INFINITY : uu + w1 * (c - uu);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) buf[i] = to_float(l[i]);
+    }
+    if (exclude >= lo && exclude < lo + n) buf[exclude - lo] = -INFINITY;
+  }
+};
+
+// max over buf, and whether it holds NaN or +inf.
+inline float chunk_max(const float* buf, int64_t n, bool* bad) {
+  float m = -INFINITY;
+  int flag = 0;
+#pragma omp simd reduction(max : m) reduction(| : flag)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = buf[i];
+    flag |= (v != v) | (v == INFINITY);
+    m = v > m ? v : m;
+  }
+  *bad = flag != 0;
+  return m;
+}
+
+// sum exp(buf_i * scale - m); m = max * scale, which is exactly max(buf_i * scale) for scale > 0.
+inline float chunk_sumexp(const float* buf, int64_t n, float scale, float m) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += exp_nonpos(buf[i] * scale - m);
+  return s;
+}
+
+// Softmax statistics of scores buf_i * scale over one chunk whose max score is gmax.
+inline OnlineStats chunk_stats(const float* buf, int64_t n, float scale, float gmax) {
+  if (gmax == -INFINITY) return online_empty();
+  const float m = gmax * scale;
+  float s = 0.0f, sx = 0.0f, second = -INFINITY;
+  int ties = 0;
+#pragma omp simd reduction(+ : s, sx, ties) reduction(max : second)
+  for (int64_t i = 0; i < n; ++i) {
+    const float y = buf[i] * scale;
+    const float d = y - m;
+    const float e = exp_nonpos(d);
+    s += e;
+    sx += e > 0.0f ? e * d : 0.0f;
+    ties += y == m;
+    second = (y < m && y > second) ? y : second;
+  }
+  return OnlineStats{m, s, sx, m, ties >= 2 ? m : second};
+}
+
+// First index whose running sum of w exceeds target; the last positive weight if
+// rounding leaves the target unreached.
+template <typename W>
+inline int64_t first_over(const W* w, int64_t n, double target) {
+  double cum = 0.0;
+  int64_t last_positive = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (w[i] > 0) last_positive = i;
+    cum += double(w[i]);
+    if (cum > target) return i;
+  }
+  return last_positive;
+}
+
+inline void write_stats(float* out, float logprob, float margin, float entropy) {
+  out[0] = logprob;
+  out[1] = expf(logprob);
+  out[2] = margin;
+  out[3] = entropy;
+}
+
+inline void write_nan_stats(float* out) {
+  for (int k = 0; k < 4; ++k) out[k] = NAN;
+}
+
+template <typename T>
+void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
+  float* stats = a.stats ? a.stats + 4 * r : nullptr;
+  // Which rows are drawn: the reveal coin (unmask_step) or `active`.
+  bool drawn = a.active ? a.active[r] != 0 : true;
+  int64_t passthrough = a.fallback ? a.fallback[r] : -1;
+  if (a.x) {
+    passthrough = a.x[r];
+    drawn = false;
+    if (passthrough == a.mask_id) {
+      const Philox4 coin = draw_words(uint64_t(a.seed[r]), uint64_t(a.offset[r]),
+                                      uint64_t(a.position[r]), kDomainReveal);
+      drawn = uniform53(coin.w[0], coin.w[1]) < a.reveal_prob[r];
+    }
+  }
+  if (!drawn) {
+    a.out[r] = passthrough;
+    if (stats) write_nan_stats(stats);
+    return;
+  }
+
+  const int64_t vocab = a.vocab;
+  const RowReader<T> reader{
+      static_cast<const T*>(a.logits) + a.row_offsets[r],
+      a.guidance ? static_cast<const T*>(a.guidance) + a.guidance_offsets[r] : nullptr,
+      a.guidance_scale + 1.0f, a.exclude};
+  const float temp = a.temperature[r];
+  const bool greedy = !(temp > 0.0f);
+  const float inv_t = greedy ? 0.0f : 1.0f / temp;
+  const float inv_ts = stats ? 1.0f / a.stats_temperature[r] : 0.0f;
+  const int64_t n_chunks = (vocab + kChunk - 1) / kChunk;
+  float* buf = sc.buf.data();
+
+  // Pass over the row: per-chunk max and sum of exp (or the running argmax),
+  // and the softmax statistics when asked.
+  bool bad = false;
+  float best = -INFINITY;
+  int64_t best_index = -1;
+  OnlineStats st = online_empty();
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const int64_t lo = c * kChunk, n = vocab - lo < kChunk ? vocab - lo : kChunk;
+    reader.load(lo, n, buf);
+    bool chunk_bad;
+    const float gmax = chunk_max(buf, n, &chunk_bad);
+    bad |= chunk_bad;
+    if (greedy) {
+      if (gmax > best) {  // strict: ties keep the lowest index
+        int64_t i = 0;
+        while (buf[i] != gmax) ++i;
+        best = gmax;
+        best_index = lo + i;
+      }
+    } else {
+      const float m = gmax * inv_t;
+      sc.chunk_max[c] = m;
+      sc.chunk_sum[c] = gmax == -INFINITY ? 0.0f : chunk_sumexp(buf, n, inv_t, m);
+    }
+    if (stats) st = online_merge(st, chunk_stats(buf, n, inv_ts, gmax));
+  }
+
+  int64_t token = -1;
+  float g_token = -INFINITY;
+  if (greedy) {
+    token = bad ? -1 : best_index;
+    g_token = best;
+  } else if (!bad) {
+    // Level 1: chunk by inverse CDF of W_c = S_c exp(m_c - M).
+    float big_m = -INFINITY;
+    for (int64_t c = 0; c < n_chunks; ++c) big_m = sc.chunk_max[c] > big_m ? sc.chunk_max[c] : big_m;
+    if (big_m != -INFINITY) {
+      double total = 0.0;
+      for (int64_t c = 0; c < n_chunks; ++c) {
+        const double w = sc.chunk_sum[c] > 0.0f
+                             ? double(sc.chunk_sum[c]) * exp(double(sc.chunk_max[c]) - double(big_m))
+                             : 0.0;
+        sc.chunk_weight[c] = w;
+        total += w;
+      }
+      const Philox4 words = draw_words(uint64_t(a.seed[r]), uint64_t(a.offset[r]),
+                                       uint64_t(a.position[r]), kDomainToken);
+      const double u1 = uniform53(words.w[0], words.w[1]);
+      const double u2 = uniform53(words.w[2], words.w[3]);
+      const int64_t c = first_over(sc.chunk_weight.data(), n_chunks, u1 * total);
+      // Level 2: token inside chunk c, its weights summed again in double so
+      // the draw inside it is exact to double precision.
+      const int64_t lo = c * kChunk, n = vocab - lo < kChunk ? vocab - lo : kChunk;
+      reader.load(lo, n, buf);
+      const float m = sc.chunk_max[c];
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) buf[i] = exp_nonpos(buf[i] * inv_t - m);
+      double inner_total = 0.0;
+      for (int64_t i = 0; i < n; ++i) inner_total += double(buf[i]);
+      const int64_t pick = first_over(buf, n, u2 * inner_total);
+      token = lo + pick;
+      reader.load(token, 1, &g_token);
+    }
+  }
+  a.out[r] = token;
+  if (stats) {
+    if (token < 0) {
+      write_nan_stats(stats);
+    } else {
+      const float lse = online_logsumexp(st);
+      write_stats(stats, g_token * inv_ts - lse,
+                  expf(st.top1 - lse) - (st.top2 == -INFINITY ? 0.0f : expf(st.top2 - lse)),
+                  online_entropy(st));
+    }
+  }
+}
+
+template <typename T>
+void sample_rows(const SampleArgs& a) {
+  const int64_t n_chunks = (a.vocab + kChunk - 1) / kChunk;
+#pragma omp parallel
+  {
+    Scratch sc;
+    sc.chunk_max.resize(n_chunks);
+    sc.chunk_sum.resize(n_chunks);
+    sc.chunk_weight.resize(n_chunks);
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t r = 0; r < a.n_rows; ++r) sample_row<T>(a, r, sc);
+  }
+}
+
+}  // namespace
+
+void sample_cpu(const SampleArgs& a) {
+  switch (a.dtype) {
+    case kFloat32: return sample_rows<float>(a);
+    case kFloat16: return sample_rows<_Float16>(a);
+    case kBFloat16: return sample_rows<BF16>(a);
+    case kFloat64: return sample_rows<double>(a);
+  }
+}
+
+}  // namespace MDS_ISA
+}  // namespace mdsample

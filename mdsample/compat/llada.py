@@ -1,0 +1,77 @@
+"""Drop-ins for LLaDA's ``generate.py``: ``generate``, ``add_gumbel_noise``, ``get_num_transfer_tokens``.
+
+Same call signatures and meaning as upstream (ALGORITHMS.md), with the differences that
+:func:`mdsample.generate` documents (mask token never sampled, ties to the lower position)
+and exact float64 sampling without the ``[B, L, V]`` float64 tensor.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ops import _validate as V
+from ..ops.sampling import sample_categorical
+from ..samplers.llada import _generate
+from ..samplers.remasking import transfer_counts
+from ._seed import key_from_global_rng
+
+__all__ = ["generate", "add_gumbel_noise", "gumbel_argmax", "get_num_transfer_tokens", "EOS_ID", "EOT_ID"]
+
+EOS_ID = 126081  # LLaDA's <|endoftext|>
+EOT_ID = 126348  # LLaDA's <|eot_id|>
+
+
+def gumbel_argmax(logits, temperature, *, seed=None, offset=0, backend="auto"):
+    """``argmax(add_gumbel_noise(logits, temperature), -1)`` computed directly: int64 ``[...]``.
+
+    An exact draw from ``softmax(logits / temperature)`` (argmax, lowest index on ties, at 0)
+    for ``logits`` ``[..., V]``; ``seed`` None draws the Philox key from the torch global RNG.
+    """
+    temperature = V.finite_number("temperature", temperature, low=0.0)
+    key = 0 if temperature == 0 else key_from_global_rng(seed)
+    return sample_categorical(logits, temperature=temperature, seed=key, offset=offset, backend=backend)
+
+
+def add_gumbel_noise(logits, temperature, *, seed=None, offset=0, backend="auto"):
+    """LLaDA's ``add_gumbel_noise``: scores whose argmax over the last dim is a draw from ``softmax(l / T)``.
+
+    Args:
+        logits: ``[..., V]`` float tensor.
+        temperature: float >= 0. At 0 the logits are returned unchanged (argmax), as upstream.
+        seed: Philox key; None draws one from the torch global RNG.
+
+    Returns:
+        ``[..., V]`` in the logits' dtype (not float64): 0 at the sampled token, -inf elsewhere.
+        Only its argmax is meaningful (the only use upstream makes of it); prefer
+        :func:`gumbel_argmax`, which returns the tokens without this tensor.
+    """
+    temperature = V.finite_number("temperature", temperature, low=0.0)
+    if temperature == 0:
+        return logits
+    tokens = gumbel_argmax(logits, temperature, seed=seed, offset=offset, backend=backend)
+    out = torch.full_like(logits, -torch.inf)
+    return out.scatter_(-1, tokens.unsqueeze(-1), 0.0)
+
+
+def get_num_transfer_tokens(mask_index, steps):
+    """LLaDA's ``get_num_transfer_tokens``: int64 ``[B, steps]`` from bool ``mask_index`` ``[B, L]``."""
+    return transfer_counts(V.as_tensor("mask_index", mask_index), int(steps))
+
+
+def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, block_length=128, temperature=0.,
+             cfg_scale=0., remasking='low_confidence', mask_id=126336, logits_eos_inf=False,
+             confidence_eos_eot_inf=False, *, seed=None, backend="auto"):
+    """LLaDA's ``generate`` with its signature: int64 ``[B, P + gen_length]``.
+
+    ``logits_eos_inf`` bans EOS (126081) from the draw; ``confidence_eos_eot_inf`` removes
+    EOT (126348) from the confidence softmax (upstream's flags). ``seed`` None draws the
+    Philox key from the torch global RNG. See :func:`mdsample.generate` for the rest.
+    """
+    if remasking not in ("low_confidence", "random"):
+        raise ValueError(f"remasking must be 'low_confidence' or 'random' (LLaDA); got {remasking!r}")
+    needs_key = temperature != 0 or remasking == "random"
+    key = key_from_global_rng(seed) if needs_key else (0 if seed is None else seed)
+    return _generate(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
+                     temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,
+                     threshold=None, factor=None, attention_mask=attention_mask, seed=key, backend=backend,
+                     progress=False, logits_exclude=(EOS_ID,) if logits_eos_inf else (),
+                     confidence_exclude=(EOT_ID,) if confidence_eos_eot_inf else ())

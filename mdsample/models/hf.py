@@ -1,0 +1,105 @@
+"""Adapters from Hugging Face style models to the backbone protocol (models/protocol.py).
+
+A Hugging Face model can be passed to a sampler as is: it is called as
+``model(x, attention_mask=...)`` and its ``.logits`` are used, so every step computes
+the full ``[B, L, V]``. :func:`hf_backbone` wraps it so that samplers compute logits
+only for the rows they draw from, when the model has the usual split
+
+    logits = lm_head(model.model(input_ids).last_hidden_state)
+
+(LLaMA, Qwen, Mistral, Dream, ... ``*ForCausalLM`` / ``*ForMaskedLM`` with ``.model``
+and ``.lm_head``), including Gemma-2's final logit soft-capping. Models without that
+split (LLaDA's ``LLaDAModelLM``, BERT's prediction head with its extra transform) get
+a logits-only adapter, which is still correct, just without the row shortcut.
+
+``logits_shift=1`` serves Dream-style models, whose output at position ``i - 1``
+predicts token ``i`` (position 0 keeps its own output, as Dream's sampler does).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from .protocol import hidden_of, logits_of
+
+__all__ = ["HFBackbone", "HFRowBackbone", "hf_backbone"]
+
+
+def _shift(t: torch.Tensor, shift: int) -> torch.Tensor:
+    """Dream's shift along dim 1: row i takes row i - shift (the first rows keep their own)."""
+    if shift == 0 or t.shape[1] <= 1:
+        return t
+    return torch.cat([t[:, :shift], t[:, :-shift]], dim=1)
+
+
+class HFBackbone:
+    """Logits-only adapter: ``backbone(x, attention_mask=None) -> [B, L, V]``.
+
+    Args:
+        model: a Hugging Face model (its output has ``.logits``).
+        logits_shift: 0, or 1 for Dream-style next-token-aligned outputs.
+        max_length: context window (default ``config.max_position_embeddings`` when set).
+    """
+
+    def __init__(self, model: Any, *, logits_shift: int = 0, max_length: Optional[int] = None):
+        if not callable(model):
+            raise TypeError(f"model must be a callable Hugging Face model; got {type(model).__name__}")
+        if isinstance(logits_shift, bool) or logits_shift not in (0, 1):
+            raise ValueError(f"logits_shift must be 0 or 1; got {logits_shift!r}")
+        self.hf_model = model
+        self.logits_shift = logits_shift
+        config = getattr(model, "config", None)
+        if max_length is None:
+            max_length = getattr(config, "max_position_embeddings", None)
+        self.max_length = max_length if isinstance(max_length, int) else None
+        vocab = getattr(config, "vocab_size", None)
+        self.vocab_size = vocab if isinstance(vocab, int) else None
+        # Sampling never reuses the model's own KV cache; building one each call only costs time.
+        self._extra = {"use_cache": False} if hasattr(config, "use_cache") else {}
+
+    @property
+    def device(self) -> Optional[torch.device]:
+        dev = getattr(self.hf_model, "device", None)
+        return torch.device(dev) if dev is not None else None
+
+    def __call__(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits ``[B, L, V]`` of token ids ``x`` ``[B, L]``; ``attention_mask`` ``[B, L]`` or None."""
+        out = self.hf_model(input_ids=x, attention_mask=attention_mask, **self._extra)
+        return _shift(logits_of(out), self.logits_shift)
+
+
+class HFRowBackbone(HFBackbone):
+    """Adapter with ``hidden``/``head`` for models with ``.model`` (body) and ``.lm_head``."""
+
+    def __init__(self, model: Any, *, logits_shift: int = 0, max_length: Optional[int] = None):
+        super().__init__(model, logits_shift=logits_shift, max_length=max_length)
+        body, lm_head = getattr(model, "model", None), getattr(model, "lm_head", None)
+        if not (callable(body) and callable(lm_head)):
+            raise TypeError("HFRowBackbone needs a model with a callable .model (body) and .lm_head")
+        self.body, self.lm_head = body, lm_head
+        self.softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+
+    def hidden(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Last hidden states ``[B, L, D]`` of ``x`` ``[B, L]`` (shifted like the logits)."""
+        out = self.body(input_ids=x, attention_mask=attention_mask, **self._extra)
+        return _shift(hidden_of(out), self.logits_shift)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, V]`` of hidden rows ``h`` ``[N, D]``."""
+        logits = self.lm_head(h)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+def hf_backbone(model: Any, *, logits_shift: int = 0, use_head: bool = True,
+                max_length: Optional[int] = None) -> HFBackbone:
+    """Wrap a Hugging Face model for mdsample's samplers.
+
+    Returns an :class:`HFRowBackbone` (row logits through ``lm_head``) when the model has
+    ``.model`` and ``.lm_head`` and ``use_head`` is true, else a logits-only :class:`HFBackbone`.
+    """
+    has_split = callable(getattr(model, "model", None)) and callable(getattr(model, "lm_head", None))
+    cls = HFRowBackbone if (use_head and has_split) else HFBackbone
+    return cls(model, logits_shift=logits_shift, max_length=max_length)

@@ -1,0 +1,211 @@
+"""The backbone protocol: everything a sampler may know about a model (DESIGN.md §6).
+
+A backbone is any callable
+
+    model(x: LongTensor[B, L], **kw) -> FloatTensor[B, L, V]
+
+or one returning an object with ``.logits`` (as Hugging Face models do), a dict with
+``"logits"``, or a tuple whose first item is the logits. ``V`` is the full output
+vocabulary (for masked models it includes the mask token). Keywords a sampler may pass:
+
+- ``sigma``: float32 ``[B]``, only to time-conditioned models (MDLM convention
+  ``sigma = -log alpha_t``);
+- ``attention_mask``: ``[B, L]`` (1 = attend), only when the caller gave one.
+
+Optional extras that samplers use when present:
+
+- ``hidden(x, **kw) -> [B, L, D]`` (or an object with ``.last_hidden_state``) and
+  ``head(h: [N, D]) -> [N, V]``: logits are then computed only for the rows a sampler
+  draws from, never the full ``[B, L, V]``;
+- ``max_length`` (int): the context window, used by MDLM's semi-AR strides;
+- ``vocab_size`` (int, or ``config.vocab_size``): lets samplers check ``mask_id`` before the
+  first call (a token id past the embedding table is a device-side assert on CUDA).
+
+Samplers must treat a backbone as *row independent*: the output for sequence ``b``
+depends only on sequence ``b`` (true of transformers in eval mode). That is what
+lets them forward only the sequences that need logits at a step.
+
+:class:`Backbone` is the single object samplers talk to: it normalises outputs,
+validates shapes, computes rows through hidden/head when offered, and counts
+model calls, sequence-forwards and logits rows (for progress bars and benchmarks).
+A KV-cache protocol (prefill / block call with a start position) will be added here
+(issue 5); samplers reach it only through this module.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Protocol, runtime_checkable
+
+import torch
+
+__all__ = [
+    "DiffusionBackbone",
+    "RowBackbone",
+    "Backbone",
+    "logits_of",
+    "hidden_of",
+    "device_of",
+]
+
+
+@runtime_checkable
+class DiffusionBackbone(Protocol):
+    """``model(x: LongTensor[B, L], **kw) -> FloatTensor[B, L, V]`` (or an object with ``.logits``)."""
+
+    def __call__(self, x: torch.Tensor, **kw: Any) -> Any: ...
+
+
+@runtime_checkable
+class RowBackbone(DiffusionBackbone, Protocol):
+    """A backbone that also splits into a body ``hidden`` and a per-row ``head``."""
+
+    def hidden(self, x: torch.Tensor, **kw: Any) -> Any: ...
+
+    def head(self, h: torch.Tensor) -> torch.Tensor: ...
+
+
+def _first_tensor(out: Any, attr: str, what: str) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    value = getattr(out, attr, None)
+    if value is None and isinstance(out, dict):
+        value = out.get(attr)
+    if value is None and isinstance(out, (tuple, list)) and out:
+        value = out[0]
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"model must return {what} as a tensor, an object with .{attr}, a dict with {attr!r} "
+            f"or a tuple starting with it; got {type(out).__name__}"
+        )
+    return value
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    """The logits tensor of a model output (tensor, ``.logits``, ``{"logits": ...}`` or tuple)."""
+    return _first_tensor(out, "logits", "logits")
+
+
+def hidden_of(out: Any) -> torch.Tensor:
+    """The hidden states of a ``hidden()`` output (tensor, ``.last_hidden_state`` or tuple)."""
+    return _first_tensor(out, "last_hidden_state", "hidden states")
+
+
+def device_of(model: Any) -> Optional[torch.device]:
+    """Where the model's weights live: ``model.device``, else its first parameter/buffer, else None."""
+    dev = getattr(model, "device", None)
+    if isinstance(dev, (torch.device, str)):
+        return torch.device(dev)
+    for attr in ("parameters", "buffers"):
+        fn = getattr(model, attr, None)
+        if callable(fn):
+            try:
+                t = next(iter(fn()), None)
+            except TypeError:
+                t = None
+            if isinstance(t, torch.Tensor):
+                return t.device
+    return None
+
+
+class Backbone:
+    """What a sampler sees of a model: full logits, or logits of selected rows.
+
+    Args:
+        model: a :class:`DiffusionBackbone` (optionally a :class:`RowBackbone`).
+        time_conditioned: pass ``sigma=`` to the model (and to ``hidden``).
+        use_head: compute row logits through ``hidden``/``head`` when the model has
+            both (default True); False always runs the full forward.
+
+    Counters (plain ints, for progress bars and benchmarks): ``calls`` (model or
+    hidden invocations), ``sequences`` (sequence-forwards, i.e. the sum of batch
+    sizes over calls) and ``rows`` (logits rows of width V computed).
+    """
+
+    def __init__(self, model: Any, *, time_conditioned: bool = False, use_head: bool = True):
+        if not callable(model):
+            raise TypeError(f"model must be callable (model(x) -> logits [B, L, V]); got {type(model).__name__}")
+        self.model = model
+        self.time_conditioned = bool(time_conditioned)
+        self.has_head = bool(use_head) and callable(getattr(model, "hidden", None)) and callable(
+            getattr(model, "head", None)
+        )
+        self.calls = 0
+        self.sequences = 0
+        self.rows = 0
+
+    @property
+    def max_length(self) -> Optional[int]:
+        """The model's context window if it declares one (``model.max_length``), else None."""
+        value = getattr(self.model, "max_length", None)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def vocab_size(self) -> Optional[int]:
+        """The model's output vocabulary if it declares one (``vocab_size`` or ``config.vocab_size``)."""
+        for value in (getattr(self.model, "vocab_size", None),
+                      getattr(getattr(self.model, "config", None), "vocab_size", None)):
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return None
+
+    @property
+    def device(self) -> Optional[torch.device]:
+        return device_of(self.model)
+
+    def _kwargs(self, sigma, attention_mask) -> dict:
+        kw = {}
+        if self.time_conditioned:
+            if sigma is None:
+                raise RuntimeError("a time-conditioned backbone needs sigma")  # sampler bug, not user input
+            kw["sigma"] = sigma
+        if attention_mask is not None:
+            kw["attention_mask"] = attention_mask
+        return kw
+
+    def _count(self, x: torch.Tensor, rows: int) -> None:
+        self.calls += 1
+        self.sequences += x.shape[0]
+        self.rows += rows
+
+    def logits(self, x: torch.Tensor, *, sigma=None, attention_mask=None) -> torch.Tensor:
+        """Full logits ``[n, L, V]`` (float) of token ids ``x`` ``[n, L]`` int64.
+
+        ``sigma``: float32 ``[n]`` (time-conditioned models only); ``attention_mask``: ``[n, L]``.
+        """
+        out = logits_of(self.model(x, **self._kwargs(sigma, attention_mask)))
+        if out.dim() != 3 or out.shape[:2] != x.shape or not out.dtype.is_floating_point:
+            raise ValueError(
+                f"model must return float logits of shape [B, L, V] = [{x.shape[0]}, {x.shape[1]}, V]; "
+                f"got {out.dtype} {tuple(out.shape)}"
+            )
+        self._count(x, x.numel())
+        return out
+
+    def logits_at(
+        self,
+        x: torch.Tensor,
+        seq: torch.Tensor,
+        pos: torch.Tensor,
+        *,
+        sigma=None,
+        attention_mask=None,
+    ) -> torch.Tensor:
+        """Logits ``[N, V]`` of rows ``(seq[j], pos[j])`` of the canvas ``x`` ``[n, L]``.
+
+        ``seq``, ``pos``: int64 ``[N]`` indices into ``x``'s batch and length. With
+        hidden/head only those N rows go through the head; otherwise the full
+        forward runs and the rows are gathered.
+        """
+        kw = self._kwargs(sigma, attention_mask)
+        if not self.has_head:
+            return self.logits(x, sigma=sigma, attention_mask=attention_mask)[seq, pos]
+        h = hidden_of(self.model.hidden(x, **kw))
+        if h.dim() != 3 or h.shape[:2] != x.shape:
+            raise ValueError(
+                f"model.hidden must return [B, L, D] = [{x.shape[0]}, {x.shape[1]}, D]; got {tuple(h.shape)}"
+            )
+        out = self.model.head(h[seq, pos])
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != seq.numel():
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"model.head must map [N, D] to logits [N, V] with N = {seq.numel()}; got {shape}")
+        self._count(x, seq.numel())
+        return out

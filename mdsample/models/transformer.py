@@ -1,0 +1,395 @@
+"""Reference LLaMA-style transformer: the backbone mdsample's samplers and benchmarks run on.
+
+One module, three attention modes (``TransformerConfig.attention``):
+
+- ``"bidirectional"``: every position sees every position (MDLM, SMDM, LLaDA, Dream);
+- ``"block_causal"``: positions are cut into blocks of ``block_size`` from position 0;
+  a query sees every key of its own block and of earlier blocks (BD3-LM);
+- ``"causal"``: a query sees keys at or before its position (the KV-cache AR twin).
+
+Architecture: token embedding -> ``num_layers`` x [RMSNorm -> GQA attention with RoPE ->
+residual, RMSNorm -> SwiGLU MLP -> residual] -> final RMSNorm -> linear head. Attention
+goes through ``torch.nn.functional.scaled_dot_product_attention`` so that the fused
+kernels (flash / memory-efficient) are used where the mask allows. Weights are randomly
+initialised (normal, std ``initializer_range``); nothing is downloaded. The numerics follow
+Hugging Face's ``LlamaForCausalLM`` (RMSNorm in fp32, half-split RoPE) so that a Llama
+checkpoint maps onto it one to one (:func:`llama_state_dict`).
+
+Backbone protocol (DESIGN.md §6):
+
+- ``model(x)``: ``x`` LongTensor ``[B, L]`` -> logits ``[B, L, V]``;
+- ``model.hidden(x)`` -> final-normed hidden states ``[B, L, D]``;
+- ``model.head(h)``: ``[..., D]`` -> ``[..., V]``, so a sampler computes logits only for the
+  rows it samples;
+- ``model.new_cache(batch_size, max_len)`` -> :class:`mdsample.models.kv_cache.KVCache`,
+  the static KV cache with ``prefill`` / ``forward_block`` / ``commit``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ATTENTION_MODES = ("bidirectional", "block_causal", "causal")
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Shape and attention mode of a :class:`Transformer`.
+
+    ``head_dim = hidden_size // num_heads``; ``num_heads`` must be a multiple of
+    ``num_kv_heads`` (grouped-query attention; equal = plain multi-head attention).
+    ``max_seq_len`` bounds the RoPE table and the default KV-cache length.
+    ``block_size`` is read only in ``"block_causal"`` mode. ``mask_id`` is the mask token
+    of the model family the preset imitates (informational: samplers take it as an argument).
+    """
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    max_seq_len: int = 2048
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    attention: str = "bidirectional"
+    block_size: int = 16
+    tie_embeddings: bool = False
+    initializer_range: float = 0.02
+    mask_id: Optional[int] = None
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                     "intermediate_size", "max_seq_len", "block_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"TransformerConfig.{name} must be a positive int; got {value!r}")
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"TransformerConfig.attention must be one of {ATTENTION_MODES}; got {self.attention!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim ({self.head_dim}) must be even for RoPE")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+        if self.mask_id is not None and not 0 <= self.mask_id < self.vocab_size:
+            raise ValueError(f"mask_id must lie in [0, vocab_size={self.vocab_size}); got {self.mask_id}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def replace(self, **changes) -> "TransformerConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def num_parameters(self) -> int:
+        """Parameter count, computed from the shape (no tensors allocated)."""
+        d, kv = self.hidden_size, self.num_kv_heads * self.head_dim
+        per_layer = d * d * 2 + d * kv * 2 + 3 * d * self.intermediate_size + 2 * d
+        head = 0 if self.tie_embeddings else self.vocab_size * d
+        return self.vocab_size * d + self.num_layers * per_layer + d + head
+
+
+# Published shapes, random weights. MDLM-small is a DiT (GELU MLP of 4 x 768); here it is the
+# same depth/width/heads with a SwiGLU MLP of the same 3072 width, which is what matters for
+# the cost of sampling. SMDM-1.1B is TinyLlama's shape; LLaDA-8B is LLaDA-8B-Base's config.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                 intermediate_size=176, max_seq_len=256, mask_id=127, block_size=4),
+    "mdlm_small": dict(vocab_size=50258, hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=12,
+                       intermediate_size=3072, max_seq_len=1024, rope_theta=10000.0, mask_id=50257),
+    "smdm_1b": dict(vocab_size=32001, hidden_size=2048, num_layers=22, num_heads=32, num_kv_heads=4,
+                    intermediate_size=5632, max_seq_len=2048, rope_theta=10000.0, mask_id=32000),
+    "llada_8b": dict(vocab_size=126464, hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=32,
+                     intermediate_size=12288, max_seq_len=4096, rope_theta=500000.0, mask_id=126336),
+}
+
+
+def preset(name: str, **overrides) -> TransformerConfig:
+    """The config of a preset (``tiny``, ``mdlm_small``, ``smdm_1b``, ``llada_8b``) with overrides,
+    e.g. ``preset("mdlm_small", attention="block_causal", block_size=4)``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return TransformerConfig(**{**PRESETS[name], **overrides})
+
+
+def attention_allowed(mode: str, block_size: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """Which keys each query may see, by absolute position.
+
+    Args:
+        mode: one of :data:`ATTENTION_MODES`.
+        q_pos: int64 ``[n]`` absolute positions of the queries.
+        k_pos: int64 ``[S]`` absolute positions of the keys.
+
+    Returns:
+        bool ``[n, S]``, True where query i may attend to key j (SDPA's boolean-mask convention).
+    """
+    q, k = q_pos[:, None], k_pos[None, :]
+    if mode == "causal":
+        return k <= q
+    if mode == "block_causal":
+        return torch.div(k, block_size, rounding_mode="floor") <= torch.div(q, block_size, rounding_mode="floor")
+    return torch.ones(q_pos.shape[0], k_pos.shape[0], dtype=torch.bool, device=q_pos.device)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin ``[max_len, head_dim]`` (fp32) of the half-split rotary embedding.
+
+    Angles are computed in float64 and rounded once: in fp32, ``position * inv_freq``
+    already loses ~5e-4 rad at position 4096, which the long LLaDA canvases reach.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim))
+    angles = torch.arange(max_len, dtype=torch.float64, device=device)[:, None] * inv_freq[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` ``[B, H, n, Dh]`` by the angles of its positions (``cos``/``sin`` ``[n, Dh]``)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """``weight * x / rms(x)``, the statistics in fp32 whatever the input dtype (as Llama does,
+    because bf16 sums of squares over 4096 features lose the low bits)."""
+
+    def __init__(self, dim: int, eps: float, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+# A per-layer K/V hook: (layer index, post-RoPE k [B, Hkv, n, Dh], v) -> the keys and values
+# the queries attend to ([B, Hkv, S, Dh] each). The KV cache supplies it; None = no cache.
+KVHook = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with RoPE; the K/V hook lets a cache store and extend keys."""
+
+    def __init__(self, cfg: TransformerConfig, layer_idx: int, device=None, dtype=None):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        d, kv = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim
+        kw = dict(bias=False, device=device, dtype=dtype)
+        self.wq = nn.Linear(d, d, **kw)
+        self.wk = nn.Linear(d, kv, **kw)
+        self.wv = nn.Linear(d, kv, **kw)
+        self.wo = nn.Linear(d, d, **kw)
+
+    def forward(self, x, cos, sin, mask, is_causal, kv_hook: Optional[KVHook]):
+        """``x`` ``[B, n, D]`` -> ``[B, n, D]``; ``mask`` bool ``[n, S]`` or None."""
+        b, n, _ = x.shape
+        q = self.wq(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_hook is not None:
+            # Keys are cached after RoPE: a cached key never needs rotating again.
+            k, v = kv_hook(self.layer_idx, k, v)
+        # enable_gqa lets SDPA broadcast the kv heads instead of materialising repeat_interleave copies.
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           enable_gqa=self.num_heads != self.num_kv_heads)
+        return self.wo(o.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+class SwiGLU(nn.Module):
+    """``down(silu(gate(x)) * up(x))``: ``[B, n, D]`` -> ``[B, n, D]``."""
+
+    def __init__(self, cfg: TransformerConfig, device=None, dtype=None):
+        super().__init__()
+        kw = dict(bias=False, device=device, dtype=dtype)
+        self.w_gate = nn.Linear(cfg.hidden_size, cfg.intermediate_size, **kw)
+        self.w_up = nn.Linear(cfg.hidden_size, cfg.intermediate_size, **kw)
+        self.w_down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, **kw)
+
+    def forward(self, x):
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer layer: ``h + attn(norm(h))`` then ``h + mlp(norm(h))``."""
+
+    def __init__(self, cfg: TransformerConfig, layer_idx: int, device=None, dtype=None):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, device, dtype)
+        self.attn = Attention(cfg, layer_idx, device, dtype)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, device, dtype)
+        self.mlp = SwiGLU(cfg, device, dtype)
+
+    def forward(self, h, cos, sin, mask, is_causal, kv_hook):
+        h = h + self.attn(self.attn_norm(h), cos, sin, mask, is_causal, kv_hook)
+        return h + self.mlp(self.mlp_norm(h))
+
+
+class Transformer(nn.Module):
+    """LLaMA-style backbone implementing mdsample's backbone protocol.
+
+    Args:
+        config: a :class:`TransformerConfig` (see :func:`preset`).
+        device, dtype: where and in what dtype to build the weights; ``device="meta"``
+            builds the shape only (e.g. to count the LLaDA-8B parameters without 32 GB).
+        seed: seed of the random initialisation (same seed, same weights on a device).
+    """
+
+    def __init__(self, config: TransformerConfig, *, device=None, dtype=None, seed: int = 0):
+        super().__init__()
+        self.config = cfg = config
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size, device=device, dtype=dtype)
+        self.layers = nn.ModuleList(Block(cfg, i, device, dtype) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, device, dtype)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, device=device, dtype=dtype)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta,
+                               device=None if str(device) == "meta" else device)
+        # Not persistent: they are a function of the config, not weights to load.
+        self.register_buffer("rope_cos", cos.to(device), persistent=False)
+        self.register_buffer("rope_sin", sin.to(device), persistent=False)
+        self.reset_parameters(seed)
+
+    @classmethod
+    def from_preset(cls, name: str, *, device=None, dtype=None, seed: int = 0, **overrides) -> "Transformer":
+        """``Transformer(preset(name, **overrides), device=..., dtype=..., seed=...)``."""
+        return cls(preset(name, **overrides), device=device, dtype=dtype, seed=seed)
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int = 0) -> None:
+        """Normal(0, initializer_range) for matrices, ones for norm weights; seeded per device."""
+        generators: dict[torch.device, torch.Generator] = {}
+        for name, p in self.named_parameters():
+            if p.device.type == "meta":
+                continue
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+                continue
+            gen = generators.get(p.device)
+            if gen is None:
+                gen = generators[p.device] = torch.Generator(device=p.device).manual_seed(seed)
+            p.normal_(0.0, self.config.initializer_range, generator=gen)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    @property
+    def max_length(self) -> int:
+        """The context window (protocol attribute read by MDLM's semi-AR strides)."""
+        return self.config.max_seq_len
+
+    def run(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Optional[torch.Tensor],
+            is_causal: bool = False, kv_hook: Optional[KVHook] = None) -> torch.Tensor:
+        """The layer stack on tokens at given positions: the building block of the cached forward.
+
+        Args:
+            x: LongTensor ``[B, n]``.
+            cos, sin: ``[n, Dh]`` RoPE tables at the tokens' absolute positions.
+            mask: bool ``[n, S]`` (True = may attend) over the ``S`` keys the hook returns, or None.
+            is_causal: SDPA's top-left causal mask instead of ``mask`` (only when ``S == n``).
+            kv_hook: see :data:`KVHook`; None attends to the ``n`` tokens themselves.
+
+        Returns:
+            final-normed hidden states ``[B, n, D]``.
+        """
+        h = self.embed(x)
+        for layer in self.layers:
+            h = layer(h, cos, sin, mask, is_causal, kv_hook)
+        return self.norm(h)
+
+    def _check_tokens(self, x: torch.Tensor, name: str = "x") -> None:
+        if not isinstance(x, torch.Tensor) or x.dtype not in (torch.int64, torch.int32) or x.dim() != 2:
+            raise TypeError(f"{name} must be an int64 LongTensor [B, L]; got "
+                            f"{getattr(x, 'dtype', type(x))} of shape {tuple(getattr(x, 'shape', ()))}")
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """Uncached forward: tokens ``[B, L]`` (positions 0..L-1) -> final-normed hidden ``[B, L, D]``."""
+        self._check_tokens(x)
+        n = x.shape[1]
+        if n > self.config.max_seq_len:
+            raise ValueError(f"x has {n} positions; the model's max_seq_len is {self.config.max_seq_len}")
+        mode, mask, is_causal = self.config.attention, None, False
+        if mode == "causal":
+            is_causal = True
+        elif mode == "block_causal" and n > self.config.block_size:
+            pos = torch.arange(n, device=x.device)
+            mask = attention_allowed(mode, self.config.block_size, pos, pos)
+        return self.run(x, self.rope_cos[:n], self.rope_sin[:n], mask, is_causal)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Output projection: hidden ``[..., D]`` (e.g. ``[N, D]`` selected rows) -> logits ``[..., V]``."""
+        return self.lm_head(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[B, L]`` -> logits ``[B, L, V]`` (uncached)."""
+        return self.head(self.hidden(x))
+
+    def new_cache(self, batch_size: int, max_len: Optional[int] = None, *, device=None, dtype=None):
+        """A static :class:`~mdsample.models.kv_cache.KVCache` for ``batch_size`` rows of up to
+        ``max_len`` positions (default ``config.max_seq_len``)."""
+        from .kv_cache import KVCache  # kv_cache imports this module; import at call time
+
+        return KVCache(self, batch_size, max_len, device=device, dtype=dtype)
+
+
+def llama_state_dict(hf_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a Hugging Face ``LlamaForCausalLM`` state dict to :class:`Transformer`'s names.
+
+    The two share the math (half-split RoPE, fp32 RMSNorm, SwiGLU, no biases), so the tensors
+    carry over unchanged; HF's rotary ``inv_freq`` buffers are dropped (recomputed here).
+    """
+    renames = {
+        "self_attn.q_proj": "attn.wq", "self_attn.k_proj": "attn.wk", "self_attn.v_proj": "attn.wv",
+        "self_attn.o_proj": "attn.wo", "mlp.gate_proj": "mlp.w_gate", "mlp.up_proj": "mlp.w_up",
+        "mlp.down_proj": "mlp.w_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm",
+    }
+    out = {}
+    for name, tensor in hf_state_dict.items():
+        if "rotary_emb" in name:
+            continue
+        if name == "model.embed_tokens.weight":
+            out["embed.weight"] = tensor
+        elif name == "model.norm.weight":
+            out["norm.weight"] = tensor
+        elif name == "lm_head.weight":
+            out["lm_head.weight"] = tensor
+        elif name.startswith("model.layers."):
+            rest = name[len("model.layers."):]
+            idx, sub = rest.split(".", 1)
+            module, leaf = sub.rsplit(".", 1)
+            if module not in renames:
+                raise KeyError(f"no counterpart for Llama parameter {name!r}")
+            out[f"layers.{idx}.{renames[module]}.{leaf}"] = tensor
+        else:
+            raise KeyError(f"no counterpart for Llama parameter {name!r}")
+    return out
+
+
+def llama_config(config: TransformerConfig):
+    """An equally shaped ``transformers.LlamaConfig`` (causal LM), for comparisons with HF."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads, max_position_embeddings=config.max_seq_len,
+        rope_theta=config.rope_theta, rms_norm_eps=config.norm_eps, tie_word_embeddings=config.tie_embeddings,
+        attention_bias=False, mlp_bias=False, hidden_act="silu", initializer_range=config.initializer_range,
+    )

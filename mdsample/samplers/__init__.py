@@ -1,0 +1,31 @@
+"""Samplers of masked / uniform-state diffusion LMs, for any backbone (DESIGN.md §6).
+
+- :func:`sample_mdlm`: MDLM ancestral (SUBS), first-hitting, semi-AR strides, SMDM CFG.
+- :func:`generate`: LLaDA semi-AR remasking, Dream confidences, Fast-dLLM threshold / factor.
+- :func:`sample_duo`: Duo uniform-state ancestral posterior.
+
+Built on :func:`mdsample.sample_categorical` and :func:`mdsample.unmask_step`; a backbone
+is seen only through :mod:`mdsample.models.protocol`.
+"""
+from .duo import duo_posterior_step, sample_duo
+from .llada import REMASKING, generate
+from .mdlm import sample_mdlm
+from .remasking import select, transfer_counts
+from .schedules import SCHEDULES, Cosine, LogLinear, MDLMCosine, Schedule, get_schedule, time_grid
+
+__all__ = [
+    "sample_mdlm",
+    "generate",
+    "sample_duo",
+    "duo_posterior_step",
+    "REMASKING",
+    "select",
+    "transfer_counts",
+    "Schedule",
+    "LogLinear",
+    "Cosine",
+    "MDLMCosine",
+    "SCHEDULES",
+    "get_schedule",
+    "time_grid",
+]

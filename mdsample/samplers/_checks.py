@@ -1,0 +1,66 @@
+"""Argument checks of the samplers: each error names the argument and what was expected."""
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import torch
+
+from ..ops import _validate as V
+
+
+def integer(name: str, value, *, low: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
+    value = int(value)
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}; got {value}")
+    return value
+
+
+def real(name: str, value, *, low: Optional[float] = None, high: Optional[float] = None,
+         high_inclusive: bool = True) -> float:
+    v = V.finite_number(name, value, low=low)
+    if high is not None and (v > high or (v == high and not high_inclusive)):
+        raise ValueError(f"{name} must be {'<=' if high_inclusive else '<'} {high}; got {value}")
+    return v
+
+
+def flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool; got {type(value).__name__}")
+    return value
+
+
+def choice(name: str, value, options) -> str:
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
+    return value
+
+
+def token_ids(name: str, value, *, dims: tuple[int, ...], device=None) -> torch.Tensor:
+    """An integer tensor of token ids (>= 0) with one of the allowed numbers of dims, as int64."""
+    t = V.as_tensor(name, value)
+    if t.dtype not in V.INT_DTYPES:
+        raise TypeError(f"{name} must be an integer tensor of token ids; got {t.dtype}")
+    if t.dim() not in dims:
+        want = " or ".join(f"{d}-d" for d in dims)
+        raise ValueError(f"{name} must be {want}; got shape {tuple(t.shape)}")
+    if t.numel() and bool((t < 0).any()):
+        raise ValueError(f"{name} must hold token ids >= 0")
+    if device is not None and t.device != torch.device(device):
+        t = t.to(device)
+    return t.to(torch.int64)
+
+
+def check_vocab(name: str, vocab: int, mask_id: int) -> None:
+    """The model's vocabulary must contain the mask token."""
+    if not 0 <= mask_id < vocab:
+        raise ValueError(f"mask_id {mask_id} is not a token of the {name}'s vocabulary of size {vocab}")
+
+
+def positions_fit(batch: int, length: int) -> None:
+    """Philox positions are ``b * length + i``: they must stay below 2^48."""
+    if batch * length > 2**48:
+        raise ValueError(f"batch * length = {batch * length} exceeds 2^48 Philox positions")
+

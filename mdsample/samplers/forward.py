@@ -1,0 +1,100 @@
+"""Logits for the rows a sampler draws from, with unsupervised CFG in one doubled batch.
+
+:class:`RowForward` is the samplers' only way to run the model. It forwards only the
+sequences it is given (the others need no logits this step) and, through the
+backbone's ``hidden``/``head`` when offered, computes logits only for the chosen rows.
+
+Classifier-free guidance is SMDM's / LLaDA's unsupervised CFG: the unconditional input
+is the same sequence with its prompt positions replaced by the mask token; both halves
+run in one call on a doubled batch, and the sampling op combines them as
+``l_u + (w + 1)(l_c - l_u)`` while reading the rows (no combined tensor is materialised).
+
+A KV-cache forward (Fast-dLLM prefix / dual cache, BD3-LM block cache; issue 5) is a
+subclass that overrides :meth:`RowForward.begin_block` (prefill at a block start) and
+:meth:`RowForward.rows` (feed only the block against the cache); the samplers call
+only these two methods, so a cache mode needs no change to them.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..models.protocol import Backbone
+from ._checks import check_vocab
+
+
+class RowForward:
+    """Row logits of a canvas ``x`` ``[B, L]`` through a :class:`Backbone`.
+
+    Args:
+        backbone: the model, wrapped.
+        mask_id: the mask token (used to build the unconditional input; checked against V).
+        cfg_scale: guidance weight w; 0 disables CFG.
+        uncond_mask: bool ``[B, L]``: positions masked in the unconditional input (the prompt).
+        attention_mask: ``[B, L]`` passed to the model (doubled with CFG), or None.
+    """
+
+    def __init__(self, backbone: Backbone, *, mask_id: int, cfg_scale: float = 0.0,
+                 uncond_mask: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None):
+        self.backbone = backbone
+        self.mask_id = mask_id
+        self.cfg = cfg_scale > 0.0
+        self.cfg_scale = cfg_scale
+        self.uncond_mask = uncond_mask
+        self.attention_mask = attention_mask
+        self._vocab_checked = False
+        if backbone.vocab_size is not None:
+            check_vocab("model", backbone.vocab_size, mask_id)
+
+    def begin_block(self, x: torch.Tensor, start: int, end: int) -> None:
+        """Called when a semi-AR block ``[start, end)`` begins (no-op without a cache)."""
+
+    def _inputs(self, x: torch.Tensor, seqs: torch.Tensor, sigma: Optional[torch.Tensor]):
+        xs = x.index_select(0, seqs)
+        am = None if self.attention_mask is None else self.attention_mask.index_select(0, seqs)
+        if not self.cfg:
+            return xs, am, sigma
+        xu = xs.masked_fill(self.uncond_mask.index_select(0, seqs), self.mask_id)
+        doubled = lambda t: None if t is None else torch.cat([t, t], 0)  # noqa: E731
+        return torch.cat([xs, xu], 0), doubled(am), doubled(sigma)
+
+    def _check(self, logits: torch.Tensor) -> None:
+        if not self._vocab_checked:
+            check_vocab("model", logits.shape[-1], self.mask_id)
+            self._vocab_checked = True
+
+    def rows(self, x: torch.Tensor, seqs: torch.Tensor, row_seq: torch.Tensor, row_pos: torch.Tensor, *,
+             sigma: Optional[torch.Tensor] = None):
+        """Logits of rows ``(seqs[row_seq[j]], row_pos[j])``.
+
+        Args:
+            x: int64 ``[B, L]`` canvas.
+            seqs: int64 ``[n]`` sequences to forward.
+            row_seq: int64 ``[N]`` in ``[0, n)``; row_pos: int64 ``[N]`` in ``[0, L)``.
+            sigma: float32 ``[n]`` for time-conditioned models.
+
+        Returns:
+            ``(logits [N, V], guidance [N, V] or None)``: guidance is the unconditional
+            rows, to pass to the sampling op with ``guidance_scale=cfg_scale``.
+        """
+        xs, am, sg = self._inputs(x, seqs, sigma)
+        n, N = seqs.numel(), row_seq.numel()
+        if self.cfg:
+            row_seq = torch.cat([row_seq, row_seq + n])
+            row_pos = torch.cat([row_pos, row_pos])
+        out = self.backbone.logits_at(xs, row_seq, row_pos, sigma=sg, attention_mask=am)
+        self._check(out)
+        if self.cfg:
+            return out[:N], out[N:]
+        return out, None
+
+    def full(self, x: torch.Tensor, seqs: torch.Tensor, *, sigma: Optional[torch.Tensor] = None):
+        """Full logits ``([n, L, V], guidance [n, L, V] or None)`` of sequences ``seqs``."""
+        xs, am, sg = self._inputs(x, seqs, sigma)
+        out = self.backbone.logits(xs, sigma=sg, attention_mask=am)
+        self._check(out)
+        if self.cfg:
+            n = seqs.numel()
+            return out[:n], out[n:]
+        return out, None

@@ -1,0 +1,271 @@
+"""LLaDA's semi-AR remasking sampler (Nie et al. 2025) with Dream confidences and Fast-dLLM rules.
+
+The algorithm (LLaDA ``generate.py``; ALGORITHMS.md):
+
+1. ``x = [prompt | mask * gen_length]``; the generated part is cut in
+   ``gen_length / block_length`` blocks, each given ``steps / num_blocks`` steps.
+2. At a block's start, the per-step transfer counts are LLaDA's: with M masked positions
+   in the block and S steps, ``M // S`` per step plus one for the first ``M % S`` steps.
+3. Each step, for the candidate positions (masked and before the block's end): one
+   forward (with CFG: the unconditional input masks the prompt, one doubled batch,
+   ``l_u + (w + 1)(l_c - l_u)``); ``x0`` drawn from ``softmax(l / T)`` (argmax at T = 0;
+   LLaDA's float64 Gumbel-max, done exactly by :func:`mdsample.sample_categorical`); a
+   confidence per candidate; the most confident are committed:
+   - ``"low_confidence"``: ``p(x0)`` under ``softmax(l)`` (T = 1, as LLaDA);
+   - ``"random"``: an i.i.d. uniform (LLaDA's ``torch.rand``, Philox-keyed here);
+   - ``"entropy"``: ``sum p log p`` (Dream's ``neg_entropy``), ``"margin"``: ``p1 - p2``
+     (Dream's ``topk_margin``), both of ``softmax(l / T)`` (of ``softmax(l)`` at T = 0).
+   How many: LLaDA's count (default), or Fast-dLLM's ``threshold`` (top-1 plus every
+   candidate with confidence >= tau) or ``factor`` (mdsample.samplers.remasking). With
+   a threshold or factor a block runs until it has no masks (``steps`` then only fixes
+   the number of blocks, as in Fast-dLLM).
+
+Differences from upstream, all deliberate and documented:
+
+- LLaDA's ``x0`` is an argmax over all V logits, so it can be the mask token itself (no
+  SUBS); mdsample excludes the mask token from ``x0`` and computes confidences of the
+  distribution without it (so ``p(x0)`` is renormalised over non-mask tokens). For a model
+  that never predicts the mask, the output is LLaDA's.
+- Ties in confidence go to the lower position (``torch.topk`` leaves the order unspecified).
+- Fast-dLLM's factor rule commits exactly the passing prefix (see remasking.py).
+- Sequences are independent: a sequence whose step commits nothing (count 0, or its block
+  already complete under a threshold/factor rule) is not forwarded; upstream forwards the
+  whole batch every step. Its randomness is keyed by (seed, sequence, block, step).
+
+Shortcuts, exact: with a backbone offering ``hidden``/``head``, logits are computed only for
+the candidate rows (the current block's masked positions), never ``[B, L, V]``; with
+``"random"`` remasking the committed positions do not depend on the logits, so they are
+chosen first and only their rows are computed.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..models.protocol import Backbone
+from ..ops.sampling import sample_categorical
+from . import _checks as C
+from ._random import DOMAIN_REVEAL, seed_value, uniforms
+from .forward import RowForward
+from .progress import Progress
+from .remasking import select, transfer_counts
+
+__all__ = ["generate", "REMASKING"]
+
+REMASKING = ("low_confidence", "random", "entropy", "margin")
+_BLOCK_SHIFT = 32  # Philox offset = block << 32 | step within the block
+
+
+def _excluded_mass(logits, guidance, scale, tokens, logprob, ids: Sequence[int]) -> torch.Tensor:
+    """Probability (float64 ``[N]``, T = 1, mask excluded) of the token ids ``ids`` in each row.
+
+    Recovers each row's log-normaliser from the sampled token's logprob, so V is not read again.
+    """
+    def score(idx):  # guided float64 scores at idx [N, k], as the sampling op combines them
+        g = logits.gather(1, idx).to(torch.float64)
+        if guidance is None:
+            return g
+        u = guidance.gather(1, idx).to(torch.float64)
+        return torch.where(torch.isneginf(g) | torch.isneginf(u), -torch.inf, u + (scale + 1.0) * (g - u))
+
+    lse = score(tokens.unsqueeze(1)).squeeze(1) - logprob.to(torch.float64)
+    ids_t = torch.tensor(list(ids), dtype=torch.int64, device=logits.device).expand(tokens.numel(), -1)
+    return torch.exp(score(ids_t) - lse.unsqueeze(1)).sum(1)
+
+
+@torch.no_grad()
+def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cfg_scale, remasking, mask_id,
+              threshold, factor, attention_mask, seed, backend, progress,
+              logits_exclude: Sequence[int] = (), confidence_exclude: Sequence[int] = ()):
+    steps = C.integer("steps", steps, low=1)
+    gen_length = C.integer("gen_length", gen_length, low=1)
+    block_length = C.integer("block_length", block_length, low=1)
+    if gen_length % block_length:
+        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
+    num_blocks = gen_length // block_length
+    if steps % num_blocks:
+        raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks ({num_blocks})")
+    per_block = steps // num_blocks
+    temperature = C.real("temperature", temperature, low=0.0)
+    cfg_scale = C.real("cfg_scale", cfg_scale, low=0.0)
+    remasking = C.choice("remasking", remasking, REMASKING)
+    mask_id = C.integer("mask_id", mask_id, low=0)
+    if threshold is not None and factor is not None:
+        raise ValueError("give threshold or factor, not both")
+    if threshold is not None:
+        threshold = C.real("threshold", threshold)
+    if factor is not None:
+        factor = C.real("factor", factor, low=0.0)
+    seed = seed_value("seed", seed)
+    progress = C.flag("progress", progress)
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str; got {type(backend).__name__}")
+
+    prompt = C.token_ids("prompt", prompt, dims=(1, 2))
+    if prompt.dim() == 1:
+        prompt = prompt.unsqueeze(0)
+    device = prompt.device
+    batch, plen = prompt.shape
+    total = plen + gen_length
+    C.positions_fit(batch, total)
+    x = torch.cat([prompt, torch.full((batch, gen_length), mask_id, dtype=torch.int64, device=device)], 1)
+
+    am = None
+    if attention_mask is not None:
+        am = C.V.as_tensor("attention_mask", attention_mask)
+        if am.shape != prompt.shape:
+            raise ValueError(f"attention_mask must have the prompt's shape {tuple(prompt.shape)}; got {tuple(am.shape)}")
+        if am.device != device:
+            raise ValueError(f"attention_mask is on {am.device} but the prompt is on {device}")
+        am = torch.cat([am, torch.ones((batch, gen_length), dtype=am.dtype, device=device)], 1)
+
+    is_prompt = torch.zeros((batch, total), dtype=torch.bool, device=device)
+    is_prompt[:, :plen] = prompt != mask_id
+    if cfg_scale > 0 and not bool(is_prompt.any()):
+        raise ValueError("cfg_scale > 0 needs a non-empty prompt: the unconditional input masks the prompt")
+    backbone = Backbone(model)
+    fwd = RowForward(backbone, mask_id=mask_id, cfg_scale=cfg_scale, uncond_mask=is_prompt, attention_mask=am)
+    guidance_scale = cfg_scale if cfg_scale > 0 else 0.0
+
+    pos_ids = (torch.arange(batch, device=device).unsqueeze(1) * total
+               + torch.arange(total, device=device).unsqueeze(0))
+    col = torch.arange(total, device=device).unsqueeze(0)
+    dynamic = threshold is not None or factor is not None
+    stats_t = 1.0 if remasking == "low_confidence" else None
+    bar = Progress(progress, None if dynamic else num_blocks * per_block, "generate", backbone,
+                   baseline_per_step=batch * (2 if cfg_scale > 0 else 1))
+    try:
+        for blk in range(num_blocks):
+            start, end = plen + blk * block_length, plen + (blk + 1) * block_length
+            fwd.begin_block(x, start, end)
+            counts = transfer_counts(x[:, start:end] == mask_id, per_block)
+            i = 0
+            while True:
+                if dynamic:
+                    need = (x[:, start:end] == mask_id).any(1)
+                    if not bool(need.any()):
+                        break
+                else:
+                    if i == per_block:
+                        break
+                    need = counts[:, i] > 0
+                cand = (x == mask_id) & (col < end) & need.unsqueeze(1)
+                need = cand.any(1)
+                committed = 0
+                if bool(need.any()):
+                    seqs = need.nonzero().squeeze(1)
+                    offset = (blk << _BLOCK_SHIFT) + i
+                    committed = _step(fwd, x, seqs, cand.index_select(0, seqs), pos_ids, offset,
+                                      k=None if dynamic else counts.index_select(0, seqs)[:, i],
+                                      threshold=threshold, factor=factor, remasking=remasking,
+                                      temperature=temperature, stats_t=stats_t, seed=seed, mask_id=mask_id,
+                                      guidance_scale=guidance_scale, backend=backend,
+                                      logits_exclude=logits_exclude, confidence_exclude=confidence_exclude)
+                bar.step(tokens=committed)
+                i += 1
+    finally:
+        bar.close()
+    return x
+
+
+def _step(fwd: RowForward, x, seqs, cand, pos_ids, offset, *, k, threshold, factor, remasking, temperature,
+          stats_t, seed, mask_id, guidance_scale, backend, logits_exclude, confidence_exclude) -> int:
+    """One denoising step for sequences ``seqs`` (candidates ``cand`` bool ``[n, L]``); updates ``x`` in place."""
+    n, total = cand.shape
+
+    def rows_for(mask):
+        r_seq, r_pos = mask.nonzero(as_tuple=True)
+        logits, guidance = fwd.rows(x, seqs, r_seq, r_pos)
+        if logits_exclude:
+            ids = list(logits_exclude)
+            logits[:, ids] = -torch.inf
+            if guidance is not None:
+                guidance[:, ids] = -torch.inf
+        return r_seq, r_pos, logits, guidance
+
+    def draw(logits, guidance, positions, **kw):
+        return sample_categorical(logits, temperature=temperature, seed=seed, offset=offset, positions=positions,
+                                  exclude=mask_id, guidance=guidance, guidance_scale=guidance_scale,
+                                  backend=backend, **kw)
+
+    if remasking == "random":
+        # The committed set depends only on the uniforms: choose it first, then compute only its rows.
+        u, _ = uniforms(seed, offset, pos_ids.index_select(0, seqs), DOMAIN_REVEAL)
+        chosen = select(u, cand, k=k, threshold=threshold, factor=factor)
+        r_seq, r_pos, logits, guidance = rows_for(chosen)
+        rows = seqs[r_seq]
+        x[rows, r_pos] = draw(logits, guidance, pos_ids[rows, r_pos])
+        return int(r_seq.numel())
+
+    r_seq, r_pos, logits, guidance = rows_for(cand)
+    rows = seqs[r_seq]
+    res = draw(logits, guidance, pos_ids[rows, r_pos], return_stats=True, stats_temperature=stats_t)
+    if remasking == "low_confidence":
+        c = res.prob.to(torch.float64)
+        if confidence_exclude:
+            # LLaDA's confidence_eos_eot_inf: p(x0) after removing these tokens from the softmax.
+            ex = _excluded_mass(logits, guidance, guidance_scale, res.tokens, res.logprob, confidence_exclude)
+            hit = torch.isin(res.tokens, torch.tensor(list(confidence_exclude), device=c.device))
+            c = torch.where(hit, 0.0, c / (1.0 - ex).clamp_min(1e-300))
+    elif remasking == "entropy":
+        c = -res.entropy.to(torch.float64)
+    else:
+        c = res.margin.to(torch.float64)
+    conf = torch.full((n, total), -torch.inf, dtype=torch.float64, device=x.device)
+    conf[r_seq, r_pos] = c
+    tok = torch.zeros((n, total), dtype=torch.int64, device=x.device)
+    tok[r_seq, r_pos] = res.tokens
+    chosen = select(conf, cand, k=k, threshold=threshold, factor=factor)
+    x[seqs] = torch.where(chosen, tok, x.index_select(0, seqs))
+    return int(chosen.sum())
+
+
+def generate(
+    model,
+    prompt,
+    *,
+    steps=128,
+    gen_length=128,
+    block_length=128,
+    temperature=0.0,
+    cfg_scale=0.0,
+    remasking="low_confidence",
+    mask_id=126336,
+    threshold=None,
+    factor=None,
+    attention_mask=None,
+    seed=0,
+    backend="auto",
+    progress=False,
+):
+    """LLaDA's ``generate`` (semi-AR remasking), with Dream's confidences and Fast-dLLM's rules.
+
+    The module docstring states the algorithm and every difference from upstream.
+
+    Args:
+        model: backbone ``model(x: int64 [B, L], attention_mask=...) -> logits [B, L, V]``
+            (or ``.logits``); with ``hidden``/``head`` only candidate rows are computed.
+        prompt: int tensor ``[B, P]`` (or ``[P]``), left-padded when prompts differ in length.
+        steps: total steps (int >= 1, a multiple of the number of blocks).
+        gen_length: tokens to generate (a multiple of ``block_length``).
+        block_length: semi-AR block length.
+        temperature: float >= 0 of the ``x0`` draw (0 = argmax).
+        cfg_scale: unsupervised CFG weight w >= 0 (needs a prompt).
+        remasking: "low_confidence", "random", "entropy" or "margin".
+        mask_id: the mask token id (LLaDA: 126336).
+        threshold: Fast-dLLM confidence threshold tau (float) or None.
+        factor: Fast-dLLM factor f > 0 or None (not both with threshold).
+        attention_mask: ``[B, P]`` (bool or int, 1 = real token) for left-padded prompts,
+            extended with ones over the generated part and passed to the model.
+        seed: int Philox key; sequence b's randomness depends only on (seed, b).
+        backend: sampling-op backend.
+        progress: show a tqdm bar.
+
+    Returns:
+        int64 ``[B, P + gen_length]``: the prompt followed by the generated tokens.
+    """
+    return _generate(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
+                     temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,
+                     threshold=threshold, factor=factor, attention_mask=attention_mask, seed=seed,
+                     backend=backend, progress=progress)

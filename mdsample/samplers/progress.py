@@ -1,0 +1,60 @@
+"""Progress bar of the samplers: steps, forward passes saved, tokens per second (tqdm).
+
+``saved`` compares the sequence-forwards the sampler ran with those of the published
+loop for the same settings (one forward of every sequence per step), so a user sees
+what the shortcuts bought while sampling.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+
+class Progress:
+    """A tqdm bar over sampler steps, or a no-op when disabled.
+
+    Args:
+        enabled: show the bar (``progress=True`` of a sampler).
+        total: number of steps (or None when unknown).
+        desc: bar label.
+        backbone: the :class:`mdsample.models.Backbone` whose ``sequences`` counter is shown.
+        baseline_per_step: sequence-forwards the published loop runs per step.
+    """
+
+    def __init__(self, enabled: bool, total: Optional[int], desc: str, backbone=None, baseline_per_step: int = 0):
+        self.enabled = bool(enabled)
+        self.backbone = backbone
+        self.baseline_per_step = baseline_per_step
+        self.baseline = 0
+        self.tokens = 0
+        self.start = time.perf_counter()
+        self.start_sequences = backbone.sequences if backbone is not None else 0
+        self.bar = None
+        if self.enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError as exc:  # tqdm is the optional "progress" extra
+                raise ImportError("progress=True needs tqdm: pip install tqdm (or mdsample[progress])") from exc
+            self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
+
+    def step(self, n: int = 1, *, tokens: int = 0, baseline: Optional[int] = None) -> None:
+        """Advance ``n`` steps that committed ``tokens`` tokens; ``baseline`` overrides the published loop's forwards."""
+        self.tokens += tokens
+        self.baseline += self.baseline_per_step * n if baseline is None else baseline
+        if self.bar is None:
+            return
+        self.bar.update(n)
+        self.bar.set_postfix_str(self.summary(), refresh=False)
+
+    def summary(self) -> str:
+        ran = (self.backbone.sequences - self.start_sequences) if self.backbone is not None else 0
+        saved = max(self.baseline - ran, 0)
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        pct = f" ({100.0 * saved / self.baseline:.0f}%)" if self.baseline else ""
+        return f"forwards {ran}, saved {saved}{pct}, {self.tokens / elapsed:.1f} tok/s"
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(self.summary(), refresh=True)
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,67 @@
+"""Which masked positions a LLaDA / Dream / Fast-dLLM step commits.
+
+Every rule ranks the candidate positions of a row by confidence, highest first, ties
+to the lower position (upstream uses ``torch.topk``, whose tie order is unspecified),
+and commits a prefix of that ranking:
+
+- LLaDA fixed schedule: the top ``k`` with ``k`` from :func:`transfer_counts`;
+- Fast-dLLM threshold: the top-1 and every other candidate with confidence >= tau;
+- Fast-dLLM factor: the top-1, then the j-th (j >= 2, 1-based) while
+  ``c_(j) >= 1 - f / (j + 1)``. Upstream's loop also commits the least confident
+  candidate whenever only that one fails (it cannot tell "stopped at the last" from
+  "passed all"); mdsample commits exactly the passing prefix.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+__all__ = ["transfer_counts", "select"]
+
+
+def transfer_counts(masked: torch.Tensor, steps: int) -> torch.Tensor:
+    """LLaDA's ``get_num_transfer_tokens``: tokens to commit per step of a block.
+
+    Args:
+        masked: int64 ``[B]`` number of masked positions in the block (or bool ``[B, L]``).
+        steps: steps per block.
+
+    Returns:
+        int64 ``[B, steps]``: ``M // steps`` each, plus one for the first ``M % steps`` steps.
+    """
+    if masked.dim() == 2:
+        masked = masked.sum(1)
+    masked = masked.to(torch.int64)
+    base = (masked // steps).unsqueeze(1)
+    rem = (masked % steps).unsqueeze(1)
+    return base + (torch.arange(steps, device=masked.device).unsqueeze(0) < rem).to(torch.int64)
+
+
+def select(conf: torch.Tensor, candidates: torch.Tensor, *, k: Optional[torch.Tensor] = None,
+           threshold: Optional[float] = None, factor: Optional[float] = None) -> torch.Tensor:
+    """Positions to commit, bool ``[B, L]``.
+
+    Args:
+        conf: float64 ``[B, L]`` confidences (any value off the candidates; they are ignored).
+        candidates: bool ``[B, L]``.
+        k: int64 ``[B]``: commit the top k (LLaDA); or
+        threshold: float: Fast-dLLM threshold rule; or
+        factor: float: Fast-dLLM factor rule. Exactly one of k / threshold / factor.
+    """
+    conf = torch.where(candidates, conf, -torch.inf)
+    order = torch.sort(conf, dim=1, descending=True, stable=True).indices
+    ranked = conf.gather(1, order)
+    rank = torch.arange(conf.shape[1], device=conf.device).unsqueeze(0)
+    n_cand = candidates.sum(1, keepdim=True)
+    if k is not None:
+        take = rank < k.unsqueeze(1)
+    elif threshold is not None:
+        take = (rank == 0) | (ranked >= threshold)
+    elif factor is not None:
+        ok = (ranked >= 1.0 - factor / (rank + 2).to(conf.dtype)) | (rank == 0)
+        take = ok.to(torch.int8).cumprod(1).bool()
+    else:
+        raise ValueError("select needs one of k, threshold or factor")
+    take &= rank < n_cand
+    return torch.zeros_like(candidates).scatter(1, order, take)

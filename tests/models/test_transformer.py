@@ -1,0 +1,113 @@
+"""Reference transformer: presets, backbone protocol, and the three attention modes (uncached)."""
+import pytest
+import torch
+
+from mdsample.models import PRESETS, Transformer, TransformerConfig, preset
+
+
+def tiny(**kw):
+    return Transformer(preset("tiny", **kw), seed=1)
+
+
+def tokens(b, n, seed=0, vocab=128):
+    return torch.randint(0, vocab, (b, n), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name, billions", [("mdlm_small", 0.19), ("smdm_1b", 1.10), ("llada_8b", 8.02)])
+def test_preset_shapes(name, billions):
+    # Built on the meta device: the shape without the memory (LLaDA-8B is 32 GB in fp32).
+    model = Transformer(preset(name), device="meta")
+    count = sum(p.numel() for p in model.parameters())
+    assert count == model.config.num_parameters()
+    assert abs(count / 1e9 - billions) < 0.01
+
+
+def test_published_shapes():
+    s = preset("smdm_1b")  # TinyLlama
+    assert (s.num_layers, s.hidden_size, s.num_heads, s.num_kv_heads, s.intermediate_size, s.vocab_size) == \
+        (22, 2048, 32, 4, 5632, 32001)
+    l8 = preset("llada_8b")
+    assert (l8.num_layers, l8.hidden_size, l8.num_heads, l8.intermediate_size, l8.vocab_size, l8.mask_id) == \
+        (32, 4096, 32, 12288, 126464, 126336)
+    m = preset("mdlm_small")
+    assert (m.num_layers, m.hidden_size, m.num_heads, m.vocab_size) == (12, 768, 12, 50258)
+    assert set(PRESETS) == {"tiny", "mdlm_small", "smdm_1b", "llada_8b"}
+
+
+@pytest.mark.parametrize("bad", [dict(attention="sliding"), dict(num_kv_heads=3), dict(hidden_size=66),
+                                 dict(block_size=0), dict(mask_id=128)])
+def test_config_validation(bad):
+    with pytest.raises(ValueError):
+        preset("tiny", **bad)
+
+
+def test_protocol_shapes_and_head():
+    model = tiny()
+    x = tokens(3, 10)
+    with torch.no_grad():
+        logits, h = model(x), model.hidden(x)
+        assert logits.shape == (3, 10, 128) and h.shape == (3, 10, 64)
+        torch.testing.assert_close(model.head(h.reshape(-1, 64)).view(3, 10, 128), logits, rtol=0, atol=0)
+    assert model.max_length == 256
+    with pytest.raises(TypeError):
+        model(x.float())
+
+
+def test_seeded_init_is_deterministic():
+    a, b, c = tiny(), tiny(), Transformer(preset("tiny"), seed=2)
+    x = tokens(1, 8)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+        assert not torch.equal(a(x), c(x))
+
+
+def changed_positions(model, x, pos):
+    """Which positions' logits move when token ``pos`` is changed."""
+    y = x.clone()
+    y[:, pos] = (y[:, pos] + 1) % model.config.vocab_size
+    with torch.no_grad():
+        diff = (model(x) - model(y)).abs().amax(dim=(0, 2))
+    return diff > 1e-6
+
+
+def test_attention_modes_dependency_structure():
+    x = tokens(1, 12)
+    causal = changed_positions(tiny(attention="causal"), x, 5)
+    assert not causal[:5].any() and causal[5:].all()
+    block = changed_positions(tiny(attention="block_causal", block_size=4), x, 5)  # block 1 = positions 4..7
+    assert not block[:4].any() and block[4:].all()
+    bidir = changed_positions(tiny(attention="bidirectional"), x, 11)
+    assert bidir.all()
+
+
+def test_block_causal_with_one_block_is_bidirectional():
+    x = tokens(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(tiny(attention="block_causal", block_size=16)(x), tiny()(x), rtol=0, atol=0)
+
+
+def test_block_causal_with_block_one_is_causal():
+    x = tokens(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(tiny(attention="block_causal", block_size=1)(x), tiny(attention="causal")(x),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_too_long_input_is_refused():
+    with pytest.raises(ValueError, match="max_seq_len"):
+        tiny()(tokens(1, 257))
+
+
+def test_tied_embeddings():
+    model = Transformer(preset("tiny", tie_embeddings=True))
+    assert model.lm_head.weight is model.embed.weight
+    assert sum(p.numel() for p in model.parameters()) == model.config.num_parameters()
+
+
+def test_config_is_frozen_and_replace_validates():
+    cfg = preset("tiny")
+    assert isinstance(cfg, TransformerConfig)
+    with pytest.raises(Exception):
+        cfg.hidden_size = 8
+    with pytest.raises(ValueError):
+        cfg.replace(attention="nope")

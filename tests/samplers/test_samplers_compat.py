@@ -1,0 +1,114 @@
+"""mdsample.compat drop-ins keep the upstream signatures and semantics (chi-square at ALPHA = 1e-3)."""
+import pytest
+import torch
+
+import mdsample
+from mdsample.compat import llada, mdlm
+from sampler_oracles import chi_square_pvalue
+from test_samplers_generate import MASK, TinyLM, prompts
+
+ALPHA = 1e-3
+
+
+def frequencies(tokens, vocab):
+    return {(v,): int((tokens == v).sum()) for v in range(vocab)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_mdlm_sample_categorical_distribution(dtype):
+    w = torch.tensor([0.0, 3.0, 1.0, 0.0, 0.5, 2.5], dtype=dtype)  # unnormalised; zeros never win
+    n = 30000
+    out = mdlm.sample_categorical(w.expand(n, 6), seed=5)
+    assert out.shape == (n,) and out.dtype == torch.int64
+    assert int(((out == 0) | (out == 3)).sum()) == 0
+    p = w.double() / w.double().sum()
+    assert chi_square_pvalue(frequencies(out, 6), {(v,): float(p[v]) for v in range(6)}) > ALPHA
+
+
+def test_mdlm_sample_categorical_negative_weights_never_win_and_global_rng():
+    w = torch.tensor([[-1e-3, 0.2, 0.8], [0.5, -0.1, 0.5]]).repeat(500, 1)  # MDLM's last step: q[mask] = -dt
+    torch.manual_seed(0)
+    a = mdlm.sample_categorical(w)
+    assert int((a[0::2] == 0).sum()) == 0 and int((a[1::2] == 1).sum()) == 0
+    torch.manual_seed(0)
+    assert torch.equal(a, mdlm._sample_categorical(w))  # torch.manual_seed reproduces, as upstream
+    assert not torch.equal(a, mdlm.sample_categorical(w))  # and successive calls get fresh randomness
+    with pytest.raises(ValueError, match="nothing to sample|no finite"):
+        mdlm.sample_categorical(torch.zeros(2, 3))
+    with pytest.raises(TypeError, match="categorical_probs"):
+        mdlm.sample_categorical(torch.ones(2, 3, dtype=torch.long))
+
+
+def test_add_gumbel_noise():
+    logits = torch.tensor([1.0, 0.0, -1.0, 2.0], dtype=torch.bfloat16)
+    assert llada.add_gumbel_noise(logits, 0.0) is logits  # temperature 0: the logits (argmax)
+    n = 30000
+    scores = llada.add_gumbel_noise(logits.expand(n, 4), 0.7, seed=3)
+    assert scores.dtype == torch.bfloat16 and scores.shape == (n, 4)  # never a float64 [.., V] tensor
+    out = scores.argmax(-1)
+    p = torch.softmax(logits.double() / 0.7, -1)
+    assert chi_square_pvalue(frequencies(out, 4), {(v,): float(p[v]) for v in range(4)}) > ALPHA
+    assert torch.equal(out, llada.gumbel_argmax(logits.expand(n, 4), 0.7, seed=3))
+
+
+def test_get_num_transfer_tokens_matches_llada():
+    mask_index = torch.rand(5, 17, generator=torch.Generator().manual_seed(0)) < 0.6
+    steps = 4
+    got = llada.get_num_transfer_tokens(mask_index, steps)
+    mask_num = mask_index.sum(dim=1, keepdim=True)
+    want = torch.zeros(5, steps, dtype=torch.int64) + mask_num // steps
+    for i in range(5):
+        want[i, : int(mask_num[i] % steps)] += 1
+    assert torch.equal(got, want)
+
+
+def test_llada_generate_signature_and_parity():
+    model, p = TinyLM(), prompts()
+    # Upstream's positional order: model, prompt, attention_mask, steps, gen_length, block_length, temperature,
+    # cfg_scale, remasking, mask_id.
+    out = llada.generate(model, p, None, 8, 8, 4, 0.0, 1.0, "low_confidence", MASK)
+    assert torch.equal(out, mdsample.generate(model, p, steps=8, gen_length=8, block_length=4, cfg_scale=1.0,
+                                              mask_id=MASK))
+    torch.manual_seed(1)
+    a = llada.generate(model, p, steps=8, gen_length=8, block_length=4, temperature=1.0, mask_id=MASK)
+    torch.manual_seed(1)
+    assert torch.equal(a, llada.generate(model, p, steps=8, gen_length=8, block_length=4, temperature=1.0,
+                                         mask_id=MASK))
+    with pytest.raises(ValueError, match="remasking"):
+        llada.generate(model, p, remasking="entropy", mask_id=MASK)
+
+
+class FixedLogits:
+    """Position-dependent logits over LLaDA's real vocabulary size (so EOS / EOT ids exist)."""
+
+    def __init__(self, rows):
+        self.rows = rows  # [L, V]
+
+    def __call__(self, x, attention_mask=None):
+        return self.rows[: x.shape[1]].expand(x.shape[0], -1, -1)
+
+
+def test_llada_eos_flags():
+    vocab, mask = 126400, 126336
+    rows = torch.full((3, vocab), -20.0)
+    rows[1, 5], rows[1, 6] = 0.0, -1.5       # position 1: token 5, p ~ 0.82 ...
+    rows[1, llada.EOS_ID] = 5.0              # ... unless EOS is allowed, which then wins
+    rows[2, 7], rows[2, 5] = 4.0, 0.0         # position 2: token 7, p ~ 0.72 with EOT in the softmax,
+    rows[2, llada.EOT_ID] = 3.0              # ~ 0.98 once EOT's mass is removed
+    p = torch.tensor([[1]])
+    plain = llada.generate(FixedLogits(rows), p, None, 2, 2, 2, 0.0, 0.0, "low_confidence", mask)
+    assert plain[0, 1] == llada.EOS_ID
+    banned = llada.generate(FixedLogits(rows), p, None, 2, 2, 2, 0.0, 0.0, "low_confidence", mask, True)
+    assert banned[0].tolist() == [1, 5, 7]
+    # One token per step: which position is committed first shows the confidence used.
+    seen = []
+
+    class Spy(FixedLogits):
+        def __call__(self, x, attention_mask=None):
+            seen.append(x.clone())
+            return super().__call__(x, attention_mask)
+
+    llada.generate(Spy(rows), p, None, 2, 2, 2, 0.0, 0.0, "low_confidence", mask, True, False)
+    assert seen[1][0].tolist() == [1, 5, mask]  # 0.82 > 0.72: position 1 first
+    llada.generate(Spy(rows), p, None, 2, 2, 2, 0.0, 0.0, "low_confidence", mask, True, True)
+    assert seen[3][0].tolist() == [1, mask, 7]  # 0.98 > 0.82: position 2 first

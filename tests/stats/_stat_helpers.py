@@ -1,0 +1,274 @@
+"""Shared pieces of the statistical battery (DESIGN.md §4): drawing, tests, false-alarm rates.
+
+Conventions of every test in tests/stats:
+
+* Draws go through the public API. One logits row ``[V]`` is ``expand``ed to
+  ``[n, V]`` (not copied) and the rows get distinct ``positions``, so one call
+  makes ``n`` independent draws (the Philox counter holds the position).
+  Seeds, offsets and positions are fixed: a run is reproducible.
+* Expected frequencies are computed in float64 from the logits *as stored*
+  (after rounding to their dtype), so dtype rounding is not counted as bias.
+* Thresholds: a z-score bound ``|z| <= Z_BOUND`` per bin (false alarm
+  ``2 * Phi(-5) = 5.7e-7`` per bin in the normal limit; :func:`z_false_alarm`
+  gives the exact binomial rate of the same bound), and G / chi-square tests at
+  ``ALPHA = 1e-6``. A test's false-alarm rate is the sum over its checks
+  (Bonferroni); each test asserts that the rate it computes from its own
+  sizes stays within the budget its docstring states.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import mdsample
+from mdsample import _backends
+
+Z_BOUND = 5.0
+ALPHA = 1e-6
+P_Z = 2.0 * stats.norm.sf(Z_BOUND)  # 5.73e-7: two-sided normal tail of |z| > 5
+MIN_EXPECTED = 20.0  # every bin of a G / chi-square test expects at least this many draws
+
+CHUNK = 2048  # tokens per chunk of the two-level draw (mdsample/reference/sampling.py)
+
+
+# ----------------------------------------------------------------------------- sizing
+
+def interpreted_triton(backend: str) -> bool:
+    return backend == "triton" and _backends.triton_interpreted()
+
+
+def per_backend(backend: str, *, cpu, reference, triton=None, gpu=None):
+    """The size of a test case on ``backend``.
+
+    ``cpu``: the compiled CPU backend; ``reference``: the float64 PyTorch
+    reference (about 0.2-1 ms a row, padded to 2048 tokens); ``triton``: Triton
+    under the CPU interpreter (None: the case is skipped there); ``gpu``: cuda and
+    triton on a GPU (default: the cpu size).
+    """
+    if backend == "reference":
+        return reference
+    if backend == "cpu":
+        return cpu
+    if interpreted_triton(backend):
+        if triton is None:
+            pytest.skip("case too large for the Triton interpreter on CPU")
+        return triton
+    return cpu if gpu is None else gpu
+
+
+def rows_per_call(backend: str, vocab: int) -> int:
+    """Rows per API call: the reference materialises float64 ``[rows, padded V]`` tensors."""
+    if backend == "reference":
+        padded = -(-vocab // CHUNK) * CHUNK
+        return max(1, (1 << 22) // padded)
+    if interpreted_triton(backend):
+        return 1 << 12
+    return 1 << 20
+
+
+# ----------------------------------------------------------------------------- drawing
+
+def sample_rows(row: torch.Tensor, n: int, *, backend: str, seed=0, offset=0, first_position: int = 0,
+                **kwargs) -> torch.Tensor:
+    """``n`` independent draws from one logits row ``[V]``: tokens ``[n]`` int64.
+
+    Row ``i`` has position ``first_position + i``; ``kwargs`` go to
+    ``mdsample.sample_categorical`` (temperature, exclude, ...). Asserts every
+    token is a valid id.
+    """
+    vocab = row.shape[-1]
+    out = []
+    step = rows_per_call(backend, vocab)
+    for start in range(0, n, step):
+        b = min(step, n - start)
+        pos = torch.arange(first_position + start, first_position + start + b, dtype=torch.int64)
+        tok = mdsample.sample_categorical(
+            row.expand(b, vocab), seed=seed, offset=offset, positions=pos, backend=backend, **kwargs
+        )
+        out.append(tok)
+    tokens = torch.cat(out)
+    assert tokens.shape == (n,) and tokens.dtype == torch.int64
+    assert int(tokens.min()) >= 0 and int(tokens.max()) < vocab, "token id out of range"
+    return tokens
+
+
+def sample_counts(row: torch.Tensor, n: int, **kwargs) -> np.ndarray:
+    """Histogram ``[V]`` (int64) of ``n`` draws from one logits row (see :func:`sample_rows`)."""
+    tokens = sample_rows(row, n, **kwargs)
+    return torch.bincount(tokens, minlength=row.shape[-1]).numpy().astype(np.int64)
+
+
+def softmax64(row: torch.Tensor, temperature: float = 1.0, exclude: int | None = None) -> np.ndarray:
+    """Exact sampling distribution (float64) of a stored logits row at ``temperature``."""
+    a = row.detach().to(torch.float64).clone() / temperature
+    if exclude is not None:
+        a[exclude] = -math.inf
+    return torch.softmax(a, -1).numpy()
+
+
+# ----------------------------------------------------------------------------- z-tests
+
+def z_scores(counts, n: int, probs) -> np.ndarray:
+    """Binomial z-scores ``(k - n p) / sqrt(n p (1 - p))`` per bin."""
+    k = np.asarray(counts, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    return (k - n * p) / np.sqrt(n * p * (1.0 - p))
+
+
+def z_false_alarm(n: int, p: float, bound: float = Z_BOUND) -> float:
+    """Exact probability that a Binomial(n, p) count has |z| > bound (the per-bin false alarm)."""
+    mean, sd = n * p, math.sqrt(n * p * (1.0 - p))
+    hi = math.floor(mean + bound * sd)  # |z| > bound  <=>  k > hi or k < lo
+    lo = math.ceil(mean - bound * sd)
+    return float(stats.binom.sf(hi, n, p) + stats.binom.cdf(lo - 1, n, p))
+
+
+def assert_z(labels, counts, n: int, probs, bound: float = Z_BOUND, what: str = "") -> np.ndarray:
+    """Assert ``|z| <= bound`` in every bin; the message lists every bin."""
+    z = z_scores(counts, n, probs)
+    table = "\n".join(
+        f"  {lab:>24}: observed {int(k):>9d}  expected {n * p:>12.2f}  ratio {k / (n * p):.4f}  z {zz:+.2f}"
+        for lab, k, p, zz in zip(labels, counts, probs, z)
+    )
+    assert np.all(np.abs(z) <= bound), f"{what}: |z| > {bound} in some bin (n = {n}):\n{table}"
+    return z
+
+
+def z_test_false_alarm(n: int, probs, bound: float = Z_BOUND) -> float:
+    """False-alarm rate of :func:`assert_z` over the bins (union bound, exact binomial per bin)."""
+    return sum(z_false_alarm(n, float(p), bound) for p in probs)
+
+
+# ----------------------------------------------------------------------------- binning
+
+def group_counts(counts, probs, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sum per-token counts and probabilities into bins: ``labels[i]`` is token i's bin (-1: dropped)."""
+    labels = np.asarray(labels)
+    keys = np.unique(labels[labels >= 0])
+    c = np.array([np.asarray(counts)[labels == k].sum() for k in keys], dtype=np.int64)
+    p = np.array([np.asarray(probs)[labels == k].sum() for k in keys], dtype=np.float64)
+    return keys, c, p
+
+
+def bins_by_expected(probs, n: int, min_expected: float = MIN_EXPECTED) -> np.ndarray:
+    """Bin label per token: tokens expecting ``>= min_expected`` draws get their own bin; the
+    rest are grouped with their neighbours in index order until each group expects that many
+    (a short last group joins the one before). Tokens of probability 0 get label -1."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.full(len(probs), -1, dtype=np.int64)
+    nxt, acc, members = 0, 0.0, []
+    for i, p in enumerate(probs):
+        if p <= 0:
+            continue
+        if n * p >= min_expected:
+            labels[i] = nxt
+            nxt += 1
+            continue
+        members.append(i)
+        acc += n * p
+        if acc >= min_expected:
+            labels[members] = nxt
+            nxt += 1
+            members, acc = [], 0.0
+    if members:
+        labels[members] = nxt - 1 if nxt > 0 else 0
+    return labels
+
+
+def decade_bins(probs, n: int, min_expected: float = MIN_EXPECTED) -> tuple[np.ndarray, list[str]]:
+    """Bin label per token: tokens expecting ``>= min_expected`` draws alone (the head), the
+    tail by decade of probability, [10^-(d+1), 10^-d); a decade expecting too few draws joins
+    the next larger one. Returns labels and readable bin names."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.full(len(probs), -1, dtype=np.int64)
+    names: list[str] = []
+    head = np.nonzero(n * probs >= min_expected)[0]
+    for i in head:
+        labels[i] = len(names)
+        names.append(f"token {i} (p={probs[i]:.2e})")
+    tail = (probs > 0) & (n * probs < min_expected)
+    dec = np.full(len(probs), 0, dtype=np.int64)
+    dec[tail] = np.floor(-np.log10(probs[tail])).astype(np.int64)
+    pending: list[int] = []  # decades (small p first) waiting to reach min_expected
+    for d in sorted(set(dec[tail].tolist()), reverse=True):
+        pending.append(d)
+        mass = probs[tail & np.isin(dec, pending)].sum()
+        if n * mass >= min_expected:
+            labels[tail & np.isin(dec, pending)] = len(names)
+            names.append("p in " + ", ".join(f"[1e-{x + 1}, 1e-{x})" for x in sorted(pending)))
+            pending = []
+    if pending:  # the largest decades left over: merge into the last tail bin made
+        if names and not names[-1].startswith("token"):
+            labels[tail & np.isin(dec, pending)] = len(names) - 1
+            names[-1] += " + " + ", ".join(f"[1e-{x + 1}, 1e-{x})" for x in sorted(pending))
+        else:
+            labels[tail & np.isin(dec, pending)] = len(names)
+            names.append("tail (too few expected draws to split)")
+    return labels, names
+
+
+# ----------------------------------------------------------------------------- G / chi-square
+
+def g_test(observed, probs, n: int | None = None) -> tuple[float, int, float]:
+    """Goodness-of-fit G-test (likelihood ratio, Williams-corrected) of bin counts against
+    bin probabilities (summing to 1). Returns (G, degrees of freedom, p-value)."""
+    o = np.asarray(observed, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    n = int(o.sum()) if n is None else n
+    assert int(o.sum()) == n, "counts must add up to the number of draws"
+    assert abs(p.sum() - 1.0) < 1e-9, f"bin probabilities add up to {p.sum()}, not 1"
+    e = n * p
+    k = len(o)
+    assert k >= 2, "a G-test needs at least two bins"
+    assert e.min() >= 5.0, f"a bin expects only {e.min():.2f} draws: merge bins"
+    nz = o > 0
+    g = 2.0 * float((o[nz] * np.log(o[nz] / e[nz])).sum())
+    q = 1.0 + (k + 1.0) / (6.0 * n)  # Williams' correction
+    df = k - 1
+    return g / q, df, float(stats.chi2.sf(g / q, df))
+
+
+def assert_g_test(observed, probs, names=None, what: str = "", alpha: float = ALPHA) -> float:
+    """Assert the G-test p-value is >= alpha; the message shows the worst bins."""
+    o = np.asarray(observed, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    n = int(o.sum())
+    g, df, pval = g_test(o, p, n)
+    if pval < alpha:
+        z = z_scores(o, n, p)
+        worst = np.argsort(-np.abs(z))[:12]
+        names = names if names is not None else [str(i) for i in range(len(o))]
+        rows = "\n".join(
+            f"  {names[i]:>40}: observed {int(o[i]):>9d}  expected {n * p[i]:>12.2f}  z {z[i]:+.2f}" for i in worst
+        )
+        raise AssertionError(f"{what}: G = {g:.1f} on {df} df, p = {pval:.2e} < {alpha:g}; worst bins:\n{rows}")
+    return pval
+
+
+def assert_independent(table, what: str = "", alpha: float = ALPHA) -> float:
+    """Pearson chi-square test of independence of a contingency table (rows x columns)."""
+    t = np.asarray(table, dtype=np.float64)
+    t = t[t.sum(1) > 0][:, t.sum(0) > 0]
+    expected = t.sum(1, keepdims=True) * t.sum(0, keepdims=True) / t.sum()
+    assert expected.min() >= 5.0, f"{what}: a contingency cell expects only {expected.min():.2f}"
+    chi2, pval, dof, _ = stats.chi2_contingency(t, correction=False)
+    assert pval >= alpha, (
+        f"{what}: chi-square = {chi2:.1f} on {dof} df, p = {pval:.2e} < {alpha:g}: the draws are dependent\n{t.astype(int)}"
+    )
+    return pval
+
+
+def contingency(a, b, na: int, nb: int) -> np.ndarray:
+    """``[na, nb]`` table of pairs (a_i, b_i) of small non-negative ints."""
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    return np.bincount(a * nb + b, minlength=na * nb).reshape(na, nb)
+
+
+def assert_budget(rate: float, budget: float) -> None:
+    """A test's computed false-alarm rate must stay within what its docstring states."""
+    assert rate <= budget, f"false-alarm rate {rate:.3g} exceeds the stated budget {budget:.3g}: resize the test"

@@ -1,0 +1,312 @@
+"""The Triton backend of sample_categorical / unmask_step against the float64 reference.
+
+Same inputs and seed must give the same tokens on both backends (DESIGN.md §3): the
+Triton kernel sums in fp32 / float64 where the reference sums in float64, so they could
+only part at a numerical near-tie, whose chance is ~1e-7 per row; these few hundred rows
+have none, so tokens must agree exactly. Stats must agree to 1e-4 relative.
+
+Without a GPU the kernels run in Triton's interpreter (tests/conftest.py), which is slow:
+shapes stay small (N <= 64, V <= 5000, a few with V > 2 * 2048 to cross chunks).
+"""
+import math
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+import mdsample
+from mdsample import _backends
+from mdsample.reference.philox import DOMAIN_REVEAL, DOMAIN_TOKEN, MAX_POSITION, draw_words, uniform53
+from mdsample.reference.sampling import CHUNK
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = [
+    pytest.mark.skipif(not _backends.available("triton", DEVICE), reason=_backends.why_not("triton", DEVICE)),
+    # The interpreter's numpy warns on -inf - -inf in lanes that a tl.where then discards.
+    pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
+]
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+V_CROSS = 2 * CHUNK + 5  # three chunks, the last one nearly empty
+# Token disagreements allowed per comparison: none at these sizes (see the module docstring).
+MAX_TOKEN_MISMATCHES = 0
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _logits(shape, dtype, seed, scale=3.0):
+    return (torch.randn(shape, generator=_gen(seed), dtype=torch.float64) * scale).to(dtype).to(DEVICE)
+
+
+def _both(fn, *args, **kwargs):
+    return fn(*args, backend="triton", **kwargs), fn(*args, backend="reference", **kwargs)
+
+
+def _assert_tokens(tri, ref):
+    assert tri.shape == ref.shape and tri.dtype == ref.dtype == torch.int64
+    mismatches = int((tri != ref).sum())
+    assert mismatches <= MAX_TOKEN_MISMATCHES, f"{mismatches} tokens differ: {tri[tri != ref]} vs {ref[tri != ref]}"
+
+
+def _assert_result(tri, ref, stats_rows=None):
+    """Tokens equal; stats close (on ``stats_rows`` only, when given)."""
+    _assert_tokens(tri.tokens, ref.tokens)
+    for name in ("logprob", "prob", "margin", "entropy"):
+        a, b = getattr(tri, name), getattr(ref, name)
+        if stats_rows is not None:
+            a, b = a[stats_rows], b[stats_rows]
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, equal_nan=True, msg=lambda m: f"{name}: {m}")
+
+
+# ---- Philox words and uniforms: the kernel's counter layout is the reference's, bit for bit ----
+
+@triton.jit
+def _draw_kernel(seed_ptr, offset_ptr, position_ptr, words_ptr, uniforms_ptr, DOMAIN: tl.constexpr):
+    from mdsample.triton.sampling import _philox_words, _uniform53  # noqa: F401 (resolved by the JIT)
+
+    i = tl.program_id(0)
+    w0, w1, w2, w3 = _philox_words(tl.load(seed_ptr + i), tl.load(offset_ptr + i), tl.load(position_ptr + i), DOMAIN)
+    tl.store(words_ptr + 4 * i + 0, w0.to(tl.int64))
+    tl.store(words_ptr + 4 * i + 1, w1.to(tl.int64))
+    tl.store(words_ptr + 4 * i + 2, w2.to(tl.int64))
+    tl.store(words_ptr + 4 * i + 3, w3.to(tl.int64))
+    tl.store(uniforms_ptr + 2 * i + 0, _uniform53(w0, w1))
+    tl.store(uniforms_ptr + 2 * i + 1, _uniform53(w2, w3))
+
+
+@pytest.mark.parametrize("domain", [DOMAIN_TOKEN, DOMAIN_REVEAL])
+def test_philox_words_match_reference(domain):
+    edge = [0, 1, -1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, -(2**63), 0x0123456789ABCDEF, -0x5555AAAA5555AAAA]
+    seed = torch.tensor(edge, dtype=torch.int64)
+    offset = seed.roll(3)
+    position = torch.tensor([0, 1, 2**31, 2**32 - 1, 2**32, MAX_POSITION, 123456789012, 2**47, 7, 2**40 + 3])
+    words = torch.empty(len(edge), 4, dtype=torch.int64, device=DEVICE)
+    uniforms = torch.empty(len(edge), 2, dtype=torch.float64, device=DEVICE)
+    _draw_kernel[(len(edge),)](seed.to(DEVICE), offset.to(DEVICE), position.to(DEVICE), words, uniforms, DOMAIN=domain)
+    ref = torch.stack(draw_words(seed, offset, position, domain), -1)
+    assert torch.equal(words.cpu(), ref)
+    ref_u = torch.stack([uniform53(ref[:, 0], ref[:, 1]), uniform53(ref[:, 2], ref[:, 3])], -1)
+    assert torch.equal(uniforms.cpu(), ref_u)
+
+
+# ---- sample_categorical ----
+
+@pytest.mark.parametrize("vocab", [37, V_CROSS])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_reference(dtype, vocab):
+    n = 24
+    logits = _logits((n, vocab), dtype, seed=vocab + n)
+    logits[::5, :: 7] = -math.inf  # masked-out tokens
+    # 1e-40 is subnormal in fp32: 1 / T overflows, the draw must still be the argmax.
+    temps = torch.tensor([0.0, 0.05, 0.3, 0.7, 1.0, 1e-40, 1.7, 4.0] * 3, device=DEVICE)
+    seeds = torch.randint(-(2**62), 2**62, (n,), generator=_gen(1)).to(DEVICE)
+    positions = torch.randint(0, 2**40, (n,), generator=_gen(2)).to(DEVICE)
+    tri, ref = _both(
+        mdsample.sample_categorical, logits, temperature=temps, seed=seeds, offset=12345, positions=positions,
+        return_stats=True,
+    )
+    # At T = 1e-40 the reference's stats lose log(#ties) in y - logsumexp(y) with |y| ~ 1e41 (it does not
+    # shift by the max first), so its stats are compared on the other rows; the kernel's are exact there.
+    subnormal = temps == 1e-40
+    _assert_result(tri, ref, stats_rows=~subnormal)
+    n_max = (logits == logits.amax(-1, keepdim=True)).sum(-1).double()
+    torch.testing.assert_close(tri.logprob[subnormal].double(), -n_max[subnormal].log(), rtol=1e-6, atol=1e-6)
+
+
+def test_matches_reference_wide_batch():
+    """N = 64 rows of V = 5000 (three chunks), one scalar temperature, large logits (scale 8)."""
+    logits = _logits((4, 16, 5000), torch.float32, seed=7, scale=8.0) + 40.0
+    tri, ref = _both(mdsample.sample_categorical, logits, temperature=0.9, seed=2**40 + 17, offset=3, return_stats=True)
+    _assert_result(tri, ref)
+    assert len(set(tri.tokens.flatten().tolist())) > 32  # rows really differ
+
+
+def test_chunk_selection_crosses_chunks():
+    """Mass split across chunks (the head of each chunk raised): draws land in every chunk, as in the reference."""
+    n, vocab = 48, V_CROSS
+    logits = _logits((n, vocab), torch.float32, seed=11, scale=1.0)
+    logits[:, 0] += 3.0
+    logits[:, CHUNK + 1] += 3.0
+    logits[:, 2 * CHUNK + 2] += 3.0
+    tri, ref = _both(mdsample.sample_categorical, logits, seed=5, offset=torch.arange(n, device=DEVICE))
+    _assert_tokens(tri, ref)
+    assert {int(t) // CHUNK for t in tri} == {0, 1, 2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_guidance(dtype):
+    n, vocab = 16, V_CROSS
+    cond = _logits((n, vocab), dtype, seed=21)
+    uncond = _logits((n, vocab), dtype, seed=22)
+    cond[0, 10:20] = -math.inf          # -inf on either side gives -inf
+    uncond[1, 30:40] = -math.inf
+    uncond[2, :] = -math.inf
+    uncond[2, 5] = 1.0                  # only token 5 survives in row 2
+    for scale in (1.5, -0.4):
+        tri, ref = _both(
+            mdsample.sample_categorical, cond, guidance=uncond, guidance_scale=scale,
+            temperature=torch.linspace(0, 2, n, device=DEVICE), seed=9, return_stats=True,
+        )
+        _assert_result(tri, ref)
+        assert int(tri.tokens[2]) == 5
+
+
+def test_exclude_active_fallback():
+    n, vocab = 32, 300
+    logits = _logits((n, vocab), torch.float16, seed=31)
+    logits[:, 17] = 30.0                # the excluded token would win every draw
+    active = torch.rand(n, generator=_gen(32)) < 0.6
+    active[0], active[1] = True, False
+    logits[~active.to(DEVICE), :] = math.nan  # inactive rows are not read: no -1, no error
+    fallback = torch.arange(n, device=DEVICE) + 1000
+    act = active.to(DEVICE)
+    temps = torch.tensor([0.0, 1.0, 0.5, 2.0] * 8, device=DEVICE)
+    for fb in (fallback, None):
+        tri, ref = _both(
+            mdsample.sample_categorical, logits, temperature=temps, exclude=17, active=act, fallback=fb,
+            seed=4, return_stats=True,
+        )
+        _assert_result(tri, ref)
+        expected_inactive = fallback[~act] if fb is not None else torch.full_like(fallback[~act], -1)
+        assert torch.equal(tri.tokens[~act], expected_inactive)
+        assert not bool((tri.tokens == 17).any())
+        assert bool(torch.isnan(tri.entropy[~act]).all())
+
+
+def test_temperature_zero_argmax_lowest_index():
+    n, vocab = 8, V_CROSS
+    logits = torch.randint(-3, 3, (n, vocab), generator=_gen(41)).to(torch.bfloat16).to(DEVICE)
+    logits[0, [2100, 5, 4100]] = 9.0                # tie across chunks: index 5
+    logits[1, [CHUNK + 3, 2 * CHUNK + 1]] = 9.0     # tie in later chunks: CHUNK + 3
+    logits[2, vocab - 1] = 9.0                      # max in the last (partial) chunk
+    tokens = [mdsample.sample_categorical(logits, temperature=0.0, seed=s, backend="triton") for s in (0, 1, 2**50)]
+    ref = mdsample.sample_categorical(logits, temperature=0.0, backend="reference")
+    for t in tokens:  # no randomness consumed: the seed changes nothing
+        _assert_tokens(t, ref)
+    assert tokens[0][:3].tolist() == [5, CHUNK + 3, vocab - 1]
+    # With `exclude` on the maximum, the next-highest lowest index wins.
+    tri, ref = _both(mdsample.sample_categorical, logits, temperature=0.0, exclude=5)
+    _assert_tokens(tri, ref)
+    assert int(tri[0]) == 2100
+
+
+def test_bad_rows():
+    vocab = V_CROSS
+    logits = _logits((6, vocab), torch.float32, seed=51)
+    logits[0, 3000] = math.nan
+    logits[1, 4] = math.inf
+    logits[2, :] = -math.inf
+    logits[3, :] = -math.inf
+    logits[3, 9] = 2.0                  # only finite score is the excluded one
+    temps = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0], device=DEVICE)
+    tri, ref = _both(mdsample.sample_categorical, logits, temperature=temps, exclude=9, check=False, return_stats=True)
+    _assert_result(tri, ref)
+    assert tri.tokens[:4].tolist() == [-1, -1, -1, -1] and bool((tri.tokens[4:] >= 0).all())
+    assert bool(torch.isnan(tri.logprob[:4]).all()) and not bool(torch.isnan(tri.logprob[4:]).any())
+    with pytest.raises(ValueError, match="NaN"):
+        mdsample.sample_categorical(logits, temperature=temps, exclude=9, backend="triton")
+
+
+def test_stats_temperature_and_single_token_vocab():
+    n, vocab = 16, 999
+    logits = _logits((n, vocab), torch.float64, seed=61)
+    temps = torch.linspace(0, 3, n, device=DEVICE)
+    stats_t = torch.linspace(0.2, 2, n, device=DEVICE)
+    _assert_result(*_both(mdsample.sample_categorical, logits, temperature=temps, return_stats=True,
+                          stats_temperature=stats_t, seed=6))
+    _assert_result(*_both(mdsample.sample_categorical, logits, temperature=temps, return_stats=True,
+                          stats_temperature=1.0, seed=6))
+    one = _logits((3, 1), torch.float32, seed=62)
+    tri, ref = _both(mdsample.sample_categorical, one, return_stats=True)
+    _assert_result(tri, ref)
+    assert tri.tokens.tolist() == [0, 0, 0]
+
+
+def test_stats_near_one_hot():
+    """Log-probabilities and entropies of ~1e-8 keep their relative precision (tail summed apart from the max)."""
+    n, vocab = 8, 1000
+    logits = _logits((n, vocab), torch.float32, seed=63, scale=1.0)
+    logits[torch.arange(n), torch.arange(n) * 97] += torch.linspace(24, 32, n).to(DEVICE)
+    tri, ref = _both(mdsample.sample_categorical, logits, temperature=0.0, return_stats=True, stats_temperature=1.0)
+    _assert_tokens(tri.tokens, ref.tokens)
+    assert bool((ref.entropy < 1e-5).all()) and bool((ref.logprob > -1e-6).all())
+    for name in ("logprob", "entropy", "margin"):
+        torch.testing.assert_close(getattr(tri, name), getattr(ref, name), rtol=1e-4, atol=0.0)
+
+
+# ---- leading dims: strided, permuted, expanded, sliced (read in place) ----
+
+def test_strided_leading_dims():
+    vocab = 2 * CHUNK + 1
+    base = _logits((2, 1, vocab), torch.float16, seed=71)
+    expanded = base.expand(2, 5, vocab)                       # stride 0: five rows share one row
+    permuted = _logits((5, 3, vocab), torch.float32, seed=72).transpose(0, 1)
+    sliced = _logits((6, vocab + 50), torch.bfloat16, seed=73)[:, 10:10 + vocab]
+    for logits in (expanded, permuted, sliced):
+        assert not logits.is_contiguous()
+        tri, ref = _both(mdsample.sample_categorical, logits, temperature=0.8, seed=8, return_stats=True)
+        _assert_result(tri, ref)
+    # The expanded rows differ only by position: they still draw independently.
+    tokens = mdsample.sample_categorical(expanded, seed=8, backend="triton")
+    assert len(set(tokens[0].tolist())) > 1
+    # Guidance with a different layout from the logits.
+    uncond = _logits((3, 1, vocab), torch.float32, seed=74).expand(3, 5, vocab)
+    tri, ref = _both(mdsample.sample_categorical, permuted, guidance=uncond, guidance_scale=0.7, seed=8)
+    _assert_tokens(tri, ref)
+
+
+def test_batch_invariance():
+    """A row's token depends on (seed, offset, position) only, not on its batch or its place in it."""
+    vocab = 600
+    logits = _logits((12, vocab), torch.float32, seed=81)
+    positions = torch.arange(100, 112, device=DEVICE)
+    full = mdsample.sample_categorical(logits, positions=positions, seed=3, offset=9, backend="triton")
+    perm = torch.randperm(12, generator=_gen(82)).to(DEVICE)
+    shuffled = mdsample.sample_categorical(logits[perm], positions=positions[perm], seed=3, offset=9, backend="triton")
+    assert torch.equal(shuffled, full[perm])
+    alone = mdsample.sample_categorical(logits[5:6], positions=positions[5:6], seed=3, offset=9, backend="triton")
+    assert int(alone) == int(full[5])
+
+
+# ---- unmask_step ----
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_unmask_step_matches_reference(dtype):
+    b, length, vocab, mask_id = 4, 16, 2 * CHUNK + 3, 2 * CHUNK + 2  # mask token in the last chunk
+    logits = _logits((b, length, vocab), dtype, seed=91)
+    logits[..., mask_id] = 50.0         # SUBS: the mask token is never drawn, however likely
+    x = torch.randint(0, vocab, (b, length), generator=_gen(92)).to(DEVICE)
+    masked = torch.rand(b, length, generator=_gen(93)).to(DEVICE) < 0.6
+    x[masked] = mask_id
+    logits[~masked] = math.nan          # unmasked positions are never read
+    reveal = torch.tensor([[0.0], [0.3], [0.7], [1.0]], device=DEVICE)
+    temps = torch.tensor([0.0, 0.5, 1.0, 1.5], device=DEVICE).repeat_interleave(4).view(1, length).expand(b, length)
+    x_before = x.clone()
+    (tri, revealed), (ref, _) = _both(
+        mdsample.unmask_step, logits, x, mask_id=mask_id, reveal_prob=reveal, temperature=temps, seed=2**33 + 1,
+        offset=7, return_revealed=True,
+    )
+    _assert_tokens(tri, ref)
+    assert torch.equal(x, x_before)
+    assert torch.equal(tri[~masked], x[~masked])
+    assert not bool(revealed[0].any()) and bool(revealed[3][masked[3]].all())
+    assert 0 < int(revealed[1:3].sum()) < int(masked[1:3].sum())
+    assert not bool((tri[revealed] == mask_id).any())
+
+
+def test_unmask_step_guidance_and_positions():
+    b, length, vocab, mask_id = 2, 24, 700, 0
+    cond = _logits((b, length, vocab), torch.float16, seed=95)
+    uncond = _logits((b, length, vocab), torch.float16, seed=96)
+    x = torch.full((b, length), mask_id, device=DEVICE)
+    x[:, :4] = 11
+    positions = torch.arange(length, device=DEVICE).expand(b, length) + torch.tensor([[0], [10**6]], device=DEVICE)
+    tri, ref = _both(
+        mdsample.unmask_step, cond, x, mask_id=mask_id, reveal_prob=0.5, guidance=uncond, guidance_scale=2.0,
+        positions=positions, seed=123, offset=2,
+    )
+    _assert_tokens(tri, ref)
+    assert torch.equal(tri[:, :4], x[:, :4])
