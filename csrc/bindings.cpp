@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 
+#include "likelihood.h"
 #include "sampling.h"
 
 namespace py = pybind11;
@@ -12,6 +13,7 @@ namespace mdsample {
 const char* cpu_isa();
 bool cuda_compiled();
 const char* cuda_archs();
+void philox_host(uint32_t* out, int64_t n, const uint32_t* counters, const uint32_t* keys);
 void philox_cuda(uint64_t out, int64_t n, uint64_t counters, uint64_t keys, int64_t stream);
 }  // namespace mdsample
 
@@ -48,6 +50,54 @@ mdsample::SampleArgs sample_args(const py::kwargs& kw) {
   return a;
 }
 
+mdsample::TimestepArgs timestep_args(const py::kwargs& kw) {
+  mdsample::TimestepArgs a;
+  a.n = kw["n"].cast<int64_t>();
+  a.n_lattices = kw["n_lattices"].cast<int64_t>();
+  a.mode = kw["mode"].cast<int>();
+  a.eps = kw["eps"].cast<double>();
+  a.seed = kw["seed"].cast<int64_t>();
+  a.offset = ptr<const int64_t>(kw, "offset");
+  a.out = ptr<double>(kw, "out");
+  return a;
+}
+
+mdsample::ForwardMaskArgs forward_mask_args(const py::kwargs& kw) {
+  mdsample::ForwardMaskArgs a;
+  a.x0 = ptr<const int64_t>(kw, "x0");
+  a.batch = kw["batch"].cast<int64_t>();
+  a.length = kw["length"].cast<int64_t>();
+  a.maskable = ptr<const uint8_t>(kw, "maskable");
+  a.seed = ptr<const int64_t>(kw, "seed");
+  a.offset = ptr<const int64_t>(kw, "offset");
+  a.position = ptr<const int64_t>(kw, "position");
+  a.prob = ptr<const double>(kw, "prob");
+  a.count = ptr<const int64_t>(kw, "count");
+  a.mask_id = kw["mask_id"].cast<int64_t>();
+  a.out = ptr<int64_t>(kw, "out");
+  return a;
+}
+
+mdsample::MaskedNllArgs masked_nll_args(const py::kwargs& kw) {
+  mdsample::MaskedNllArgs a;
+  a.logits = ptr<const void>(kw, "logits");
+  a.dtype = kw["dtype"].cast<int>();
+  a.vocab = kw["vocab"].cast<int64_t>();
+  a.row_offsets = ptr<const int64_t>(kw, "row_offsets");
+  a.guidance = ptr<const void>(kw, "guidance");
+  a.guidance_offsets = ptr<const int64_t>(kw, "guidance_offsets");
+  a.guidance_scale = kw["guidance_scale"].cast<float>();
+  a.target = ptr<const int64_t>(kw, "target");
+  a.xt = ptr<const int64_t>(kw, "xt");
+  a.weight = ptr<const float>(kw, "weight");
+  a.mask_id = kw["mask_id"].cast<int64_t>();
+  a.exclude = kw["exclude"].cast<int64_t>();
+  a.n_seqs = kw["n_seqs"].cast<int64_t>();
+  a.length = kw["length"].cast<int64_t>();
+  a.out = ptr<float>(kw, "out");
+  return a;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -62,8 +112,34 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     mdsample::sample_cpu(a);
   }, "Row draw of sample_categorical / unmask_step on CPU (see csrc/sampling.h)");
+  m.def("philox_host", [](uintptr_t out, int64_t n, uintptr_t counters, uintptr_t keys) {
+    mdsample::philox_host(reinterpret_cast<uint32_t*>(out), n, reinterpret_cast<const uint32_t*>(counters),
+                          reinterpret_cast<const uint32_t*>(keys));
+  }, py::arg("out"), py::arg("n"), py::arg("counters"), py::arg("keys"),
+     "Philox4x32-10 of n (counter[4], key[2]) uint32 pairs on the host (known-answer tests)");
   m.def("philox_cuda", [](uintptr_t out, int64_t n, uintptr_t counters, uintptr_t keys, int64_t stream) {
     mdsample::philox_cuda(out, n, counters, keys, stream);
   }, py::arg("out"), py::arg("n"), py::arg("counters"), py::arg("keys"), py::arg("stream"),
      "Philox4x32-10 of n (counter[4], key[2]) uint32 pairs on the GPU (known-answer tests)");
+  m.def("lowdisc_timesteps_cpu", [](py::kwargs kw) {
+    const mdsample::TimestepArgs a = timestep_args(kw);
+    py::gil_scoped_release nogil;
+    mdsample::lowdisc_timesteps_cpu(a);
+  }, "Timestep lattices of lowdisc_timesteps on CPU (see csrc/likelihood.h)");
+  m.def("forward_mask_cpu", [](py::kwargs kw) {
+    const mdsample::ForwardMaskArgs a = forward_mask_args(kw);
+    py::gil_scoped_release nogil;
+    mdsample::forward_mask_cpu(a);
+  }, "Bernoulli / exact-count forward masking of forward_mask on CPU (see csrc/likelihood.h)");
+  m.def("masked_nll_cpu", [](py::kwargs kw) {
+    const mdsample::MaskedNllArgs a = masked_nll_args(kw);
+    py::gil_scoped_release nogil;
+    mdsample::masked_nll_cpu(a);
+  }, "Per-sequence weighted NLL over masked rows of masked_nll on CPU (see csrc/likelihood.h)");
+  m.def("masked_nll_cuda", [](py::kwargs kw) {
+    const mdsample::MaskedNllArgs a = masked_nll_args(kw);
+    const int64_t stream = kw["stream"].cast<int64_t>();
+    py::gil_scoped_release nogil;
+    mdsample::masked_nll_cuda(a, stream);
+  }, "masked_nll on the GPU (compiled, not yet dispatched to: no GPU has run it)");
 }

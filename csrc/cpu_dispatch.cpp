@@ -1,16 +1,23 @@
 // Picks, at run time, the build of each CPU op for the instruction set this
 // machine has: the wheel carries a baseline x86-64 build and an AVX2+FMA+F16C
 // build of every *_cpu.cpp (CMakeLists.txt), never -march=native.
+#include "likelihood.h"
 #include "sampling.h"
 
 namespace mdsample {
 
 namespace base {
 void sample_cpu(const SampleArgs& args);
+void lowdisc_timesteps_cpu(const TimestepArgs& args);
+void forward_mask_cpu(const ForwardMaskArgs& args);
+void masked_nll_cpu(const MaskedNllArgs& args);
 }
 #if defined(MDS_HAVE_AVX2)
 namespace avx2 {
 void sample_cpu(const SampleArgs& args);
+void lowdisc_timesteps_cpu(const TimestepArgs& args);
+void forward_mask_cpu(const ForwardMaskArgs& args);
+void masked_nll_cpu(const MaskedNllArgs& args);
 }
 #endif
 
@@ -31,6 +38,27 @@ void sample_cpu(const SampleArgs& args) {
   if (has_avx2()) return avx2::sample_cpu(args);
 #endif
   base::sample_cpu(args);
+}
+
+void lowdisc_timesteps_cpu(const TimestepArgs& args) {
+#if defined(MDS_HAVE_AVX2)
+  if (has_avx2()) return avx2::lowdisc_timesteps_cpu(args);
+#endif
+  base::lowdisc_timesteps_cpu(args);
+}
+
+void forward_mask_cpu(const ForwardMaskArgs& args) {
+#if defined(MDS_HAVE_AVX2)
+  if (has_avx2()) return avx2::forward_mask_cpu(args);
+#endif
+  base::forward_mask_cpu(args);
+}
+
+void masked_nll_cpu(const MaskedNllArgs& args) {
+#if defined(MDS_HAVE_AVX2)
+  if (has_avx2()) return avx2::masked_nll_cpu(args);
+#endif
+  base::masked_nll_cpu(args);
 }
 
 }  // namespace mdsample

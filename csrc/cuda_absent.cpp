@@ -4,6 +4,8 @@
 
 #include <stdexcept>
 
+#include "likelihood.h"
+
 namespace mdsample {
 
 bool cuda_compiled() { return false; }
@@ -11,6 +13,10 @@ bool cuda_compiled() { return false; }
 const char* cuda_archs() { return ""; }
 
 void philox_cuda(uint64_t, int64_t, uint64_t, uint64_t, int64_t) {
+  throw std::runtime_error("mdsample._C was built without CUDA (no nvcc at build time)");
+}
+
+void masked_nll_cuda(const MaskedNllArgs&, int64_t) {
   throw std::runtime_error("mdsample._C was built without CUDA (no nvcc at build time)");
 }
 

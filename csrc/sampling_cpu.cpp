@@ -146,7 +146,7 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
     if (passthrough == a.mask_id) {
       const Philox4 coin = draw_words(uint64_t(a.seed[r]), uint64_t(a.offset[r]),
                                       uint64_t(a.position[r]), kDomainReveal);
-      drawn = uniform53(coin.w[0], coin.w[1]) < a.reveal_prob[r];
+      drawn = uniform52(coin.w[0], coin.w[1]) < a.reveal_prob[r];
     }
   }
   if (!drawn) {
@@ -214,8 +214,8 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
       }
       const Philox4 words = draw_words(uint64_t(a.seed[r]), uint64_t(a.offset[r]),
                                        uint64_t(a.position[r]), kDomainToken);
-      const double u1 = uniform53(words.w[0], words.w[1]);
-      const double u2 = uniform53(words.w[2], words.w[3]);
+      const double u1 = uniform52(words.w[0], words.w[1]);
+      const double u2 = uniform52(words.w[2], words.w[3]);
       const int64_t c = first_over(sc.chunk_weight.data(), n_chunks, u1 * total);
       // Level 2: token inside chunk c, its weights summed again in double so
       // the draw inside it is exact to double precision.

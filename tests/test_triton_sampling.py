@@ -17,8 +17,9 @@ import triton.language as tl
 
 import mdsample
 from mdsample import _backends
-from mdsample.reference.philox import DOMAIN_REVEAL, DOMAIN_TOKEN, MAX_POSITION, draw_words, uniform53
+from mdsample.reference.philox import DOMAIN_REVEAL, DOMAIN_TOKEN, MAX_POSITION, draw_words, uniform52
 from mdsample.reference.sampling import CHUNK
+from mdsample.triton.sampling import _philox_words, _uniform52
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = [
@@ -65,16 +66,14 @@ def _assert_result(tri, ref, stats_rows=None):
 
 @triton.jit
 def _draw_kernel(seed_ptr, offset_ptr, position_ptr, words_ptr, uniforms_ptr, DOMAIN: tl.constexpr):
-    from mdsample.triton.sampling import _philox_words, _uniform53  # noqa: F401 (resolved by the JIT)
-
     i = tl.program_id(0)
     w0, w1, w2, w3 = _philox_words(tl.load(seed_ptr + i), tl.load(offset_ptr + i), tl.load(position_ptr + i), DOMAIN)
     tl.store(words_ptr + 4 * i + 0, w0.to(tl.int64))
     tl.store(words_ptr + 4 * i + 1, w1.to(tl.int64))
     tl.store(words_ptr + 4 * i + 2, w2.to(tl.int64))
     tl.store(words_ptr + 4 * i + 3, w3.to(tl.int64))
-    tl.store(uniforms_ptr + 2 * i + 0, _uniform53(w0, w1))
-    tl.store(uniforms_ptr + 2 * i + 1, _uniform53(w2, w3))
+    tl.store(uniforms_ptr + 2 * i + 0, _uniform52(w0, w1))
+    tl.store(uniforms_ptr + 2 * i + 1, _uniform52(w2, w3))
 
 
 @pytest.mark.parametrize("domain", [DOMAIN_TOKEN, DOMAIN_REVEAL])
@@ -88,7 +87,7 @@ def test_philox_words_match_reference(domain):
     _draw_kernel[(len(edge),)](seed.to(DEVICE), offset.to(DEVICE), position.to(DEVICE), words, uniforms, DOMAIN=domain)
     ref = torch.stack(draw_words(seed, offset, position, domain), -1)
     assert torch.equal(words.cpu(), ref)
-    ref_u = torch.stack([uniform53(ref[:, 0], ref[:, 1]), uniform53(ref[:, 2], ref[:, 3])], -1)
+    ref_u = torch.stack([uniform52(ref[:, 0], ref[:, 1]), uniform52(ref[:, 2], ref[:, 3])], -1)
     assert torch.equal(uniforms.cpu(), ref_u)
 
 

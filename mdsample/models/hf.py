@@ -17,6 +17,7 @@ predicts token ``i`` (position 0 keeps its own output, as Dream's sampler does).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional
 
 import torch
@@ -31,6 +32,16 @@ def _shift(t: torch.Tensor, shift: int) -> torch.Tensor:
     if shift == 0 or t.shape[1] <= 1:
         return t
     return torch.cat([t[:, :shift], t[:, :-shift]], dim=1)
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    """Whether ``fn`` (a module's forward) takes keyword ``name`` (by name or through ``**kwargs``)."""
+    fn = getattr(fn, "forward", fn)
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 class HFBackbone:
@@ -56,7 +67,7 @@ class HFBackbone:
         vocab = getattr(config, "vocab_size", None)
         self.vocab_size = vocab if isinstance(vocab, int) else None
         # Sampling never reuses the model's own KV cache; building one each call only costs time.
-        self._extra = {"use_cache": False} if hasattr(config, "use_cache") else {}
+        self._extra = {"use_cache": False} if _accepts(model, "use_cache") else {}
 
     @property
     def device(self) -> Optional[torch.device]:
@@ -78,11 +89,12 @@ class HFRowBackbone(HFBackbone):
         if not (callable(body) and callable(lm_head)):
             raise TypeError("HFRowBackbone needs a model with a callable .model (body) and .lm_head")
         self.body, self.lm_head = body, lm_head
+        self._body_extra = {"use_cache": False} if _accepts(body, "use_cache") else {}
         self.softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
 
     def hidden(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Last hidden states ``[B, L, D]`` of ``x`` ``[B, L]`` (shifted like the logits)."""
-        out = self.body(input_ids=x, attention_mask=attention_mask, **self._extra)
+        out = self.body(input_ids=x, attention_mask=attention_mask, **self._body_extra)
         return _shift(hidden_of(out), self.logits_shift)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:

@@ -108,3 +108,32 @@ def unravel(flat_index: int, shape) -> tuple[int, ...]:
         out.append(flat_index % size)
         flat_index //= size
     return tuple(reversed(out))
+
+
+def int_number(name: str, value, *, low: int | None = None, high: int | None = None) -> int:
+    """A Python int (not bool) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
+    v = int(value)
+    if (low is not None and v < low) or (high is not None and v > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{name} must be an int in [{lo}, {hi}]; got {value}")
+    return v
+
+
+def choice(name: str, value, options) -> str:
+    """One of the strings ``options``."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
+    return value
+
+
+def int_tokens(name: str, value, *, min_dim: int = 1) -> torch.Tensor:
+    """An integer tensor of token ids with at least ``min_dim`` dims, as int64 (a copy only if needed)."""
+    t = as_tensor(name, value)
+    if t.dtype not in INT_DTYPES:
+        raise TypeError(f"{name} must be an integer tensor of token ids; got {t.dtype}")
+    if t.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dim(s); got shape {tuple(t.shape)}")
+    return t.to(torch.int64)

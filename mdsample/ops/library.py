@@ -55,3 +55,83 @@ def sample_rows_op(req: RowDraw, backend: str):
     """Run ``req`` through the registered op; returns tokens ``[N]`` and stats ``[N, 4]`` or None."""
     tokens, stats = torch.ops.mdsample.sample_rows(*(getattr(req, f) for f in _FIELDS), backend)
     return tokens, (stats if req.stats_temperature is not None else None)
+
+
+# ---- likelihood ops: lowdisc_timesteps, forward_mask, masked_nll (issue 6) ----
+
+from . import _likelihood as _lk  # noqa: E402  (kept beside its registrations)
+
+_NLL_FIELDS = [f.name for f in dataclasses.fields(_lk.NllRequest)]
+
+
+@torch.library.custom_op("mdsample::lowdisc_timesteps", mutates_args=())
+def _lowdisc_timesteps(offset: torch.Tensor, n: int, eps: float, mode: str, seed: int, backend: str) -> torch.Tensor:
+    return _lk.run_timesteps(n, eps=eps, mode=mode, seed=seed, offset=offset, backend=backend)
+
+
+@_lowdisc_timesteps.register_fake
+def _(offset, n, eps, mode, seed, backend):
+    return offset.new_empty((offset.numel(), n), dtype=torch.float64)
+
+
+def lowdisc_timesteps_op(offset: torch.Tensor, n: int, eps: float, mode: str, seed: int, backend: str) -> torch.Tensor:
+    """Timesteps ``[G, n]`` float64 through the registered op (see ``_likelihood.run_timesteps``)."""
+    return torch.ops.mdsample.lowdisc_timesteps(offset, n, eps, mode, seed, backend)
+
+
+@torch.library.custom_op("mdsample::forward_mask", mutates_args=())
+def _forward_mask(
+    x0: torch.Tensor,
+    mask_id: int,
+    seed: torch.Tensor,
+    offset: torch.Tensor,
+    position: torch.Tensor | None,
+    maskable: torch.Tensor | None,
+    prob: torch.Tensor | None,
+    count: torch.Tensor | None,
+    backend: str,
+) -> torch.Tensor:
+    return _lk.run_forward_mask(x0, mask_id=mask_id, seed=seed, offset=offset, position=position, maskable=maskable,
+                                prob=prob, count=count, backend=backend)
+
+
+@_forward_mask.register_fake
+def _(x0, mask_id, seed, offset, position, maskable, prob, count, backend):
+    return torch.empty_like(x0)
+
+
+def forward_mask_op(x0, *, mask_id, seed, offset, position, maskable, prob, count, backend) -> torch.Tensor:
+    """``x_t`` ``[B, L]`` int64 through the registered op (see ``_likelihood.run_forward_mask``)."""
+    return torch.ops.mdsample.forward_mask(x0, mask_id, seed, offset, position, maskable, prob, count, backend)
+
+
+@torch.library.custom_op("mdsample::masked_nll", mutates_args=())
+def _masked_nll(
+    logits: torch.Tensor,
+    row_offsets: torch.Tensor,
+    target: torch.Tensor,
+    xt: torch.Tensor,
+    weight: torch.Tensor | None,
+    mask_id: int,
+    exclude: int,
+    guidance: torch.Tensor | None,
+    guidance_offsets: torch.Tensor | None,
+    guidance_scale: float,
+    n_seqs: int,
+    length: int,
+    backend: str,
+) -> torch.Tensor:
+    kwargs = dict(locals())
+    chosen = kwargs.pop("backend")
+    return _lk.run_masked_nll(_lk.NllRequest(**kwargs), chosen)
+
+
+@_masked_nll.register_fake
+def _(logits, row_offsets, target, xt, weight, mask_id, exclude, guidance, guidance_offsets, guidance_scale, n_seqs,
+      length, backend):
+    return logits.new_empty((n_seqs,), dtype=torch.float32)
+
+
+def masked_nll_op(req: "_lk.NllRequest", backend: str) -> torch.Tensor:
+    """Per-sequence NLL ``[n_seqs]`` float32 through the registered op (see ``_likelihood.run_masked_nll``)."""
+    return torch.ops.mdsample.masked_nll(*(getattr(req, f) for f in _NLL_FIELDS), backend)

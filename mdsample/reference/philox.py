@@ -65,7 +65,7 @@ def draw_words(seed: torch.Tensor, offset: torch.Tensor, position: torch.Tensor,
     )
 
 
-def uniform53(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
-    """Centred uniform (k + 0.5) * 2^-53 in float64 from two uint32 words."""
-    k = (hi << 21) | (lo >> 11)
-    return (k.to(torch.float64) + 0.5) * 2.0**-53
+def uniform52(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+    """Centred uniform (k + 0.5) * 2^-52 in float64 from two uint32 words (k: 52 bits; exact, never 0 or 1)."""
+    k = (hi << 20) | (lo >> 12)
+    return (k.to(torch.float64) + 0.5) * 2.0**-52

@@ -10,7 +10,7 @@ The algorithm (one per row, specified here and in csrc/sampling_cpu.cpp):
    ``CHUNK = 2048`` tokens; chunk ``c`` has ``m_c = max a_i`` and
    ``S_c = sum exp(a_i - m_c)``, and weight ``W_c = S_c exp(m_c - M)``.
 4. One Philox call (domain TOKEN) gives 128 bits: ``u1`` from words 0-1 and
-   ``u2`` from words 2-3, each a centred 53-bit uniform.
+   ``u2`` from words 2-3, each a centred 52-bit uniform.
 5. Level 1 (inverse CDF over chunks): the first chunk whose running sum of
    ``W`` exceeds ``u1 * sum W``. Level 2 (inverse CDF inside it): the first
    token whose running sum of ``exp(a_i - m_c)`` exceeds ``u2 * S_c``, where
@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from .philox import DOMAIN_TOKEN, draw_words, uniform53
+from .philox import DOMAIN_TOKEN, draw_words, uniform52
 
 CHUNK = 2048
 
@@ -111,7 +111,7 @@ def sample_rows(
     weights = s * torch.exp(torch.where(torch.isfinite(m), m - torch.where(torch.isfinite(big_m), big_m, 0.0), -math.inf))
 
     w0, w1, w2, w3 = draw_words(seed, offset, position, DOMAIN_TOKEN)
-    u1, u2 = uniform53(w0, w1), uniform53(w2, w3)
+    u1, u2 = uniform52(w0, w1), uniform52(w2, w3)
     cum = weights.cumsum(-1)
     chunk = _first_over(cum, weights, u1 * cum[:, -1]).clamp_min(0)
     inner_w = w.gather(1, chunk.view(n, 1, 1).expand(n, 1, CHUNK)).squeeze(1)

@@ -7,7 +7,7 @@ same key/counter layout (DESIGN.md §3), so they depend only on (seed, offset, p
 domain), never on batch size, row order or the torch global RNG.
 
 The reveal coin here is, bit for bit, the coin of ``unmask_step`` (domain REVEAL,
-words 0-1, centred 53-bit uniform, revealed iff ``u < p``): a sampler that draws coins
+words 0-1, centred 52-bit uniform, revealed iff ``u < p``): a sampler that draws coins
 first and then samples only the revealed rows returns the same tokens as
 ``unmask_step`` on the full logits with the same keys.
 
@@ -21,7 +21,7 @@ import numbers
 
 import torch
 
-from ..reference.philox import DOMAIN_REVEAL, DOMAIN_TIMESTEP, DOMAIN_TOKEN, draw_words, uniform53
+from ..reference.philox import DOMAIN_REVEAL, DOMAIN_TIMESTEP, DOMAIN_TOKEN, draw_words, uniform52
 
 __all__ = ["DOMAIN_REVEAL", "DOMAIN_TIMESTEP", "DOMAIN_TOKEN", "seed_value", "uniforms", "reveal_coins"]
 
@@ -37,7 +37,7 @@ def seed_value(name: str, seed) -> int:
 
 
 def uniforms(seed: int, offset, positions: torch.Tensor, domain: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independent centred 53-bit uniforms in (0, 1), float64, shaped like ``positions``.
+    """Two independent centred 52-bit uniforms in (0, 1), float64, shaped like ``positions``.
 
     Args:
         seed: int (signed or unsigned 64-bit).
@@ -49,7 +49,7 @@ def uniforms(seed: int, offset, positions: torch.Tensor, domain: int) -> tuple[t
     off = offset if isinstance(offset, torch.Tensor) else torch.tensor(int(offset), dtype=torch.int64,
                                                                         device=positions.device)
     w0, w1, w2, w3 = draw_words(key, off, positions, domain)
-    return uniform53(w0, w1), uniform53(w2, w3)
+    return uniform52(w0, w1), uniform52(w2, w3)
 
 
 def reveal_coins(x: torch.Tensor, mask_id: int, reveal_prob, seed: int, offset, positions: torch.Tensor) -> torch.Tensor:

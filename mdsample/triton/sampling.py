@@ -17,7 +17,8 @@ One program draws one row, in three passes:
 1. Every chunk ``c`` of the row: guided fp32 scores ``g``, their max ``M_c`` and
    ``S_c = sum exp((g - M_c) / T)`` (fp32), stored in the scratch; along the way the
    bad-row flags, the argmax (temperature 0) and, when asked, the softmax stats at
-   ``stats_temperature`` (online max / sum / entropy merge as in ``csrc/include/mdsample/online.h``).
+   ``stats_temperature`` (the online max / sum / entropy merge of
+   ``csrc/include/mdsample/online.h``, with the sum kept as 1 + tail for precision).
 2. Chunk pick (float64, reads only the ``[C]`` scratch): ``W_c = S_c exp((M_c - M) / T)``,
    the first chunk whose running sum of ``W`` exceeds ``u1 * sum W``.
 3. Token pick: the chosen chunk is read again; ``w_i = exp((g_i - M_c) / T)`` in float64,
@@ -26,7 +27,14 @@ One program draws one row, in three passes:
 
 Exponents are written ``(g - M_c) / T`` rather than the reference's ``g / T - M_c / T``:
 equal in exact arithmetic, and the difference of two scores cannot overflow for a
-tiny ``T`` the way ``g / T`` can in fp32.
+tiny ``T`` the way ``g / T`` can in fp32. Where the kernel rounds differently from
+the float64 reference (fp32 scores, guidance combined in fp32, pass 1 in fp32) the
+weights differ by ~1e-7 relative, so tokens differ only at such near-ties. fp64
+logits beyond the fp32 range (|l| > 3.4e38) become +-inf on load.
+
+GPU notes: one program per row streams the row once (pass 1) and re-reads one
+chunk (pass 3); the scratch is ``8 C`` bytes per row. With few rows and a large
+vocabulary the grid is small; splitting pass 1 across programs would then help.
 
 Unmask mode (``req.x`` given): the row first flips its reveal coin (Philox domain
 REVEAL, words 0-1); rows with ``x != mask_id`` or an unsuccessful coin return ``x``
@@ -42,6 +50,8 @@ from ..ops._rows import RowDraw
 from ..reference.philox import DOMAIN_REVEAL, DOMAIN_TOKEN
 from ..reference.sampling import CHUNK
 
+_DOMAIN_TOKEN = tl.constexpr(DOMAIN_TOKEN)
+_DOMAIN_REVEAL = tl.constexpr(DOMAIN_REVEAL)
 # Chunk statistics picked per step of the chunk loop (pass 2): 1024 covers V = 2M tokens in one step.
 _MAX_CHUNK_BLOCK = 1024
 _NUM_WARPS = 8  # 2048-token chunks: 8 elements per thread
@@ -60,10 +70,10 @@ def _philox_words(seed, offset, position, DOMAIN: tl.constexpr):
 
 
 @triton.jit
-def _uniform53(hi, lo):
-    """Centred uniform (k + 0.5) * 2^-53 in float64 from two uint32 words (k < 2^53 converts exactly)."""
-    k = (hi.to(tl.uint64) << 21) | (lo.to(tl.uint64) >> 11)
-    return (k.to(tl.float64) + 0.5) * 1.1102230246251565e-16
+def _uniform52(hi, lo):
+    """Centred uniform (k + 0.5) * 2^-52 in float64 from two uint32 words (k: 52 bits, so k + 0.5 is exact)."""
+    k = (hi.to(tl.uint64) << 20) | (lo.to(tl.uint64) >> 12)
+    return (k.to(tl.float64) + 0.5) * 2.220446049250313e-16
 
 
 @triton.jit
@@ -127,8 +137,8 @@ def _sample_rows_kernel(
     if UNMASK:
         x = tl.load(x_ptr + r)
         reveal_prob = tl.load(reveal_prob_ptr + r)
-        coin0, coin1, _, _ = _philox_words(seed, offset, position, 1)  # DOMAIN_REVEAL
-        live = (x == mask_id) & (_uniform53(coin0, coin1) < reveal_prob)
+        coin0, coin1, _, _ = _philox_words(seed, offset, position, _DOMAIN_REVEAL)
+        live = (x == mask_id) & (_uniform52(coin0, coin1) < reveal_prob)
         carry = x
     elif HAS_ACTIVE:
         live = tl.load(active_ptr + r) != 0
@@ -227,9 +237,9 @@ def _sample_rows_kernel(
         token = argmax.to(tl.int64)
 
         if sampling & ~bad:
-            tok0, tok1, tok2, tok3 = _philox_words(seed, offset, position, 0)  # DOMAIN_TOKEN
-            u1 = _uniform53(tok0, tok1)
-            u2 = _uniform53(tok2, tok3)
+            tok0, tok1, tok2, tok3 = _philox_words(seed, offset, position, _DOMAIN_TOKEN)
+            u1 = _uniform52(tok0, tok1)
+            u2 = _uniform52(tok2, tok3)
             t64 = temperature.to(tl.float64)
             big_m = row_max.to(tl.float64)
             blk = tl.arange(0, CHUNK_BLOCK)
@@ -315,7 +325,6 @@ def sample_rows(req: RowDraw) -> tuple[torch.Tensor, torch.Tensor | None]:
         when ``req.stats_temperature`` is set, stats ``[N, 4]`` fp32 (logprob, prob,
         top1 - top2 margin, entropy; NaN on rows not drawn and bad rows), else None.
     """
-    assert DOMAIN_TOKEN == 0 and DOMAIN_REVEAL == 1  # hard-coded in the kernel's Philox calls
     n, vocab = req.n_rows, req.vocab
     device = req.logits.device
     tokens = torch.empty(n, dtype=torch.int64, device=device)

@@ -285,3 +285,10 @@ def test_bad_prompt():
         mdsample.generate(TinyLM(), torch.zeros(2, 3), mask_id=MASK)
     with pytest.raises(ValueError, match="prompt"):
         mdsample.generate(TinyLM(), torch.zeros(2, 3, 4, dtype=torch.long), mask_id=MASK)
+
+
+def test_every_backend_gives_the_same_tokens(backend):
+    model, p = TinyLM(), prompts(B=2, P=3)
+    kw = dict(steps=2, gen_length=4, block_length=2, mask_id=MASK, temperature=0.8, seed=5, threshold=0.5)
+    ref = mdsample.generate(model, p, backend="reference", **kw)
+    assert torch.equal(mdsample.generate(model, p, backend=backend, **kw), ref)

@@ -71,12 +71,13 @@ MDS_HD Philox4 draw_words(uint64_t seed, uint64_t offset, uint64_t position,
                        uint32_t(seed >> 32));
 }
 
-// Uniform on (0, 1) from 53 bits, centred: (k + 0.5) * 2^-53. Never 0 or 1,
-// exact in a double, and fine enough that a token of probability p >= 1e-10
-// sees a relative grid error below 1e-6.
-MDS_HD double uniform53(uint32_t hi, uint32_t lo) {
-  uint64_t k = (uint64_t(hi) << 21) | (uint64_t(lo) >> 11);
-  return (double(k) + 0.5) * (1.0 / 9007199254740992.0);
+// Uniform on (0, 1) from 52 random bits, centred: (k + 0.5) * 2^-52. Exact in a
+// double (53 bits hold k + 0.5; with 53 random bits the top value would round
+// to 1.0), never 0 or 1, and fine enough that a token of probability
+// p >= 1e-10 sees a relative grid error below 1e-5.
+MDS_HD double uniform52(uint32_t hi, uint32_t lo) {
+  uint64_t k = (uint64_t(hi) << 20) | (uint64_t(lo) >> 12);
+  return (double(k) + 0.5) * (1.0 / 4503599627370496.0);
 }
 
 }  // namespace mdsample

@@ -1,0 +1,293 @@
+"""Samplers vs the published loops: forward passes, logits rows and wall time (CPU, tiny model).
+
+Counts are what this benchmark is about: they do not depend on the hardware. For the
+same settings it runs
+
+- MDLM as published (``_sample`` with the ``ddpm_cache`` predictor: a full ``[B, L, V]``
+  forward whenever the batch changed, fp32 Gumbel race, final argmax forward) and
+  ``mdsample.sample_mdlm`` (reveal coins first, per-sequence forwards, head rows only);
+- LLaDA as published (``generate``: a full forward of every sequence every step) and
+  ``mdsample.generate`` (candidate rows only), plus Fast-dLLM's threshold rule;
+
+on one tiny bidirectional transformer offering ``hidden``/``head``, and writes
+``benchmarks/results/cpu-samplers-<date>.json``. Wall times are CPU times on whatever
+machine ran this (labelled as such), never a GPU claim.
+
+Usage: ``python benchmarks/bench_samplers.py [--quick] [--threads N]``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import mdsample  # noqa: E402
+from mdsample import _backends  # noqa: E402
+
+
+class TinyDiffusionLM(torch.nn.Module):
+    """A small bidirectional transformer (pre-norm, learned positions) with a hidden/head split."""
+
+    def __init__(self, vocab: int, d: int = 64, layers: int = 2, heads: int = 4, max_len: int = 1024,
+                 head_scale: float = 1.0, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = torch.nn.Embedding(vocab, d)
+        self.pos = torch.nn.Embedding(max_len, d)
+        layer = torch.nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
+        self.body = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = torch.nn.LayerNorm(d)
+        self.out = torch.nn.Linear(d, vocab)
+        with torch.no_grad():
+            self.out.weight.mul_(head_scale)
+        self.vocab_size = vocab
+
+    def hidden(self, x, attention_mask=None):
+        h = self.emb(x) + self.pos(torch.arange(x.shape[1], device=x.device))
+        return self.norm(self.body(h))
+
+    def head(self, h):
+        return self.out(h)
+
+    def forward(self, x, attention_mask=None):
+        return self.head(self.hidden(x))
+
+
+class Counter:
+    """Wraps a model; counts calls, sequence-forwards and logits rows (width V) computed."""
+
+    def __init__(self, model, use_head=True):
+        self.model = model
+        self.vocab_size = model.vocab_size
+        self.calls = self.sequences = self.rows = 0
+        if use_head:
+            self.hidden, self.head = self._hidden, self._head
+
+    def __call__(self, x, attention_mask=None):
+        self.calls += 1
+        self.sequences += x.shape[0]
+        self.rows += x.numel()
+        return self.model(x)
+
+    def _hidden(self, x, attention_mask=None):
+        self.calls += 1
+        self.sequences += x.shape[0]
+        return self.model.hidden(x)
+
+    def _head(self, h):
+        self.rows += h.shape[0]
+        return self.model.head(h)
+
+    def counts(self):
+        return {"calls": self.calls, "sequence_forwards": self.sequences, "logits_rows": self.rows}
+
+
+# ---- the published loops (formulas from ALGORITHMS.md; torch global RNG, as upstream) ----
+
+def mdlm_published(model, batch, length, mask_id, steps, eps=1e-5):
+    """MDLM ``_sample`` with ``ddpm_cache`` (loglinear, m_t = t), SUBS, final argmax forward."""
+    x = torch.full((batch, length), mask_id, dtype=torch.long)
+    grid = torch.linspace(1, eps, steps + 1)
+    dt = (1 - eps) / steps
+    p_x0 = None
+
+    def subs_probs(x):
+        logits = model(x).float()
+        logits[:, :, mask_id] += -1e6
+        logp = logits.log_softmax(-1)
+        unmasked = x != mask_id
+        logp[unmasked] = -1e6
+        logp[unmasked, x[unmasked]] = 0
+        return logp.exp()
+
+    for i in range(steps):
+        t = float(grid[i])
+        if p_x0 is None:
+            p_x0 = subs_probs(x)
+        q = p_x0 * (t - (t - dt))
+        q[:, :, mask_id] = t - dt
+        gumbel_norm = 1e-10 - (torch.rand_like(q) + 1e-10).log()
+        x_new = (q / gumbel_norm).argmax(-1)
+        x_new = torch.where(x != mask_id, x, x_new)
+        if not torch.equal(x_new, x):
+            p_x0 = None
+        x = x_new
+    return subs_probs(x).argmax(-1)
+
+
+def llada_published(model, prompt, steps, gen_length, block_length, mask_id, temperature=0.0):
+    """LLaDA ``generate`` (low_confidence): a full forward of the whole batch every step."""
+    B, P = prompt.shape
+    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long)
+    x[:, :P] = prompt
+    num_blocks = gen_length // block_length
+    spb = steps // num_blocks
+    for nb in range(num_blocks):
+        s, e = P + nb * block_length, P + (nb + 1) * block_length
+        m = (x[:, s:e] == mask_id).sum(1, keepdim=True)
+        counts = (m // spb).repeat(1, spb)
+        for j in range(B):
+            counts[j, : int(m[j] % spb)] += 1
+        for i in range(spb):
+            mask_index = x == mask_id
+            logits = model(x)
+            if temperature > 0:
+                lg = logits.double()
+                noise = (-torch.log(torch.rand_like(lg))) ** temperature
+                x0 = (lg.exp() / noise).argmax(-1)
+            else:
+                x0 = logits.argmax(-1)
+            p = torch.softmax(logits.double(), -1)
+            conf = p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+            conf[:, e:] = -math.inf
+            x0 = torch.where(mask_index, x0, x)
+            conf = torch.where(mask_index, conf, -math.inf)
+            for j in range(B):
+                idx = torch.topk(conf[j], k=int(counts[j, i])).indices
+                x[j, idx] = x0[j, idx]
+    return x
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def ratio(a, b):
+    return a / b if b else None
+
+
+def run(quick: bool, threads: int):
+    torch.set_num_threads(threads)
+    torch.set_grad_enabled(False)
+    results = {}
+    # Warm-up: first calls pay one-time costs (kernel dispatch tables, allocator) that are not the samplers'.
+    warm = TinyDiffusionLM(64, max_len=16).eval()
+    mdsample.sample_mdlm(Counter(warm), batch_size=2, length=16, mask_id=63, steps=4)
+    mdsample.sample_mdlm(Counter(warm, use_head=False), batch_size=2, length=16, mask_id=63, steps=4)
+    mdsample.generate(Counter(warm), torch.zeros(1, 4, dtype=torch.long), steps=4, gen_length=8, block_length=4,
+                      mask_id=63)
+    mdlm_published(Counter(warm, use_head=False), 2, 16, 63, 4)
+
+    # ---- MDLM: L = 1024, steps = 1000 (MDLM's setting) ----
+    L, steps, B, V = (128, 100, 4, 256) if quick else (1024, 1000, 4, 1024)
+    model = TinyDiffusionLM(V, max_len=L).eval()
+    mask_id = V - 1
+    ref = Counter(model, use_head=False)
+    torch.manual_seed(0)
+    _, t_ref = timed(lambda: mdlm_published(ref, B, L, mask_id, steps))
+    ours = Counter(model)
+    _, t_ours = timed(lambda: mdsample.sample_mdlm(ours, batch_size=B, length=L, mask_id=mask_id, steps=steps, seed=0))
+    full = Counter(model, use_head=False)  # same sampler, a backbone without hidden/head
+    _, t_full = timed(lambda: mdsample.sample_mdlm(full, batch_size=B, length=L, mask_id=mask_id, steps=steps,
+                                                   seed=0))
+    fh = Counter(model)
+    _, t_fh = timed(lambda: mdsample.sample_mdlm(fh, batch_size=B, length=L, mask_id=mask_id, steps=steps, seed=0,
+                                                 first_hitting=True))
+    results["mdlm"] = {
+        "settings": {"batch": B, "length": L, "steps": steps, "vocab": V, "schedule": "loglinear", "eps": 1e-5},
+        "published_ddpm_cache": {**ref.counts(), "wall_s_cpu": t_ref},
+        "mdsample_hidden_head": {**ours.counts(), "wall_s_cpu": t_ours},
+        "mdsample_full_logits": {**full.counts(), "wall_s_cpu": t_full},
+        "mdsample_first_hitting": {**fh.counts(), "wall_s_cpu": t_fh},
+        "ratios": {
+            "logits_rows_vs_published": ratio(ours.rows, ref.rows),
+            "sequence_forwards_vs_published": ratio(ours.sequences, ref.sequences),
+            "full_logits_sequence_forwards_vs_published": ratio(full.sequences, ref.sequences),
+            "wall_vs_published_cpu": ratio(t_ours, t_ref),
+        },
+        "goal": "logits rows <= 2% of the published loop's; fewer forward passes than its ddpm_cache",
+        "goal_met": bool(ours.rows <= 0.02 * ref.rows and ours.sequences < ref.sequences),
+    }
+
+    # ---- LLaDA: prompt 64, gen 256, block 32, steps 256 (one token per step) ----
+    P, G, BL, S, B2, V2 = (16, 64, 16, 64, 2, 256) if quick else (64, 256, 32, 256, 4, 1024)
+    model2 = TinyDiffusionLM(V2, max_len=P + G, head_scale=8.0, seed=1).eval()
+    mask2 = V2 - 1
+    prompt = torch.randint(0, mask2, (B2, P), generator=torch.Generator().manual_seed(0))
+    ref2 = Counter(model2, use_head=False)
+    out_ref, t_ref2 = timed(lambda: llada_published(ref2, prompt, S, G, BL, mask2))
+    ours2 = Counter(model2)
+    out2, t_ours2 = timed(lambda: mdsample.generate(ours2, prompt, steps=S, gen_length=G, block_length=BL,
+                                                    mask_id=mask2))
+    thr = Counter(model2)
+    _, t_thr = timed(lambda: mdsample.generate(thr, prompt, steps=S, gen_length=G, block_length=BL, mask_id=mask2,
+                                               threshold=0.9))
+    results["llada"] = {
+        "settings": {"batch": B2, "prompt": P, "gen_length": G, "block_length": BL, "steps": S, "vocab": V2,
+                     "temperature": 0.0, "remasking": "low_confidence"},
+        "published": {**ref2.counts(), "wall_s_cpu": t_ref2},
+        "mdsample": {**ours2.counts(), "wall_s_cpu": t_ours2},
+        "mdsample_threshold_0.9": {**thr.counts(), "wall_s_cpu": t_thr},
+        "same_tokens_as_published": bool(torch.equal(out_ref, out2)),
+        "ratios": {
+            "logits_rows_vs_published": ratio(ours2.rows, ref2.rows),
+            "sequence_forwards_vs_published": ratio(ours2.sequences, ref2.sequences),
+            "threshold_sequence_forwards_vs_published": ratio(thr.sequences, ref2.sequences),
+            "wall_vs_published_cpu": ratio(t_ours2, t_ref2),
+        },
+    }
+    return results
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__),
+                                       text=True).strip()
+    except Exception:
+        return "unknown"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small settings (smoke run)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: stable on shared machines)")
+    ap.add_argument("--out", default=None, help="output JSON path")
+    args = ap.parse_args()
+    results = run(args.quick, args.threads)
+    record = {
+        "benchmark": "bench_samplers",
+        "device": "cpu",
+        "device_name": cpu_name(),
+        "note": "CPU measurements with a tiny model; counts are hardware-independent, wall times are CPU only",
+        "torch": torch.__version__,
+        "cuda": None,
+        "commit": commit(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "threads": args.threads,
+        "sampling_backend": _backends.resolve("auto", "cpu"),
+        "quick": args.quick,
+        "results": results,
+    }
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"cpu-samplers-{datetime.date.today().isoformat()}{'-quick' if args.quick else ''}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(record, f, indent=2)
+    print(json.dumps(record, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

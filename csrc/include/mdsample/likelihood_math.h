@@ -1,0 +1,57 @@
+// Element-level math of the likelihood ops (lowdisc_timesteps, forward_mask,
+// masked_nll), shared by the CPU and CUDA kernels and mirrored line for line by
+// mdsample/reference/likelihood.py and mdsample/triton/likelihood.py.
+#pragma once
+#include <math.h>
+#include <stdint.h>
+
+#include "mdsample/philox.h"
+
+namespace mdsample {
+
+enum TimestepMode : int { kStratified = 0, kShifted = 1, kIid = 2 };
+
+// Point i of an n-point lattice on [0, 1) before the eps map, from the uniform u
+// of its draw (position i for stratified / iid, position 0 for shifted):
+//   stratified  (u_i + i) / n      one uniform per stratum [i/n, (i+1)/n)
+//   shifted     (u_0 + i/n) mod 1  one shared shift of the regular lattice
+//   iid         u_i
+// The sums are written in this order everywhere so every backend rounds alike.
+MDS_HD double lattice_point(int mode, double u, int64_t i, int64_t n) {
+  if (mode == kStratified) return (u + double(i)) / double(n);
+  if (mode == kShifted) {
+    const double x = u + double(i) / double(n);
+    return x >= 1.0 ? x - 1.0 : x;  // x < 2, so one subtraction is the mod (and exact)
+  }
+  return u;
+}
+
+// t = (1 - eps) t~ + eps (MDLM _sample_t), as a product then a sum: no FMA, so
+// the CPU build (-ffp-contract=off), the CUDA kernels (__dmul_rn / __dadd_rn)
+// and the float64 reference agree bitwise.
+MDS_HD double eps_map(double unit, double eps) { return (1.0 - eps) * unit + eps; }
+
+// A token's forward-mask uniform: the centred uniform of words 0-1 of its
+// (seed, offset, position) draw in domain FORWARD_MASK. The Bernoulli variant
+// masks iff u < p; the exact-count variant masks the k smallest u (ties, which
+// need two equal 52-bit draws, go to the lowest index), so both mask "the
+// tokens with the smallest uniforms".
+MDS_HD double forward_mask_uniform(uint64_t seed, uint64_t offset, uint64_t position) {
+  const Philox4 w = draw_words(seed, offset, position, kDomainForwardMask);
+  return uniform52(w.w[0], w.w[1]);
+}
+
+// The uniform of point i of a timestep lattice (the shifted lattice passes i = 0).
+MDS_HD double timestep_uniform(uint64_t seed, uint64_t offset, uint64_t position) {
+  const Philox4 w = draw_words(seed, offset, position, kDomainTimestep);
+  return uniform52(w.w[0], w.w[1]);
+}
+
+// Classifier-free guidance score l_u + (w + 1)(l_c - l_u), with -inf on either
+// side staying -inf: a token masked out of either pass stays out (the formula
+// alone gives NaN or +inf there). w1 = w + 1.
+MDS_HD float guided_score(float c, float u, float w1) {
+  return (c == -INFINITY || u == -INFINITY) ? -INFINITY : u + w1 * (c - u);
+}
+
+}  // namespace mdsample

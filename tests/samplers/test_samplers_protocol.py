@@ -1,0 +1,120 @@
+"""The backbone protocol and the Hugging Face adapters (small random models built from configs, no downloads)."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import mdsample
+from mdsample.models import Backbone, HFBackbone, HFRowBackbone, device_of, hf_backbone, logits_of
+
+transformers = pytest.importorskip("transformers")
+
+
+def test_logits_of_accepts_the_usual_outputs():
+    t = torch.zeros(1, 2, 3)
+    assert logits_of(t) is t
+    assert logits_of(SimpleNamespace(logits=t)) is t
+    assert logits_of({"logits": t}) is t
+    assert logits_of((t, None)) is t
+    with pytest.raises(TypeError, match="model must return logits"):
+        logits_of("nope")
+
+
+def test_backbone_checks_shapes_and_counts():
+    model = lambda x: torch.zeros(x.shape[0], x.shape[1], 5)  # noqa: E731
+    b = Backbone(model)
+    x = torch.zeros(3, 4, dtype=torch.long)
+    assert b.logits(x).shape == (3, 4, 5) and not b.has_head
+    rows = b.logits_at(x, torch.tensor([0, 2]), torch.tensor([1, 3]))
+    assert rows.shape == (2, 5)
+    assert (b.calls, b.sequences, b.rows) == (2, 6, 24)
+    with pytest.raises(ValueError, match=r"\[B, L, V\]"):
+        Backbone(lambda x: torch.zeros(3, 5)).logits(x)
+
+    class BadHidden:
+        def __call__(self, x):
+            return torch.zeros(x.shape[0], x.shape[1], 5)
+
+        def hidden(self, x):
+            return torch.zeros(x.shape[0], 2)
+
+        def head(self, h):
+            return h
+
+    with pytest.raises(ValueError, match="hidden"):
+        Backbone(BadHidden()).logits_at(x, torch.tensor([0]), torch.tensor([0]))
+    assert device_of(torch.nn.Linear(2, 2)) == torch.device("cpu")
+    assert device_of(lambda x: x) is None
+
+
+@pytest.fixture(scope="module")
+def llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    with torch.no_grad():
+        m = LlamaForCausalLM(cfg).double().eval()
+        m.lm_head.weight.mul_(40.0)  # peaked logits, so confidences are well separated
+    return m
+
+
+def test_hf_row_adapter_matches_full_logits(llama):
+    adapter = hf_backbone(llama)
+    assert isinstance(adapter, HFRowBackbone) and adapter.max_length == 64 and adapter.vocab_size == 40
+    b = Backbone(adapter)
+    assert b.has_head
+    x = torch.randint(0, 40, (3, 9), generator=torch.Generator().manual_seed(1))
+    full = llama(input_ids=x).logits
+    seq, pos = torch.tensor([0, 1, 2, 2]), torch.tensor([8, 0, 3, 4])
+    assert torch.allclose(b.logits_at(x, seq, pos), full[seq, pos], atol=1e-10)
+    assert b.rows == 4
+    assert torch.allclose(adapter(x), full)
+
+
+def test_generate_with_hf_adapter_equals_raw_model(llama):
+    g = torch.Generator().manual_seed(2)
+    p = torch.randint(1, 39, (2, 5), generator=g)
+    am = torch.ones(2, 5, dtype=torch.long)
+    p[1, :2], am[1, :2] = 0, 0  # left padding
+    kw = dict(steps=8, gen_length=8, block_length=4, mask_id=39, attention_mask=am)
+    raw = mdsample.generate(llama, p, **kw)
+    fast = mdsample.generate(hf_backbone(llama), p, **kw)
+    assert torch.equal(raw, fast)
+    assert bool((fast[:, 5:] != 39).all())
+
+
+def test_sample_mdlm_with_hf_adapter(llama):
+    adapter = hf_backbone(llama)
+    out = mdsample.sample_mdlm(adapter, batch_size=3, length=12, mask_id=39, steps=6, seed=1)
+    ref = mdsample.sample_mdlm(HFBackbone(llama), batch_size=3, length=12, mask_id=39, steps=6, seed=1)
+    assert out.shape == (3, 12) and torch.equal(out, ref)
+    strided = mdsample.sample_mdlm(adapter, batch_size=2, length=80, mask_id=39, steps=2, stride=16)
+    assert strided.shape == (2, 80)  # window = max_position_embeddings = 64
+
+
+def test_logits_shift_for_dream_style_models(llama):
+    x = torch.randint(0, 40, (2, 6), generator=torch.Generator().manual_seed(3))
+    full = llama(input_ids=x).logits
+    shifted = hf_backbone(llama, logits_shift=1)
+    want = torch.cat([full[:, :1], full[:, :-1]], 1)
+    assert torch.allclose(shifted(x), want)
+    b = Backbone(shifted)
+    assert torch.allclose(b.logits_at(x, torch.tensor([0, 1]), torch.tensor([0, 5])), want[[0, 1], [0, 5]])
+    with pytest.raises(ValueError, match="logits_shift"):
+        hf_backbone(llama, logits_shift=2)
+
+
+def test_models_without_the_split_get_a_logits_adapter():
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    bert = BertForMaskedLM(BertConfig(vocab_size=30, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=64, max_position_embeddings=32)).eval()
+    adapter = hf_backbone(bert)
+    assert type(adapter) is HFBackbone and not Backbone(adapter).has_head
+    out = mdsample.generate(adapter, torch.tensor([[1, 2, 3]]), steps=4, gen_length=4, block_length=4, mask_id=29)
+    assert out.shape == (1, 7)
+    with pytest.raises(TypeError, match="lm_head"):
+        HFRowBackbone(bert)
