@@ -5,8 +5,10 @@ from .samplers import generate, sample_duo, sample_mdlm
 from .ops.lowdisc_timesteps import lowdisc_timesteps
 from .ops.forward_mask import forward_mask
 from .ops.masked_nll import masked_nll
+from .samplers.likelihood import LikelihoodEstimate, Perplexity, likelihood, perplexity
 
 __version__ = "0.1.0"
 
 __all__ = ["SampleResult", "sample_categorical", "unmask_step", "sample_mdlm", "generate", "sample_duo", "__version__"]
-__all__ += ["lowdisc_timesteps", "forward_mask", "masked_nll"]
+__all__ += ["lowdisc_timesteps", "forward_mask", "masked_nll", "likelihood", "perplexity", "LikelihoodEstimate",
+            "Perplexity"]

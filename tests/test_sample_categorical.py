@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import mdsample
+from mdsample import _backends
 from mdsample.reference.philox import DOMAIN_TOKEN, draw_words, uniform52
 from mdsample.reference.sampling import CHUNK, guided_scores
 
@@ -20,11 +21,13 @@ def _logits(shape, scale=3.0, seed=0, dtype=torch.float32, device="cpu"):
     return (torch.randn(shape, generator=g) * scale).to(dtype).to(device)
 
 
-def _rows(backend, n):
-    """Fewer rows under the Triton interpreter, which runs kernels in numpy."""
-    from mdsample import _backends
+def _interpreted(backend):
+    """True for Triton under its interpreter, which runs kernels in numpy (slow)."""
+    return backend == "triton" and _backends.triton_interpreted()
 
-    return max(4, n // 16) if backend == "triton" and _backends.triton_interpreted() else n
+
+def _rows(backend, n):
+    return max(4, n // 16) if _interpreted(backend) else n
 
 
 def _same(a, b):
@@ -170,7 +173,7 @@ def test_cross_backend_agreement_rate_and_near_ties(fast_backend, device):
     """>= 99.99% agreement with the float64 reference; every disagreement a near-tie (relative 1e-5)."""
     if fast_backend == "reference":
         pytest.skip("no compiled or Triton backend here")
-    rows = 20000 if fast_backend != "triton" else _rows(fast_backend, 2048)
+    rows = 256 if _interpreted(fast_backend) else 20000
     logits = _logits((rows, CHUNK * 3 + 100), scale=4.0, seed=3, device=device)
     got = mdsample.sample_categorical(logits, seed=9, offset=1, backend=fast_backend).cpu()
     want = mdsample.sample_categorical(logits, seed=9, offset=1, backend="reference").cpu()

@@ -128,8 +128,12 @@ def sample_rows(
     stats = None
     if stats_temperature is not None:
         y = g / stats_temperature.to(torch.float64).unsqueeze(-1)
-        lse = torch.logsumexp(y, -1)
-        logp = y - lse.unsqueeze(-1)
+        # Shift by the row max first: at huge |y| (tiny temperatures) y - logsumexp(y)
+        # would round away log(number of tied maxima).
+        ymax = y.amax(-1, keepdim=True)
+        z = y - torch.where(torch.isfinite(ymax), ymax, 0.0)
+        lse = torch.logsumexp(z, -1)
+        logp = z - lse.unsqueeze(-1)
         p = torch.exp(logp)
         safe_tok = tokens.clamp(0, v - 1).unsqueeze(-1)
         tok_logp = logp.gather(1, safe_tok).squeeze(1)

@@ -1,0 +1,270 @@
+"""Monte Carlo likelihood bounds of masked diffusion LMs: MDLM NELBO, SMDM and LLaDA estimators.
+
+For a sequence ``x`` with answer positions ``A`` (all positions, or those after a
+prompt), a masked diffusion model's ELBO is an expectation over how many answer
+tokens are masked and which:
+
+    log p(x_A | x_prompt) >= -E[ w * sum_{i in A masked} -log p_theta(x_i | x_t) ]
+
+With the exact conditionals of a joint distribution both forms below equal
+``log p(x_A | x_prompt)`` (the ELBO of absorbing diffusion is the mean of the
+any-order autoregressive likelihoods); for a real model they are its bound.
+
+``masking="bernoulli"`` (MDLM, SMDM): time ``t`` in ``[eps, 1]``, every answer token
+masked independently with probability ``m_t = 1 - alpha_t``, weight
+
+    w = (1 - eps) * m'_t / m_t          (loglinear: 1/t, MDLM's and SMDM's weight)
+
+The ``(1 - eps)`` factor makes the average an estimate of the integral over
+``[eps, 1]`` (MDLM averages over ``t ~ U[eps, 1]`` without it: 0.1% higher at
+``eps = 1e-3``); the part of the integral below ``eps`` is left out, as upstream does
+(its size is about ``eps`` times the sum of the per-token NLLs given all other tokens).
+
+``masking="count"`` (LLaDA ``get_log_likelihood``): a count ``k`` in ``1..|A|``, exactly
+``k`` answer tokens masked uniformly at random, weight ``|A| / k``. Unbiased for the
+full ELBO, no ``eps``.
+
+Timesteps / counts per ``mode`` (``n = mc_samples`` draws per sequence, the lattice
+of :func:`mdsample.lowdisc_timesteps` with the sequence index as its offset):
+
+- ``"stratified"``: one draw per stratum (MDLM ``_sample_t``); counts
+  ``k = 1 + floor(|A| (u_j + j) / n)``.
+- ``"shifted"``: one shared shift (SMDM; LLaDA's count lattice
+  ``k_j = ((k_0 - 1 + floor(j |A| / n)) mod |A|) + 1`` is this with ``u = (k_0 - 1) / |A|``;
+  mdsample floors where LLaDA rounds, whose half-to-even ties made some counts likelier).
+- ``"iid"``: plain Monte Carlo, the baseline of the variance comparison.
+
+Presets: MDLM = (stratified, bernoulli), SMDM = (shifted, bernoulli), LLaDA = (shifted, count).
+
+The standard error: for ``"iid"`` the sample standard deviation over ``sqrt(n)``;
+for the lattices (whose draws are not independent) the successive-difference
+estimator of systematic sampling, ``sum_j (v_(j+1) - v_(j))^2 / (2 n (n - 1))`` over the
+draws sorted by time, which is conservative (it counts the smooth trend between
+neighbouring strata as noise).
+
+SUBS: by default (``subs=True``) the mask token is excluded from the model's softmax
+(MDLM's parameterisation, and the distribution mdsample's samplers draw from);
+``subs=False`` normalises over the full vocabulary like LLaDA's / SMDM's code.
+
+Cost: each (sequence, draw) pair is one model input; ``batch_size`` of them go in one
+call (twice that with CFG). With a backbone offering ``hidden``/``head`` only the
+masked answer rows go through the head; otherwise the full logits are scored by
+:func:`mdsample.masked_nll` without a log_softmax temporary.
+
+Reproducibility: draw ``j`` of sequence ``b`` uses timesteps at Philox offset ``b`` and
+forward-mask keys (seed, offset ``j``, position ``b * L + i``): the estimate of a
+sequence depends on (seed, its row index, its tokens), not on the other rows.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+
+from ..models.protocol import Backbone
+from ..ops.forward_mask import forward_mask
+from ..ops.lowdisc_timesteps import lowdisc_timesteps
+from ..ops.masked_nll import masked_nll
+from . import _checks as C
+from .forward import RowForward
+from .schedules import get_schedule
+
+__all__ = ["likelihood", "perplexity", "LikelihoodEstimate", "Perplexity", "MODES", "MASKING"]
+
+MODES = ("stratified", "shifted", "iid")
+MASKING = ("bernoulli", "count")
+
+
+class LikelihoodEstimate(NamedTuple):
+    """Per-sequence Monte Carlo estimate.
+
+    ``log_likelihood``: float64 ``[B]``, the ELBO estimate of ``log p(x)`` (or of
+    ``log p(answer | prompt)``) in nats; ``stderr``: float64 ``[B]``, its standard error;
+    ``num_tokens``: int64 ``[B]``, the number of scored (answer) tokens.
+    """
+
+    log_likelihood: torch.Tensor
+    stderr: torch.Tensor
+    num_tokens: torch.Tensor
+
+
+class Perplexity(NamedTuple):
+    """Corpus perplexity bound ``exp(nll_per_token)`` and its delta-method standard error."""
+
+    perplexity: float
+    stderr: float
+    nll_per_token: float
+
+
+def _mask_id(model, mask_id) -> int:
+    if mask_id is None:
+        for owner in (model, getattr(model, "config", None)):
+            value = getattr(owner, "mask_id", None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        raise ValueError("mask_id is required (the model declares no mask_id)")
+    return C.integer("mask_id", mask_id, low=0)
+
+
+def _prompt_lengths(prompt_len, batch: int, length: int, device) -> torch.Tensor:
+    if prompt_len is None:
+        return torch.zeros(batch, dtype=torch.int64, device=device)
+    if isinstance(prompt_len, torch.Tensor):
+        if prompt_len.dtype.is_floating_point or prompt_len.dtype == torch.bool:
+            raise TypeError(f"prompt_len must be an int or integer tensor; got {prompt_len.dtype}")
+        if prompt_len.dim() > 1 or (prompt_len.dim() == 1 and prompt_len.numel() != batch):
+            raise ValueError(f"prompt_len must be an int or a [B] = [{batch}] tensor; got {tuple(prompt_len.shape)}")
+        p = prompt_len.to(device=device, dtype=torch.int64).expand(batch).clone()
+    else:
+        p = torch.full((batch,), C.integer("prompt_len", prompt_len, low=0), dtype=torch.int64, device=device)
+    if batch and bool(((p < 0) | (p >= length)).any()):
+        raise ValueError(f"prompt_len must lie in [0, L) = [0, {length}) so that every sequence has answer tokens")
+    return p
+
+
+def _time_weight(schedule, t: torch.Tensor, eps: float) -> torch.Tensor:
+    """``(1 - eps) m'(t) / m(t)`` (float64), the derivative by autograd so any differentiable schedule works."""
+    tt = t.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        m = schedule.mask_prob(tt)
+        (dm,) = torch.autograd.grad(m.sum(), tt)
+    return (1.0 - eps) * dm / m.detach()
+
+
+def _stderr(values: torch.Tensor, order_key: torch.Tensor, mode: str) -> torch.Tensor:
+    """Standard error ``[B]`` of the mean of ``values`` ``[B, n]`` (see the module docstring)."""
+    n = values.shape[1]
+    if n < 2:
+        return torch.full(values.shape[:1], math.nan, dtype=torch.float64, device=values.device)
+    if mode == "iid":
+        return values.std(dim=1, unbiased=True) / math.sqrt(n)
+    v = values.gather(1, order_key.argsort(dim=1))
+    return ((v[:, 1:] - v[:, :-1]).pow(2).sum(1) / (2.0 * n * (n - 1))).sqrt()
+
+
+def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode="stratified",
+               cfg_scale=0.0, schedule="loglinear", seed=0, mask_id=None, masking="bernoulli", eps=1e-3,
+               subs=True, time_conditioned=False, backend="auto") -> LikelihoodEstimate:
+    """Monte Carlo ELBO estimate of ``log p(x)`` (or ``log p(answer | prompt)``) per sequence.
+
+    Args:
+        model: a backbone ``model(x [n, L]) -> logits [n, L, V]`` (or ``.logits``); with
+            ``hidden``/``head`` only the masked rows' logits are computed.
+        x: integer ``[B, L]`` token ids. Not modified.
+        prompt_len: None, int or integer ``[B]``: positions ``< prompt_len`` are the prompt
+            (never masked, conditioned on); the rest are scored. In [0, L).
+        mc_samples: draws per sequence (n >= 1; the standard error needs n >= 2).
+        batch_size: (sequence, draw) pairs per model call.
+        mode: ``"stratified"``, ``"shifted"`` or ``"iid"`` timesteps / counts.
+        cfg_scale: SMDM / LLaDA unsupervised CFG weight w >= 0 (needs ``prompt_len``): scores
+            ``l_u + (w + 1)(l_c - l_u)`` with the prompt masked in the unconditional input.
+        schedule: ``"loglinear"``, ``"cosine"``, ``"cosine-mdlm"`` or a
+            :class:`mdsample.samplers.Schedule` (Bernoulli masking only).
+        seed: int, the Philox key of all draws.
+        mask_id: the mask token (default: ``model.mask_id`` / ``model.config.mask_id``).
+        masking: ``"bernoulli"`` (MDLM / SMDM weights ``m'/m``) or ``"count"`` (LLaDA ``L/k``).
+        eps: lower end of the timesteps, in (0, 1) (Bernoulli masking).
+        subs: exclude the mask token from the model's softmax (MDLM SUBS); False = LLaDA / SMDM.
+        time_conditioned: pass ``sigma = -log alpha_t`` (float32 ``[n]``) to the model.
+        backend: backend of the ops ("auto", "cpu", "triton", "reference", ...).
+
+    Returns:
+        :class:`LikelihoodEstimate`: ``log_likelihood`` and ``stderr`` float64 ``[B]``,
+        ``num_tokens`` int64 ``[B]``.
+    """
+    x = C.token_ids("x", x, dims=(2,))
+    batch, length = x.shape
+    device = x.device
+    mask_id = _mask_id(model, mask_id)
+    n = C.integer("mc_samples", mc_samples, low=1)
+    chunk = C.integer("batch_size", batch_size, low=1)
+    mode = C.choice("mode", mode, MODES)
+    masking = C.choice("masking", masking, MASKING)
+    cfg = C.real("cfg_scale", cfg_scale, low=0.0)
+    subs = C.flag("subs", subs)
+    time_conditioned = C.flag("time_conditioned", time_conditioned)
+    seed = C.integer("seed", seed)
+    C.positions_fit(batch, length)
+    prompt = _prompt_lengths(prompt_len, batch, length, device)
+    if cfg > 0 and prompt_len is None:
+        raise ValueError("cfg_scale > 0 needs prompt_len: the unconditional input masks the prompt")
+    if masking == "count" and time_conditioned:
+        raise ValueError("time_conditioned needs masking='bernoulli' (exact-count masking has no time)")
+    if bool((x == mask_id).any()):
+        raise ValueError(f"x must not contain mask_id ({mask_id}): its tokens are the clean data being scored")
+
+    answer = torch.arange(length, device=device) >= prompt.unsqueeze(1)  # [B, L]
+    n_answer = answer.sum(1)
+    offsets = torch.arange(batch, dtype=torch.int64, device=device)
+    if masking == "bernoulli":
+        sched = get_schedule(schedule)
+        eps = C.real("eps", eps, low=0.0, high=1.0, high_inclusive=False)
+        if eps == 0.0:
+            raise ValueError("eps must be > 0 with masking='bernoulli' (the weight m'/m diverges at t = 0)")
+        t = lowdisc_timesteps(n, eps=eps, mode=mode, seed=seed, offset=offsets, backend=backend)  # [B, n]
+        weight = _time_weight(sched, t, eps)
+        order_key = t
+    else:
+        unit = lowdisc_timesteps(n, eps=0.0, mode=mode, seed=seed, offset=offsets, backend=backend)
+        ans = n_answer.unsqueeze(1).to(torch.float64)
+        k = torch.minimum(1.0 + torch.floor(ans * unit), ans).to(torch.int64)  # [B, n] in 1..|A|
+        weight = ans / k
+        order_key = unit
+
+    backbone = Backbone(model, time_conditioned=time_conditioned)
+    values = torch.empty((batch, n), dtype=torch.float64, device=device)
+    tok = torch.arange(length, device=device)
+    pairs = batch * n
+    for start in range(0, pairs, chunk):
+        q = torch.arange(start, min(start + chunk, pairs), device=device)
+        bs, js = q // n, q % n
+        xs, ans_rows = x.index_select(0, bs), answer.index_select(0, bs)
+        keys = dict(mask_id=mask_id, maskable=ans_rows, seed=seed, offset=js, positions=bs.unsqueeze(1) * length + tok,
+                    backend=backend)
+        if masking == "bernoulli":
+            xt = forward_mask(xs, t[bs, js], schedule=sched, **keys)
+            sigma = sched.sigma(t[bs, js]).to(torch.float32) if time_conditioned else None
+        else:
+            xt = forward_mask(xs, count=k[bs, js], **keys)
+            sigma = None
+        w = weight[bs, js]
+        scored = (xt == mask_id) & ans_rows
+        if not bool(scored.any()):  # nothing masked in this chunk: every value is 0 whatever the model says
+            values[bs, js] = 0.0
+            continue
+        fwd = RowForward(backbone, mask_id=mask_id, cfg_scale=cfg, uncond_mask=~ans_rows)
+        seqs = torch.arange(q.numel(), device=device)
+        nll_kw = dict(mask_id=mask_id, exclude=mask_id if subs else None, guidance_scale=cfg, backend=backend)
+        if backbone.has_head:
+            row_seq, row_pos = scored.nonzero(as_tuple=True)
+            logits, guidance = fwd.rows(xt, seqs, row_seq, row_pos, sigma=sigma)
+            rows = logits.shape[0]
+            per_row = masked_nll(
+                logits.reshape(rows, 1, -1), xs[row_seq, row_pos].view(rows, 1),
+                torch.full((rows, 1), mask_id, dtype=torch.int64, device=device),
+                weight=w[row_seq].to(torch.float32),
+                guidance=None if guidance is None else guidance.reshape(rows, 1, -1), **nll_kw)
+            v = torch.zeros(q.numel(), dtype=torch.float64, device=device).index_add_(
+                0, row_seq, per_row.to(torch.float64))
+        else:
+            logits, guidance = fwd.full(xt, seqs, sigma=sigma)
+            # Per-token weights: w on answer rows, 0 (not read) on the prompt.
+            tok_w = torch.where(ans_rows, w.unsqueeze(1), 0.0).to(torch.float32)
+            v = masked_nll(logits, xs, xt, weight=tok_w, guidance=guidance, **nll_kw).to(torch.float64)
+        values[bs, js] = v
+    return LikelihoodEstimate(-values.mean(1), _stderr(values, order_key, mode), n_answer)
+
+
+def perplexity(model, x, **kwargs) -> Perplexity:
+    """Perplexity bound ``exp(sum NELBO / sum scored tokens)`` of the sequences ``x`` ``[B, L]``.
+
+    Takes the arguments of :func:`likelihood`. The standard error is the delta-method
+    one, ``perplexity * sqrt(sum stderr^2) / sum tokens`` (sequences' estimates are independent).
+    """
+    est = likelihood(model, x, **kwargs)
+    tokens = float(est.num_tokens.sum())
+    nll = float(-est.log_likelihood.sum()) / tokens
+    ppl = math.exp(nll)
+    se = ppl * float(est.stderr.pow(2).sum().sqrt()) / tokens
+    return Perplexity(ppl, se, nll)
