@@ -82,31 +82,31 @@ inline float chunk_max(const float* buf, int64_t n, bool* bad) {
   return m;
 }
 
-// sum exp(buf_i * scale - m); m = max * scale, which is exactly max(buf_i * scale) for scale > 0.
-inline float chunk_sumexp(const float* buf, int64_t n, float scale, float m) {
+// sum exp((buf_i - gmax) * scale). The difference is taken before scaling so a
+// tiny temperature (huge scale) cannot overflow the scores themselves.
+inline float chunk_sumexp(const float* buf, int64_t n, float scale, float gmax) {
   float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += exp_nonpos(buf[i] * scale - m);
+  for (int64_t i = 0; i < n; ++i) s += exp_nonpos((buf[i] - gmax) * scale);
   return s;
 }
 
 // Softmax statistics of scores buf_i * scale over one chunk whose max score is gmax.
 inline OnlineStats chunk_stats(const float* buf, int64_t n, float scale, float gmax) {
   if (gmax == -INFINITY) return online_empty();
-  const float m = gmax * scale;
   float s = 0.0f, sx = 0.0f, second = -INFINITY;
   int ties = 0;
 #pragma omp simd reduction(+ : s, sx, ties) reduction(max : second)
   for (int64_t i = 0; i < n; ++i) {
-    const float y = buf[i] * scale;
-    const float d = y - m;
+    const float d = (buf[i] - gmax) * scale;
     const float e = exp_nonpos(d);
     s += e;
     sx += e > 0.0f ? e * d : 0.0f;
-    ties += y == m;
-    second = (y < m && y > second) ? y : second;
+    ties += d == 0.0f;
+    second = (d < 0.0f && d > second) ? d : second;
   }
-  return OnlineStats{m, s, sx, m, ties >= 2 ? m : second};
+  const float m = gmax * scale;
+  return OnlineStats{m, s, sx, m, ties >= 2 ? m : m + second};
 }
 
 // First index whose running sum of w exceeds target; the last positive weight if
@@ -162,7 +162,8 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
       a.guidance_scale + 1.0f, a.exclude};
   const float temp = a.temperature[r];
   const bool greedy = !(temp > 0.0f);
-  const float inv_t = greedy ? 0.0f : 1.0f / temp;
+  // Clamped so a subnormal temperature gives 0 * inv_t = 0 at the maximum, not NaN.
+  const float inv_t = greedy ? 0.0f : fminf(1.0f / temp, 3.0e38f);
   const float inv_ts = stats ? 1.0f / a.stats_temperature[r] : 0.0f;
   const int64_t n_chunks = (vocab + kChunk - 1) / kChunk;
   float* buf = sc.buf.data();
@@ -187,9 +188,8 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
         best_index = lo + i;
       }
     } else {
-      const float m = gmax * inv_t;
-      sc.chunk_max[c] = m;
-      sc.chunk_sum[c] = gmax == -INFINITY ? 0.0f : chunk_sumexp(buf, n, inv_t, m);
+      sc.chunk_max[c] = gmax;
+      sc.chunk_sum[c] = gmax == -INFINITY ? 0.0f : chunk_sumexp(buf, n, inv_t, gmax);
     }
     if (stats) st = online_merge(st, chunk_stats(buf, n, inv_ts, gmax));
   }
@@ -200,14 +200,14 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
     token = bad ? -1 : best_index;
     g_token = best;
   } else if (!bad) {
-    // Level 1: chunk by inverse CDF of W_c = S_c exp(m_c - M).
+    // Level 1: chunk by inverse CDF of W_c = S_c exp((M_c - M) / T).
     float big_m = -INFINITY;
     for (int64_t c = 0; c < n_chunks; ++c) big_m = sc.chunk_max[c] > big_m ? sc.chunk_max[c] : big_m;
     if (big_m != -INFINITY) {
       double total = 0.0;
       for (int64_t c = 0; c < n_chunks; ++c) {
         const double w = sc.chunk_sum[c] > 0.0f
-                             ? double(sc.chunk_sum[c]) * exp(double(sc.chunk_max[c]) - double(big_m))
+                             ? double(sc.chunk_sum[c]) * exp((double(sc.chunk_max[c]) - double(big_m)) / double(temp))
                              : 0.0;
         sc.chunk_weight[c] = w;
         total += w;
@@ -223,7 +223,7 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
       reader.load(lo, n, buf);
       const float m = sc.chunk_max[c];
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) buf[i] = exp_nonpos(buf[i] * inv_t - m);
+      for (int64_t i = 0; i < n; ++i) buf[i] = exp_nonpos((buf[i] - m) * inv_t);
       double inner_total = 0.0;
       for (int64_t i = 0; i < n; ++i) inner_total += double(buf[i]);
       const int64_t pick = first_over(buf, n, u2 * inner_total);

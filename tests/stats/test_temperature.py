@@ -13,8 +13,6 @@ import torch
 import mdsample
 
 from ._stat_helpers import (
-    ALPHA,
-    assert_budget,
     assert_g_test,
     bins_by_expected,
     group_counts,
@@ -46,7 +44,6 @@ def test_temperature_frequencies(backend, temperature):
     False alarm <= 1e-6 per temperature (asymptotic chi-square); the argmax part is deterministic.
     """
     n = per_backend(backend, cpu=1 << 18, reference=8000, triton=None)
-    assert_budget(ALPHA, 1e-6)
     row = temperature_row()
     probs = softmax64(row, temperature)
     argmax = int(lowest_argmax(row[None])[0])

@@ -8,21 +8,17 @@ cycling through 0, 0.01, 0.3, 0.5, 0.97 and 1.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 import mdsample
 
 from ._stat_helpers import (
-    ALPHA,
-    assert_budget,
     assert_g_test,
     assert_z,
     bins_by_expected,
     group_counts,
     per_backend,
     softmax64,
-    z_test_false_alarm,
 )
 
 V = 64
@@ -40,10 +36,10 @@ def unmask_row() -> torch.Tensor:
 
 def test_unmask_step(backend):
     """Per reveal probability r in (0, 1): the revealed fraction of masked positions is
-    Binomial(n_r, r) (|z| <= 5; 4 values); the revealed tokens follow softmax without the
-    mask (G-test, alpha 1e-6). Deterministic: r = 0 reveals nothing, r = 1 everything;
-    unmasked positions are unchanged; x is not modified; no revealed token is the mask.
-    False alarm <= 4 x 5.7e-7 + 1e-6 = 3.3e-6 (exact binomial rates computed and asserted).
+    Binomial(n_r, r) (z-test at the |z| = 5 level; 4 values); the revealed tokens follow
+    softmax without the mask (G-test, alpha 1e-6). Deterministic: r = 0 reveals nothing,
+    r = 1 everything; unmasked positions are unchanged; x is not modified; no revealed
+    token is the mask. False alarm <= 4 x 5.7e-7 + 1e-6 = 3.3e-6.
     """
     b = per_backend(backend, cpu=1536, reference=96, triton=2)
     gen = torch.Generator().manual_seed(2025)
@@ -73,27 +69,24 @@ def test_unmask_step(backend):
     inner = [p for p in PROBS if 0.0 < p < 1.0]
     n_masked = [int(masked[r == p].sum()) for p in inner]
     hits = [int(revealed[r == p].sum()) for p in inner]
-    rate = sum(z_test_false_alarm(m, [p]) for m, p in zip(n_masked, inner))
-    tokens = new[revealed].numpy()
-    probs = softmax64(row, exclude=MASK)
-    labels = bins_by_expected(probs, len(tokens))
-    g_test_used = labels.max() >= 1
-    assert_budget(rate + (ALPHA if g_test_used else 0.0), 3.5e-6)
     for p, m, k in zip(inner, n_masked, hits):
         assert_z([f"reveal_prob {p}"], [k], m, [p], what=f"reveal frequency ({backend})")
 
     # Revealed tokens: softmax without the mask.
+    tokens = new[revealed].numpy()
+    probs = softmax64(row, exclude=MASK)
+    labels = bins_by_expected(probs, len(tokens))
     counts = np.bincount(tokens, minlength=V)
     assert counts[MASK] == 0
-    if g_test_used:
+    if labels.max() >= 1:  # at least two bins (not so in tiny interpreter runs)
         _, c, pb = group_counts(counts, probs, labels)
         assert_g_test(c, pb, what=f"revealed tokens ({backend})")
 
 
 def test_unmask_step_scalar_prob_and_greedy(backend):
     """A float reveal_prob and temperature 0: every revealed token is the argmax without the
-    mask (deterministic), and the reveal fraction is Binomial (|z| <= 5).
-    False alarm <= 5.7e-7 (exact binomial rate asserted)."""
+    mask (deterministic), and the reveal fraction is Binomial (z-test at the |z| = 5 level).
+    False alarm <= 5.7e-7."""
     b = per_backend(backend, cpu=256, reference=32, triton=2)
     row = unmask_row()
     x = torch.full((b, L), MASK, dtype=torch.int64)
@@ -106,5 +99,4 @@ def test_unmask_step_scalar_prob_and_greedy(backend):
     revealed = new != MASK
     assert bool((new[revealed] == best).all()), "a greedy reveal is not the argmax without the mask"
     n = b * L
-    assert_budget(z_test_false_alarm(n, [0.25]), 5.8e-7)
     assert_z(["reveal_prob 0.25"], [int(revealed.sum())], n, [0.25], what=f"scalar reveal_prob ({backend})")
