@@ -10,6 +10,7 @@
 // This file is compiled once per instruction set (MDS_ISA = base / avx2, see
 // CMakeLists.txt) and picked at run time by cpu_dispatch.cpp.
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 
 #include <vector>
@@ -244,10 +245,19 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
   }
 }
 
+// Threads worth waking: one per ~1M logits. Waking an idle team costs more
+// than a few small rows take, and much more on a loaded machine.
+inline int worth_threads(int64_t n_rows, int64_t vocab) {
+  const int64_t by_work = (n_rows * vocab) >> 20;
+  const int64_t most = omp_get_max_threads();
+  return int(by_work < 1 ? 1 : (by_work < most ? by_work : most));
+}
+
 template <typename T>
 void sample_rows(const SampleArgs& a) {
   const int64_t n_chunks = (a.vocab + kChunk - 1) / kChunk;
-#pragma omp parallel
+  const int threads = worth_threads(a.n_rows, a.vocab);
+#pragma omp parallel num_threads(threads) if (threads > 1)
   {
     Scratch sc;
     sc.chunk_max.resize(n_chunks);

@@ -20,15 +20,16 @@ Kernels:
 - ``_mask_bernoulli_kernel``: one program per block of a row; a coin per token.
 - ``_mask_count_kernel``: one program per row; a 52-step radix select finds the
   k-th smallest key (the 52-bit integer of the token's uniform), counting keys
-  below a candidate in each step (Philox recomputed per step: no scratch), then
-  one pass masks keys below it and the lowest-index ties.
+  below a candidate in each step, then one pass masks keys below it and the
+  lowest-index ties. Keys stay in registers when the row fits one block (L <= 1024),
+  else they go once to an ``[B, L]`` int64 scratch that each step re-reads.
 - ``_masked_nll_kernel``: one program per row; an unmasked or zero-weight row
   stores 0 without reading logits; a masked row streams its logits once with a
   per-lane online (max, sum of exp), merges the lanes, and stores
   ``w * (logsumexp - g[target])``.
 
-GPU notes: the count kernel does 52 passes over its row (compute-bound Philox,
-fine for L <= a few thousand); masked_nll's one-program-per-row grid reads each
+GPU notes: the count kernel's 52 counting steps are register reductions for
+L <= 1024 and scratch re-reads beyond; masked_nll's one-program-per-row grid reads each
 masked row once, which is the memory floor.
 """
 from __future__ import annotations
@@ -124,44 +125,58 @@ def _row_keys(seed, offset, maskable_ptr, position_ptr, row_start, idx, live,
 
 
 @triton.jit
-def _mask_count_kernel(x0_ptr, maskable_ptr, seed_ptr, offset_ptr, position_ptr, count_ptr, out_ptr,
+def _mask_count_kernel(x0_ptr, maskable_ptr, seed_ptr, offset_ptr, position_ptr, count_ptr, keys_ptr, out_ptr,
                        length, mask_id, HAS_MASKABLE: tl.constexpr, HAS_POSITION: tl.constexpr,
-                       BLOCK: tl.constexpr):
+                       BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr):
     b = tl.program_id(0)
     row_start = b.to(tl.int64) * length
-    # Load: the row's keys and its count.
     seed = tl.load(seed_ptr + b)
     offset = tl.load(offset_ptr + b)
     k = tl.load(count_ptr + b)
-    # Reduce: the k-th smallest key T, bit by bit from the top (largest T with #{key < T} < k).
+    idx = tl.arange(0, BLOCK)
+    live = idx < length
+    # Load: the row's keys, kept in registers when the row fits one block, else in the [B, L] scratch.
+    if ONE_BLOCK:
+        key = _row_keys(seed, offset, maskable_ptr, position_ptr, row_start, idx, live, HAS_MASKABLE, HAS_POSITION)
+    else:
+        for lo in range(0, length, BLOCK):
+            blk = _row_keys(seed, offset, maskable_ptr, position_ptr, row_start, lo + idx, lo + idx < length,
+                            HAS_MASKABLE, HAS_POSITION)
+            tl.store(keys_ptr + row_start + lo + idx, blk, mask=lo + idx < length)
+    # Reduce: the k-th smallest key T, bit by bit from the top (the largest T with #{key < T} < k).
     threshold = tl.zeros([], tl.int64)
     for j in range(52):
         cand = threshold + (tl.full([], 1, tl.int64) << (51 - j))
-        below = tl.zeros([], tl.int64)
-        for lo in range(0, length, BLOCK):
-            idx = lo + tl.arange(0, BLOCK)
-            live = idx < length
-            key = _row_keys(seed, offset, maskable_ptr, position_ptr, row_start, idx, live, HAS_MASKABLE, HAS_POSITION)
-            below += tl.sum((live & (key < cand)).to(tl.int64), 0)
+        if ONE_BLOCK:
+            below = tl.sum((live & (key < cand)).to(tl.int64), 0)
+        else:
+            below = tl.zeros([], tl.int64)
+            for lo in range(0, length, BLOCK):
+                blk = tl.load(keys_ptr + row_start + lo + idx, mask=lo + idx < length, other=1 << 62)
+                below += tl.sum((blk < cand).to(tl.int64), 0)
         threshold = tl.where(below < k, cand, threshold)
-    # Compute and store: keys below T are masked, then ties at T by lowest index until k are.
-    below = tl.zeros([], tl.int64)
-    for lo in range(0, length, BLOCK):
-        idx = lo + tl.arange(0, BLOCK)
-        live = idx < length
-        key = _row_keys(seed, offset, maskable_ptr, position_ptr, row_start, idx, live, HAS_MASKABLE, HAS_POSITION)
-        below += tl.sum((live & (key < threshold)).to(tl.int64), 0)
-    ties_before = tl.zeros([], tl.int64)
-    for lo in range(0, length, BLOCK):
-        idx = lo + tl.arange(0, BLOCK)
-        live = idx < length
-        key = _row_keys(seed, offset, maskable_ptr, position_ptr, row_start, idx, live, HAS_MASKABLE, HAS_POSITION)
+    # Compute and store: keys below T are masked, then the ties at T by lowest index until k are.
+    if ONE_BLOCK:
+        below = tl.sum((live & (key < threshold)).to(tl.int64), 0)
         tie = (live & (key == threshold)).to(tl.int64)
-        tie_rank = ties_before + tl.cumsum(tie, 0) - tie
-        hit = live & (key < (1 << 62)) & ((key < threshold) | ((tie != 0) & (below + tie_rank < k)))
+        hit = live & (key < (1 << 62)) & ((key < threshold) | ((tie != 0) & (below + tl.cumsum(tie, 0) - tie < k)))
         x0 = tl.load(x0_ptr + row_start + idx, mask=live)
         tl.store(out_ptr + row_start + idx, tl.where(hit, mask_id, x0), mask=live)
-        ties_before += tl.sum(tie, 0)
+    else:
+        below = tl.zeros([], tl.int64)
+        for lo in range(0, length, BLOCK):
+            blk = tl.load(keys_ptr + row_start + lo + idx, mask=lo + idx < length, other=1 << 62)
+            below += tl.sum((blk < threshold).to(tl.int64), 0)
+        ties_before = tl.zeros([], tl.int64)
+        for lo in range(0, length, BLOCK):
+            in_row = lo + idx < length
+            blk = tl.load(keys_ptr + row_start + lo + idx, mask=in_row, other=1 << 62)
+            tie = (in_row & (blk == threshold)).to(tl.int64)
+            tie_rank = ties_before + tl.cumsum(tie, 0) - tie
+            hit = in_row & (blk < (1 << 62)) & ((blk < threshold) | ((tie != 0) & (below + tie_rank < k)))
+            x0 = tl.load(x0_ptr + row_start + lo + idx, mask=in_row)
+            tl.store(out_ptr + row_start + lo + idx, tl.where(hit, mask_id, x0), mask=in_row)
+            ties_before += tl.sum(tie, 0)
 
 
 @triton.jit
@@ -233,7 +248,10 @@ def forward_mask(x0, *, mask_id, seed, offset, position, maskable, prob, count) 
         _mask_bernoulli_kernel[(batch, triton.cdiv(length, block))](
             x0, maskable_u8, seed, offset, position, prob, out, length, mask_id, **flags)
     else:
-        _mask_count_kernel[(batch,)](x0, maskable_u8, seed, offset, position, count, out, length, mask_id, **flags)
+        one_block = length <= block
+        keys = out if one_block else torch.empty_like(x0)  # scratch only when a row spans blocks
+        _mask_count_kernel[(batch,)](x0, maskable_u8, seed, offset, position, count, keys, out, length, mask_id,
+                                     ONE_BLOCK=one_block, **flags)
     return out
 
 

@@ -69,7 +69,10 @@ def test_unmask_step(backend):
     inner = [p for p in PROBS if 0.0 < p < 1.0]
     n_masked = [int(masked[r == p].sum()) for p in inner]
     hits = [int(revealed[r == p].sum()) for p in inner]
+    assert sum(n_masked) > 0
     for p, m, k in zip(inner, n_masked, hits):
+        if m == 0:  # tiny interpreter runs cover only the first reveal probabilities
+            continue
         assert_z([f"reveal_prob {p}"], [k], m, [p], what=f"reveal frequency ({backend})")
 
     # Revealed tokens: softmax without the mask.

@@ -1,0 +1,97 @@
+"""Timing and result files shared by the benchmarks (DESIGN.md §7).
+
+GPU: CUDA events after warm-up, median of many runs, inputs rotated through a
+set larger than L2 so every run reads from HBM. CPU: wall clock, median.
+Results name the device they ran on; a CPU time is never labelled as a GPU one.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable name of the device the numbers come from."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"CPU {line.split(':', 1)[1].strip()} x{torch.get_num_threads()} threads"
+    except OSError:
+        pass
+    return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def rotating_inputs(make, nbytes_each: int, device: torch.device, min_total: int = 256 << 20) -> list:
+    """Enough copies of ``make()`` that cycling through them defeats the L2 cache on a GPU."""
+    if device.type != "cuda":
+        return [make()]
+    count = max(2, min(64, -(-min_total // max(1, nbytes_each))))
+    return [make() for _ in range(count)]
+
+
+def median_time(fn, inputs: list, *, device: torch.device, warmup: int = 3, runs: int = 20) -> float:
+    """Median seconds of ``fn(x)`` cycling over ``inputs``."""
+    for i in range(warmup):
+        fn(inputs[i % len(inputs)])
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for i in range(runs):
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(inputs[i % len(inputs)])
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop) / 1e3)
+    else:
+        for i in range(runs):
+            t0 = time.perf_counter()
+            fn(inputs[i % len(inputs)])
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float | None:
+    """Measured device-to-device copy bandwidth in GB/s (read + write), GPU only."""
+    if device.type != "cuda":
+        return None
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    t = median_time(lambda s: dst.copy_(s), [src], device=device, runs=30)
+    return 2 * nbytes / t / 1e9
+
+
+def write_results(kind: str, device: torch.device, rows: list[dict], extra: dict | None = None) -> Path:
+    """Write ``benchmarks/results/<device>-<kind>-<date>.json`` with the environment stamped in."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent).stdout.strip()
+    except OSError:
+        commit = ""
+    stamp = datetime.date.today().isoformat()
+    name = device_name(device)
+    slug = "cpu" if device.type == "cpu" else name.replace("NVIDIA ", "").replace(" ", "_").lower()
+    doc = {
+        "device": name,
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "commit": commit,
+        "date": stamp,
+        "rows": rows,
+        **(extra or {}),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{slug}-{kind}-{stamp}.json"
+    path.write_text(json.dumps(doc, indent=1))
+    return path
