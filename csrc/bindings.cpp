@@ -105,13 +105,19 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_isa", &mdsample::cpu_isa, "Instruction set of the CPU kernels picked on this machine");
   m.def("has_cuda", &mdsample::cuda_compiled, "Whether CUDA code was compiled into this build");
   m.def("cuda_archs", &mdsample::cuda_archs, "CUDA architectures compiled in (empty without nvcc)");
-  m.def("cuda_kernels_ready", [] { return false; },
-        "Whether the CUDA sampling kernels are in this build (issue 3: not yet)");
+  m.def("cuda_kernels_ready", [] { return mdsample::cuda_compiled(); },
+        "Whether the CUDA sampling kernels are in this build (they are whenever CUDA was compiled in)");
   m.def("sample_cpu", [](py::kwargs kw) {
     const mdsample::SampleArgs a = sample_args(kw);
     py::gil_scoped_release nogil;
     mdsample::sample_cpu(a);
   }, "Row draw of sample_categorical / unmask_step on CPU (see csrc/sampling.h)");
+  m.def("sample_cuda", [](py::kwargs kw) {
+    const mdsample::SampleArgs a = sample_args(kw);
+    const int64_t stream = kw["stream"].cast<int64_t>();
+    py::gil_scoped_release nogil;
+    mdsample::sample_cuda(a, stream);
+  }, "Row draw of sample_categorical / unmask_step on the GPU, queued on `stream` (see csrc/sampling.h)");
   m.def("philox_host", [](uintptr_t out, int64_t n, uintptr_t counters, uintptr_t keys) {
     mdsample::philox_host(reinterpret_cast<uint32_t*>(out), n, reinterpret_cast<const uint32_t*>(counters),
                           reinterpret_cast<const uint32_t*>(keys));

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "likelihood.h"
+#include "sampling.h"
 
 namespace mdsample {
 
@@ -13,6 +14,10 @@ bool cuda_compiled() { return false; }
 const char* cuda_archs() { return ""; }
 
 void philox_cuda(uint64_t, int64_t, uint64_t, uint64_t, int64_t) {
+  throw std::runtime_error("mdsample._C was built without CUDA (no nvcc at build time)");
+}
+
+void sample_cuda(const SampleArgs&, int64_t) {
   throw std::runtime_error("mdsample._C was built without CUDA (no nvcc at build time)");
 }
 

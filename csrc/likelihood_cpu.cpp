@@ -117,6 +117,32 @@ struct ScoreRow {
   }
 };
 
+// The two chunk reductions are kept out of line: inlined into the row loop of
+// the parallel region, GCC 12 leaves their omp simd loops scalar (measured 2x
+// slower); one call per 2048 tokens costs nothing.
+
+// Reduce: max of buf and whether it holds NaN or +inf.
+__attribute__((noinline)) float chunk_max(const float* buf, int64_t n, int* bad) {
+  float m = -INFINITY;
+  int flag = 0;
+#pragma omp simd reduction(max : m) reduction(| : flag)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = buf[i];
+    flag |= (v != v) | (v == INFINITY);
+    m = v > m ? v : m;
+  }
+  *bad |= flag;
+  return m;
+}
+
+// Reduce: sum of exp(buf_i - m) for m = max buf_i > -inf.
+__attribute__((noinline)) float chunk_sumexp(const float* buf, int64_t n, float m) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += exp_nonpos(buf[i] - m);
+  return s;
+}
+
 // -log softmax(g)[target] of one row in one read: chunk max and sum of exp,
 // merged online; NaN for a NaN / +inf score or a row with no finite score.
 template <typename T>
@@ -128,18 +154,8 @@ float row_nll(const ScoreRow<T>& row, int64_t vocab, int64_t target, float* buf)
   for (int64_t lo = 0; lo < vocab; lo += kChunk) {
     const int64_t n = std::min(kChunk, vocab - lo);
     row.load(lo, n, buf);
-    float m = -INFINITY;
-#pragma omp simd reduction(max : m) reduction(| : bad)
-    for (int64_t i = 0; i < n; ++i) {
-      const float v = buf[i];
-      bad |= (v != v) | (v == INFINITY);
-      m = v > m ? v : m;
-    }
-    float s = 0.0f;
-    if (m != -INFINITY) {
-#pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < n; ++i) s += exp_nonpos(buf[i] - m);
-    }
+    const float m = chunk_max(buf, n, &bad);
+    const float s = m == -INFINITY ? 0.0f : chunk_sumexp(buf, n, m);
     st = online_merge(st, OnlineStats{m, s, 0.0f, m, m});
     if (target >= lo && target < lo + n) target_score = buf[target - lo];
   }

@@ -43,4 +43,10 @@ struct SampleArgs {
 
 void sample_cpu(const SampleArgs& args);
 
+// The same draw on the GPU (csrc/sampling.cu): every pointer is device memory,
+// `stream` the cudaStream_t (as an integer) the kernel is queued on; nothing is
+// synchronized. Throws std::runtime_error on a launch failure, or when the
+// vocabulary's chunk table does not fit in shared memory.
+void sample_cuda(const SampleArgs& args, int64_t stream);
+
 }  // namespace mdsample

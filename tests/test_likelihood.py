@@ -1,137 +1,32 @@
 """mdsample.likelihood / perplexity on oracle models whose likelihood is known exactly.
 
-Oracles return the exact conditional marginals ``log p(x_i | unmasked tokens)`` of a
-known joint (mask logit -inf), so the ELBO they give is the true log-likelihood:
+Oracles (tests/likelihood_oracles.py) return the exact conditional marginals of a known
+joint, so the ELBO they give is the true log-likelihood:
 
-- :class:`JointOracle`: an enumerable Dirichlet joint over 3^8 sequences. The exact
+- ``JointOracle``: an enumerable Dirichlet joint over 3^8 sequences; the exact
   expectation of every estimator (including the ``eps`` truncation of the Bernoulli
-  form) is computed by enumerating all masked subsets.
-- :class:`MarkovOracle`: a 16-token Markov chain with sharp transitions (forward-backward
-  gives the conditionals), so the per-token NLL falls from ~log 16 with no context to
-  ~0.5 nats with full context, like text. ``log p(x)`` is exact; the count estimator is
-  unbiased for it and the Bernoulli one up to its ``O(eps)`` truncation.
+  form) comes from enumerating all masked subsets.
+- ``MarkovOracle``: a 16-token Markov chain with sharp transitions, so the per-token NLL
+  falls from ~log 16 with no context to under a nat with full context, like text.
+  ``log p(x)`` is exact; the count estimator is unbiased for it and the Bernoulli one up
+  to its ``O(eps)`` truncation.
 
 Statistics: each sequence is replicated R times; rows are independent replicates
 (their Philox keys differ by row), so the spread of the R estimates is the
 estimator's true standard deviation. Unbiasedness: ``|mean - truth| <= 4 sd / sqrt(R)``
 (false alarm ~6e-5 per check for a normal mean; the estimates are sums of many draws).
 """
-import itertools
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy import special
+from likelihood_oracles import HeadJoint, JointOracle, MarkovOracle
 
 import mdsample
 from mdsample.samplers.likelihood import MODES
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
-
-
-class JointOracle:
-    """Exact conditional marginals of a Dirichlet joint over ``vr^length`` sequences; mask id = vr."""
-
-    def __init__(self, vr=3, length=8, seed=0, concentration=0.3):
-        g = np.random.default_rng(seed)
-        p = np.maximum(g.dirichlet(np.full(vr ** length, concentration)), 1e-12)
-        self.p = torch.tensor(p / p.sum(), dtype=torch.float64)
-        self.vr, self.V, self.mask_id, self.length = vr, vr + 1, vr, length
-        self.states = torch.tensor(list(itertools.product(range(vr), repeat=length)), dtype=torch.int64)
-        self.onehot = F.one_hot(self.states, vr).to(torch.float64)  # [S, L, vr]
-
-    def cond(self, x):
-        ok = ((x.unsqueeze(1) == self.states) | (x.unsqueeze(1) == self.mask_id)).all(-1)  # [Q, S]
-        w = ok.to(torch.float64) * self.p
-        return torch.einsum("qs,slv->qlv", w, self.onehot) / w.sum(1).view(-1, 1, 1)
-
-    def __call__(self, x, **kw):
-        out = torch.full((*x.shape, self.V), -math.inf, dtype=torch.float64)
-        out[..., : self.vr] = self.cond(x).clamp_min(1e-300).log()
-        return out.to(torch.float32)
-
-    def log_prob(self, seq, prompt=0):
-        """log p(seq[prompt:] | seq[:prompt])."""
-        match = (self.states[:, :prompt] == torch.tensor(seq[:prompt])).all(1)
-        full = (self.states == torch.tensor(seq)).all(1)
-        return float(self.p[full].sum().log() - self.p[match].sum().log())
-
-    def expected(self, seq, *, prompt=0, eps=1e-3, sched_eps=1e-3):
-        """Exact expectations of (-) the Bernoulli and count estimators for ``seq``."""
-        answer = list(range(prompt, self.length))
-        n = len(answer)
-        subsets = [[answer[j] for j in range(n) if mask >> j & 1] for mask in range(1, 1 << n)]
-        xs = torch.tensor(seq).repeat(len(subsets), 1)
-        for q, s in enumerate(subsets):
-            xs[q, s] = self.mask_id
-        marg = self.cond(xs)
-        total = np.zeros(n + 1)  # N_k: sum over k-subsets of the masked tokens' NLLs
-        for q, s in enumerate(subsets):
-            total[len(s)] += sum(-math.log(float(marg[q, i, seq[i]])) for i in s)
-        lo, hi = (1 - sched_eps) * eps, 1 - sched_eps  # mask probabilities at t = eps and t = 1
-        bern = sum(total[k] * special.beta(k, n - k + 1)
-                   * (special.betainc(k, n - k + 1, hi) - special.betainc(k, n - k + 1, lo)) for k in range(1, n + 1))
-        count = sum(total[k] / k / math.comb(n, k) for k in range(1, n + 1))
-        return bern, count
-
-
-class HeadJoint(JointOracle):
-    """The joint oracle offering hidden (its logits as D = V features) and an identity head."""
-
-    head_rows = 0
-
-    def hidden(self, x, **kw):
-        return self(x)
-
-    def head(self, h):
-        self.head_rows += h.shape[0]
-        return h.clone()
-
-
-class MarkovOracle:
-    """Exact conditional marginals of a Markov chain (forward-backward over the unmasked tokens)."""
-
-    def __init__(self, vr=16, seed=0, concentration=0.05):
-        g = np.random.default_rng(seed)
-        self.pi = torch.tensor(g.dirichlet(np.ones(vr)), dtype=torch.float64)
-        self.T = torch.tensor(g.dirichlet(np.full(vr, concentration), size=vr), dtype=torch.float64)
-        self.vr, self.V, self.mask_id = vr, vr + 1, vr
-
-    def sample(self, n, length, seed):
-        g = torch.Generator().manual_seed(seed)
-        x = torch.empty(n, length, dtype=torch.int64)
-        x[:, 0] = torch.multinomial(self.pi.expand(n, -1), 1, generator=g).squeeze(1)
-        for i in range(1, length):
-            x[:, i] = torch.multinomial(self.T[x[:, i - 1]], 1, generator=g).squeeze(1)
-        return x
-
-    def log_prob(self, x, prompt=0):
-        """log p(x[:, prompt:] | x[:, :prompt]) per row (float64)."""
-        steps = self.T.log()[x[:, :-1], x[:, 1:]]
-        lp = self.pi.log()[x[:, 0]] * (prompt == 0) + steps[:, max(prompt - 1, 0):].sum(1)
-        return lp
-
-    def __call__(self, x, **kw):
-        q, length = x.shape
-        e = torch.ones(q, length, self.vr, dtype=torch.float64)
-        seen = x != self.mask_id
-        e[seen] = F.one_hot(x[seen], self.vr).to(torch.float64)
-        fwd = torch.empty_like(e)
-        a = self.pi * e[:, 0]
-        fwd[:, 0] = a / a.sum(1, keepdim=True)
-        for i in range(1, length):
-            a = (fwd[:, i - 1] @ self.T) * e[:, i]
-            fwd[:, i] = a / a.sum(1, keepdim=True)
-        bwd = torch.ones_like(e)
-        for i in range(length - 2, -1, -1):
-            b = (e[:, i + 1] * bwd[:, i + 1]) @ self.T.T
-            bwd[:, i] = b / b.sum(1, keepdim=True)
-        m = fwd * bwd
-        out = torch.full((q, length, self.V), -math.inf, dtype=torch.float64)
-        out[..., : self.vr] = (m / m.sum(-1, keepdim=True)).clamp_min(1e-300).log()
-        return out.to(torch.float32)
 
 
 JOINT = JointOracle()

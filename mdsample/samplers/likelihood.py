@@ -143,6 +143,33 @@ def _stderr(values: torch.Tensor, order_key: torch.Tensor, mode: str) -> torch.T
     return ((v[:, 1:] - v[:, :-1]).pow(2).sum(1) / (2.0 * n * (n - 1))).sqrt()
 
 
+def _chunk_values(fwd: RowForward, xs, xt, ans_rows, w, sigma, nll_kw) -> torch.Tensor:
+    """``w * sum of -log p(x0_i | x_t)`` over the masked answer tokens of each row (float64 ``[c]``).
+
+    With hidden/head only those rows' logits are computed and scored as ``[N, 1, V]``
+    single-row sequences, then summed per input row; otherwise the full logits are
+    scored in place with per-token weights (0 on the prompt: those rows are not read).
+    """
+    mask_id, c = nll_kw["mask_id"], xs.shape[0]
+    scored = (xt == mask_id) & ans_rows
+    if not bool(scored.any()):  # nothing masked: the value is 0 whatever the model says
+        return torch.zeros(c, dtype=torch.float64, device=xs.device)
+    seqs = torch.arange(c, device=xs.device)
+    if fwd.backbone.has_head:
+        row_seq, row_pos = scored.nonzero(as_tuple=True)
+        logits, guidance = fwd.rows(xt, seqs, row_seq, row_pos, sigma=sigma)
+        rows = logits.shape[0]
+        per_row = masked_nll(
+            logits.reshape(rows, 1, -1), xs[row_seq, row_pos].view(rows, 1),
+            torch.full((rows, 1), mask_id, dtype=torch.int64, device=xs.device),
+            weight=w[row_seq].to(torch.float32),
+            guidance=None if guidance is None else guidance.reshape(rows, 1, -1), **nll_kw)
+        return torch.zeros(c, dtype=torch.float64, device=xs.device).index_add_(0, row_seq, per_row.double())
+    logits, guidance = fwd.full(xt, seqs, sigma=sigma)
+    tok_w = torch.where(ans_rows, w.unsqueeze(1), 0.0).to(torch.float32)
+    return masked_nll(logits, xs, xt, weight=tok_w, guidance=guidance, **nll_kw).double()
+
+
 def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode="stratified",
                cfg_scale=0.0, schedule="loglinear", seed=0, mask_id=None, masking="bernoulli", eps=1e-3,
                subs=True, time_conditioned=False, backend="auto") -> LikelihoodEstimate:
@@ -213,46 +240,26 @@ def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode
         order_key = unit
 
     backbone = Backbone(model, time_conditioned=time_conditioned)
+    nll_kw = dict(mask_id=mask_id, exclude=mask_id if subs else None, guidance_scale=cfg, backend=backend)
     values = torch.empty((batch, n), dtype=torch.float64, device=device)
     tok = torch.arange(length, device=device)
     pairs = batch * n
-    for start in range(0, pairs, chunk):
-        q = torch.arange(start, min(start + chunk, pairs), device=device)
-        bs, js = q // n, q % n
-        xs, ans_rows = x.index_select(0, bs), answer.index_select(0, bs)
-        keys = dict(mask_id=mask_id, maskable=ans_rows, seed=seed, offset=js, positions=bs.unsqueeze(1) * length + tok,
-                    backend=backend)
-        if masking == "bernoulli":
-            xt = forward_mask(xs, t[bs, js], schedule=sched, **keys)
-            sigma = sched.sigma(t[bs, js]).to(torch.float32) if time_conditioned else None
-        else:
-            xt = forward_mask(xs, count=k[bs, js], **keys)
+    with torch.no_grad():  # an evaluation: no graph through the model
+        for start in range(0, pairs, chunk):
+            q = torch.arange(start, min(start + chunk, pairs), device=device)
+            bs, js = q // n, q % n  # (sequence, draw) of each input row
+            xs, ans_rows = x.index_select(0, bs), answer.index_select(0, bs)
+            keys = dict(mask_id=mask_id, maskable=ans_rows, seed=seed, offset=js,
+                        positions=bs.unsqueeze(1) * length + tok, backend=backend)
             sigma = None
-        w = weight[bs, js]
-        scored = (xt == mask_id) & ans_rows
-        if not bool(scored.any()):  # nothing masked in this chunk: every value is 0 whatever the model says
-            values[bs, js] = 0.0
-            continue
-        fwd = RowForward(backbone, mask_id=mask_id, cfg_scale=cfg, uncond_mask=~ans_rows)
-        seqs = torch.arange(q.numel(), device=device)
-        nll_kw = dict(mask_id=mask_id, exclude=mask_id if subs else None, guidance_scale=cfg, backend=backend)
-        if backbone.has_head:
-            row_seq, row_pos = scored.nonzero(as_tuple=True)
-            logits, guidance = fwd.rows(xt, seqs, row_seq, row_pos, sigma=sigma)
-            rows = logits.shape[0]
-            per_row = masked_nll(
-                logits.reshape(rows, 1, -1), xs[row_seq, row_pos].view(rows, 1),
-                torch.full((rows, 1), mask_id, dtype=torch.int64, device=device),
-                weight=w[row_seq].to(torch.float32),
-                guidance=None if guidance is None else guidance.reshape(rows, 1, -1), **nll_kw)
-            v = torch.zeros(q.numel(), dtype=torch.float64, device=device).index_add_(
-                0, row_seq, per_row.to(torch.float64))
-        else:
-            logits, guidance = fwd.full(xt, seqs, sigma=sigma)
-            # Per-token weights: w on answer rows, 0 (not read) on the prompt.
-            tok_w = torch.where(ans_rows, w.unsqueeze(1), 0.0).to(torch.float32)
-            v = masked_nll(logits, xs, xt, weight=tok_w, guidance=guidance, **nll_kw).to(torch.float64)
-        values[bs, js] = v
+            if masking == "bernoulli":
+                xt = forward_mask(xs, t[bs, js], schedule=sched, **keys)
+                if time_conditioned:
+                    sigma = sched.sigma(t[bs, js]).to(torch.float32)
+            else:
+                xt = forward_mask(xs, count=k[bs, js], **keys)
+            fwd = RowForward(backbone, mask_id=mask_id, cfg_scale=cfg, uncond_mask=~ans_rows)
+            values[bs, js] = _chunk_values(fwd, xs, xt, ans_rows, weight[bs, js], sigma, nll_kw)
     return LikelihoodEstimate(-values.mean(1), _stderr(values, order_key, mode), n_answer)
 
 

@@ -225,13 +225,14 @@ def sample_mdlm(
         prompt: optional int tensor ``[P]`` or ``[B, P]`` (or ``[1, P]``), P <= length: fixed
             tokens at positions ``[0, P)``. Prompt entries equal to ``mask_id`` are sampled.
         schedule: "loglinear", "cosine", "cosine-mdlm" or a :class:`mdsample.samplers.Schedule`.
-        eps: last time of the grid ``linspace(1, eps, steps + 1)``, in [0, 1).
+        eps: last time of the grid ``linspace(1, eps, steps + 1)``, in [0, 1) (unused with first_hitting).
         temperature: float >= 0 applied to the logits of every draw (0 = argmax).
         cfg_scale: SMDM unsupervised CFG weight w >= 0 (needs a prompt).
         seed: int, the Philox key.
         noise_removal: "greedy" (argmax fill at t = eps), "ancestral" or "none".
         time_conditioned: pass ``sigma = -log alpha_t`` (float32 ``[n]``) to the model.
-        first_hitting: one reveal per sequence per call at sampled first-hitting times.
+        first_hitting: one reveal per sequence per call at sampled first-hitting times, until no
+            mask is left (so ``noise_removal`` has nothing to do).
         stride: None, an int (window = ``model.max_length``) or ``(window, stride)``: MDLM's
             semi-AR strides; ``length`` must be ``window + k * stride``.
         backend: sampling-op backend ("auto", "cuda", "triton", "cpu", "reference").

@@ -99,10 +99,11 @@ class Cosine(Schedule):
     name = "cosine"
 
     def mask_prob(self, t):
-        return torch.cos(0.5 * math.pi * (1.0 - (1.0 - self.eps) * _t64(t)))
+        # cos(pi/2 - x) = sin(x): exact 0 at t = 0 and no cancellation near it.
+        return torch.sin(0.5 * math.pi * (1.0 - self.eps) * _t64(t))
 
     def t_for_mask_prob(self, m):
-        return (1.0 - torch.acos(_t64(m).clamp(0.0, 1.0)) * (2.0 / math.pi)) / (1.0 - self.eps)
+        return torch.asin(_t64(m).clamp(0.0, 1.0)) * (2.0 / math.pi) / (1.0 - self.eps)
 
 
 class MDLMCosine(Schedule):

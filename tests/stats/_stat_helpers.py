@@ -10,10 +10,16 @@ Conventions of every test in tests/stats:
   (after rounding to their dtype), so dtype rounding is not counted as bias.
 * Thresholds: per-bin z-tests at the level of ``|z| <= 5`` (false alarm
   ``P_Z = 2 Phi(-5) = 5.7e-7`` per bin, made exact for small counts by deciding
-  with the exact binomial test at that level, see :func:`assert_z`), and G /
-  chi-square tests at ``ALPHA = 1e-6`` (asymptotic chi-square). A test's
-  false-alarm rate is the sum over its checks (union bound), stated in its
-  docstring.
+  with the exact binomial test at that level, see :func:`assert_z`); G /
+  chi-square tests at ``ALPHA = 1e-6`` (asymptotic chi-square) on a few dozen
+  bins of similar-probability tokens, which concentrate probability-dependent
+  biases; and a per-token check (exact binomial, Bonferroni over the tokens,
+  ``ALPHA`` in all, :func:`assert_tokens`) for errors local to one token. A
+  test's false-alarm rate is the sum over its checks (union bound), stated in
+  its docstring.
+* Sizes are per backend (:func:`per_backend`): the compiled CPU backend gets the
+  statistically meaningful sizes, the float64 reference (0.2-1 ms a row) smaller
+  ones, Triton under the CPU interpreter (~30-60 ms a row) only tiny cases.
 """
 from __future__ import annotations
 
@@ -70,6 +76,34 @@ def rows_per_call(backend: str, vocab: int) -> int:
     return 1 << 20
 
 
+# ----------------------------------------------------------------------------- device
+
+# The device the backends under test run on (as in tests/conftest.py): the CPU here, the
+# GPU where there is one (then the fixture lists cuda / triton / reference).
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def on_device(v):
+    """A tensor argument moved to DEVICE; an expanded tensor moves its one stored copy and is
+    expanded again there (never materialised). Other values pass through."""
+    if not isinstance(v, torch.Tensor) or v.device.type == DEVICE:
+        return v
+    compact = v[tuple(slice(0, 1) if (st == 0 and sz > 1) else slice(None) for sz, st in zip(v.shape, v.stride()))]
+    return compact.to(DEVICE).expand(v.shape)
+
+
+def sample(logits, **kwargs) -> torch.Tensor:
+    """``mdsample.sample_categorical`` with its tensors on DEVICE; the tokens come back on the CPU."""
+    out = mdsample.sample_categorical(on_device(logits), **{k: on_device(v) for k, v in kwargs.items()})
+    return out.cpu()
+
+
+def unmask(logits, x, **kwargs):
+    """``mdsample.unmask_step`` with its tensors on DEVICE; the results come back on the CPU."""
+    out = mdsample.unmask_step(on_device(logits), on_device(x), **{k: on_device(v) for k, v in kwargs.items()})
+    return tuple(t.cpu() for t in out) if isinstance(out, tuple) else out.cpu()
+
+
 # ----------------------------------------------------------------------------- drawing
 
 def sample_rows(row: torch.Tensor, n: int, *, backend: str, seed=0, offset=0, first_position: int = 0,
@@ -86,9 +120,7 @@ def sample_rows(row: torch.Tensor, n: int, *, backend: str, seed=0, offset=0, fi
     for start in range(0, n, step):
         b = min(step, n - start)
         pos = torch.arange(first_position + start, first_position + start + b, dtype=torch.int64)
-        tok = mdsample.sample_categorical(
-            row.expand(b, vocab), seed=seed, offset=offset, positions=pos, backend=backend, **kwargs
-        )
+        tok = sample(row.expand(b, vocab), seed=seed, offset=offset, positions=pos, backend=backend, **kwargs)
         out.append(tok)
     tokens = torch.cat(out)
     assert tokens.shape == (n,) and tokens.dtype == torch.int64
@@ -120,26 +152,64 @@ def z_scores(counts, n: int, probs) -> np.ndarray:
 
 
 def binomial_pvalues(counts, n: int, probs) -> np.ndarray:
-    """Exact two-sided binomial p-values of bin counts (scipy's binomtest)."""
-    return np.array([stats.binomtest(int(k), n, float(p)).pvalue for k, p in zip(counts, probs)])
+    """Exact two-sided binomial p-values, ``min(1, 2 min(P(X <= k), P(X >= k)))`` per bin.
+
+    Valid (P(p-value <= a) <= a for every a) and vectorised."""
+    k = np.asarray(counts, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    low = stats.binom.cdf(k, n, p)
+    high = stats.binom.sf(k - 1, n, p)
+    return np.minimum(1.0, 2.0 * np.minimum(low, high))
+
+
+def _table(labels, counts, n, probs, z, pv, rows) -> str:
+    return "\n".join(
+        f"  {labels[i]:>28}: observed {int(counts[i]):>9d}  expected {n * probs[i]:>12.2f}  "
+        f"ratio {counts[i] / (n * probs[i]):.4f}  z {z[i]:+.2f}  p {pv[i]:.1e}"
+        for i in rows
+    )
 
 
 def assert_z(labels, counts, n: int, probs, what: str = "") -> np.ndarray:
-    """Per-bin z-test at the level of ``|z| <= 5``: each bin's count must not be rejected by
-    an exact two-sided binomial test at level ``P_Z = 5.7e-7``.
+    """Per-bin z-test at the level of ``|z| <= 5``: no bin's count may be rejected by the
+    exact two-sided binomial test at level ``P_Z = 5.7e-7``.
 
-    For large expected counts this is the same as ``|z| <= 5``; for small ones (tens of
-    hits) the exact test keeps the false-alarm rate at <= 5.7e-7 per bin where the normal
-    bound would not (a Binomial(3000, 0.01) count has |z| > 5 with probability 3e-6).
+    For large expected counts this is ``|z| <= 5``; for small ones (tens of hits) the exact
+    test keeps the false alarm at <= 5.7e-7 per bin where the normal bound would not (a
+    Binomial(3000, 0.01) count has |z| > 5 with probability 3e-6).
     """
+    counts = np.asarray(counts)
+    probs = np.asarray(probs, dtype=np.float64)
     z = z_scores(counts, n, probs)
     pv = binomial_pvalues(counts, n, probs)
-    table = "\n".join(
-        f"  {lab:>24}: observed {int(k):>9d}  expected {n * p:>12.2f}  ratio {k / (n * p):.4f}  z {zz:+.2f}  p {q:.1e}"
-        for lab, k, p, zz, q in zip(labels, counts, probs, z, pv)
-    )
+    table = _table(list(labels), counts, n, probs, z, pv, range(len(counts)))
     assert np.all(pv >= P_Z), f"{what}: a bin is off by more than the |z| = {Z_BOUND:g} level (n = {n}):\n{table}"
     return z
+
+
+def assert_tokens(counts, n: int, probs, what: str = "", alpha: float = ALPHA) -> None:
+    """Every single token at once: tokens of probability 0 are never drawn, and no token's
+    count is rejected by the exact binomial test at level ``alpha / k`` (k tokens of
+    positive probability; Bonferroni). False alarm <= ``alpha``.
+
+    This catches local errors a G-test dilutes over its degrees of freedom: one token never
+    drawn (an off-by-one at a chunk edge), or one drawn twice as often.
+    """
+    counts = np.asarray(counts)
+    probs = np.asarray(probs, dtype=np.float64)
+    zero = probs <= 0
+    assert counts[zero].sum() == 0, f"{what}: tokens of probability 0 drawn: {np.nonzero(zero & (counts > 0))[0][:20].tolist()}"
+    idx = np.nonzero(~zero)[0]
+    pv = binomial_pvalues(counts[idx], n, probs[idx])
+    level = alpha / len(idx)
+    if pv.min() < level:
+        z = z_scores(counts[idx], n, probs[idx])
+        worst = np.argsort(pv)[:10]
+        labels = [f"token {i}" for i in idx]
+        raise AssertionError(
+            f"{what}: a token is off (exact binomial p < {level:.1e} = {alpha:g} / {len(idx)} tokens, n = {n}):\n"
+            + _table(labels, counts[idx], n, probs[idx], z, pv, worst)
+        )
 
 
 # ----------------------------------------------------------------------------- binning
@@ -148,64 +218,67 @@ def group_counts(counts, probs, labels) -> tuple[np.ndarray, np.ndarray, np.ndar
     """Sum per-token counts and probabilities into bins: ``labels[i]`` is token i's bin (-1: dropped)."""
     labels = np.asarray(labels)
     keys = np.unique(labels[labels >= 0])
-    c = np.array([np.asarray(counts)[labels == k].sum() for k in keys], dtype=np.int64)
-    p = np.array([np.asarray(probs)[labels == k].sum() for k in keys], dtype=np.float64)
-    return keys, c, p
+    c = np.bincount(labels[labels >= 0], weights=np.asarray(counts)[labels >= 0], minlength=keys.max() + 1)
+    p = np.bincount(labels[labels >= 0], weights=np.asarray(probs, dtype=np.float64)[labels >= 0], minlength=keys.max() + 1)
+    return keys, np.rint(c[keys]).astype(np.int64), p[keys]
 
 
-def bins_by_expected(probs, n: int, min_expected: float = MIN_EXPECTED) -> np.ndarray:
-    """Bin label per token: tokens expecting ``>= min_expected`` draws get their own bin; the
-    rest are grouped with their neighbours in index order until each group expects that many
-    (a short last group joins the one before). Tokens of probability 0 get label -1."""
+def quantile_bins(probs, n: int, n_bins: int = 32, min_expected: float = MIN_EXPECTED) -> np.ndarray:
+    """Bin label per token for a G-test: tokens sorted by probability, cut into about
+    ``n_bins`` bins of equal mass (fewer when ``n`` draws cannot fill them with
+    ``min_expected`` each); a token heavier than a bin's share is a bin of its own.
+
+    Few bins of similar-probability tokens concentrate a probability-dependent bias (tail
+    under-sampled, temperature off) into a few bins, where per-token bins would spread it over
+    thousands of degrees of freedom; :func:`assert_tokens` covers single-token errors.
+    Tokens of probability 0 get label -1.
+    """
     probs = np.asarray(probs, dtype=np.float64)
+    n_bins = int(max(2, min(n_bins, n * probs.sum() // min_expected)))
+    target = probs.sum() / n_bins
     labels = np.full(len(probs), -1, dtype=np.int64)
-    nxt, acc, members = 0, 0.0, []
-    for i, p in enumerate(probs):
-        if p <= 0:
-            continue
-        if n * p >= min_expected:
-            labels[i] = nxt
-            nxt += 1
-            continue
-        members.append(i)
-        acc += n * p
-        if acc >= min_expected:
-            labels[members] = nxt
-            nxt += 1
-            members, acc = [], 0.0
-    if members:
-        labels[members] = nxt - 1 if nxt > 0 else 0
+    b, acc = 0, 0.0
+    for i in np.argsort(-probs, kind="stable"):
+        if probs[i] <= 0:
+            break
+        labels[i] = b
+        acc += probs[i]
+        if acc >= target:
+            b, acc = b + 1, 0.0
+    if 0.0 < acc and n * acc < min_expected and b > 0:  # a short last bin joins the one before
+        labels[labels == b] = b - 1
     return labels
 
 
-def decade_bins(probs, n: int, min_expected: float = MIN_EXPECTED) -> tuple[np.ndarray, list[str]]:
-    """Bin label per token: tokens expecting ``>= min_expected`` draws alone (the head), the
-    tail by decade of probability, [10^-(d+1), 10^-d); a decade expecting too few draws joins
-    the next larger one. Returns labels and readable bin names."""
+def decade_bins(probs, n: int, alone: float = 1e-2, min_expected: float = MIN_EXPECTED) -> tuple[np.ndarray, list[str]]:
+    """Bin label per token: tokens of probability >= ``alone`` are bins of their own (the
+    head), the others are binned by decade of probability, [10^-(d+1), 10^-d); a decade
+    expecting fewer than ``min_expected`` draws joins the next larger one. Returns the labels
+    and readable bin names."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.full(len(probs), -1, dtype=np.int64)
     names: list[str] = []
-    head = np.nonzero(n * probs >= min_expected)[0]
-    for i in head:
+    for i in np.nonzero(probs >= alone)[0]:
         labels[i] = len(names)
         names.append(f"token {i} (p={probs[i]:.2e})")
-    tail = (probs > 0) & (n * probs < min_expected)
-    dec = np.full(len(probs), 0, dtype=np.int64)
+    tail = (probs > 0) & (probs < alone)
+    dec = np.zeros(len(probs), dtype=np.int64)
     dec[tail] = np.floor(-np.log10(probs[tail])).astype(np.int64)
     pending: list[int] = []  # decades (small p first) waiting to reach min_expected
     for d in sorted(set(dec[tail].tolist()), reverse=True):
         pending.append(d)
-        mass = probs[tail & np.isin(dec, pending)].sum()
-        if n * mass >= min_expected:
-            labels[tail & np.isin(dec, pending)] = len(names)
-            names.append("p in " + ", ".join(f"[1e-{x + 1}, 1e-{x})" for x in sorted(pending)))
+        members = tail & np.isin(dec, pending)
+        if n * probs[members].sum() >= min_expected:
+            labels[members] = len(names)
+            names.append("p in " + " + ".join(f"[1e-{x + 1}, 1e-{x})" for x in sorted(pending)))
             pending = []
     if pending:  # the largest decades left over: merge into the last tail bin made
-        if names and not names[-1].startswith("token"):
-            labels[tail & np.isin(dec, pending)] = len(names) - 1
-            names[-1] += " + " + ", ".join(f"[1e-{x + 1}, 1e-{x})" for x in sorted(pending))
+        members = tail & np.isin(dec, pending)
+        if names and names[-1].startswith("p in"):
+            labels[members] = len(names) - 1
+            names[-1] += " + " + " + ".join(f"[1e-{x + 1}, 1e-{x})" for x in sorted(pending))
         else:
-            labels[tail & np.isin(dec, pending)] = len(names)
+            labels[members] = len(names)
             names.append("tail (too few expected draws to split)")
     return labels, names
 
@@ -249,9 +322,9 @@ def assert_g_test(observed, probs, names=None, what: str = "", alpha: float = AL
 
 
 def assert_independent(table, what: str = "", alpha: float = ALPHA) -> float:
-    """Pearson chi-square test of independence of a contingency table (rows x columns)."""
+    """Pearson chi-square test of independence of a contingency table (rows x columns).
+    An empty row or column (a draw that never varies) fails the expected-count check."""
     t = np.asarray(table, dtype=np.float64)
-    t = t[t.sum(1) > 0][:, t.sum(0) > 0]
     expected = t.sum(1, keepdims=True) * t.sum(0, keepdims=True) / t.sum()
     assert expected.min() >= 5.0, f"{what}: a contingency cell expects only {expected.min():.2f}"
     chi2, pval, dof, _ = stats.chi2_contingency(t, correction=False)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mdsample
-
 from ._stat_helpers import (
     assert_g_test,
-    bins_by_expected,
+    assert_tokens,
     group_counts,
+    quantile_bins,
     per_backend,
+    sample,
     sample_counts,
     softmax64,
 )
@@ -35,16 +35,19 @@ def exclude_row(vocab: int, excluded: int, dtype=torch.float32) -> torch.Tensor:
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_exclude_never_returned_and_renormalised(backend, case):
     """The excluded token never comes back (deterministic check), and the other tokens match
-    softmax over them (G-test, alpha 1e-6). False alarm <= 1e-6 per case (asymptotic)."""
+    softmax over them: G-test on 32 equal-mass bins of tokens sorted by probability (alpha
+    1e-6) and every token's count (exact binomial, Bonferroni, 1e-6 in all).
+    False alarm <= 2e-6 per case."""
     vocab, excluded = CASES[case]
     n = per_backend(backend, cpu=1 << 18, reference=8000, triton=48)
     row = exclude_row(vocab, excluded)
     probs = softmax64(row, exclude=excluded)
     counts = sample_counts(row, n, backend=backend, seed=4242, offset=vocab, exclude=excluded)
     assert counts[excluded] == 0, f"excluded token {excluded} returned {counts[excluded]} times in {n} draws"
-    labels = bins_by_expected(probs, n)
-    _, c, p = group_counts(counts, probs, labels)
-    assert_g_test(c, p, what=f"renormalised distribution without token {excluded} ({backend})")
+    what = f"renormalised distribution without token {excluded} ({backend})"
+    _, c, p = group_counts(counts, probs, quantile_bins(probs, n))
+    assert_g_test(c, p, what=what)
+    assert_tokens(counts, n, probs, what=what)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -58,7 +61,7 @@ def test_exclude_temperature_zero(backend, case, dtype):
     row[[1000, 3]] = second + 1.0  # a tie for the best allowed token: 3 must win
     row = row.to(dtype)
     rows = per_backend(backend, cpu=64, reference=16, triton=4)
-    tokens = mdsample.sample_categorical(
+    tokens = sample(
         row.expand(rows, vocab), temperature=0.0, exclude=excluded, seed=torch.arange(rows), backend=backend
     )
     assert tokens.tolist() == [3] * rows

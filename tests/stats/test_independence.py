@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import torch
 
-import mdsample
-
 from ._stat_helpers import (
     assert_independent,
     contingency,
     per_backend,
     rows_per_call,
+    sample,
+    unmask,
 )
 
 V = 4096
@@ -44,7 +44,7 @@ def draw(positions: torch.Tensor, backend: str, *, seed=SEED, offset=OFFSET, exc
     step = rows_per_call(backend, V)
     for s in range(0, len(positions), step):
         pos = positions[s:s + step]
-        out.append(mdsample.sample_categorical(
+        out.append(sample(
             row.expand(len(pos), V), seed=seed, offset=offset, positions=pos, exclude=exclude, backend=backend
         ))
     return (torch.cat(out) // 512).numpy()
@@ -101,7 +101,7 @@ def test_reveal_coin_independent_of_token_draw(backend):
         for s in range(0, n, step):
             pos = positions[s:s + step]
             x = torch.full((len(pos),), mask_id, dtype=torch.int64)
-            new = mdsample.unmask_step(
+            new = unmask(
                 row.expand(len(pos), V), x, mask_id=mask_id, reveal_prob=0.5, seed=SEED, offset=offset,
                 positions=pos, backend=backend,
             )

@@ -1,11 +1,12 @@
-"""Many-tail test (DESIGN.md §4): one head token plus 2^18 tail tokens at p = 1e-6 .. 1e-9.
+"""Many-tail test (DESIGN.md §4): one head token plus 2^18 tail tokens at p = 1e-6 .. 1e-8.
 
 Tail tokens come in groups of equal probability, scattered over the vocabulary
 (every chunk of the two-level draw holds tokens of every group, and the head
 sits mid-chunk so tail tokens share its chunk). Hits are summed per group and
 each group's total is z-tested against its exact mass: a sampler that shifts
 small-probability tokens (truncated noise, fp32 running sums, a coarse uniform)
-moves a whole group.
+moves a whole group. (p = 1e-9 is left out: even all 2^18 tail tokens at 1e-9
+hold 2.6e-4 of the mass, < 35 hits in the 2^17 draws the time budget allows.)
 
 A second test shows the check has power: MDLM's fp32 ``_sample_categorical``
 (``argmax(p / (1e-10 - log(rand_like(p) + 1e-10)))``) fails it on the same
@@ -118,7 +119,8 @@ def mdlm_fp32_group_hits(design: TailDesign, n: int, seed: int = 0) -> np.ndarra
     largest u, whose grid index K is distributed as the max of m iid uniforms on
     {0, .., 2^24 - 1}: K = floor(2^24 V^(1/m)), V ~ U(0, 1). The fp32 score is then computed
     from that u exactly as the formula does. This is the formula's exact distribution, at
-    O(groups) cost per draw instead of O(V) (2^19 x 2^18 fp32 noise draws would take hours).
+    O(groups) cost per draw instead of O(V) (2^17 x 2^18 fp32 noise draws would take hours;
+    a brute-force run at V = 4097, p = 1e-7 agreed: ratio 0.69 +- 0.07 vs 0.72 here).
     Exact score ties (between the head and a group: fp32 quotients equal, rare) go to the tail,
     which can only help the formula pass.
     """
@@ -147,10 +149,13 @@ def test_fp32_mdlm_formula_fails_many_tail():
     """Power: the fp32 MDLM formula fails the same many-tail check (FULL design, 2^17 draws).
 
     Its noise E = -log(u) with u on a 2^-24 grid cannot go below 6e-8, so a token of
-    p = 1e-8 wins ~2e-10 of the time (-98%), p = 1e-7 about -27%, p = 1e-6 about -3%. The
-    test asserts that the check fails, with z < -5 in the p = 1e-7 and 1e-8 groups
-    (expected z about -7 and -16). (PyTorch's CPU ``exponential_`` in fp32 is not truncated,
-    it transforms a 53-bit double; the 2^-24 truncation of DESIGN.md §4 is the CUDA one.)
+    p = 1e-8 wins ~1.5e-10 of the time (-98.5%), p = 1e-7 -26%, p = 1e-6 -2.7% (measured
+    with 2^24 simulated draws). The test asserts that the check fails and that the p = 1e-8
+    group has z < -5 (expected z -16; here -15.9, and -6.2 for p = 1e-7).
+    (PyTorch's CPU ``exponential_`` in fp32 is not truncated: it transforms a 53-bit double,
+    measured accurate down to E = 1e-7; the 2^-24 truncation of DESIGN.md §4 is CUDA's.)
+    The simulation is seeded (deterministic); over seeds, P(the p = 1e-8 group reaches
+    z >= -5, i.e. >= 178 hits where ~4 are expected) is < 1e-100: no false alarm to speak of.
     """
     u = torch.rand(1 << 22)
     k = u.double() * 2.0**24
@@ -162,4 +167,4 @@ def test_fp32_mdlm_formula_fails_many_tail():
     z = z_scores(hits, n, p)
     with pytest.raises(AssertionError):
         assert_z(design.names(), hits, n, p, what="fp32 MDLM formula")
-    assert z[1] < -Z_BOUND and z[2] < -Z_BOUND, f"fp32 formula not caught: z = {z}"
+    assert z[2] < -Z_BOUND, f"fp32 formula not caught at p = 1e-8: z = {z}"

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-import mdsample
-
 from ._stat_helpers import (
     assert_g_test,
-    bins_by_expected,
+    assert_tokens,
     group_counts,
+    quantile_bins,
     per_backend,
     rows_per_call,
+    sample,
     softmax64,
 )
 
@@ -38,10 +38,11 @@ def lowest_argmax(rows: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("temperature", [0.5, 2.0])
 def test_temperature_frequencies(backend, temperature):
-    """Rows at temperature T match softmax(l / T) (G-test, tokens expecting >= 20 draws alone,
-    the rest pooled in index order, alpha 1e-6); rows at T = 0 in the same call give the argmax.
+    """Rows at temperature T match softmax(l / T): G-test on 32 equal-mass bins of tokens
+    sorted by probability (alpha 1e-6) and every token's count (exact binomial, Bonferroni,
+    1e-6 in all); rows at T = 0 in the same call give the argmax (deterministic).
 
-    False alarm <= 1e-6 per temperature (asymptotic chi-square); the argmax part is deterministic.
+    False alarm <= 2e-6 per temperature.
     """
     n = per_backend(backend, cpu=1 << 18, reference=8000, triton=None)
     row = temperature_row()
@@ -53,7 +54,7 @@ def test_temperature_frequencies(backend, temperature):
     for start in range(0, n, step):
         b = min(step, n - start)
         temp = torch.where(torch.arange(b) % 2 == 0, temperature, 0.0).to(torch.float32)
-        tok = mdsample.sample_categorical(
+        tok = sample(
             row.expand(b, V), temperature=temp, seed=99, offset=int(temperature * 10),
             positions=torch.arange(start, start + b), backend=backend,
         )
@@ -62,9 +63,10 @@ def test_temperature_frequencies(backend, temperature):
         assert int(hot.min()) >= 0 and int(hot.max()) < V
         counts += np.bincount(hot.numpy(), minlength=V)
     n_hot = int(counts.sum())
-    labels = bins_by_expected(probs, n_hot)
-    _, c, p = group_counts(counts, probs, labels)
-    assert_g_test(c, p, what=f"temperature {temperature} ({backend})")
+    what = f"temperature {temperature} ({backend})"
+    _, c, p = group_counts(counts, probs, quantile_bins(probs, n_hot))
+    assert_g_test(c, p, what=what)
+    assert_tokens(counts, n_hot, probs, what=what)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
@@ -80,8 +82,8 @@ def test_temperature_zero_is_argmax_and_ignores_seed(backend, dtype):
         j = torch.randint(0, vocab, (3,), generator=gen)
         logits[r, j] = logits[r].max()
     expected = lowest_argmax(logits)
-    a = mdsample.sample_categorical(logits, temperature=0.0, seed=1, offset=0, backend=backend)
-    b = mdsample.sample_categorical(
+    a = sample(logits, temperature=0.0, seed=1, offset=0, backend=backend)
+    b = sample(
         logits, temperature=torch.zeros(rows), seed=torch.arange(rows) * 7919 + 3, offset=12345, backend=backend
     )
     assert torch.equal(a, expected), f"T=0 is not the lowest-index argmax in rows {torch.nonzero(a != expected).flatten().tolist()}"

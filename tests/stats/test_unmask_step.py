@@ -10,15 +10,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-import mdsample
-
 from ._stat_helpers import (
+    MIN_EXPECTED,
     assert_g_test,
     assert_z,
-    bins_by_expected,
+    assert_tokens,
     group_counts,
+    quantile_bins,
     per_backend,
     softmax64,
+    unmask,
 )
 
 V = 64
@@ -37,9 +38,10 @@ def unmask_row() -> torch.Tensor:
 def test_unmask_step(backend):
     """Per reveal probability r in (0, 1): the revealed fraction of masked positions is
     Binomial(n_r, r) (z-test at the |z| = 5 level; 4 values); the revealed tokens follow
-    softmax without the mask (G-test, alpha 1e-6). Deterministic: r = 0 reveals nothing,
-    r = 1 everything; unmasked positions are unchanged; x is not modified; no revealed
-    token is the mask. False alarm <= 4 x 5.7e-7 + 1e-6 = 3.3e-6.
+    softmax without the mask (G-test on 32 equal-mass bins, alpha 1e-6, and every token's
+    count, exact binomial with Bonferroni, 1e-6 in all). Deterministic: r = 0 reveals
+    nothing, r = 1 everything; unmasked positions are unchanged; x is not modified; no
+    revealed token is the mask. False alarm <= 4 x 5.7e-7 + 2e-6 = 4.3e-6.
     """
     b = per_backend(backend, cpu=1536, reference=96, triton=2)
     gen = torch.Generator().manual_seed(2025)
@@ -51,7 +53,7 @@ def test_unmask_step(backend):
     reveal_prob = torch.tensor(PROBS, dtype=torch.float64).repeat(b // len(PROBS) + 1)[:b].view(b, 1)
     positions = torch.arange(b * L, dtype=torch.int64).view(b, L) + 10**9
 
-    new, revealed = mdsample.unmask_step(
+    new, revealed = unmask(
         row.expand(b, L, V), x, mask_id=MASK, reveal_prob=reveal_prob, seed=8080, offset=17,
         positions=positions, return_revealed=True, backend=backend,
     )
@@ -78,11 +80,11 @@ def test_unmask_step(backend):
     # Revealed tokens: softmax without the mask.
     tokens = new[revealed].numpy()
     probs = softmax64(row, exclude=MASK)
-    labels = bins_by_expected(probs, len(tokens))
     counts = np.bincount(tokens, minlength=V)
     assert counts[MASK] == 0
-    if labels.max() >= 1:  # at least two bins (not so in tiny interpreter runs)
-        _, c, pb = group_counts(counts, probs, labels)
+    assert_tokens(counts, len(tokens), probs, what=f"revealed tokens ({backend})")
+    if len(tokens) >= 2 * MIN_EXPECTED:  # at least two bins (not so in tiny interpreter runs)
+        _, c, pb = group_counts(counts, probs, quantile_bins(probs, len(tokens)))
         assert_g_test(c, pb, what=f"revealed tokens ({backend})")
 
 
@@ -93,7 +95,7 @@ def test_unmask_step_scalar_prob_and_greedy(backend):
     b = per_backend(backend, cpu=256, reference=32, triton=2)
     row = unmask_row()
     x = torch.full((b, L), MASK, dtype=torch.int64)
-    new = mdsample.unmask_step(
+    new = unmask(
         row.expand(b, L, V), x, mask_id=MASK, reveal_prob=0.25, temperature=0.0, seed=3, offset=4, backend=backend
     )
     allowed = row.clone()

@@ -1,0 +1,238 @@
+"""Likelihood evaluation: masked_nll vs cross-entropy on materialised logits, end to end, variance.
+
+Standalone: ``python benchmarks/bench_likelihood.py [--quick] [--threads N]``
+
+Three parts, in one run on whatever device is present (CPU here; the numbers are
+labelled with the device they come from, never quoted as GPU numbers):
+
+1. ``masked_nll`` against what evaluation code runs today on full ``[B, L, V]``
+   logits: ``F.cross_entropy`` over the masked rows (SMDM / LLaDA), the same over all
+   rows then masked (MDLM's loss), and ``log_softmax`` in float64. Reports the median
+   time, GB/s over the masked rows' logits (the bytes any exact method must read) and
+   the bytes torch allocates during the call (profiler; an upper bound of the peak
+   extra memory: O(B L) for masked_nll, O(B L V) for the others).
+2. End to end on a small transformer (``mdsample.models.Transformer``, random weights):
+   ``mdsample.likelihood`` (hidden/head: logits only for masked rows; and full logits)
+   against the upstream-style loop (per sequence, a batch of draws, full forward,
+   ``F.cross_entropy`` on the masked rows / p). Same number of forward passes.
+3. Variance reduction at equal forward passes: estimator variance over independent
+   replicates for each (masking, mode) on the oracle Markov chain of the tests (exact
+   conditionals, context-dependent like text) and on the random transformer.
+
+Writes ``benchmarks/results/cpu-likelihood-<date>.json`` (``<gpu>-likelihood-<date>.json`` on a GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import mdsample  # noqa: E402
+from benchmarks._timing import device_name, median_time, write_results  # noqa: E402
+from likelihood_oracles import MarkovOracle  # noqa: E402  (tests/likelihood_oracles.py)
+from mdsample import _backends  # noqa: E402
+from mdsample.models.transformer import Transformer  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+# ---------------------------------------------------------------------------- 1. masked_nll
+
+def naive_masked_ce(logits, x0, xt, mask_id):
+    """SMDM / LLaDA: cross-entropy over the gathered masked rows (a copy of them), summed per sequence."""
+    m = xt == mask_id
+    ce = F.cross_entropy(logits[m].float(), x0[m], reduction="none")
+    return torch.zeros(x0.shape[0], device=x0.device).index_add_(0, m.nonzero()[:, 0], ce)
+
+
+def naive_full_ce(logits, x0, xt, mask_id):
+    """MDLM-style loss: cross-entropy over every row, then the mask applied."""
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), x0.flatten(), reduction="none").view(x0.shape)
+    return (ce * (xt == mask_id)).sum(-1)
+
+
+def naive_logsoftmax64(logits, x0, xt, mask_id):
+    """float64 log_softmax of everything, gather (the reference formula)."""
+    logp = logits.double().log_softmax(-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    return (-logp * (xt == mask_id)).sum(-1)
+
+
+def allocated_bytes(fn) -> int:
+    """Bytes torch allocates while ``fn`` runs (sum of allocations: >= the peak extra memory)."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return int(sum(max(e.self_cpu_memory_usage, 0) for e in prof.events()))
+
+
+def bench_masked_nll(device, *, batch, length, vocab, fracs, dtypes, runs, mask_id=0):
+    rows = []
+    impls = {f"mdsample[{b}]": (lambda b: lambda l, a, t: mdsample.masked_nll(l, a, t, mask_id=mask_id, check=False,
+                                                                              backend=b))(b)
+             for b in ("cuda", "triton", "cpu") if _backends.available(b, device.type)}
+    impls.update({"cross_entropy_masked_rows": lambda l, a, t: naive_masked_ce(l, a, t, mask_id),
+                  "cross_entropy_all_rows": lambda l, a, t: naive_full_ce(l, a, t, mask_id),
+                  "log_softmax_fp64": lambda l, a, t: naive_logsoftmax64(l, a, t, mask_id)})
+    g = torch.Generator().manual_seed(0)
+    for dname in dtypes:
+        dtype = DTYPES[dname]
+        logits = (torch.randn(batch, length, vocab, generator=g) * 3).to(dtype).to(device)
+        x0 = torch.randint(1, vocab, (batch, length), generator=g).to(device)
+        for frac in fracs:
+            xt = torch.where(torch.rand(batch, length, generator=g).to(device) < frac, mask_id, x0)
+            masked = int((xt == mask_id).sum())
+            bytes_masked = masked * vocab * logits.element_size()
+            want = naive_logsoftmax64(logits, x0, xt, mask_id)
+            for name, fn in impls.items():
+                if name == "log_softmax_fp64" and dname != "fp32":
+                    continue
+                t = median_time(lambda _: fn(logits, x0, xt), [None], device=device, runs=runs)
+                err = float(((fn(logits, x0, xt).double() - want).abs() / want.abs().clamp_min(1)).max())
+                rows.append(dict(op="masked_nll", impl=name, dtype=dname, batch=batch, length=length, vocab=vocab,
+                                 mask_frac=frac, masked_rows=masked, median_s=t, gbps_masked_rows=bytes_masked / t / 1e9,
+                                 allocated_bytes=allocated_bytes(lambda: fn(logits, x0, xt)),
+                                 logits_bytes=logits.numel() * logits.element_size(), max_rel_err_vs_fp64=err))
+            base = {r["impl"]: r["median_s"] for r in rows if r["dtype"] == dname and r["mask_frac"] == frac}
+            for r in rows:
+                if r["dtype"] == dname and r["mask_frac"] == frac:
+                    r["speedup_vs_cross_entropy_masked_rows"] = base["cross_entropy_masked_rows"] / r["median_s"]
+        del logits
+    return rows
+
+
+# ---------------------------------------------------------------------------- 2. end to end
+
+def upstream_loop(model, x, *, mc_samples, batch_size, mask_id, eps=1e-3, seed=0):
+    """The loop SMDM / LLaDA evaluation code runs: per sequence, batches of draws, full logits, CE / p."""
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for seq in x:
+            total = 0.0
+            for start in range(0, mc_samples, batch_size):
+                n = min(batch_size, mc_samples - start)
+                p = ((1 - eps) * torch.rand(n, 1, generator=g, device=x.device) + eps).expand(n, seq.numel())
+                mask = torch.rand(n, seq.numel(), generator=g, device=x.device) < p
+                noisy = torch.where(mask, mask_id, seq)
+                logits = model(noisy)
+                target = seq.expand(n, -1)
+                total += float((F.cross_entropy(logits[mask], target[mask], reduction="none") / p[mask]).sum())
+            out.append(-total / mc_samples)
+    return torch.tensor(out)
+
+
+class FullLogits:
+    """The same model seen without hidden/head, so likelihood scores full logits with masked_nll."""
+
+    def __init__(self, model):
+        self.model = model
+        self.config = model.config
+
+    def __call__(self, x):
+        return self.model(x)
+
+
+def bench_end_to_end(device, *, batch, length, vocab, mc_samples, batch_size, runs):
+    model = Transformer.from_preset("tiny", vocab_size=vocab, hidden_size=128, num_layers=2, num_heads=4,
+                                    num_kv_heads=2, intermediate_size=352, max_seq_len=max(length, 256),
+                                    mask_id=vocab - 1, device=device).eval()
+    x = torch.randint(0, vocab - 1, (batch, length), generator=torch.Generator().manual_seed(1)).to(device)
+    kw = dict(mc_samples=mc_samples, batch_size=batch_size, mask_id=vocab - 1)
+    cases = {
+        "upstream_loop_cross_entropy": lambda: upstream_loop(model, x, **kw),
+        "mdsample_likelihood_hidden_head": lambda: mdsample.likelihood(model, x, subs=False, **kw).log_likelihood,
+        "mdsample_likelihood_full_logits": lambda: mdsample.likelihood(FullLogits(model), x, subs=False,
+                                                                       **kw).log_likelihood,
+    }
+    rows = []
+    for name, fn in cases.items():
+        t = median_time(lambda _: fn(), [None], device=device, warmup=1, runs=runs)
+        est = fn()
+        rows.append(dict(op="likelihood_end_to_end", impl=name, batch=batch, length=length, vocab=vocab,
+                         mc_samples=mc_samples, batch_size=batch_size,
+                         forward_passes=batch * math.ceil(mc_samples / batch_size) if "upstream" in name
+                         else math.ceil(batch * mc_samples / batch_size),
+                         median_s=t, mean_nll_per_token=float(-est.mean()) / length,
+                         allocated_bytes=allocated_bytes(fn)))
+    base = rows[0]["median_s"]
+    for r in rows:
+        r["speedup_vs_upstream_loop"] = base / r["median_s"]
+    return rows, model
+
+
+# ---------------------------------------------------------------------------- 3. variance
+
+def bench_variance(model, x_row, *, replicates, mc_samples, label, mask_id, truth=None):
+    """Variance of the per-sequence estimate over independent replicates, per (masking, mode)."""
+    x = x_row.view(1, -1).repeat(replicates, 1)
+    out = {}
+    for masking in ("bernoulli", "count"):
+        for mode in ("iid", "stratified", "shifted"):
+            est = mdsample.likelihood(model, x, mask_id=mask_id, mc_samples=mc_samples, batch_size=1024,
+                                      mode=mode, masking=masking, seed=7)
+            vals = -est.log_likelihood
+            out[f"{masking}/{mode}"] = dict(mean_nll=float(vals.mean()), sd=float(vals.std()),
+                                            reported_se_rms=float(est.stderr.pow(2).mean().sqrt()))
+    base = out["bernoulli/iid"]["sd"] ** 2
+    for key, r in out.items():
+        same_family_iid = out[key.split("/")[0] + "/iid"]["sd"] ** 2
+        r["variance_vs_same_masking_iid"] = r["sd"] ** 2 / same_family_iid
+        r["variance_vs_bernoulli_iid"] = r["sd"] ** 2 / base
+    return dict(op="variance_reduction", model=label, replicates=replicates, mc_samples=mc_samples,
+                length=x_row.numel(), true_nll=truth, modes=out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    q = args.quick
+
+    rows = bench_masked_nll(device, batch=4 if q else 8, length=64 if q else 256, vocab=8192 if q else 32000,
+                            fracs=(0.15, 0.5, 1.0), dtypes=("fp32", "bf16"), runs=3 if q else 7)
+    e2e, model = bench_end_to_end(device, batch=2 if q else 4, length=64 if q else 128, vocab=8192 if q else 32000,
+                                  mc_samples=16 if q else 64, batch_size=16, runs=1 if q else 3)
+    rows += e2e
+    markov = MarkovOracle()
+    chain = markov.sample(1, 32, seed=3)[0]
+    rows.append(bench_variance(markov, chain, replicates=100 if q else 400, mc_samples=16, label="markov_oracle_L32",
+                               mask_id=markov.mask_id, truth=-float(markov.log_prob(chain.view(1, -1)))))
+    x_row = torch.randint(0, model.config.vocab_size - 1, (32,), generator=torch.Generator().manual_seed(2))
+    rows.append(bench_variance(model, x_row.to(device), replicates=50 if q else 200, mc_samples=16,
+                               label="random_transformer_L32", mask_id=model.config.vocab_size - 1))
+
+    for r in rows:
+        if r["op"] == "variance_reduction":
+            print(f"[variance] {r['model']}: " + ", ".join(
+                f"{k} {v['variance_vs_same_masking_iid']:.3f}x (vs bern/iid {v['variance_vs_bernoulli_iid']:.3f}x)"
+                for k, v in r["modes"].items()))
+        elif r["op"] == "masked_nll":
+            print(f"[masked_nll] {r['dtype']} frac={r['mask_frac']:<4} {r['impl']:<28} {r['median_s'] * 1e3:9.2f} ms "
+                  f"{r['gbps_masked_rows']:7.2f} GB/s  alloc {r['allocated_bytes'] / 2**20:9.2f} MiB  "
+                  f"x{r['speedup_vs_cross_entropy_masked_rows']:.2f}  err {r['max_rel_err_vs_fp64']:.1e}")
+        else:
+            print(f"[e2e] {r['impl']:<34} {r['median_s']:8.3f} s  passes {r['forward_passes']}  "
+                  f"alloc {r['allocated_bytes'] / 2**20:9.1f} MiB  x{r['speedup_vs_upstream_loop']:.2f}")
+    extra = dict(benchmark="bench_likelihood", quick=q, threads=torch.get_num_threads(),
+                 note=("CPU measurements (" + device_name(device) + "); not GPU numbers. Allocated bytes are the sum "
+                       "of torch allocations during a call (profiler), an upper bound of its peak extra memory.")
+                 if device.type == "cpu" else "GPU measurements")
+    path = write_results("likelihood" + ("-quick" if q else ""), device, rows, extra)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

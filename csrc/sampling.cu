@@ -1,0 +1,702 @@
+// CUDA backend of the sampling ops: sample_categorical and unmask_step.
+//
+// The algorithm is the two-level inverse-CDF draw specified in
+// mdsample/reference/sampling.py, computed as csrc/sampling_cpu.cpp computes it
+// and on the same headers (Philox, uniform52, exp_nonpos, OnlineStats):
+//   pass 1   every chunk c of kChunk = 2048 tokens: M_c = max g, S_c = sum
+//            exp_nonpos((g - M_c) / T) in fp32, the first argmax (T = 0), the
+//            bad-row flags and, when asked, the softmax statistics;
+//   level 1  W_c = S_c exp((M_c - M) / T) in float64, the first chunk whose
+//            running sum exceeds u1 * sum W;
+//   level 2  that chunk read again, w_i = exp_nonpos((g_i - M_c) / T) summed in
+//            float64, the first token whose running sum exceeds u2 * sum w.
+//
+// Work layout.
+//  - A warp owns one chunk at a time: each lane holds 64 fp32 scores in
+//    registers, loaded with 16-byte loads in the logits' own dtype (8 loads of
+//    8 bf16, 16 of 4 fp32, ...); max, sums and statistics are warp shuffles.
+//    No fp32 copy of the logits and no [N, V] temporary exist anywhere.
+//  - The warp's result is one record of its row's chunk table: [fields][C]
+//    floats (M_c, S_c or the argmax, and three statistics words). Every chunk
+//    is reduced the same way whatever the launch shape, and the row is finished
+//    from the table in one fixed order, so tokens and statistics do not depend
+//    on the batch (DESIGN.md §3).
+//  - Many rows: one CTA of up to 8 warps per row, table in shared memory.
+//    Few rows (decode shapes, too few warps to cover the GPU): a row's chunks are
+//    split across several CTAs that write their records to global scratch; the
+//    last CTA to arrive (atomic counter) copies the table into shared memory and
+//    finishes the row. Either way HBM is read once: the finish reads the table
+//    and one chunk, which is normally still in L2.
+//  - Finish (one warp): row max, argmax, bad flag and statistics merge over the
+//    table; the level-1 pick (float64 scan over the lanes' blocks of chunks);
+//    the level-2 pick over the chosen chunk re-read with each lane holding 64
+//    consecutive tokens, so one float64 warp scan gives every running sum.
+// Rows that are not drawn (active == 0, or a reveal coin that says no) return
+// their carry-over token without reading a logit. Indices are int64 throughout.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <algorithm>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+#include "mdsample/likelihood_math.h"
+#include "mdsample/online.h"
+#include "mdsample/philox.h"
+#include "sampling.h"
+
+namespace mdsample {
+
+namespace {
+
+constexpr int kWarp = 32;
+constexpr unsigned kAllLanes = 0xffffffffu;
+constexpr int kMaxWarps = 8;  // warps per CTA
+constexpr int kMaxThreads = kMaxWarps * kWarp;
+constexpr int kPerLane = int(kChunk) / kWarp;  // 64 scores per lane per chunk
+static_assert(kChunk % (kWarp * 8) == 0, "a chunk must split into whole 16-byte loads per lane");
+
+// Warps worth keeping busy per SM: with 4 KiB (bf16) in flight per warp, 16
+// warps cover the HBM latency of an SM. Fewer warps than this over the whole
+// grid and the rows' chunks are split across CTAs.
+constexpr int kTargetWarpsPerSm = 16;
+
+// Fields of a chunk record; each is a [C] float array of the row's table.
+enum Field : int {
+  kFieldMax = 0,    // M_c (raw score); NaN marks a bad chunk (NaN or +inf score)
+  kFieldSum = 1,    // S_c at 1/T; for an argmax row (T = 0) the bits of the chunk's first argmax
+  kFieldStSum = 2,  // statistics at 1/T_stats: s, sx, top2 of csrc/include/mdsample/online.h
+  kFieldStSx = 3,
+  kFieldStTop2 = 4,
+};
+template <bool kStats>
+__host__ __device__ constexpr int fields() { return kStats ? 5 : 2; }
+
+// ---- logits dtypes: storage word and conversion to the fp32 score ----------
+
+struct F32 {
+  using Raw = float;
+  static __device__ __forceinline__ float cvt(Raw x) { return x; }
+};
+struct F16 {
+  using Raw = unsigned short;
+  static __device__ __forceinline__ float cvt(Raw x) { return __half2float(__ushort_as_half(x)); }
+};
+struct BF16 {
+  using Raw = unsigned short;
+  static __device__ __forceinline__ float cvt(Raw x) { return __uint_as_float(unsigned(x) << 16); }
+};
+struct F64 {
+  using Raw = double;
+  static __device__ __forceinline__ float cvt(Raw x) { return __double2float_rn(x); }  // as the CPU's float(v)
+};
+
+template <class D>
+__host__ __device__ constexpr int vec_len() { return 16 / int(sizeof(typename D::Raw)); }  // elements per 16-byte load
+
+// Where element j of load k of a lane sits in its chunk. Strided (pass 1): a
+// warp's k-th load covers 512 consecutive bytes, fully coalesced. Contiguous
+// (level 2): lane l holds tokens [64 l, 64 l + 64), so a lane's running sum
+// plus one warp scan gives the running sum at every token. In both layouts a
+// lane's tokens rise with (k, j), which the lowest-index argmax relies on.
+template <class D, bool kContiguous>
+__device__ __forceinline__ int slot(int k, int lane) {
+  constexpr int kVec = vec_len<D>();
+  return kContiguous ? lane * kPerLane + k * kVec : k * (kWarp * kVec) + lane * kVec;
+}
+
+// One logits row (and its guidance row) as the kernel reads it.
+template <class D, bool kGuided>
+struct Row {
+  const typename D::Raw* logits;
+  const typename D::Raw* guidance;
+  float w1;         // guidance_scale + 1
+  int64_t vocab;
+  int64_t exclude;  // -1: none
+  bool vec;         // both rows 16-byte aligned: full vectors may use 16-byte loads
+
+  // Score of one token (level-2 statistics): the same value the chunk loads give.
+  __device__ __forceinline__ float score(int64_t i) const {
+    float g = D::cvt(__ldg(logits + i));
+    if (kGuided) g = guided_score(g, D::cvt(__ldg(guidance + i)), w1);
+    return i == exclude ? -INFINITY : g;
+  }
+};
+
+// 16-byte load of vec_len<D>() elements at p (16-byte aligned), as fp32.
+template <class D>
+__device__ __forceinline__ void load_vec(const typename D::Raw* p, float* out) {
+  constexpr int kVec = vec_len<D>();
+  const uint4 q = __ldg(reinterpret_cast<const uint4*>(p));
+  typename D::Raw raw[kVec];
+  memcpy(raw, &q, sizeof(q));
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) out[j] = D::cvt(raw[j]);
+}
+
+// The lane's 64 scores g of the chunk starting at token lo: guided, -inf at
+// `exclude` and past the vocabulary. Full chunks of aligned rows take the
+// straight path of 16-byte loads; the last chunk of a row and unaligned rows
+// (sliced tensors) load what they can as vectors and the rest element by element.
+template <class D, bool kGuided, bool kContiguous>
+__device__ __forceinline__ void load_chunk(const Row<D, kGuided>& row, int64_t lo, int lane, float (&g)[kPerLane]) {
+  constexpr int kVec = vec_len<D>();
+  constexpr int kSteps = kPerLane / kVec;
+  const typename D::Raw* l = row.logits + lo;
+  const typename D::Raw* u = kGuided ? row.guidance + lo : nullptr;
+  const int64_t left = row.vocab - lo;
+  const int n = left < kChunk ? int(left) : int(kChunk);
+  if (row.vec && n == kChunk) {
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k) load_vec<D>(l + slot<D, kContiguous>(k, lane), &g[k * kVec]);
+    if (kGuided) {
+#pragma unroll
+      for (int k = 0; k < kSteps; ++k) {
+        float uu[kVec];
+        load_vec<D>(u + slot<D, kContiguous>(k, lane), uu);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) g[k * kVec + j] = guided_score(g[k * kVec + j], uu[j], row.w1);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k) {
+      const int s = slot<D, kContiguous>(k, lane);
+      if (row.vec && s + kVec <= n) {
+        load_vec<D>(l + s, &g[k * kVec]);
+        if (kGuided) {
+          float uu[kVec];
+          load_vec<D>(u + s, uu);
+#pragma unroll
+          for (int j = 0; j < kVec; ++j) g[k * kVec + j] = guided_score(g[k * kVec + j], uu[j], row.w1);
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) {
+          float v = -INFINITY;
+          if (s + j < n) {
+            v = D::cvt(__ldg(l + s + j));
+            if (kGuided) v = guided_score(v, D::cvt(__ldg(u + s + j)), row.w1);
+          }
+          g[k * kVec + j] = v;
+        }
+      }
+    }
+  }
+  // The excluded token (the mask token) is -inf: only the one chunk holding it pays.
+  if (row.exclude >= lo && row.exclude < lo + n) {
+    const int e = int(row.exclude - lo);
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k)
+#pragma unroll
+      for (int j = 0; j < kVec; ++j)
+        if (slot<D, kContiguous>(k, lane) + j == e) g[k * kVec + j] = -INFINITY;
+  }
+}
+
+// ---- warp reductions (butterflies: every lane ends with the same bits) -----
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) v = fmaxf(v, __shfl_xor_sync(kAllLanes, v, d));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) v += __shfl_xor_sync(kAllLanes, v, d);
+  return v;
+}
+__device__ __forceinline__ int warp_sum(int v) {
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) v += __shfl_xor_sync(kAllLanes, v, d);
+  return v;
+}
+__device__ __forceinline__ int warp_min(int v) {
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) v = min(v, __shfl_xor_sync(kAllLanes, v, d));
+  return v;
+}
+__device__ __forceinline__ int64_t warp_max(int64_t v) {
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) v = max(v, (int64_t)__shfl_xor_sync(kAllLanes, (long long)v, d));
+  return v;
+}
+// online_merge is symmetric in its arguments bit for bit, so a butterfly of it
+// leaves the same state in every lane.
+__device__ __forceinline__ OnlineStats warp_merge(OnlineStats s) {
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) {
+    const OnlineStats o{__shfl_xor_sync(kAllLanes, s.m, d), __shfl_xor_sync(kAllLanes, s.s, d),
+                        __shfl_xor_sync(kAllLanes, s.sx, d), __shfl_xor_sync(kAllLanes, s.top1, d),
+                        __shfl_xor_sync(kAllLanes, s.top2, d)};
+    s = online_merge(s, o);
+  }
+  return s;
+}
+// Inclusive prefix sum over the lanes, in float64.
+__device__ __forceinline__ double warp_inclusive_scan(double v, int lane) {
+#pragma unroll
+  for (int d = 1; d < kWarp; d <<= 1) {
+    const double o = __shfl_up_sync(kAllLanes, v, d);
+    if (lane >= d) v += o;
+  }
+  return v;
+}
+
+// ---- pass 1: one chunk's record -------------------------------------------
+
+// Lane sums over one chunk whose max score is m: the draw sum at scale 1/T and
+// the softmax statistics at 1/T_stats (chunk_stats of csrc/sampling_cpu.cpp).
+// kShared: both scales are equal, so one exp serves both sums.
+struct LaneSums {
+  float draw = 0.0f;  // sum exp((g - m) / T)
+  float s = 0.0f, sx = 0.0f, second = -INFINITY;
+  int ties = 0;
+};
+
+template <bool kDraw, bool kStats, bool kShared>
+__device__ __forceinline__ LaneSums lane_sums(const float (&g)[kPerLane], float m, float inv_t, float inv_ts) {
+  LaneSums r;
+  float draw[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // four chains so the adds pipeline
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    // The difference is taken before scaling so a tiny temperature (huge 1/T)
+    // cannot overflow the scores themselves.
+    const float diff = g[i] - m;
+    float e = 0.0f;
+    if (kDraw) {
+      e = exp_nonpos(diff * inv_t);
+      draw[i % 4] += e;
+    }
+    if (kStats) {
+      const float d = diff * inv_ts;
+      const float es = kShared ? e : exp_nonpos(d);
+      r.s += es;
+      r.sx += es > 0.0f ? es * d : 0.0f;
+      r.ties += d == 0.0f;
+      r.second = (d < 0.0f && d > r.second) ? d : r.second;
+    }
+  }
+  r.draw = (draw[0] + draw[1]) + (draw[2] + draw[3]);
+  return r;
+}
+
+// Reduces the chunk c (scores g in the warp's registers) into its record in
+// `rec` ([fields][C], shared or global memory; lane 0 stores).
+template <class D, bool kStats>
+__device__ __forceinline__ void reduce_chunk(const float (&g)[kPerLane], int lane, bool greedy, float inv_t,
+                                             float inv_ts, float* rec, int64_t n_chunks, int64_t c) {
+  // Max. fmaxf skips NaN, as the CPU's max does; NaN is caught below.
+  float m = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) m = fmaxf(m, g[i]);
+  m = warp_max(m);
+  bool bad = m == INFINITY;
+
+  float sum_word = 0.0f;  // S_c, or the argmax bits for T = 0
+  LaneSums ls;
+  if (greedy) {
+    // First index of the max (a lane's tokens rise with i, so the last hit of a
+    // downward scan is its lowest), and an explicit NaN scan.
+    bool nan = false;
+    int first = int(kChunk);
+#pragma unroll
+    for (int i = kPerLane - 1; i >= 0; --i) {
+      nan |= g[i] != g[i];
+      if (g[i] == m) first = slot<D, false>(i / vec_len<D>(), lane) + i % vec_len<D>();
+    }
+    bad |= __any_sync(kAllLanes, nan) != 0;
+    sum_word = __int_as_float(warp_min(first));
+    if (kStats && !bad && m > -INFINITY) ls = lane_sums<false, kStats, false>(g, m, inv_t, inv_ts);
+  } else if (!bad && m > -INFINITY) {
+    // A NaN score turns its exp_nonpos, hence S_c, into NaN: that is the NaN
+    // check of a sampled chunk, at no cost per token.
+    ls = kStats && inv_t == inv_ts ? lane_sums<true, kStats, true>(g, m, inv_t, inv_ts)
+                                   : lane_sums<true, kStats, false>(g, m, inv_t, inv_ts);
+    sum_word = warp_sum(ls.draw);
+    bad |= sum_word != sum_word;
+  } else if (!bad) {
+    // No finite score in the chunk (m = -inf): only an explicit scan sees a NaN.
+    bool nan = false;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) nan |= g[i] != g[i];
+    bad |= __any_sync(kAllLanes, nan) != 0;
+  }
+  float st_s = 0.0f, st_sx = 0.0f, st_top2 = -INFINITY;
+  if (kStats && !bad && m > -INFINITY) {
+    st_s = warp_sum(ls.s);
+    st_sx = warp_sum(ls.sx);
+    const int ties = warp_sum(ls.ties);
+    const float second = warp_max(ls.second);
+    const float ms = m * inv_ts;
+    st_top2 = ties >= 2 ? ms : ms + second;
+  }
+
+  if (lane == 0) {
+    rec[kFieldMax * n_chunks + c] = bad ? NAN : m;
+    rec[kFieldSum * n_chunks + c] = sum_word;
+    if (kStats) {
+      rec[kFieldStSum * n_chunks + c] = st_s;
+      rec[kFieldStSx * n_chunks + c] = st_sx;
+      rec[kFieldStTop2 * n_chunks + c] = st_top2;
+    }
+  }
+}
+
+// Online statistics of chunk c from its record (chunk_stats of the CPU kernel).
+__device__ __forceinline__ OnlineStats chunk_online(const float* table, int64_t n_chunks, int64_t c, float inv_ts) {
+  const float m = table[kFieldMax * n_chunks + c];
+  if (!(m > -INFINITY)) return online_empty();  // no finite score (or a bad chunk: the row is NaN anyway)
+  const float ms = m * inv_ts;
+  return OnlineStats{ms, table[kFieldStSum * n_chunks + c], table[kFieldStSx * n_chunks + c], ms,
+                     table[kFieldStTop2 * n_chunks + c]};
+}
+
+// Level-1 weight W_c = S_c exp((M_c - M) / T), in float64 as the CPU computes it.
+__device__ __forceinline__ double chunk_weight(const float* table, int64_t n_chunks, int64_t c, double big_m,
+                                               double temp) {
+  const float s = table[kFieldSum * n_chunks + c];
+  return s > 0.0f ? double(s) * exp((double(table[kFieldMax * n_chunks + c]) - big_m) / temp) : 0.0;
+}
+
+// ---- the kernel -----------------------------------------------------------
+
+struct Plan {
+  int64_t n_chunks;          // C = ceil(V / kChunk)
+  int64_t chunks_per_split;  // chunks one CTA reduces
+  int splits;                // CTAs per row; 1: the table lives in shared memory only
+  float* scratch;            // [N, fields, C] chunk records (splits > 1)
+  unsigned* arrivals;        // [N] CTAs of the row done, zeroed before launch (splits > 1)
+};
+
+template <class D, bool kGuided, bool kStats>
+__global__ void __launch_bounds__(kMaxThreads) sample_kernel(const SampleArgs a, const Plan p) {
+  extern __shared__ float table[];  // [fields][C] records of this CTA's row
+  __shared__ int finishing;
+  constexpr int kFields = fields<kStats>();
+  const int64_t r = blockIdx.x / unsigned(p.splits);
+  const int split = int(blockIdx.x % unsigned(p.splits));
+  const int warp = int(threadIdx.x) / kWarp, lane = int(threadIdx.x) % kWarp;
+  const int n_warps = int(blockDim.x) / kWarp;
+  const int64_t n_chunks = p.n_chunks;
+
+  // ---- load: is the row drawn? (the reveal coin of unmask_step, or `active`)
+  bool drawn = a.active ? a.active[r] != 0 : true;
+  int64_t passthrough = a.fallback ? a.fallback[r] : -1;
+  if (a.x) {
+    passthrough = a.x[r];
+    drawn = false;
+    if (passthrough == a.mask_id) {
+      const Philox4 coin = draw_words(uint64_t(a.seed[r]), uint64_t(a.offset[r]), uint64_t(a.position[r]),
+                                      kDomainReveal);
+      drawn = uniform52(coin.w[0], coin.w[1]) < a.reveal_prob[r];
+    }
+  }
+  if (!drawn) {  // its logits are never read
+    if (split == 0 && threadIdx.x == 0) {
+      a.out[r] = passthrough;
+      if (kStats)
+        for (int k = 0; k < 4; ++k) a.stats[4 * r + k] = NAN;
+    }
+    return;
+  }
+
+  const float temp = a.temperature[r];
+  const bool greedy = !(temp > 0.0f);
+  // Clamped so a subnormal temperature gives 0 * inv_t = 0 at the maximum, not NaN.
+  const float inv_t = greedy ? 0.0f : fminf(1.0f / temp, 3.0e38f);
+  const float inv_ts = kStats ? 1.0f / a.stats_temperature[r] : 0.0f;
+  Row<D, kGuided> row;
+  row.logits = static_cast<const typename D::Raw*>(a.logits) + a.row_offsets[r];
+  row.guidance = kGuided ? static_cast<const typename D::Raw*>(a.guidance) + a.guidance_offsets[r] : nullptr;
+  row.w1 = a.guidance_scale + 1.0f;
+  row.vocab = a.vocab;
+  row.exclude = a.exclude;
+  row.vec = reinterpret_cast<uintptr_t>(row.logits) % 16 == 0 &&
+            (!kGuided || reinterpret_cast<uintptr_t>(row.guidance) % 16 == 0);
+
+  // ---- compute: pass 1, a warp per chunk of this CTA's share of the row
+  float* rec = p.splits == 1 ? table : p.scratch + r * kFields * n_chunks;
+  const int64_t c_begin = split * p.chunks_per_split;
+  const int64_t c_end = min(n_chunks, c_begin + p.chunks_per_split);
+  for (int64_t c = c_begin + warp; c < c_end; c += n_warps) {
+    float g[kPerLane];
+    load_chunk<D, kGuided, false>(row, c * kChunk, lane, g);
+    reduce_chunk<D, kStats>(g, lane, greedy, inv_t, inv_ts, rec, n_chunks, c);
+  }
+
+  // ---- reduce: gather the row's table in this CTA's shared memory
+  if (p.splits > 1) {
+    // Threadfence reduction: records visible GPU-wide before the CTA is
+    // counted; the last CTA of the row to arrive finishes it.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) finishing = atomicAdd(p.arrivals + r, 1u) == unsigned(p.splits - 1);
+    __syncthreads();
+    if (!finishing) return;
+    __threadfence();
+    for (int64_t i = threadIdx.x; i < kFields * n_chunks; i += blockDim.x) table[i] = __ldcg(rec + i);
+  }
+  __syncthreads();
+  if (warp != 0) return;
+
+  // ---- finish (one warp): row summary over the table in a fixed order
+  bool bad = false;
+  float big_m = -INFINITY;
+  int64_t best_c = -1;
+  OnlineStats st = online_empty();
+  for (int64_t c = lane; c < n_chunks; c += kWarp) {  // ascending: strict > keeps the lowest chunk
+    const float m = table[kFieldMax * n_chunks + c];
+    bad |= m != m;
+    if (m > big_m) {
+      big_m = m;
+      best_c = c;
+    }
+    if (kStats) st = online_merge(st, chunk_online(table, n_chunks, c, inv_ts));
+  }
+  bad = __any_sync(kAllLanes, bad) != 0;
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) {
+    const float om = __shfl_xor_sync(kAllLanes, big_m, d);
+    const int64_t oc = (int64_t)__shfl_xor_sync(kAllLanes, (long long)best_c, d);
+    if (om > big_m || (om == big_m && oc < best_c)) {
+      big_m = om;
+      best_c = oc;
+    }
+  }
+  if (kStats) st = warp_merge(st);
+
+  int64_t token = -1;
+  float g_token = -INFINITY;
+  if (bad || big_m == -INFINITY) {
+    token = -1;  // NaN / +inf score, or no finite allowed score
+  } else if (greedy) {
+    token = best_c * kChunk + __float_as_int(table[kFieldSum * n_chunks + best_c]);
+    g_token = big_m;
+  } else {
+    const Philox4 words = draw_words(uint64_t(a.seed[r]), uint64_t(a.offset[r]), uint64_t(a.position[r]),
+                                     kDomainToken);
+    const double u1 = uniform52(words.w[0], words.w[1]);
+    const double u2 = uniform52(words.w[2], words.w[3]);
+
+    // Level 1: lane l walks the block of chunks [l K, l K + K); a float64 scan
+    // of the block sums gives each block's starting running sum.
+    const double temp64 = double(temp), big_m64 = double(big_m);
+    const int64_t per_lane = (n_chunks + kWarp - 1) / kWarp;
+    const int64_t c0 = min(n_chunks, lane * per_lane), c1 = min(n_chunks, c0 + per_lane);
+    double block = 0.0;
+    int64_t last_positive = -1;
+    for (int64_t c = c0; c < c1; ++c) {
+      const double w = chunk_weight(table, n_chunks, c, big_m64, temp64);
+      block += w;
+      if (w > 0.0) last_positive = c;
+    }
+    const double inclusive = warp_inclusive_scan(block, lane);
+    const double total = __shfl_sync(kAllLanes, inclusive, kWarp - 1);
+    double cum = __shfl_up_sync(kAllLanes, inclusive, 1);
+    if (lane == 0) cum = 0.0;
+    const double target = u1 * total;
+    int64_t hit = -1;
+    for (int64_t c = c0; c < c1 && hit < 0; ++c) {
+      cum += chunk_weight(table, n_chunks, c, big_m64, temp64);
+      if (cum > target) hit = c;
+    }
+    // First lane with a hit; when rounding leaves u1 * total unreached, the last chunk with mass.
+    const unsigned hits = __ballot_sync(kAllLanes, hit >= 0);
+    // (W of the maximum's chunk is >= 1, so some chunk always has mass.)
+    const int64_t chosen = hits ? (int64_t)__shfl_sync(kAllLanes, (long long)hit, __ffs(hits) - 1)
+                                : max(int64_t(0), warp_max(last_positive));
+
+    // Level 2: the chosen chunk again (from L2), lane l holding tokens [64 l, 64 l + 64).
+    const int64_t lo = chosen * kChunk;
+    float w[kPerLane];
+    load_chunk<D, kGuided, true>(row, lo, lane, w);
+    const float m_c = table[kFieldMax * n_chunks + chosen];
+    double lane_total = 0.0;
+    int last_pos = -1;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      w[i] = exp_nonpos((w[i] - m_c) * inv_t);
+      lane_total += double(w[i]);
+      if (w[i] > 0.0f) last_pos = lane * kPerLane + i;
+    }
+    const double inner_inclusive = warp_inclusive_scan(lane_total, lane);
+    const double inner_total = __shfl_sync(kAllLanes, inner_inclusive, kWarp - 1);
+    double inner_cum = __shfl_up_sync(kAllLanes, inner_inclusive, 1);
+    if (lane == 0) inner_cum = 0.0;
+    const double inner_target = u2 * inner_total;
+    int pick = -1;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      inner_cum += double(w[i]);
+      if (pick < 0 && inner_cum > inner_target) pick = lane * kPerLane + i;
+    }
+    const unsigned picks = __ballot_sync(kAllLanes, pick >= 0);
+    const int inner = picks ? __shfl_sync(kAllLanes, pick, __ffs(picks) - 1)
+                            : int(warp_max(int64_t(last_pos)));
+    token = lo + inner;
+    if (kStats) g_token = row.score(token);
+  }
+
+  // ---- store
+  if (lane == 0) {
+    a.out[r] = token;
+    if (kStats) {
+      float* out = a.stats + 4 * r;
+      if (token < 0) {
+        for (int k = 0; k < 4; ++k) out[k] = NAN;
+      } else {
+        const float lse = online_logsumexp(st);
+        const float logprob = g_token * inv_ts - lse;
+        out[0] = logprob;
+        out[1] = expf(logprob);
+        out[2] = expf(st.top1 - lse) - (st.top2 == -INFINITY ? 0.0f : expf(st.top2 - lse));
+        out[3] = online_entropy(st);
+      }
+    }
+  }
+}
+
+// ---- launcher -------------------------------------------------------------
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string("sample_cuda: ") + what + ": " + cudaGetErrorString(err));
+}
+
+struct DeviceInfo {
+  int sms = 0;
+  int smem_optin = 0;  // largest dynamic + static shared memory a CTA may ask for
+};
+
+// Per-device constants, queried once. Also raises the release threshold of the
+// device's default memory pool so the split path's stream-ordered scratch is
+// reused from call to call instead of being unmapped at every synchronization
+// (torch's cudaMallocAsync backend sets the same).
+const DeviceInfo& device_info(int dev) {
+  constexpr int kMaxDevices = 64;
+  static std::mutex mutex;
+  static DeviceInfo info[kMaxDevices];
+  if (dev < 0 || dev >= kMaxDevices) throw std::runtime_error("sample_cuda: device index out of range");
+  std::lock_guard<std::mutex> lock(mutex);
+  DeviceInfo& d = info[dev];
+  if (d.sms == 0) {
+    check(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "device attribute");
+    cudaMemPool_t pool;
+    check(cudaDeviceGetDefaultMemPool(&pool, dev), "default memory pool");
+    uint64_t threshold = UINT64_MAX;
+    check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold), "memory pool threshold");
+    int sms = 0;
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "device attribute");
+    d.sms = sms;  // last: marks the entry filled
+  }
+  return d;
+}
+
+// Makes the stream's device current for the launch and restores the caller's.
+struct DeviceGuard {
+  int previous = -1;
+  explicit DeviceGuard(int dev) {
+    int current = 0;
+    check(cudaGetDevice(&current), "current device");
+    if (current != dev) {
+      check(cudaSetDevice(dev), "set device");
+      previous = current;
+    }
+  }
+  ~DeviceGuard() {
+    if (previous >= 0) cudaSetDevice(previous);
+  }
+};
+
+// How the rows' chunks map to CTAs. Enough rows to keep every SM busy: a CTA
+// per row, min(8, C) warps. Otherwise each row gets up to one warp per chunk,
+// spread over about one CTA per SM, its chunks split evenly across `splits` CTAs.
+Plan plan_rows(int64_t n_rows, int64_t vocab, int sms, int* warps) {
+  Plan p{};
+  p.n_chunks = (vocab + kChunk - 1) / kChunk;
+  const int64_t target = int64_t(sms) * kTargetWarpsPerSm;
+  const int64_t row_warps = std::min<int64_t>(kMaxWarps, p.n_chunks);
+  if (n_rows * row_warps >= target) {
+    p.splits = 1;
+    p.chunks_per_split = p.n_chunks;
+    *warps = int(row_warps);
+    return p;
+  }
+  const int64_t per_row = std::min<int64_t>(p.n_chunks, (target + n_rows - 1) / n_rows);  // warps a row gets
+  int64_t w = (n_rows * per_row + sms - 1) / sms;
+  w = std::max<int64_t>(1, std::min<int64_t>(kMaxWarps, w));
+  int64_t splits = (per_row + w - 1) / w;
+  p.chunks_per_split = (p.n_chunks + splits - 1) / splits;
+  splits = (p.n_chunks + p.chunks_per_split - 1) / p.chunks_per_split;  // no CTA without a chunk
+  p.splits = int(splits);
+  *warps = int(std::min<int64_t>(w, p.chunks_per_split));
+  return p;
+}
+
+template <class D, bool kGuided, bool kStats>
+void launch(const SampleArgs& a, const Plan& p, int warps, size_t smem, cudaStream_t stream) {
+  auto kernel = sample_kernel<D, kGuided, kStats>;
+  if (smem > 48 * 1024)
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "shared memory size");
+  kernel<<<unsigned(a.n_rows * p.splits), unsigned(warps * kWarp), smem, stream>>>(a, p);
+}
+
+template <class D>
+void launch_dtype(const SampleArgs& a, const Plan& p, int warps, size_t smem, cudaStream_t stream) {
+  const bool guided = a.guidance != nullptr, stats = a.stats != nullptr;
+  if (guided && stats) return launch<D, true, true>(a, p, warps, smem, stream);
+  if (guided) return launch<D, true, false>(a, p, warps, smem, stream);
+  if (stats) return launch<D, false, true>(a, p, warps, smem, stream);
+  launch<D, false, false>(a, p, warps, smem, stream);
+}
+
+}  // namespace
+
+void sample_cuda(const SampleArgs& a, int64_t stream_handle) {
+  if (a.n_rows <= 0) return;
+  if (a.vocab <= 0) throw std::runtime_error("sample_cuda: vocab must be positive");
+  if (a.dtype < kFloat32 || a.dtype > kFloat64) throw std::runtime_error("sample_cuda: unknown dtype code");
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  int dev = 0;
+  check(cudaStreamGetDevice(stream, &dev), "stream device");
+  DeviceGuard guard(dev);
+  const DeviceInfo& info = device_info(dev);
+
+  int warps = 1;
+  Plan p = plan_rows(a.n_rows, a.vocab, info.sms, &warps);
+  const int n_fields = a.stats ? fields<true>() : fields<false>();
+  const size_t smem = size_t(n_fields) * size_t(p.n_chunks) * sizeof(float);
+  if (smem + 64 > size_t(info.smem_optin)) {
+    throw std::runtime_error("sample_cuda: a vocabulary of " + std::to_string(a.vocab) + " tokens needs " +
+                             std::to_string(smem) + " bytes of shared memory per row for its chunk table; this GPU "
+                             "allows " + std::to_string(info.smem_optin) + " (use backend=\"triton\")");
+  }
+  if (a.n_rows * p.splits > 0x7fffffffLL) throw std::runtime_error("sample_cuda: more than 2^31 - 1 CTAs");
+
+  void* scratch = nullptr;
+  if (p.splits > 1) {
+    // Stream-ordered (and CUDA-graph capturable) scratch: the chunk records,
+    // then the arrival counters, which must start at zero.
+    const size_t records = size_t(a.n_rows) * size_t(n_fields) * size_t(p.n_chunks) * sizeof(float);
+    const size_t counters_at = (records + 255) / 256 * 256;
+    check(cudaMallocAsync(&scratch, counters_at + size_t(a.n_rows) * sizeof(unsigned), stream), "scratch alloc");
+    p.scratch = static_cast<float*>(scratch);
+    p.arrivals = reinterpret_cast<unsigned*>(static_cast<char*>(scratch) + counters_at);
+    check(cudaMemsetAsync(p.arrivals, 0, size_t(a.n_rows) * sizeof(unsigned), stream), "scratch memset");
+  }
+  switch (a.dtype) {
+    case kFloat32: launch_dtype<F32>(a, p, warps, smem, stream); break;
+    case kFloat16: launch_dtype<F16>(a, p, warps, smem, stream); break;
+    case kBFloat16: launch_dtype<BF16>(a, p, warps, smem, stream); break;
+    case kFloat64: launch_dtype<F64>(a, p, warps, smem, stream); break;
+  }
+  const cudaError_t launched = cudaGetLastError();
+  if (scratch) check(cudaFreeAsync(scratch, stream), "scratch free");
+  check(launched, "kernel launch");
+}
+
+}  // namespace mdsample

@@ -1,0 +1,67 @@
+"""Noise schedules: formulas of MDLM / Duo, inverses, exact reveal probabilities; transfer counts and commit rules."""
+import math
+
+import pytest
+import torch
+
+from mdsample.samplers import SCHEDULES, LogLinear, Schedule, get_schedule, select, time_grid, transfer_counts
+
+T = torch.linspace(0, 1, 101, dtype=torch.float64)
+
+
+def test_formulas():
+    eps = 1e-3
+    assert torch.allclose(get_schedule("loglinear").alpha(T), 1 - (1 - eps) * T)
+    assert torch.allclose(get_schedule("cosine").alpha(T), 1 - torch.cos(math.pi / 2 * (1 - (1 - eps) * T)))
+    assert torch.allclose(get_schedule("cosine-mdlm").alpha(T), eps + (1 - eps) * torch.cos(math.pi * T / 2))
+    ll = get_schedule("loglinear")
+    assert torch.allclose(ll.sigma(T), -torch.log1p(-(1 - eps) * T))  # MDLM LogLinearNoise.total_noise
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_inverse_and_reveal_prob(name):
+    s = get_schedule(name)
+    assert torch.allclose(s.t_for_mask_prob(s.mask_prob(T)), T, atol=1e-9)
+    t, u = T[1:], T[:-1]
+    want = (s.alpha(u) - s.alpha(t)) / (1 - s.alpha(t))
+    assert torch.allclose(s.reveal_prob(t, u), want, rtol=1e-9, atol=1e-12)
+    assert float(s.reveal_prob(0.0, 0.0)) == 1.0  # guarded: no division by m_0 = 0 (BD3-LM's defect)
+
+
+def test_loglinear_reveal_prob_is_exact_near_zero():
+    s = LogLinear()
+    assert float(s.reveal_prob(2e-5, 1e-5)) == 0.5
+    assert float(s.reveal_prob(1e-5, 0.0)) == 1.0
+
+
+def test_grid_and_bad_schedule():
+    g = time_grid(4, 1e-5)
+    assert g.dtype == torch.float64 and g[0] == 1 and g[-1] == 1e-5 and len(g) == 5
+    with pytest.raises(ValueError, match="schedule"):
+        get_schedule("linear")
+    with pytest.raises(ValueError, match="eps"):
+        LogLinear(eps=1.0)
+    assert get_schedule(LogLinear(eps=0.0)).eps == 0.0
+    assert isinstance(get_schedule("cosine"), Schedule)
+
+
+def test_transfer_counts():
+    got = transfer_counts(torch.tensor([7, 0, 3]), 3)
+    assert got.tolist() == [[3, 2, 2], [0, 0, 0], [1, 1, 1]]
+
+
+def test_select_rules():
+    conf = torch.tensor([[0.2, 0.9, 0.5, 0.95, 0.5, 0.1]], dtype=torch.float64)
+    cand = torch.tensor([[True, True, True, True, True, False]])
+    top2 = select(conf, cand, k=torch.tensor([2]))
+    assert top2.tolist() == [[False, True, False, True, False, False]]
+    tie = select(conf, cand, k=torch.tensor([3]))  # 0.5 twice: the lower position wins
+    assert tie.tolist() == [[False, True, True, True, False, False]]
+    assert select(conf, cand, threshold=0.96).tolist() == [[False, False, False, True, False, False]]
+    assert select(conf, cand, threshold=0.5).tolist() == [[False, True, True, True, True, False]]
+    # factor 1: thresholds 1 - 1/(j+1) = 0.667, 0.75, 0.8, ... for j = 2, 3, 4: accepts 0.9, stops at 0.5.
+    assert select(conf, cand, factor=1.0).tolist() == [[False, True, False, True, False, False]]
+    # Upstream would also commit the last candidate when only it fails; mdsample commits the passing prefix.
+    c2 = torch.tensor([[0.99, 0.98, 0.1]], dtype=torch.float64)
+    assert select(c2, torch.ones(1, 3, dtype=torch.bool), factor=0.5).tolist() == [[True, True, False]]
+    assert not select(conf, torch.zeros_like(cand), threshold=0.0).any()
