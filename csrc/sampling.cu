@@ -98,15 +98,13 @@ struct F64 {
 template <class D>
 __host__ __device__ constexpr int vec_len() { return 16 / int(sizeof(typename D::Raw)); }  // elements per 16-byte load
 
-// Where element j of load k of a lane sits in its chunk. Strided (pass 1): a
-// warp's k-th load covers 512 consecutive bytes, fully coalesced. Contiguous
-// (level 2): lane l holds tokens [64 l, 64 l + 64), so a lane's running sum
-// plus one warp scan gives the running sum at every token. In both layouts a
-// lane's tokens rise with (k, j), which the lowest-index argmax relies on.
-template <class D, bool kContiguous>
+// Where element j of load k of a lane sits in its chunk (pass 1): a warp's
+// k-th load covers 512 consecutive bytes, fully coalesced, and a lane's tokens
+// rise with (k, j), which the lowest-index argmax relies on.
+template <class D>
 __device__ __forceinline__ int slot(int k, int lane) {
   constexpr int kVec = vec_len<D>();
-  return kContiguous ? lane * kPerLane + k * kVec : k * (kWarp * kVec) + lane * kVec;
+  return k * (kWarp * kVec) + lane * kVec;
 }
 
 // One logits row (and its guidance row) as the kernel reads it.
@@ -138,54 +136,67 @@ __device__ __forceinline__ void load_vec(const typename D::Raw* p, float* out) {
   for (int j = 0; j < kVec; ++j) out[j] = D::cvt(raw[j]);
 }
 
-// The lane's 64 scores g of the chunk starting at token lo: guided, -inf at
-// `exclude` and past the vocabulary. Full chunks of aligned rows take the
-// straight path of 16-byte loads; the last chunk of a row and unaligned rows
-// (sliced tensors) load what they can as vectors and the rest element by element.
-template <class D, bool kGuided, bool kContiguous>
+// Scores of the kVec consecutive tokens [i0, i0 + kVec) of the chunk starting
+// at token lo (n tokens long): guided, -inf past the vocabulary. One 16-byte
+// load per row when the vector is whole and aligned; otherwise element loads,
+// each index clamped into the row so every load is valid and unconditional
+// (predicated loads would each hold an address register).
+template <class D, bool kGuided>
+__device__ __forceinline__ void load_step(const Row<D, kGuided>& row, int64_t lo, int n, int i0, float* v) {
+  constexpr int kVec = vec_len<D>();
+  const typename D::Raw* l = row.logits + lo;
+  const typename D::Raw* u = kGuided ? row.guidance + lo : nullptr;
+  if (row.vec && i0 + kVec <= n) {
+    load_vec<D>(l + i0, v);
+    if (kGuided) {
+      float uu[kVec];
+      load_vec<D>(u + i0, uu);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) v[j] = guided_score(v[j], uu[j], row.w1);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      const int i = i0 + j;
+      const int at = i < n ? i : n - 1;
+      float x = D::cvt(__ldg(l + at));
+      if (kGuided) x = guided_score(x, D::cvt(__ldg(u + at)), row.w1);
+      v[j] = i < n ? x : -INFINITY;
+    }
+  }
+}
+
+// Tokens of the chunk starting at token lo: min(kChunk, V - lo).
+__device__ __forceinline__ int chunk_len(int64_t vocab, int64_t lo) {
+  return vocab - lo < kChunk ? int(vocab - lo) : int(kChunk);
+}
+
+// The lane's 64 scores g of the chunk starting at token lo, in the strided
+// layout, -inf at `exclude`. Full chunks of aligned rows (all but the last
+// chunk of a row, normally) are a straight run of 16-byte loads, all in
+// flight together.
+template <class D, bool kGuided>
 __device__ __forceinline__ void load_chunk(const Row<D, kGuided>& row, int64_t lo, int lane, float (&g)[kPerLane]) {
   constexpr int kVec = vec_len<D>();
   constexpr int kSteps = kPerLane / kVec;
-  const typename D::Raw* l = row.logits + lo;
-  const typename D::Raw* u = kGuided ? row.guidance + lo : nullptr;
-  const int64_t left = row.vocab - lo;
-  const int n = left < kChunk ? int(left) : int(kChunk);
+  const int n = chunk_len(row.vocab, lo);
   if (row.vec && n == kChunk) {
+    const typename D::Raw* l = row.logits + lo;
 #pragma unroll
-    for (int k = 0; k < kSteps; ++k) load_vec<D>(l + slot<D, kContiguous>(k, lane), &g[k * kVec]);
+    for (int k = 0; k < kSteps; ++k) load_vec<D>(l + slot<D>(k, lane), &g[k * kVec]);
     if (kGuided) {
+      const typename D::Raw* u = row.guidance + lo;
 #pragma unroll
       for (int k = 0; k < kSteps; ++k) {
         float uu[kVec];
-        load_vec<D>(u + slot<D, kContiguous>(k, lane), uu);
+        load_vec<D>(u + slot<D>(k, lane), uu);
 #pragma unroll
         for (int j = 0; j < kVec; ++j) g[k * kVec + j] = guided_score(g[k * kVec + j], uu[j], row.w1);
       }
     }
   } else {
 #pragma unroll
-    for (int k = 0; k < kSteps; ++k) {
-      const int s = slot<D, kContiguous>(k, lane);
-      if (row.vec && s + kVec <= n) {
-        load_vec<D>(l + s, &g[k * kVec]);
-        if (kGuided) {
-          float uu[kVec];
-          load_vec<D>(u + s, uu);
-#pragma unroll
-          for (int j = 0; j < kVec; ++j) g[k * kVec + j] = guided_score(g[k * kVec + j], uu[j], row.w1);
-        }
-      } else {
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) {
-          float v = -INFINITY;
-          if (s + j < n) {
-            v = D::cvt(__ldg(l + s + j));
-            if (kGuided) v = guided_score(v, D::cvt(__ldg(u + s + j)), row.w1);
-          }
-          g[k * kVec + j] = v;
-        }
-      }
-    }
+    for (int k = 0; k < kSteps; ++k) load_step<D, kGuided>(row, lo, n, slot<D>(k, lane), &g[k * kVec]);
   }
   // The excluded token (the mask token) is -inf: only the one chunk holding it pays.
   if (row.exclude >= lo && row.exclude < lo + n) {
@@ -194,7 +205,7 @@ __device__ __forceinline__ void load_chunk(const Row<D, kGuided>& row, int64_t l
     for (int k = 0; k < kSteps; ++k)
 #pragma unroll
       for (int j = 0; j < kVec; ++j)
-        if (slot<D, kContiguous>(k, lane) + j == e) g[k * kVec + j] = -INFINITY;
+        if (slot<D>(k, lane) + j == e) g[k * kVec + j] = -INFINITY;
   }
 }
 
@@ -307,7 +318,7 @@ __device__ __forceinline__ void reduce_chunk(const float (&g)[kPerLane], int lan
 #pragma unroll
     for (int i = kPerLane - 1; i >= 0; --i) {
       nan |= g[i] != g[i];
-      if (g[i] == m) first = slot<D, false>(i / vec_len<D>(), lane) + i % vec_len<D>();
+      if (g[i] == m) first = slot<D>(i / vec_len<D>(), lane) + i % vec_len<D>();
     }
     bad |= __any_sync(kAllLanes, nan) != 0;
     sum_word = __int_as_float(warp_min(first));
@@ -361,6 +372,20 @@ __device__ __forceinline__ double chunk_weight(const float* table, int64_t n_chu
                                                double temp) {
   const float s = table[kFieldSum * n_chunks + c];
   return s > 0.0f ? double(s) * exp((double(table[kFieldMax * n_chunks + c]) - big_m) / temp) : 0.0;
+}
+
+// Level-2 weights w = exp_nonpos((g - M_c) / T) of tokens [i0, i0 + kVec) of
+// the chunk at lo, exactly as the CPU kernel computes them (0 at `exclude`).
+template <class D, bool kGuided>
+__device__ __forceinline__ void level2_weights(const Row<D, kGuided>& row, int64_t lo, int n, int i0, float m_c,
+                                               float inv_t, float* w) {
+  constexpr int kVec = vec_len<D>();
+  load_step<D, kGuided>(row, lo, n, i0, w);
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) {
+    const float g = lo + i0 + j == row.exclude ? -INFINITY : w[j];
+    w[j] = exp_nonpos((g - m_c) * inv_t);
+  }
 }
 
 // ---- the kernel -----------------------------------------------------------
@@ -425,7 +450,7 @@ __global__ void __launch_bounds__(kMaxThreads) sample_kernel(const SampleArgs a,
   const int64_t c_end = min(n_chunks, c_begin + p.chunks_per_split);
   for (int64_t c = c_begin + warp; c < c_end; c += n_warps) {
     float g[kPerLane];
-    load_chunk<D, kGuided, false>(row, c * kChunk, lane, g);
+    load_chunk<D, kGuided>(row, c * kChunk, lane, g);
     reduce_chunk<D, kStats>(g, lane, greedy, inv_t, inv_ts, rec, n_chunks, c);
   }
 
@@ -511,18 +536,24 @@ __global__ void __launch_bounds__(kMaxThreads) sample_kernel(const SampleArgs a,
     const int64_t chosen = hits ? (int64_t)__shfl_sync(kAllLanes, (long long)hit, __ffs(hits) - 1)
                                 : max(int64_t(0), warp_max(last_positive));
 
-    // Level 2: the chosen chunk again (from L2), lane l holding tokens [64 l, 64 l + 64).
+    // Level 2: the chosen chunk again (from L2). Lane l takes tokens
+    // [64 l, 64 l + 64) a vector at a time: its float64 sum, one warp scan for
+    // where its running sum starts, then the walk over the same vectors (from L1).
     const int64_t lo = chosen * kChunk;
-    float w[kPerLane];
-    load_chunk<D, kGuided, true>(row, lo, lane, w);
+    const int n = chunk_len(row.vocab, lo);
     const float m_c = table[kFieldMax * n_chunks + chosen];
+    constexpr int kVec = vec_len<D>();
+    const int first = lane * kPerLane;
     double lane_total = 0.0;
     int last_pos = -1;
+    for (int i0 = first; i0 < first + kPerLane; i0 += kVec) {
+      float w[kVec];
+      level2_weights<D, kGuided>(row, lo, n, i0, m_c, inv_t, w);
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      w[i] = exp_nonpos((w[i] - m_c) * inv_t);
-      lane_total += double(w[i]);
-      if (w[i] > 0.0f) last_pos = lane * kPerLane + i;
+      for (int j = 0; j < kVec; ++j) {
+        lane_total += double(w[j]);
+        if (w[j] > 0.0f) last_pos = i0 + j;
+      }
     }
     const double inner_inclusive = warp_inclusive_scan(lane_total, lane);
     const double inner_total = __shfl_sync(kAllLanes, inner_inclusive, kWarp - 1);
@@ -530,11 +561,17 @@ __global__ void __launch_bounds__(kMaxThreads) sample_kernel(const SampleArgs a,
     if (lane == 0) inner_cum = 0.0;
     const double inner_target = u2 * inner_total;
     int pick = -1;
+    for (int i0 = first; i0 < first + kPerLane && pick < 0; i0 += kVec) {
+      float w[kVec];
+      level2_weights<D, kGuided>(row, lo, n, i0, m_c, inv_t, w);
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      inner_cum += double(w[i]);
-      if (pick < 0 && inner_cum > inner_target) pick = lane * kPerLane + i;
+      for (int j = 0; j < kVec; ++j) {
+        inner_cum += double(w[j]);
+        if (pick < 0 && inner_cum > inner_target) pick = i0 + j;
+      }
     }
+    // First lane with a hit; when rounding leaves u2 * total unreached, the last token with weight
+    // (the chunk's maximum has w = 1, so there is one).
     const unsigned picks = __ballot_sync(kAllLanes, pick >= 0);
     const int inner = picks ? __shfl_sync(kAllLanes, pick, __ffs(picks) - 1)
                             : int(warp_max(int64_t(last_pos)));

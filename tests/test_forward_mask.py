@@ -197,3 +197,16 @@ def test_bad_x0():
         mdsample.forward_mask(torch.tensor(3), 0.5, mask_id=MASK)
     with pytest.raises(TypeError, match="x0"):
         mdsample.forward_mask([1, 2, 3], 0.5, mask_id=MASK)
+
+
+def test_torch_compile_fullgraph():
+    x0 = _tokens((3, 20))
+    t = torch.tensor([0.2, 0.5, 0.9])
+
+    def both(x, tt):
+        return (mdsample.forward_mask(x, tt, mask_id=MASK, seed=1),
+                mdsample.forward_mask(x, mask_id=MASK, count=torch.tensor([1, 5, 9]), seed=1))
+
+    got = torch.compile(both, fullgraph=True, backend="eager")(x0, t)
+    want = both(x0, t)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

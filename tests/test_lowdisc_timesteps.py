@@ -129,3 +129,10 @@ def test_shapes_dtypes_and_empty():
 def test_bad_input(kwargs, exc, word):
     with pytest.raises(exc, match=word):
         mdsample.lowdisc_timesteps(**kwargs)
+
+
+def test_torch_compile_fullgraph():
+    fn = torch.compile(lambda off: mdsample.lowdisc_timesteps(8, seed=3, offset=off, mode="shifted"), fullgraph=True,
+                       backend="eager")
+    off = torch.arange(3)
+    assert torch.equal(fn(off), mdsample.lowdisc_timesteps(8, seed=3, offset=off, mode="shifted"))

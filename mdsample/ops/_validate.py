@@ -137,3 +137,9 @@ def int_tokens(name: str, value, *, min_dim: int = 1) -> torch.Tensor:
     if t.dim() < min_dim:
         raise ValueError(f"{name} must have at least {min_dim} dim(s); got shape {tuple(t.shape)}")
     return t.to(torch.int64)
+
+
+def int64_bits(name: str, value) -> int:
+    """A 64-bit Python int (signed, or unsigned with its bits kept) as a signed int64 value."""
+    v = int_number(name, value, low=-(2**63), high=2**64 - 1)
+    return v - 2**64 if v >= 2**63 else v

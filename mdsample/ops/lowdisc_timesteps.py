@@ -49,7 +49,7 @@ def lowdisc_timesteps(n, *, eps=1e-3, mode="stratified", seed=0, offset=0, devic
     if eps >= 1.0:
         raise ValueError(f"eps must be in [0, 1); got {eps}")
     mode = V.choice("mode", mode, MODES)
-    seed = V.per_row("seed", seed, torch.Size([]), torch.device("cpu"), torch.int64, kind="int")
+    seed = V.int64_bits("seed", seed)
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
     if isinstance(offset, torch.Tensor) and device is None:
@@ -62,9 +62,8 @@ def lowdisc_timesteps(n, *, eps=1e-3, mode="stratified", seed=0, offset=0, devic
         lead = torch.Size([])
         offsets = V.per_row("offset", offset, torch.Size([1]), device, torch.int64, kind="int")
     chosen = _backends.resolve(backend, device.type)
-    seed_int = int(seed[0])
     if torch.compiler.is_compiling():
-        t = lowdisc_timesteps_op(offsets, n, eps, mode, seed_int, chosen)
+        t = lowdisc_timesteps_op(offsets, n, eps, mode, seed, chosen)
     else:
-        t = run_timesteps(n, eps=eps, mode=mode, seed=seed_int, offset=offsets, backend=chosen)
+        t = run_timesteps(n, eps=eps, mode=mode, seed=seed, offset=offsets, backend=chosen)
     return t.view(*lead, n).to(dtype)
