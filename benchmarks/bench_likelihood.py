@@ -100,7 +100,8 @@ def bench_masked_nll(device, *, batch, length, vocab, fracs, dtypes, runs, mask_
                 t = median_time(lambda _: fn(logits, x0, xt), [None], device=device, runs=runs)
                 err = float(((fn(logits, x0, xt).double() - want).abs() / want.abs().clamp_min(1)).max())
                 rows.append(dict(op="masked_nll", impl=name, dtype=dname, batch=batch, length=length, vocab=vocab,
-                                 mask_frac=frac, masked_rows=masked, median_s=t, gbps_masked_rows=bytes_masked / t / 1e9,
+                                 mask_frac=frac, masked_rows=masked, median_s=t,
+                                 gbps_masked_rows=bytes_masked / t / 1e9,
                                  allocated_bytes=allocated_bytes(lambda: fn(logits, x0, xt)),
                                  logits_bytes=logits.numel() * logits.element_size(), max_rel_err_vs_fp64=err))
             base = {r["impl"]: r["median_s"] for r in rows if r["dtype"] == dname and r["mask_frac"] == frac}

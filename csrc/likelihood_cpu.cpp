@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "likelihood.h"
+#include "mdsample/cpu_rows.h"
 #include "mdsample/likelihood_math.h"
 #include "mdsample/online.h"
 #include "mdsample/philox.h"
@@ -31,17 +32,6 @@
 namespace mdsample {
 namespace MDS_ISA {
 namespace {
-
-// Tokens per buffered chunk: 8 KiB of fp32, well inside L1.
-constexpr int64_t kChunk = 2048;
-
-inline float to_float(float v) { return v; }
-inline float to_float(double v) { return float(v); }
-inline float to_float(_Float16 v) { return float(v); }
-struct BF16 {
-  uint16_t bits;
-};
-inline float to_float(BF16 v) { return bits_to_float(int32_t(v.bits) << 16); }
 
 // ---- lowdisc_timesteps ----
 
@@ -95,58 +85,10 @@ void mask_row_count(const ForwardMaskArgs& a, int64_t b, std::vector<std::pair<d
 
 // ---- masked_nll ----
 
-template <typename T>
-struct ScoreRow {
-  const T* logits;
-  const T* guidance;  // null: no CFG
-  float w1;           // guidance_scale + 1
-  int64_t exclude;
-
-  // Load: guided fp32 scores of tokens [lo, lo + n) into buf.
-  void load(int64_t lo, int64_t n, float* buf) const {
-    const T* l = logits + lo;
-    if (guidance) {
-      const T* u = guidance + lo;
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) buf[i] = guided_score(to_float(l[i]), to_float(u[i]), w1);
-    } else {
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) buf[i] = to_float(l[i]);
-    }
-    if (exclude >= lo && exclude < lo + n) buf[exclude - lo] = -INFINITY;
-  }
-};
-
-// The two chunk reductions are kept out of line: inlined into the row loop of
-// the parallel region, GCC 12 leaves their omp simd loops scalar (measured 2x
-// slower); one call per 2048 tokens costs nothing.
-
-// Reduce: max of buf and whether it holds NaN or +inf.
-__attribute__((noinline)) float chunk_max(const float* buf, int64_t n, int* bad) {
-  float m = -INFINITY;
-  int flag = 0;
-#pragma omp simd reduction(max : m) reduction(| : flag)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = buf[i];
-    flag |= (v != v) | (v == INFINITY);
-    m = v > m ? v : m;
-  }
-  *bad |= flag;
-  return m;
-}
-
-// Reduce: sum of exp(buf_i - m) for m = max buf_i > -inf.
-__attribute__((noinline)) float chunk_sumexp(const float* buf, int64_t n, float m) {
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += exp_nonpos(buf[i] - m);
-  return s;
-}
-
 // -log softmax(g)[target] of one row in one read: chunk max and sum of exp,
 // merged online; NaN for a NaN / +inf score or a row with no finite score.
 template <typename T>
-float row_nll(const ScoreRow<T>& row, int64_t vocab, int64_t target, float* buf) {
+float row_nll(const RowReader<T>& row, int64_t vocab, int64_t target, float* buf) {
   if (target < 0 || target >= vocab) return NAN;
   OnlineStats st = online_empty();
   float target_score = -INFINITY;
@@ -155,7 +97,7 @@ float row_nll(const ScoreRow<T>& row, int64_t vocab, int64_t target, float* buf)
     const int64_t n = std::min(kChunk, vocab - lo);
     row.load(lo, n, buf);
     const float m = chunk_max(buf, n, &bad);
-    const float s = m == -INFINITY ? 0.0f : chunk_sumexp(buf, n, m);
+    const float s = m == -INFINITY ? 0.0f : chunk_sumexp(buf, n, 1.0f, m);
     st = online_merge(st, OnlineStats{m, s, 0.0f, m, m});
     if (target >= lo && target < lo + n) target_score = buf[target - lo];
   }
@@ -177,7 +119,7 @@ void masked_nll_rows(const MaskedNllArgs& a) {
         row_value[r] = 0.0f;
         continue;
       }
-      const ScoreRow<T> row{
+      const RowReader<T> row{
           static_cast<const T*>(a.logits) + a.row_offsets[r],
           a.guidance ? static_cast<const T*>(a.guidance) + a.guidance_offsets[r] : nullptr,
           a.guidance_scale + 1.0f, a.exclude};

@@ -98,13 +98,16 @@ struct F64 {
 template <class D>
 __host__ __device__ constexpr int vec_len() { return 16 / int(sizeof(typename D::Raw)); }  // elements per 16-byte load
 
-// Where element j of load k of a lane sits in its chunk (pass 1): a warp's
-// k-th load covers 512 consecutive bytes, fully coalesced, and a lane's tokens
-// rise with (k, j), which the lowest-index argmax relies on.
-template <class D>
+// Where element j of load step k of a lane sits in its chunk (element j is
+// slot + j). Strided (pass 1): a warp's k-th step covers 512 consecutive bytes,
+// fully coalesced. Contiguous (level 2): lane l holds tokens [64 l, 64 l + 64),
+// so the lane's running sum plus one warp scan gives the running sum at every
+// token. In both a lane's tokens rise with (k, j), which the lowest-index
+// argmax and the inverse CDF rely on.
+template <class D, bool kContiguous>
 __device__ __forceinline__ int slot(int k, int lane) {
   constexpr int kVec = vec_len<D>();
-  return k * (kWarp * kVec) + lane * kVec;
+  return kContiguous ? lane * kPerLane + k * kVec : k * (kWarp * kVec) + lane * kVec;
 }
 
 // One logits row (and its guidance row) as the kernel reads it.
@@ -115,7 +118,7 @@ struct Row {
   float w1;         // guidance_scale + 1
   int64_t vocab;
   int64_t exclude;  // -1: none
-  bool vec;         // both rows 16-byte aligned: full vectors may use 16-byte loads
+  int align;        // largest power of two <= 16 dividing both rows' addresses (bytes)
 
   // Score of one token (level-2 statistics): the same value the chunk loads give.
   __device__ __forceinline__ float score(int64_t i) const {
@@ -125,45 +128,28 @@ struct Row {
   }
 };
 
-// 16-byte load of vec_len<D>() elements at p (16-byte aligned), as fp32.
-template <class D>
+// Unsigned word of kBytes bytes: the unit of one load instruction.
+template <int kBytes> struct Word;
+template <> struct Word<16> { using T = uint4; };
+template <> struct Word<8> { using T = uint2; };
+template <> struct Word<4> { using T = unsigned int; };
+template <> struct Word<2> { using T = unsigned short; };
+
+// The 16 bytes (vec_len<D>() elements) at p as fp32, read in loads of kBytes
+// each: one 16-byte load for aligned rows; rows that start off a 16-byte
+// boundary (odd V, sliced tensors) take the widest loads their alignment
+// allows and still see the same values in the same lanes.
+template <class D, int kBytes>
 __device__ __forceinline__ void load_vec(const typename D::Raw* p, float* out) {
   constexpr int kVec = vec_len<D>();
-  const uint4 q = __ldg(reinterpret_cast<const uint4*>(p));
+  using W = typename Word<kBytes>::T;
+  W words[16 / kBytes];
+#pragma unroll
+  for (int q = 0; q < 16 / kBytes; ++q) words[q] = __ldg(reinterpret_cast<const W*>(p) + q);
   typename D::Raw raw[kVec];
-  memcpy(raw, &q, sizeof(q));
+  memcpy(raw, words, 16);
 #pragma unroll
   for (int j = 0; j < kVec; ++j) out[j] = D::cvt(raw[j]);
-}
-
-// Scores of the kVec consecutive tokens [i0, i0 + kVec) of the chunk starting
-// at token lo (n tokens long): guided, -inf past the vocabulary. One 16-byte
-// load per row when the vector is whole and aligned; otherwise element loads,
-// each index clamped into the row so every load is valid and unconditional
-// (predicated loads would each hold an address register).
-template <class D, bool kGuided>
-__device__ __forceinline__ void load_step(const Row<D, kGuided>& row, int64_t lo, int n, int i0, float* v) {
-  constexpr int kVec = vec_len<D>();
-  const typename D::Raw* l = row.logits + lo;
-  const typename D::Raw* u = kGuided ? row.guidance + lo : nullptr;
-  if (row.vec && i0 + kVec <= n) {
-    load_vec<D>(l + i0, v);
-    if (kGuided) {
-      float uu[kVec];
-      load_vec<D>(u + i0, uu);
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) v[j] = guided_score(v[j], uu[j], row.w1);
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      const int i = i0 + j;
-      const int at = i < n ? i : n - 1;
-      float x = D::cvt(__ldg(l + at));
-      if (kGuided) x = guided_score(x, D::cvt(__ldg(u + at)), row.w1);
-      v[j] = i < n ? x : -INFINITY;
-    }
-  }
 }
 
 // Tokens of the chunk starting at token lo: min(kChunk, V - lo).
@@ -171,32 +157,71 @@ __device__ __forceinline__ int chunk_len(int64_t vocab, int64_t lo) {
   return vocab - lo < kChunk ? int(vocab - lo) : int(kChunk);
 }
 
-// The lane's 64 scores g of the chunk starting at token lo, in the strided
-// layout, -inf at `exclude`. Full chunks of aligned rows (all but the last
-// chunk of a row, normally) are a straight run of 16-byte loads, all in
-// flight together.
-template <class D, bool kGuided>
+// A whole chunk (2048 tokens from lo) in the lane's registers: every load of
+// the lane issued before any is used, so all are in flight together.
+template <class D, int kBytes, bool kGuided, bool kContiguous>
+__device__ __forceinline__ void load_whole(const Row<D, kGuided>& row, int64_t lo, int lane, float (&g)[kPerLane]) {
+  constexpr int kVec = vec_len<D>();
+  constexpr int kSteps = kPerLane / kVec;
+  const typename D::Raw* l = row.logits + lo;
+#pragma unroll
+  for (int k = 0; k < kSteps; ++k) load_vec<D, kBytes>(l + slot<D, kContiguous>(k, lane), &g[k * kVec]);
+  if (kGuided) {
+    const typename D::Raw* u = row.guidance + lo;
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k) {
+      float uu[kVec];
+      load_vec<D, kBytes>(u + slot<D, kContiguous>(k, lane), uu);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) g[k * kVec + j] = guided_score(g[k * kVec + j], uu[j], row.w1);
+    }
+  }
+}
+
+// The last, partial chunk of a row (n < 2048 tokens): element loads, -inf past
+// the vocabulary. Each load is predicated on its index, addressed from the
+// lane's base plus a constant.
+template <class D, bool kGuided, bool kContiguous>
+__device__ __forceinline__ void load_tail(const Row<D, kGuided>& row, int64_t lo, int n, int lane,
+                                          float (&g)[kPerLane]) {
+  constexpr int kVec = vec_len<D>();
+  constexpr int kSteps = kPerLane / kVec;
+#pragma unroll
+  for (int k = 0; k < kSteps; ++k) {
+    const int s = slot<D, kContiguous>(k, lane);
+    const typename D::Raw* l = row.logits + lo + s;
+    const typename D::Raw* u = kGuided ? row.guidance + lo + s : nullptr;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      float x = -INFINITY;
+      if (s + j < n) {
+        x = D::cvt(__ldg(l + j));
+        if (kGuided) x = guided_score(x, D::cvt(__ldg(u + j)), row.w1);
+      }
+      g[k * kVec + j] = x;
+    }
+  }
+}
+
+// The lane's 64 scores g of the chunk starting at token lo: guided, -inf at
+// `exclude` and past the vocabulary. The values and their places in the
+// registers do not depend on the row's alignment, only the loads do.
+template <class D, bool kGuided, bool kContiguous>
 __device__ __forceinline__ void load_chunk(const Row<D, kGuided>& row, int64_t lo, int lane, float (&g)[kPerLane]) {
   constexpr int kVec = vec_len<D>();
   constexpr int kSteps = kPerLane / kVec;
+  constexpr int kElem = int(sizeof(typename D::Raw));
   const int n = chunk_len(row.vocab, lo);
-  if (row.vec && n == kChunk) {
-    const typename D::Raw* l = row.logits + lo;
-#pragma unroll
-    for (int k = 0; k < kSteps; ++k) load_vec<D>(l + slot<D>(k, lane), &g[k * kVec]);
-    if (kGuided) {
-      const typename D::Raw* u = row.guidance + lo;
-#pragma unroll
-      for (int k = 0; k < kSteps; ++k) {
-        float uu[kVec];
-        load_vec<D>(u + slot<D>(k, lane), uu);
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) g[k * kVec + j] = guided_score(g[k * kVec + j], uu[j], row.w1);
-      }
-    }
+  if (n < kChunk) {
+    load_tail<D, kGuided, kContiguous>(row, lo, n, lane, g);
+  } else if (row.align >= 16) {
+    load_whole<D, 16, kGuided, kContiguous>(row, lo, lane, g);
+  } else if (row.align >= 8 || kElem == 8) {
+    load_whole<D, (kElem > 8 ? kElem : 8), kGuided, kContiguous>(row, lo, lane, g);
+  } else if (row.align >= 4 || kElem == 4) {
+    load_whole<D, (kElem > 4 ? kElem : 4), kGuided, kContiguous>(row, lo, lane, g);
   } else {
-#pragma unroll
-    for (int k = 0; k < kSteps; ++k) load_step<D, kGuided>(row, lo, n, slot<D>(k, lane), &g[k * kVec]);
+    load_whole<D, kElem, kGuided, kContiguous>(row, lo, lane, g);
   }
   // The excluded token (the mask token) is -inf: only the one chunk holding it pays.
   if (row.exclude >= lo && row.exclude < lo + n) {
@@ -205,7 +230,7 @@ __device__ __forceinline__ void load_chunk(const Row<D, kGuided>& row, int64_t l
     for (int k = 0; k < kSteps; ++k)
 #pragma unroll
       for (int j = 0; j < kVec; ++j)
-        if (slot<D>(k, lane) + j == e) g[k * kVec + j] = -INFINITY;
+        if (slot<D, kContiguous>(k, lane) + j == e) g[k * kVec + j] = -INFINITY;
   }
 }
 
@@ -318,7 +343,7 @@ __device__ __forceinline__ void reduce_chunk(const float (&g)[kPerLane], int lan
 #pragma unroll
     for (int i = kPerLane - 1; i >= 0; --i) {
       nan |= g[i] != g[i];
-      if (g[i] == m) first = slot<D>(i / vec_len<D>(), lane) + i % vec_len<D>();
+      if (g[i] == m) first = slot<D, false>(i / vec_len<D>(), lane) + i % vec_len<D>();
     }
     bad |= __any_sync(kAllLanes, nan) != 0;
     sum_word = __int_as_float(warp_min(first));
@@ -374,20 +399,6 @@ __device__ __forceinline__ double chunk_weight(const float* table, int64_t n_chu
   return s > 0.0f ? double(s) * exp((double(table[kFieldMax * n_chunks + c]) - big_m) / temp) : 0.0;
 }
 
-// Level-2 weights w = exp_nonpos((g - M_c) / T) of tokens [i0, i0 + kVec) of
-// the chunk at lo, exactly as the CPU kernel computes them (0 at `exclude`).
-template <class D, bool kGuided>
-__device__ __forceinline__ void level2_weights(const Row<D, kGuided>& row, int64_t lo, int n, int i0, float m_c,
-                                               float inv_t, float* w) {
-  constexpr int kVec = vec_len<D>();
-  load_step<D, kGuided>(row, lo, n, i0, w);
-#pragma unroll
-  for (int j = 0; j < kVec; ++j) {
-    const float g = lo + i0 + j == row.exclude ? -INFINITY : w[j];
-    w[j] = exp_nonpos((g - m_c) * inv_t);
-  }
-}
-
 // ---- the kernel -----------------------------------------------------------
 
 struct Plan {
@@ -441,8 +452,10 @@ __global__ void __launch_bounds__(kMaxThreads) sample_kernel(const SampleArgs a,
   row.w1 = a.guidance_scale + 1.0f;
   row.vocab = a.vocab;
   row.exclude = a.exclude;
-  row.vec = reinterpret_cast<uintptr_t>(row.logits) % 16 == 0 &&
-            (!kGuided || reinterpret_cast<uintptr_t>(row.guidance) % 16 == 0);
+  {
+    const uintptr_t bits = reinterpret_cast<uintptr_t>(row.logits) | (kGuided ? reinterpret_cast<uintptr_t>(row.guidance) : 0) | 16;
+    row.align = int(bits & (~bits + 1));  // lowest set bit
+  }
 
   // ---- compute: pass 1, a warp per chunk of this CTA's share of the row
   float* rec = p.splits == 1 ? table : p.scratch + r * kFields * n_chunks;
@@ -450,7 +463,7 @@ __global__ void __launch_bounds__(kMaxThreads) sample_kernel(const SampleArgs a,
   const int64_t c_end = min(n_chunks, c_begin + p.chunks_per_split);
   for (int64_t c = c_begin + warp; c < c_end; c += n_warps) {
     float g[kPerLane];
-    load_chunk<D, kGuided>(row, c * kChunk, lane, g);
+    load_chunk<D, kGuided, false>(row, c * kChunk, lane, g);
     reduce_chunk<D, kStats>(g, lane, greedy, inv_t, inv_ts, rec, n_chunks, c);
   }
 
@@ -536,24 +549,20 @@ __global__ void __launch_bounds__(kMaxThreads) sample_kernel(const SampleArgs a,
     const int64_t chosen = hits ? (int64_t)__shfl_sync(kAllLanes, (long long)hit, __ffs(hits) - 1)
                                 : max(int64_t(0), warp_max(last_positive));
 
-    // Level 2: the chosen chunk again (from L2). Lane l takes tokens
-    // [64 l, 64 l + 64) a vector at a time: its float64 sum, one warp scan for
-    // where its running sum starts, then the walk over the same vectors (from L1).
+    // Level 2: the chosen chunk again (from L2), lane l holding tokens
+    // [64 l, 64 l + 64): its float64 sum, one warp scan for where its running
+    // sum starts, then its walk.
     const int64_t lo = chosen * kChunk;
-    const int n = chunk_len(row.vocab, lo);
     const float m_c = table[kFieldMax * n_chunks + chosen];
-    constexpr int kVec = vec_len<D>();
-    const int first = lane * kPerLane;
+    float w[kPerLane];
+    load_chunk<D, kGuided, true>(row, lo, lane, w);
     double lane_total = 0.0;
     int last_pos = -1;
-    for (int i0 = first; i0 < first + kPerLane; i0 += kVec) {
-      float w[kVec];
-      level2_weights<D, kGuided>(row, lo, n, i0, m_c, inv_t, w);
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        lane_total += double(w[j]);
-        if (w[j] > 0.0f) last_pos = i0 + j;
-      }
+    for (int i = 0; i < kPerLane; ++i) {
+      w[i] = exp_nonpos((w[i] - m_c) * inv_t);
+      lane_total += double(w[i]);
+      if (w[i] > 0.0f) last_pos = lane * kPerLane + i;
     }
     const double inner_inclusive = warp_inclusive_scan(lane_total, lane);
     const double inner_total = __shfl_sync(kAllLanes, inner_inclusive, kWarp - 1);
@@ -561,17 +570,17 @@ __global__ void __launch_bounds__(kMaxThreads) sample_kernel(const SampleArgs a,
     if (lane == 0) inner_cum = 0.0;
     const double inner_target = u2 * inner_total;
     int pick = -1;
-    for (int i0 = first; i0 < first + kPerLane && pick < 0; i0 += kVec) {
-      float w[kVec];
-      level2_weights<D, kGuided>(row, lo, n, i0, m_c, inv_t, w);
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        inner_cum += double(w[j]);
-        if (pick < 0 && inner_cum > inner_target) pick = i0 + j;
-      }
+    for (int i = 0; i < kPerLane; ++i) {
+      // Convert w[i] afresh: left to itself the compiler keeps the first loop's
+      // 64 float64 conversions alive (128 registers) for this loop.
+      float wi;
+      asm volatile("mov.b32 %0, %1;" : "=f"(wi) : "f"(w[i]));
+      inner_cum += double(wi);
+      if (pick < 0 && inner_cum > inner_target) pick = lane * kPerLane + i;
     }
-    // First lane with a hit; when rounding leaves u2 * total unreached, the last token with weight
-    // (the chunk's maximum has w = 1, so there is one).
+    // First lane with a hit; when rounding leaves u2 * total unreached, the last
+    // token with weight (the chunk's maximum has w = 1, so there is one).
     const unsigned picks = __ballot_sync(kAllLanes, pick >= 0);
     const int inner = picks ? __shfl_sync(kAllLanes, pick, __ffs(picks) - 1)
                             : int(warp_max(int64_t(last_pos)));

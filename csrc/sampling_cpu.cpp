@@ -15,6 +15,7 @@
 
 #include <vector>
 
+#include "mdsample/cpu_rows.h"
 #include "mdsample/online.h"
 #include "mdsample/philox.h"
 #include "sampling.h"
@@ -27,73 +28,15 @@ namespace mdsample {
 namespace MDS_ISA {
 namespace {
 
-inline float to_float(float v) { return v; }
-inline float to_float(double v) { return float(v); }
-inline float to_float(_Float16 v) { return float(v); }
-struct BF16 {
-  uint16_t bits;
-};
-inline float to_float(BF16 v) { return bits_to_float(int32_t(v.bits) << 16); }
-
 // Per-thread scratch: the chunk buffer and the per-chunk maxima and sums.
 struct Scratch {
   std::vector<float> buf = std::vector<float>(kChunk);
-  std::vector<float> chunk_max, chunk_sum;
+  std::vector<float> chunk_maxima, chunk_sums;
   std::vector<double> chunk_weight;
 };
 
-// Scores g_i of tokens [lo, lo + n) of one row into buf.
-template <typename T>
-struct RowReader {
-  const T* logits;
-  const T* guidance;  // null: no CFG
-  float w1;           // guidance_scale + 1
-  int64_t exclude;
-
-  void load(int64_t lo, int64_t n, float* buf) const {
-    const T* l = logits + lo;
-    if (guidance) {
-      const T* u = guidance + lo;
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) {
-        const float c = to_float(l[i]), uu = to_float(u[i]);
-        // -inf on either side stays -inf: a token masked out of either pass
-        // must stay out (the formula alone gives NaN or +inf there).
-        buf[i] = (c == -INFINITY || uu == -INFINITY) ? -INFINITY : uu + w1 * (c - uu);
-      }
-    } else {
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) buf[i] = to_float(l[i]);
-    }
-    if (exclude >= lo && exclude < lo + n) buf[exclude - lo] = -INFINITY;
-  }
-};
-
-// max over buf, and whether it holds NaN or +inf.
-inline float chunk_max(const float* buf, int64_t n, bool* bad) {
-  float m = -INFINITY;
-  int flag = 0;
-#pragma omp simd reduction(max : m) reduction(| : flag)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = buf[i];
-    flag |= (v != v) | (v == INFINITY);
-    m = v > m ? v : m;
-  }
-  *bad = flag != 0;
-  return m;
-}
-
-// sum exp((buf_i - gmax) * scale). The difference is taken before scaling so a
-// tiny temperature (huge scale) cannot overflow the scores themselves.
-inline float chunk_sumexp(const float* buf, int64_t n, float scale, float gmax) {
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += exp_nonpos((buf[i] - gmax) * scale);
-  return s;
-}
-
 // Softmax statistics of scores buf_i * scale over one chunk whose max score is gmax.
-inline OnlineStats chunk_stats(const float* buf, int64_t n, float scale, float gmax) {
+__attribute__((noinline)) OnlineStats chunk_stats(const float* buf, int64_t n, float scale, float gmax) {
   if (gmax == -INFINITY) return online_empty();
   float s = 0.0f, sx = 0.0f, second = -INFINITY;
   int ties = 0;
@@ -171,16 +114,14 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
 
   // Pass over the row: per-chunk max and sum of exp (or the running argmax),
   // and the softmax statistics when asked.
-  bool bad = false;
+  int bad = 0;
   float best = -INFINITY;
   int64_t best_index = -1;
   OnlineStats st = online_empty();
   for (int64_t c = 0; c < n_chunks; ++c) {
     const int64_t lo = c * kChunk, n = vocab - lo < kChunk ? vocab - lo : kChunk;
     reader.load(lo, n, buf);
-    bool chunk_bad;
-    const float gmax = chunk_max(buf, n, &chunk_bad);
-    bad |= chunk_bad;
+    const float gmax = chunk_max(buf, n, &bad);
     if (greedy) {
       if (gmax > best) {  // strict: ties keep the lowest index
         int64_t i = 0;
@@ -189,8 +130,8 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
         best_index = lo + i;
       }
     } else {
-      sc.chunk_max[c] = gmax;
-      sc.chunk_sum[c] = gmax == -INFINITY ? 0.0f : chunk_sumexp(buf, n, inv_t, gmax);
+      sc.chunk_maxima[c] = gmax;
+      sc.chunk_sums[c] = gmax == -INFINITY ? 0.0f : chunk_sumexp(buf, n, inv_t, gmax);
     }
     if (stats) st = online_merge(st, chunk_stats(buf, n, inv_ts, gmax));
   }
@@ -203,12 +144,12 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
   } else if (!bad) {
     // Level 1: chunk by inverse CDF of W_c = S_c exp((M_c - M) / T).
     float big_m = -INFINITY;
-    for (int64_t c = 0; c < n_chunks; ++c) big_m = sc.chunk_max[c] > big_m ? sc.chunk_max[c] : big_m;
+    for (int64_t c = 0; c < n_chunks; ++c) big_m = sc.chunk_maxima[c] > big_m ? sc.chunk_maxima[c] : big_m;
     if (big_m != -INFINITY) {
       double total = 0.0;
       for (int64_t c = 0; c < n_chunks; ++c) {
-        const double w = sc.chunk_sum[c] > 0.0f
-                             ? double(sc.chunk_sum[c]) * exp((double(sc.chunk_max[c]) - double(big_m)) / double(temp))
+        const double w = sc.chunk_sums[c] > 0.0f
+                             ? double(sc.chunk_sums[c]) * exp((double(sc.chunk_maxima[c]) - double(big_m)) / double(temp))
                              : 0.0;
         sc.chunk_weight[c] = w;
         total += w;
@@ -222,7 +163,7 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
       // the draw inside it is exact to double precision.
       const int64_t lo = c * kChunk, n = vocab - lo < kChunk ? vocab - lo : kChunk;
       reader.load(lo, n, buf);
-      const float m = sc.chunk_max[c];
+      const float m = sc.chunk_maxima[c];
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) buf[i] = exp_nonpos((buf[i] - m) * inv_t);
       double inner_total = 0.0;
@@ -260,8 +201,8 @@ void sample_rows(const SampleArgs& a) {
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     Scratch sc;
-    sc.chunk_max.resize(n_chunks);
-    sc.chunk_sum.resize(n_chunks);
+    sc.chunk_maxima.resize(n_chunks);
+    sc.chunk_sums.resize(n_chunks);
     sc.chunk_weight.resize(n_chunks);
 #pragma omp for schedule(dynamic, 4)
     for (int64_t r = 0; r < a.n_rows; ++r) sample_row<T>(a, r, sc);

@@ -29,12 +29,15 @@ class JointOracle:
         self.p = torch.tensor(p / p.sum(), dtype=torch.float64)
         self.vr, self.V, self.mask_id, self.length = vr, vr + 1, vr, length
         self.states = torch.tensor(list(itertools.product(range(vr), repeat=length)), dtype=torch.int64)
-        self.onehot = F.one_hot(self.states, vr).to(torch.float64)  # [S, L, vr]
+        self.onehot = F.one_hot(self.states, vr).to(torch.float64).flatten(1)  # [S, L * vr]
 
     def cond(self, x):
-        ok = ((x.unsqueeze(1) == self.states) | (x.unsqueeze(1) == self.mask_id)).all(-1)  # [Q, S]
+        # A state is consistent with x when it matches every observed token: count matches by a matmul.
+        seen = x != self.mask_id
+        obs = F.one_hot(torch.where(seen, x, 0), self.vr).to(torch.float64) * seen.unsqueeze(-1)  # [Q, L, vr]
+        ok = (obs.flatten(1) @ self.onehot.T) == seen.sum(1, keepdim=True)  # [Q, S]
         w = ok.to(torch.float64) * self.p
-        return torch.einsum("qs,slv->qlv", w, self.onehot) / w.sum(1).view(-1, 1, 1)
+        return ((w @ self.onehot) / w.sum(1, keepdim=True)).view(x.shape[0], self.length, self.vr)
 
     def __call__(self, x, **kw):
         out = torch.full((*x.shape, self.V), -math.inf, dtype=torch.float64)
@@ -47,8 +50,13 @@ class JointOracle:
         full = (self.states == torch.tensor(seq)).all(1)
         return float(self.p[full].sum().log() - self.p[match].sum().log())
 
-    def expected(self, seq, *, prompt=0, eps=1e-3, sched_eps=1e-3):
-        """Exact expectations of (-) the Bernoulli and count estimators for ``seq``."""
+    def expected(self, seq, *, prompt=0, eps=1e-3, sched_eps=1e-3, schedule=None):
+        """Exact expectations of (-) the Bernoulli and count estimators for ``seq``.
+
+        The Bernoulli form integrates ``m'/m`` times the masked NLL over t in [eps, 1]; in the
+        variable m that is an incomplete beta integral between ``m(eps)`` and ``m(1)``, so any
+        ``schedule`` (an object with ``mask_prob``; default loglinear with ``sched_eps``) is exact.
+        """
         answer = list(range(prompt, self.length))
         n = len(answer)
         subsets = [[answer[j] for j in range(n) if mask >> j & 1] for mask in range(1, 1 << n)]
@@ -59,7 +67,10 @@ class JointOracle:
         total = np.zeros(n + 1)  # N_k: sum over k-subsets of the masked tokens' NLLs
         for q, s in enumerate(subsets):
             total[len(s)] += sum(-math.log(float(marg[q, i, seq[i]])) for i in s)
-        lo, hi = (1 - sched_eps) * eps, 1 - sched_eps  # mask probabilities at t = eps and t = 1
+        if schedule is None:
+            lo, hi = (1 - sched_eps) * eps, 1 - sched_eps  # mask probabilities at t = eps and t = 1
+        else:
+            lo, hi = float(schedule.mask_prob(eps)), float(schedule.mask_prob(1.0))
         bern = sum(total[k] * special.beta(k, n - k + 1)
                    * (special.betainc(k, n - k + 1, hi) - special.betainc(k, n - k + 1, lo)) for k in range(1, n + 1))
         count = sum(total[k] / k / math.comb(n, k) for k in range(1, n + 1))
@@ -104,20 +115,19 @@ class MarkovOracle:
 
     def __call__(self, x, **kw):
         q, length = x.shape
-        e = torch.ones(q, length, self.vr, dtype=torch.float64)
-        seen = x != self.mask_id
-        e[seen] = F.one_hot(x[seen], self.vr).to(torch.float64)
-        fwd = torch.empty_like(e)
-        a = self.pi * e[:, 0]
-        fwd[:, 0] = a / a.sum(1, keepdim=True)
+        # Evidence per position: one-hot where observed, all ones where masked ([L] tensors [Q, vr], contiguous).
+        ev = F.one_hot(torch.where(x == self.mask_id, 0, x), self.vr).to(torch.float64)
+        ev = torch.where((x == self.mask_id).unsqueeze(-1), 1.0, ev).unbind(1)
+        fwd = [self.pi * ev[0]]
+        fwd[0] = fwd[0] / fwd[0].sum(1, keepdim=True)
         for i in range(1, length):
-            a = (fwd[:, i - 1] @ self.T) * e[:, i]
-            fwd[:, i] = a / a.sum(1, keepdim=True)
-        bwd = torch.ones_like(e)
+            a = torch.mm(fwd[-1], self.T) * ev[i]
+            fwd.append(a / a.sum(1, keepdim=True))
+        bwd = [torch.ones(q, self.vr, dtype=torch.float64)]
         for i in range(length - 2, -1, -1):
-            b = (e[:, i + 1] * bwd[:, i + 1]) @ self.T.T
-            bwd[:, i] = b / b.sum(1, keepdim=True)
-        m = fwd * bwd
+            b = torch.mm(ev[i + 1] * bwd[-1], self.T.T)
+            bwd.append(b / b.sum(1, keepdim=True))
+        m = torch.stack(fwd, 1) * torch.stack(bwd[::-1], 1)
         out = torch.full((q, length, self.V), -math.inf, dtype=torch.float64)
         out[..., : self.vr] = (m / m.sum(-1, keepdim=True)).clamp_min(1e-300).log()
         return out.to(torch.float32)

@@ -29,6 +29,15 @@ from mdsample.samplers.likelihood import MODES
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The oracles make many small torch ops: one thread is ~2x faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 JOINT = JointOracle()
 SEQ = [0, 1, 1, 2, 1, 0, 1, 0]
 MARKOV = MarkovOracle()
@@ -224,12 +233,13 @@ def test_time_conditioned_model_gets_sigma():
 
 
 def test_schedules():
-    """Any schedule gives an unbiased estimate (weights m'/m by autograd); cosine checked on the joint."""
+    """Any schedule gives an unbiased estimate (weights m'/m by autograd): loglinear without eps, both cosines."""
     bern, _ = JOINT.expected(SEQ, sched_eps=0.0)
     est = _replicated(JOINT, SEQ, 400, mc_samples=8, schedule=mdsample.samplers.LogLinear(eps=0.0), seed=3)
     _assert_unbiased(est, bern, "loglinear eps=0")
-    est = _replicated(JOINT, SEQ, 400, mc_samples=8, schedule="cosine", seed=3)
-    assert abs(float(-est.log_likelihood.mean()) + JOINT.log_prob(SEQ)) < 4 * float(est.log_likelihood.std()) / 20 + 0.05
+    for schedule in (mdsample.samplers.Cosine(), mdsample.samplers.MDLMCosine()):
+        bern, _ = JOINT.expected(SEQ, schedule=schedule)
+        _assert_unbiased(_replicated(JOINT, SEQ, 400, mc_samples=8, schedule=schedule, seed=3), bern, repr(schedule))
 
 
 def test_perplexity():

@@ -99,7 +99,8 @@ def test_backends_agree(backend, device):
     logits, x0, xt = _case((4, 9), 700, torch.bfloat16, seed=9, device=device)
     doubled = torch.cat([logits, logits.flip(0)], 0)
     cond, uncond = doubled[:4], doubled[4:]
-    kw = dict(mask_id=3, exclude=3, guidance=uncond, guidance_scale=2.0, weight=torch.rand(4, generator=_gen(1)).to(device))
+    weight = torch.rand(4, generator=_gen(1)).to(device)
+    kw = dict(mask_id=3, exclude=3, guidance=uncond, guidance_scale=2.0, weight=weight)
     got = mdsample.masked_nll(cond, x0, xt, backend=backend, **kw)
     ref = mdsample.masked_nll(cond.cpu(), x0.cpu(), xt.cpu(), backend="reference",
                               **{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})

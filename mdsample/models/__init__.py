@@ -12,5 +12,5 @@ from .transformer import (
 )
 from .kv_cache import KVCache
 from .ar import generate_ar, generate_ar_uncached
-from .protocol import Backbone, DiffusionBackbone, RowBackbone, device_of, hidden_of, logits_of
+from .protocol import Backbone, CacheBackbone, DiffusionBackbone, KVCacheLike, RowBackbone, device_of, hidden_of, logits_of
 from .hf import HFBackbone, HFRowBackbone, hf_backbone

@@ -28,8 +28,14 @@ lets them forward only the sequences that need logits at a step.
 :class:`Backbone` is the single object samplers talk to: it normalises outputs,
 validates shapes, computes rows through hidden/head when offered, and counts
 model calls, sequence-forwards and logits rows (for progress bars and benchmarks).
-A KV-cache protocol (prefill / block call with a start position) will be added here
-(issue 5); samplers reach it only through this module.
+KV-cache capability (optional, issue 5): a model offering ``new_cache(batch_size, max_len)``
+returning a cache object with ``prefill(x)``, ``forward_block(x, start, kv_len=None)``
+(logits ``[B, n, V]`` of a chunk at positions ``start..start+n-1`` attending to cached slots
+``[0, kv_len)``, writing the chunk's K/V in place) and ``commit(start, length)`` (optionally
+``hidden_block`` with the same arguments returning ``[B, n, D]``, used with ``head`` so only
+selected rows get logits). :class:`CacheBackbone` is that protocol; ``Backbone.has_cache``
+detects it, and samplers reach the cache only through ``Backbone.new_cache`` /
+``Backbone.cache_rows`` / ``Backbone.cache_commit``. Models without it are unaffected.
 """
 from __future__ import annotations
 
@@ -40,6 +46,8 @@ import torch
 __all__ = [
     "DiffusionBackbone",
     "RowBackbone",
+    "CacheBackbone",
+    "KVCacheLike",
     "Backbone",
     "logits_of",
     "hidden_of",
@@ -61,6 +69,27 @@ class RowBackbone(DiffusionBackbone, Protocol):
     def hidden(self, x: torch.Tensor, **kw: Any) -> Any: ...
 
     def head(self, h: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class KVCacheLike(Protocol):
+    """A model's KV cache: ``prefill`` / ``forward_block`` (block call with a start position) / ``commit``."""
+
+    def prefill(self, x: torch.Tensor) -> Any: ...
+
+    def forward_block(self, x: torch.Tensor, start: Any = None, *, kv_len: Any = None) -> Any: ...
+
+    def commit(self, start: Any, length: int) -> None: ...
+
+
+@runtime_checkable
+class CacheBackbone(DiffusionBackbone, Protocol):
+    """A backbone that builds a KV cache: ``new_cache(batch_size, max_len) -> KVCacheLike``."""
+
+    def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCacheLike: ...
+
+
+_CACHE_METHODS = ("prefill", "forward_block", "commit")
 
 
 def _first_tensor(out: Any, attr: str, what: str) -> torch.Tensor:
@@ -131,6 +160,54 @@ class Backbone:
         self.calls = 0
         self.sequences = 0
         self.rows = 0
+
+    @property
+    def has_cache(self) -> bool:
+        """Whether the model offers the KV-cache capability (a callable ``new_cache``)."""
+        return callable(getattr(self.model, "new_cache", None))
+
+    @property
+    def attention(self) -> Optional[str]:
+        """The model's attention mode if it declares one (``config.attention``), else None."""
+        value = getattr(getattr(self.model, "config", None), "attention", None)
+        return value if isinstance(value, str) else None
+
+    def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCacheLike:
+        """A fresh KV cache of the model for ``batch_size`` rows of ``max_len`` positions."""
+        if not self.has_cache:
+            raise TypeError(f"{type(self.model).__name__} offers no KV cache (no new_cache method)")
+        cache = self.model.new_cache(batch_size, max_len)
+        missing = [m for m in _CACHE_METHODS if not callable(getattr(cache, m, None))]
+        if missing:
+            raise TypeError(f"model.new_cache() returned {type(cache).__name__}, which lacks {', '.join(missing)}")
+        return cache
+
+    def cache_rows(self, cache: KVCacheLike, x: torch.Tensor, start, seq: torch.Tensor, pos: torch.Tensor, *,
+                   kv_len=None) -> torch.Tensor:
+        """Feed chunk ``x`` ``[b, n]`` at positions ``start..start+n-1`` against ``cache`` and return
+        the logits ``[N, V]`` of rows ``(seq[j], pos[j])`` (``pos`` relative to the chunk).
+
+        With ``cache.hidden_block`` and the model's ``head`` only those N rows go through the head.
+        """
+        hb = getattr(cache, "hidden_block", None)
+        if self.has_head and callable(hb):
+            h = hidden_of(hb(x, start, kv_len=kv_len))
+            if h.dim() != 3 or h.shape[:2] != x.shape:
+                raise ValueError(f"cache.hidden_block must return [b, n, D] = [{x.shape[0]}, {x.shape[1]}, D]; "
+                                 f"got {tuple(h.shape)}")
+            out = self.model.head(h[seq, pos])
+        else:
+            full = logits_of(cache.forward_block(x, start, kv_len=kv_len))
+            if full.dim() != 3 or full.shape[:2] != x.shape:
+                raise ValueError(f"cache.forward_block must return logits [b, n, V] = [{x.shape[0]}, {x.shape[1]}, V]; "
+                                 f"got {tuple(full.shape)}")
+            out = full[seq, pos]
+        self._count(x, seq.numel())
+        return out
+
+    def cache_commit(self, cache: KVCacheLike, start, length: int) -> None:
+        """Declare slots ``[start, start+length)`` of ``cache`` final (part of the prefix)."""
+        cache.commit(start, length)
 
     @property
     def max_length(self) -> Optional[int]:

@@ -62,7 +62,10 @@ def lowdisc_timesteps(n: int, *, eps: float, mode: str, seed: int, offset: torch
 
 
 def forward_mask_uniforms(seed: torch.Tensor, offset: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-    """Float64 ``[B, L]`` uniforms of the forward-mask draws; ``seed``/``offset`` int64 ``[B]``, ``position`` ``[B, L]``."""
+    """Float64 ``[B, L]`` uniforms of the forward-mask draws.
+
+    ``seed``/``offset``: int64 ``[B]``; ``position``: int64 ``[B, L]``.
+    """
     w0, w1, _, _ = draw_words(seed.view(-1, 1), offset.view(-1, 1), position, DOMAIN_FORWARD_MASK)
     return uniform52(w0, w1)
 

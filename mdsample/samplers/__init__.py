@@ -3,10 +3,12 @@
 - :func:`sample_mdlm`: MDLM ancestral (SUBS), first-hitting, semi-AR strides, SMDM CFG.
 - :func:`generate`: LLaDA semi-AR remasking, Dream confidences, Fast-dLLM threshold / factor.
 - :func:`sample_duo`: Duo uniform-state ancestral posterior.
+- :func:`sample_bd3lm`: BD3-LM block diffusion with the exact block-causal KV cache.
 
 Built on :func:`mdsample.sample_categorical` and :func:`mdsample.unmask_step`; a backbone
 is seen only through :mod:`mdsample.models.protocol`.
 """
+from .bd3lm import sample_bd3lm
 from .duo import duo_posterior_step, sample_duo
 from .llada import REMASKING, generate
 from .mdlm import sample_mdlm
@@ -17,6 +19,7 @@ __all__ = [
     "sample_mdlm",
     "generate",
     "sample_duo",
+    "sample_bd3lm",
     "duo_posterior_step",
     "REMASKING",
     "select",

@@ -98,3 +98,72 @@ class RowForward:
             n = seqs.numel()
             return out[:n], out[n:]
         return out, None
+
+
+CACHE_MODES = ("prefix", "dual")
+
+
+class CachedRowForward(RowForward):
+    """Fast-dLLM's approximate KV cache for semi-AR blocks of a bidirectional model.
+
+    Every call forwards the whole batch (the cache holds all ``B`` rows, ``2B`` with CFG);
+    only the requested rows get logits. Per block ``[start, end)``:
+
+    - refresh call (the block's first forward, and every ``refresh_every``-th after it): a
+      full forward of the canvas, which writes the K/V of every position; the prefix
+      ``[0, start)`` is then committed;
+    - ``"prefix"``: later calls feed ``x[:, start:]`` (block + suffix) against the cached
+      prefix K/V;
+    - ``"dual"``: later calls feed only ``x[:, start:end]`` and attend to the whole canvas:
+      the block's K/V rows are overwritten, the suffix K/V stay as of the last refresh.
+
+    With ``refresh_every=1`` every call is a full forward (the uncached computation).
+    Requested rows must lie in the part fed (the block and, for ``"prefix"``, the suffix).
+    """
+
+    def __init__(self, backbone: Backbone, *, mode: str, total: int, batch_size: int,
+                 refresh_every: Optional[int] = None, **kw):
+        super().__init__(backbone, **kw)
+        if mode not in CACHE_MODES:
+            raise ValueError(f"cache must be None or one of {CACHE_MODES}; got {mode!r}")
+        self.mode = mode
+        self.refresh_every = refresh_every
+        self.total = total
+        self.batch_size = batch_size
+        self.cache = backbone.new_cache(batch_size * (2 if self.cfg else 1), total)
+        self.start, self.end, self.calls_in_block = 0, total, 0
+        self.refreshes = 0
+
+    def begin_block(self, x: torch.Tensor, start: int, end: int) -> None:
+        self.start, self.end, self.calls_in_block = start, end, 0
+
+    def rows(self, x: torch.Tensor, seqs: torch.Tensor, row_seq: torch.Tensor, row_pos: torch.Tensor, *,
+             sigma: Optional[torch.Tensor] = None):
+        if sigma is not None:
+            raise ValueError("the KV-cache modes do not support time-conditioned backbones")
+        b = self.batch_size
+        everyone = torch.arange(b, device=x.device)
+        xin, _, _ = self._inputs(x, everyone, None)
+        k, every = self.calls_in_block, self.refresh_every
+        refresh = k == 0 or (every is not None and k % every == 0)
+        self.calls_in_block += 1
+        if refresh:
+            chunk, cstart, kv_len = xin, 0, None
+        elif self.mode == "prefix":
+            chunk, cstart, kv_len = xin[:, self.start:], self.start, None
+        else:
+            chunk, cstart, kv_len = xin[:, self.start:self.end], self.start, self.total
+        seq = seqs[row_seq]
+        pos = row_pos - cstart
+        n = row_seq.numel()
+        if self.cfg:
+            seq = torch.cat([seq, seq + b])
+            pos = torch.cat([pos, pos])
+        out = self.backbone.cache_rows(self.cache, chunk, cstart, seq, pos, kv_len=kv_len)
+        if refresh:
+            self.refreshes += 1
+            self.backbone.cache_commit(self.cache, 0, self.start)
+        self._check(out)
+        if self.cfg:
+            return out[:n], out[n:]
+        return out, None

@@ -58,7 +58,7 @@ sequence depends on (seed, its row index, its tokens), not on the other rows.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 

@@ -47,7 +47,7 @@ from ..models.protocol import Backbone
 from ..ops.sampling import sample_categorical
 from . import _checks as C
 from ._random import DOMAIN_REVEAL, seed_value, uniforms
-from .forward import RowForward
+from .forward import CACHE_MODES, CachedRowForward, RowForward
 from .progress import Progress
 from .remasking import select, transfer_counts
 
@@ -76,7 +76,7 @@ def _excluded_mass(logits, guidance, scale, tokens, logprob, ids: Sequence[int])
 
 @torch.no_grad()
 def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cfg_scale, remasking, mask_id,
-              threshold, factor, attention_mask, seed, backend, progress,
+              threshold, factor, attention_mask, seed, backend, progress, cache=None, refresh_every=None,
               logits_exclude: Sequence[int] = (), confidence_exclude: Sequence[int] = ()):
     steps = C.integer("steps", steps, low=1)
     gen_length = C.integer("gen_length", gen_length, low=1)
@@ -125,7 +125,26 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
     if cfg_scale > 0 and not bool(is_prompt.any()):
         raise ValueError("cfg_scale > 0 needs a non-empty prompt: the unconditional input masks the prompt")
     backbone = Backbone(model)
-    fwd = RowForward(backbone, mask_id=mask_id, cfg_scale=cfg_scale, uncond_mask=is_prompt, attention_mask=am)
+    if cache is None:
+        if refresh_every is not None:
+            raise ValueError("refresh_every needs a cache mode (cache='prefix' or 'dual')")
+        fwd = RowForward(backbone, mask_id=mask_id, cfg_scale=cfg_scale, uncond_mask=is_prompt, attention_mask=am)
+    else:
+        cache = C.choice("cache", cache, CACHE_MODES)
+        if refresh_every is not None:
+            refresh_every = C.integer("refresh_every", refresh_every, low=1)
+        if not backbone.has_cache:
+            raise ValueError(f"cache={cache!r} needs a backbone offering a KV cache (new_cache); "
+                             f"{type(model).__name__} has none")
+        if backbone.attention not in (None, "bidirectional"):
+            raise ValueError(f"cache={cache!r} is Fast-dLLM's cache for bidirectional models; the model's attention "
+                             f"is {backbone.attention!r}")
+        if am is not None:
+            raise ValueError(f"cache={cache!r} does not support attention_mask")
+        if bool((prompt == mask_id).any()):
+            raise ValueError(f"cache={cache!r} needs prompts without mask tokens (cached prefix rows get no logits)")
+        fwd = CachedRowForward(backbone, mode=cache, total=total, batch_size=batch, refresh_every=refresh_every,
+                               mask_id=mask_id, cfg_scale=cfg_scale, uncond_mask=is_prompt)
     guidance_scale = cfg_scale if cfg_scale > 0 else 0.0
 
     pos_ids = (torch.arange(batch, device=device).unsqueeze(1) * total
@@ -238,6 +257,8 @@ def generate(
     seed=0,
     backend="auto",
     progress=False,
+    cache=None,
+    refresh_every=None,
 ):
     """LLaDA's ``generate`` (semi-AR remasking), with Dream's confidences and Fast-dLLM's rules.
 
@@ -261,6 +282,15 @@ def generate(
         seed: int Philox key; sequence b's randomness depends only on (seed, b).
         backend: sampling-op backend.
         progress: show a tqdm bar.
+        cache: None (exact, no cache), or Fast-dLLM's approximate KV cache for a bidirectional
+            backbone offering ``new_cache``: ``"prefix"`` (a full forward at the block's first
+            step, later steps feed block + suffix against the cached prefix K/V) or ``"dual"``
+            (later steps feed only the block; the suffix K/V stay frozen within the block).
+            Every step then forwards the whole batch. Not with ``attention_mask`` or prompts
+            containing ``mask_id``.
+        refresh_every: with a cache, also refresh (full forward) every this many forwards
+            within a block; None = only at the block start (Fast-dLLM); 1 = every step,
+            which is the uncached computation.
 
     Returns:
         int64 ``[B, P + gen_length]``: the prompt followed by the generated tokens.
@@ -268,4 +298,4 @@ def generate(
     return _generate(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
                      temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,
                      threshold=threshold, factor=factor, attention_mask=attention_mask, seed=seed,
-                     backend=backend, progress=progress)
+                     backend=backend, progress=progress, cache=cache, refresh_every=refresh_every)

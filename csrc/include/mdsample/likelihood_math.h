@@ -47,11 +47,4 @@ MDS_HD double timestep_uniform(uint64_t seed, uint64_t offset, uint64_t position
   return uniform52(w.w[0], w.w[1]);
 }
 
-// Classifier-free guidance score l_u + (w + 1)(l_c - l_u), with -inf on either
-// side staying -inf: a token masked out of either pass stays out (the formula
-// alone gives NaN or +inf there). w1 = w + 1.
-MDS_HD float guided_score(float c, float u, float w1) {
-  return (c == -INFINITY || u == -INFINITY) ? -INFINITY : u + w1 * (c - u);
-}
-
 }  // namespace mdsample

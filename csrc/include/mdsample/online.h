@@ -49,6 +49,13 @@ MDS_HD float exp_nonpos(float x) {
   return x < -87.0f ? 0.0f : p * scale;
 }
 
+// Classifier-free guidance score l_u + (w + 1)(l_c - l_u), with -inf on either
+// side staying -inf: a token masked out of either pass stays out (the formula
+// alone gives NaN or +inf there). w1 = w + 1.
+MDS_HD float guided_score(float c, float u, float w1) {
+  return (c == -INFINITY || u == -INFINITY) ? -INFINITY : u + w1 * (c - u);
+}
+
 // Running softmax statistics of one row (or a slice of it) for scores b_i:
 //   m  = max b_i,  s = sum exp(b_i - m),  sx = sum exp(b_i - m) (b_i - m),
 //   top1 / top2 = the two largest scores (top2 may equal top1 on a tie).

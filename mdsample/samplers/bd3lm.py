@@ -1,0 +1,203 @@
+"""BD3-LM block diffusion sampling (Arriola et al. 2025) with the exact block-causal KV cache.
+
+The algorithm (BD3-LM ``_semi_ar_sampler``; ALGORITHMS.md):
+
+1. The canvas of ``length`` positions is cut in blocks of ``block_size``, generated left to
+   right. With ``bos_id`` position 0 holds BOS (part of block 0, as in training).
+2. Inside a block (all positions masked at its start), the masked diffusion is run to t = 0:
+   - first-hitting (default): each forward reveals exactly one masked position, chosen
+     uniformly (``t <- t * u^(1 / n_masked)`` only fixes the time, which an unconditioned
+     backbone does not read), its token drawn from ``p_x0`` without the mask token;
+   - ancestral (``steps_per_block=S``, ``first_hitting=False``): loglinear ``m_t = t`` on the
+     grid ``t_i = 1 - i / S``; a masked position is revealed with prob ``(t - s) / t`` (1 at
+     the last step: upstream's division by ``t = 0`` there is guarded), then its token drawn
+     from ``p_x0`` without the mask. A step revealing nothing runs no forward (exact: the
+     backbone is not time-conditioned, so its output would be unused).
+3. The model attends causally across blocks and bidirectionally inside: the K/V of finished
+   blocks do not depend on later tokens, so they are cached exactly. The clean block's K/V
+   are written by feeding it together with the next block's first step
+   (``[clean block | next block]``; the block-causal mask keeps the clean block from seeing
+   the next one), then committed. Each step computes logits only for the revealed rows.
+4. Variable length: with ``eos_id``, a sequence is finished once a completed block holds
+   EOS; generation stops after the first block at which every sequence is finished, and
+   positions after a sequence's first EOS are set to ``eos_id``.
+
+Randomness: reveal choices and token draws are Philox-keyed by (seed, sequence, position,
+block << 32 | step), so the cached and uncached paths (``use_cache=False``: a full
+forward of ``x[:, :block_end]`` per step) make the same draws; they return the same tokens
+up to floating-point ties.
+
+Not implemented (documented differences): the 1024-token window with left shift (``length``
+must fit the model), the low-entropy resampling, and time conditioning (``sigma``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..models.protocol import Backbone
+from ..ops.sampling import sample_categorical
+from . import _checks as C
+from ._random import DOMAIN_REVEAL, seed_value, uniforms
+
+__all__ = ["sample_bd3lm"]
+
+_BLOCK_SHIFT = 32
+
+
+class _BlockRows:
+    """Logits of rows of the current block, cached (exact block-causal KV cache) or uncached."""
+
+    def __init__(self, backbone: Backbone, batch: int, length: int, block_size: int, use_cache: bool):
+        self.backbone, self.block_size = backbone, block_size
+        self.cache = backbone.new_cache(batch, length) if use_cache else None
+        self.pending: Optional[int] = None  # start of a finished block whose clean K/V are not written yet
+        self.block_start = 0
+
+    def begin_block(self, start: int) -> None:
+        if self.cache is not None and start > 0:
+            self.pending = start - self.block_size
+        self.block_start = start
+
+    def rows(self, x: torch.Tensor, r_seq: torch.Tensor, r_pos: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, V]`` of rows ``(r_seq, block_start + r_pos)``."""
+        s, e = self.block_start, self.block_start + self.block_size
+        if self.cache is None:
+            return self.backbone.logits_at(x[:, :e], r_seq, s + r_pos)
+        if self.pending is not None:
+            p = self.pending
+            out = self.backbone.cache_rows(self.cache, x[:, p:e], p, r_seq, r_pos + (s - p))
+            self.backbone.cache_commit(self.cache, p, s - p)
+            self.pending = None
+            return out
+        return self.backbone.cache_rows(self.cache, x[:, s:e], s, r_seq, r_pos)
+
+
+@torch.no_grad()
+def sample_bd3lm(
+    model,
+    *,
+    batch_size,
+    length,
+    block_size,
+    mask_id,
+    steps_per_block=None,
+    first_hitting=None,
+    temperature=1.0,
+    eos_id=None,
+    bos_id=None,
+    seed=0,
+    backend="auto",
+    use_cache=True,
+):
+    """Sample ``batch_size`` sequences from a block diffusion (BD3-LM) model, block by block.
+
+    Args:
+        model: a block-causal backbone (e.g. ``Transformer`` with ``attention="block_causal"``
+            and ``config.block_size == block_size``); with ``use_cache`` it must offer the KV
+            cache (``new_cache``), and ``hidden``/``head`` make only the revealed rows' logits.
+        batch_size: B >= 1.
+        length: canvas length, a multiple of ``block_size``, at most the model's context.
+        block_size: positions per block (BD3-LM: 4, 8, 16).
+        mask_id: the mask token id.
+        steps_per_block: ancestral steps per block (implies ``first_hitting=False``).
+        first_hitting: first-hitting sampler (one reveal per forward); default True unless
+            ``steps_per_block`` is given.
+        temperature: >= 0 of the token draws (0 = argmax).
+        eos_id: stop after the block where every sequence has produced it (variable length).
+        bos_id: if given, position 0 holds it (BD3-LM's BOS).
+        seed: int Philox key.
+        backend: sampling-op backend.
+        use_cache: True = exact block-causal KV cache; False = a full forward of the prefix
+            and block per step (the uncached computation, same draws).
+
+    Returns:
+        int64 ``[B, L']`` with ``L' <= length`` (shorter when all sequences hit EOS early);
+        positions after a sequence's first EOS hold ``eos_id``.
+    """
+    batch = C.integer("batch_size", batch_size, low=1)
+    length = C.integer("length", length, low=1)
+    bs = C.integer("block_size", block_size, low=1)
+    mask_id = C.integer("mask_id", mask_id, low=0)
+    if length % bs:
+        raise ValueError(f"length ({length}) must be a multiple of block_size ({bs})")
+    if steps_per_block is not None:
+        steps_per_block = C.integer("steps_per_block", steps_per_block, low=1)
+    if first_hitting is None:
+        first_hitting = steps_per_block is None
+    first_hitting = C.flag("first_hitting", first_hitting)
+    if first_hitting and steps_per_block is not None:
+        raise ValueError("give steps_per_block (ancestral) or first_hitting=True, not both")
+    if not first_hitting and steps_per_block is None:
+        raise ValueError("the ancestral sampler (first_hitting=False) needs steps_per_block")
+    temperature = C.real("temperature", temperature, low=0.0)
+    eos_id = None if eos_id is None else C.integer("eos_id", eos_id, low=0)
+    bos_id = None if bos_id is None else C.integer("bos_id", bos_id, low=0)
+    seed = seed_value("seed", seed)
+    use_cache = C.flag("use_cache", use_cache)
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str; got {type(backend).__name__}")
+    C.positions_fit(batch, length)
+
+    backbone = Backbone(model)
+    if backbone.attention is not None and backbone.attention != "block_causal":
+        raise ValueError(f"BD3-LM needs a block-causal model; the model's attention is {backbone.attention!r}")
+    model_bs = getattr(getattr(model, "config", None), "block_size", None)
+    if backbone.attention == "block_causal" and model_bs != bs:
+        raise ValueError(f"block_size ({bs}) must equal the model's block_size ({model_bs})")
+    if backbone.max_length is not None and length > backbone.max_length:
+        raise ValueError(f"length ({length}) exceeds the model's context ({backbone.max_length})")
+    if use_cache and not backbone.has_cache:
+        raise ValueError(f"use_cache=True needs a backbone offering a KV cache (new_cache); {type(model).__name__} "
+                         "has none")
+    if backbone.vocab_size is not None:
+        C.check_vocab("model", backbone.vocab_size, mask_id)
+
+    device = backbone.device or torch.device("cpu")
+    x = torch.full((batch, length), mask_id, dtype=torch.int64, device=device)
+    if bos_id is not None:
+        x[:, 0] = bos_id
+    pos_ids = (torch.arange(batch, device=device).unsqueeze(1) * length
+               + torch.arange(length, device=device).unsqueeze(0))
+    rows = _BlockRows(backbone, batch, length, bs, use_cache)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    end = length
+    for blk in range(length // bs):
+        s, e = blk * bs, (blk + 1) * bs
+        rows.begin_block(s)
+        n_masked = bs - (1 if (blk == 0 and bos_id is not None) else 0)
+        n_steps = n_masked if first_hitting else steps_per_block
+        for i in range(n_steps):
+            offset = (blk << _BLOCK_SHIFT) + i
+            block = x[:, s:e]
+            masked = block == mask_id
+            u, _ = uniforms(seed, offset, pos_ids[:, s:e], DOMAIN_REVEAL)
+            if first_hitting:
+                # one uniformly chosen masked position per sequence: the argmax of iid uniforms
+                pick = torch.where(masked, u, -1.0).argmax(1)
+                reveal = torch.zeros_like(masked)
+                reveal[torch.arange(batch, device=device), pick] = True
+                reveal &= masked
+            else:
+                t, t_next = 1.0 - i / n_steps, 1.0 - (i + 1) / n_steps
+                p = 1.0 if i == n_steps - 1 else (t - t_next) / t
+                reveal = masked & (u < p)
+            r_seq, r_pos = reveal.nonzero(as_tuple=True)
+            if r_seq.numel() == 0:
+                continue
+            logits = rows.rows(x, r_seq, r_pos)
+            tok = sample_categorical(logits, temperature=temperature, seed=seed, offset=offset,
+                                     positions=pos_ids[r_seq, s + r_pos], exclude=mask_id, backend=backend)
+            x[r_seq, s + r_pos] = tok
+        if eos_id is not None:
+            done |= (x[:, s:e] == eos_id).any(1)
+            if bool(done.all()):
+                end = e
+                break
+    x = x[:, :end]
+    if eos_id is not None:
+        hit = x == eos_id
+        after = (hit.cumsum(1) - hit.long()) > 0  # strictly after the first EOS
+        x = x.masked_fill(after, eos_id)
+    return x

@@ -1,0 +1,37 @@
+"""CPU smoke test of the end-to-end benchmark scripts (tiniest settings; no numbers checked)."""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    saved = torch.get_num_threads()
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_e2e_mdlm_smoke():
+    out = _load("e2e_mdlm").main(["--device", "cpu", "--batch", "1", "--length", "8", "--steps", "4", "--no-write"])
+    assert out["cpu_smoke"] and len(out["rows"]) == 2
+    assert all(r["forwards"] > 0 and r["tokens_per_s"] > 0 for r in out["rows"])
+
+
+def test_e2e_llada_smoke():
+    out = _load("e2e_llada").main(["--device", "cpu", "--prompt", "4", "--gen", "8", "--block", "4", "--tps", "2",
+                                   "--no-hf", "--no-write"])
+    methods = {r["method"] for r in out["rows"]}
+    assert {"mdsample cache=prefix", "mdsample cache=dual", "reference LLaDA loop",
+            "AR twin (mdsample KV cache)"} <= methods
+    assert out["cpu_smoke"]
