@@ -82,6 +82,22 @@ def row_offsets(t: torch.Tensor) -> torch.Tensor:
     return offs.reshape(-1).contiguous()
 
 
+def guidance_rows(guidance, guidance_scale, logits: torch.Tensor):
+    """Validated CFG inputs: (unconditional logits or None, their row offsets ``[N]`` or None, scale w)."""
+    if guidance is None:
+        if guidance_scale != 0.0:
+            raise ValueError("guidance_scale needs guidance (the unconditional logits)")
+        return None, None, 0.0
+    guidance = float_logits("guidance", guidance)
+    check_device("guidance", guidance, logits.device)
+    if guidance.shape != logits.shape or guidance.dtype != logits.dtype:
+        raise ValueError(
+            f"guidance must match logits in shape and dtype ({tuple(logits.shape)}, {logits.dtype}); "
+            f"got {tuple(guidance.shape)}, {guidance.dtype}"
+        )
+    return guidance, row_offsets(guidance), finite_number("guidance_scale", guidance_scale)
+
+
 def finite_number(name: str, value, *, low: float | None = None, low_inclusive: bool = True) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {type(value).__name__}")

@@ -83,19 +83,7 @@ def masked_nll(logits, x0, x_t, *, mask_id, weight=None, exclude=None, guidance=
     if checking and w is not None and w.numel() and not bool(torch.isfinite(w).all()):
         raise ValueError("weight must be finite")
 
-    g_offsets, scale = None, 0.0
-    if guidance is not None:
-        guidance = V.float_logits("guidance", guidance)
-        V.check_device("guidance", guidance, device)
-        if guidance.shape != logits.shape or guidance.dtype != logits.dtype:
-            raise ValueError(
-                f"guidance must match logits in shape and dtype ({tuple(logits.shape)}, {logits.dtype}); "
-                f"got {tuple(guidance.shape)}, {guidance.dtype}"
-            )
-        g_offsets = V.row_offsets(guidance)
-        scale = V.finite_number("guidance_scale", guidance_scale)
-    elif guidance_scale != 0.0:
-        raise ValueError("guidance_scale needs guidance (the unconditional logits)")
+    guidance, g_offsets, scale = V.guidance_rows(guidance, guidance_scale, logits)
 
     if checking and target.numel():
         read = xt == mask_id

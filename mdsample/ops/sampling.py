@@ -55,19 +55,7 @@ def build_request(
         if not bool(((position >= 0) & (position <= MAX_POSITION)).all()):
             raise ValueError("positions must lie in [0, 2^48) in every row")
 
-    g_offsets, scale = None, 0.0
-    if guidance is not None:
-        guidance = V.float_logits("guidance", guidance)
-        V.check_device("guidance", guidance, device)
-        if guidance.shape != logits.shape or guidance.dtype != logits.dtype:
-            raise ValueError(
-                f"guidance must match logits in shape and dtype ({tuple(logits.shape)}, {logits.dtype}); "
-                f"got {tuple(guidance.shape)}, {guidance.dtype}"
-            )
-        g_offsets = V.row_offsets(guidance)
-        scale = V.finite_number("guidance_scale", guidance_scale)
-    elif guidance_scale != 0.0:
-        raise ValueError("guidance_scale needs guidance (the unconditional logits)")
+    guidance, g_offsets, scale = V.guidance_rows(guidance, guidance_scale, logits)
 
     if active is None and fallback is not None:
         raise ValueError("fallback is what inactive rows return: it needs active")
