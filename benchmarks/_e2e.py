@@ -1,11 +1,17 @@
 """Shared pieces of the end-to-end benchmarks (benchmarks/e2e_*.py): forward counting,
-timing with a device sync, and peak memory. CPU numbers are smoke-test numbers only."""
+timing with a device sync, peak memory, the command-line plumbing, and the published MDLM /
+LLaDA sampling loops they (and benchmarks/bench_samplers.py) compare against. CPU numbers
+are smoke-test numbers only."""
 from __future__ import annotations
 
+import math
 import resource
 import time
 
 import torch
+
+from benchmarks._timing import device_name, write_results
+from mdsample.models import Transformer
 
 
 class CountingCache:
@@ -105,3 +111,110 @@ def pick_device(name: str | None) -> torch.device:
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_model(preset: str, dtype: str, device) -> Transformer:
+    """The random-init (seed 0) ``preset`` transformer in ``dtype`` (a torch dtype name), eval mode."""
+    return Transformer.from_preset(preset, device=device, dtype=getattr(torch, dtype), seed=0).eval()
+
+
+def parse_with_defaults(ap, argv, gpu_defaults: dict, cpu_defaults: dict):
+    """Parse ``argv``; options left unset take ``gpu_defaults`` on CUDA, else ``cpu_defaults``."""
+    args = ap.parse_args(argv)
+    defaults = gpu_defaults if pick_device(args.device).type == "cuda" else cpu_defaults
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return args
+
+
+def run_and_report(args, run, kind: str, describe) -> dict:
+    """Run ``run(args)`` (one CPU thread on CPU), print one line per row (``describe(row)``),
+    and unless ``args.no_write`` write the rows as ``benchmarks/results/<device>-<kind>-<date>.json``."""
+    device = pick_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # tiny matmuls: OpenMP fork/join only adds overhead on shared cores
+    rows = run(args)
+    label = device_name(device)
+    cpu_smoke = device.type == "cpu"
+    for r in rows:
+        print(f"[{label}] {describe(r)}" + (" (CPU smoke test)" if cpu_smoke else ""))
+    out = {"rows": rows, "device": label, "cpu_smoke": cpu_smoke}
+    if not args.no_write:
+        out["path"] = str(write_results(kind, device, rows, {"cpu_smoke": cpu_smoke}))
+    return out
+
+
+# ---- the published loops (formulas from ALGORITHMS.md) ----
+
+@torch.no_grad()
+def reference_mdlm(model, batch, length, mask_id, steps, *, device="cpu", dtype=torch.float64, seed=None,
+                   eps=1e-5):
+    """MDLM ``_sample`` with the ``ddpm_cache`` predictor as published (loglinear, m_t = t): SUBS
+    probabilities over the full ``[B, L, V]`` in ``dtype``, a Gumbel race over ``[B, L, V]`` in
+    ``dtype``, the whole-batch cache (reuse the output only when no sequence changed) and a final
+    argmax forward. Noise from a generator seeded with ``seed`` on ``device``, or from torch's
+    global RNG (as upstream) when ``seed`` is None."""
+    gen = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    x = torch.full((batch, length), mask_id, dtype=torch.long, device=device)
+    grid = torch.linspace(1, eps, steps + 1)
+    dt = (1 - eps) / steps
+    p_x0 = None
+
+    def subs_probs(x):
+        logits = model(x).to(dtype)
+        logits[:, :, mask_id] += -1e6
+        logp = logits.log_softmax(-1)
+        unmasked = x != mask_id
+        logp[unmasked] = -1e6
+        logp[unmasked, x[unmasked]] = 0
+        return logp.exp()
+
+    for i in range(steps):
+        t = float(grid[i])
+        if p_x0 is None:
+            p_x0 = subs_probs(x)
+        q = p_x0 * (t - (t - dt))  # move_chance_t - move_chance_s
+        q[:, :, mask_id] = t - dt
+        u = torch.rand(q.shape, dtype=q.dtype, device=q.device, generator=gen)
+        x_new = (q / (1e-10 - (u + 1e-10).log())).argmax(-1)
+        x_new = torch.where(x != mask_id, x, x_new)
+        if not torch.equal(x_new, x):
+            p_x0 = None
+        x = x_new
+    return subs_probs(x).argmax(-1)
+
+
+@torch.no_grad()
+def reference_llada(model, prompt, steps, gen_length, block_length, mask_id, temperature=0.0):
+    """LLaDA ``generate`` (low_confidence) as published: full forward of the whole batch every step
+    (float64 Gumbel over [B, L, V], confidences over the whole canvas)."""
+    B, P = prompt.shape
+    dev = prompt.device
+    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=dev)
+    x[:, :P] = prompt
+    num_blocks = gen_length // block_length
+    spb = steps // num_blocks
+    for nb in range(num_blocks):
+        s, e = P + nb * block_length, P + (nb + 1) * block_length
+        m = (x[:, s:e] == mask_id).sum(1, keepdim=True)
+        counts = (m // spb).repeat(1, spb)
+        for j in range(B):
+            counts[j, : int(m[j] % spb)] += 1
+        for i in range(spb):
+            mask_index = x == mask_id
+            logits = model(x)
+            lg = logits.double()
+            if temperature > 0:
+                x0 = (lg.exp() / (-torch.log(torch.rand_like(lg))) ** temperature).argmax(-1)
+            else:
+                x0 = lg.argmax(-1)
+            p = torch.softmax(lg, -1)
+            conf = p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+            conf[:, e:] = -math.inf
+            x0 = torch.where(mask_index, x0, x)
+            conf = torch.where(mask_index, conf, -math.inf)
+            for j in range(B):
+                idx = torch.topk(conf[j], k=int(counts[j, i])).indices
+                x[j, idx] = x0[j, idx]
+    return x

@@ -19,17 +19,34 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo, or None where it cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def git_commit(fallback: str = "") -> str:
+    """The checked-out commit of this repository, or ``fallback`` where git cannot tell."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent).stdout.strip()
+    except OSError:
+        commit = ""
+    return commit or fallback
+
+
 def device_name(device: torch.device) -> str:
     """Human-readable name of the device the numbers come from."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"CPU {line.split(':', 1)[1].strip()} x{torch.get_num_threads()} threads"
-    except OSError:
-        pass
-    return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    model = cpu_model()
+    if model is None:
+        model = platform.processor() or platform.machine()
+    return f"CPU {model} x{torch.get_num_threads()} threads"
 
 
 def rotating_inputs(make, nbytes_each: int, device: torch.device, min_total: int = 256 << 20) -> list:
@@ -74,10 +91,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float | None:
 
 def write_results(kind: str, device: torch.device, rows: list[dict], extra: dict | None = None) -> Path:
     """Write ``benchmarks/results/<device>-<kind>-<date>.json`` with the environment stamped in."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = git_commit()
     stamp = datetime.date.today().isoformat()
     name = device_name(device)
     slug = "cpu" if device.type == "cpu" else name.replace("NVIDIA ", "").replace(" ", "_").lower()

@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -32,6 +30,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mdsample  # noqa: E402
 from mdsample import _backends  # noqa: E402
+
+from benchmarks._e2e import reference_llada, reference_mdlm  # noqa: E402
+from benchmarks._timing import cpu_model, git_commit  # noqa: E402
 
 
 class TinyDiffusionLM(torch.nn.Module):
@@ -93,70 +94,14 @@ class Counter:
         return {"calls": self.calls, "sequence_forwards": self.sequences, "logits_rows": self.rows}
 
 
-# ---- the published loops (formulas from ALGORITHMS.md; torch global RNG, as upstream) ----
+# ---- the published loops: benchmarks/_e2e.py (torch global RNG, as upstream) ----
 
 def mdlm_published(model, batch, length, mask_id, steps, eps=1e-5):
-    """MDLM ``_sample`` with ``ddpm_cache`` (loglinear, m_t = t), SUBS, final argmax forward."""
-    x = torch.full((batch, length), mask_id, dtype=torch.long)
-    grid = torch.linspace(1, eps, steps + 1)
-    dt = (1 - eps) / steps
-    p_x0 = None
-
-    def subs_probs(x):
-        logits = model(x).float()
-        logits[:, :, mask_id] += -1e6
-        logp = logits.log_softmax(-1)
-        unmasked = x != mask_id
-        logp[unmasked] = -1e6
-        logp[unmasked, x[unmasked]] = 0
-        return logp.exp()
-
-    for i in range(steps):
-        t = float(grid[i])
-        if p_x0 is None:
-            p_x0 = subs_probs(x)
-        q = p_x0 * (t - (t - dt))
-        q[:, :, mask_id] = t - dt
-        gumbel_norm = 1e-10 - (torch.rand_like(q) + 1e-10).log()
-        x_new = (q / gumbel_norm).argmax(-1)
-        x_new = torch.where(x != mask_id, x, x_new)
-        if not torch.equal(x_new, x):
-            p_x0 = None
-        x = x_new
-    return subs_probs(x).argmax(-1)
+    """MDLM ``_sample`` with ``ddpm_cache`` (loglinear, m_t = t), fp32 SUBS and Gumbel race, final argmax forward."""
+    return reference_mdlm(model, batch, length, mask_id, steps, dtype=torch.float32, eps=eps)
 
 
-def llada_published(model, prompt, steps, gen_length, block_length, mask_id, temperature=0.0):
-    """LLaDA ``generate`` (low_confidence): a full forward of the whole batch every step."""
-    B, P = prompt.shape
-    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long)
-    x[:, :P] = prompt
-    num_blocks = gen_length // block_length
-    spb = steps // num_blocks
-    for nb in range(num_blocks):
-        s, e = P + nb * block_length, P + (nb + 1) * block_length
-        m = (x[:, s:e] == mask_id).sum(1, keepdim=True)
-        counts = (m // spb).repeat(1, spb)
-        for j in range(B):
-            counts[j, : int(m[j] % spb)] += 1
-        for i in range(spb):
-            mask_index = x == mask_id
-            logits = model(x)
-            if temperature > 0:
-                lg = logits.double()
-                noise = (-torch.log(torch.rand_like(lg))) ** temperature
-                x0 = (lg.exp() / noise).argmax(-1)
-            else:
-                x0 = logits.argmax(-1)
-            p = torch.softmax(logits.double(), -1)
-            conf = p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-            conf[:, e:] = -math.inf
-            x0 = torch.where(mask_index, x0, x)
-            conf = torch.where(mask_index, conf, -math.inf)
-            for j in range(B):
-                idx = torch.topk(conf[j], k=int(counts[j, i])).indices
-                x[j, idx] = x0[j, idx]
-    return x
+llada_published = reference_llada  # LLaDA ``generate`` (low_confidence): a full forward of the whole batch every step
 
 
 def timed(fn):
@@ -248,25 +193,6 @@ def run(quick: bool, threads: int):
     return results
 
 
-def commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__),
-                                       text=True).strip()
-    except Exception:
-        return "unknown"
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small settings (smoke run)")
@@ -277,11 +203,11 @@ def main():
     record = {
         "benchmark": "bench_samplers",
         "device": "cpu",
-        "device_name": cpu_name(),
+        "device_name": cpu_model() or platform.processor() or "unknown",
         "note": "CPU measurements with a tiny model; counts are hardware-independent, wall times are CPU only",
         "torch": torch.__version__,
         "cuda": None,
-        "commit": commit(),
+        "commit": git_commit("unknown"),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "threads": args.threads,
         "sampling_backend": _backends.resolve("auto", "cpu"),

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import math
 import os
 import sys
 
@@ -31,47 +30,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mdsample  # noqa: E402
 from mdsample.models import Transformer, generate_ar, llama_config  # noqa: E402
 
-from benchmarks._e2e import Counting, measure, pick_device  # noqa: E402
-from benchmarks._timing import RESULTS, device_name, write_results  # noqa: E402
+from benchmarks._e2e import (  # noqa: E402
+    Counting, build_model, measure, parse_with_defaults, pick_device, reference_llada, run_and_report)
+from benchmarks._timing import RESULTS, device_name  # noqa: E402
 
 GPU_DEFAULTS = dict(preset="llada_8b", batch=1, prompt=64, gen=[256, 1024], block=32, tps=[1, 2, 4, 8],
                     dtype="bfloat16")
 CPU_DEFAULTS = dict(preset="tiny", batch=1, prompt=8, gen=[32], block=8, tps=[1, 2, 4], dtype="float32")
 CACHES = (None, "prefix", "dual")
-
-
-@torch.no_grad()
-def reference_llada(model, prompt, steps, gen_length, block_length, mask_id, temperature=0.0):
-    """LLaDA ``generate`` (low_confidence) as published: full forward of the whole batch every step."""
-    B, P = prompt.shape
-    dev = prompt.device
-    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=dev)
-    x[:, :P] = prompt
-    num_blocks = gen_length // block_length
-    spb = steps // num_blocks
-    for nb in range(num_blocks):
-        s, e = P + nb * block_length, P + (nb + 1) * block_length
-        m = (x[:, s:e] == mask_id).sum(1, keepdim=True)
-        counts = (m // spb).repeat(1, spb)
-        for j in range(B):
-            counts[j, : int(m[j] % spb)] += 1
-        for i in range(spb):
-            mask_index = x == mask_id
-            logits = model(x)
-            lg = logits.double()
-            if temperature > 0:
-                x0 = (lg.exp() / (-torch.log(torch.rand_like(lg))) ** temperature).argmax(-1)
-            else:
-                x0 = lg.argmax(-1)
-            p = torch.softmax(lg, -1)
-            conf = p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-            conf[:, e:] = -math.inf
-            x0 = torch.where(mask_index, x0, x)
-            conf = torch.where(mask_index, conf, -math.inf)
-            for j in range(B):
-                idx = torch.topk(conf[j], k=int(counts[j, i])).indices
-                x[j, idx] = x0[j, idx]
-    return x
 
 
 def _free(device):
@@ -86,7 +52,7 @@ def run(args) -> list[dict]:
     rows = []
     g = torch.Generator().manual_seed(0)
 
-    model = Counting(Transformer.from_preset(args.preset, device=device, dtype=dtype, seed=0).eval())
+    model = Counting(build_model(args.preset, args.dtype, device))
     cfg = model.config
     prompt = torch.randint(0, cfg.mask_id, (args.batch, args.prompt), generator=g).to(device)
     for gen in args.gen:
@@ -184,28 +150,16 @@ def parse(argv=None):
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--no-hf", action="store_true", help="skip Hugging Face generate (and the transformers import)")
     ap.add_argument("--no-write", action="store_true", help="do not write JSON / PNG to benchmarks/results/")
-    args = ap.parse_args(argv)
-    defaults = GPU_DEFAULTS if pick_device(args.device).type == "cuda" else CPU_DEFAULTS
-    for k, v in defaults.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    return args
+    return parse_with_defaults(ap, argv, GPU_DEFAULTS, CPU_DEFAULTS)
 
 
 def main(argv=None) -> dict:
     args = parse(argv)
-    device = pick_device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # tiny matmuls: OpenMP fork/join only adds overhead on shared cores
-    rows = run(args)
-    label = device_name(device)
-    for r in rows:
-        print(f"[{label}] gen {r['gen']} k={r['tokens_per_step']} {r['method']}: {r['tokens_per_s']:.1f} tok/s, "
-              f"{r['forwards']} forwards" + (" (CPU smoke test)" if device.type == "cpu" else ""))
-    out = {"rows": rows, "device": label, "cpu_smoke": device.type == "cpu"}
+    out = run_and_report(args, run, "e2e-llada",
+                         lambda r: f"gen {r['gen']} k={r['tokens_per_step']} {r['method']}: "
+                                   f"{r['tokens_per_s']:.1f} tok/s, {r['forwards']} forwards")
     if not args.no_write:
-        out["path"] = str(write_results("e2e-llada", device, rows, {"cpu_smoke": device.type == "cpu"}))
-        out["plot"] = plot(rows, device, RESULTS / (os.path.basename(out["path"])[:-5] + ".png"))
+        out["plot"] = plot(out["rows"], pick_device(args.device), RESULTS / (os.path.basename(out["path"])[:-5] + ".png"))
     return out
 
 
@@ -213,7 +167,7 @@ def main(argv=None) -> dict:
 def _setup():
     args = parse(["--no-write"])
     dev = pick_device(args.device)
-    model = Transformer.from_preset(args.preset, device=dev, dtype=getattr(torch, args.dtype), seed=0).eval()
+    model = build_model(args.preset, args.dtype, dev)
     prompt = torch.randint(0, model.config.mask_id, (args.batch, args.prompt), generator=torch.Generator().manual_seed(0))
     return args, model, prompt.to(dev)
 

@@ -12,15 +12,18 @@
 //            float64, the first token whose running sum exceeds u2 * sum w.
 //
 // Work layout.
-//  - A warp owns one chunk at a time: each lane holds 64 fp32 scores in
-//    registers, loaded with 16-byte loads in the logits' own dtype (8 loads of
-//    8 bf16, 16 of 4 fp32, ...); max, sums and statistics are warp shuffles.
-//    No fp32 copy of the logits and no [N, V] temporary exist anywhere.
+//  - A warp owns one chunk at a time, in two parts of 1024 tokens (four of 512
+//    for fp64): each lane holds 32 fp32 scores of the part in registers, read
+//    in the logits' own dtype with 16-byte loads (4 loads of 8 bf16, 8 of 4
+//    fp32, ...; rows off a 16-byte boundary take the widest loads their
+//    alignment allows), all in flight at once. Max, sums and statistics are
+//    warp shuffles; the parts merge as online max / sum-exp states. No fp32
+//    copy of the logits and no [N, V] temporary exist anywhere.
 //  - The warp's result is one record of its row's chunk table: [fields][C]
 //    floats (M_c, S_c or the argmax, and three statistics words). Every chunk
 //    is reduced the same way whatever the launch shape, and the row is finished
 //    from the table in one fixed order, so tokens and statistics do not depend
-//    on the batch (DESIGN.md §3).
+//    on the batch or on how the row was split (DESIGN.md §3).
 //  - Many rows: one CTA of up to 8 warps per row, table in shared memory.
 //    Few rows (decode shapes, too few warps to cover the GPU): a row's chunks are
 //    split across several CTAs that write their records to global scratch; the
@@ -29,10 +32,11 @@
 //    and one chunk, which is normally still in L2.
 //  - Finish (one warp): row max, argmax, bad flag and statistics merge over the
 //    table; the level-1 pick (float64 scan over the lanes' blocks of chunks);
-//    the level-2 pick over the chosen chunk re-read with each lane holding 64
+//    the level-2 pick over the chosen chunk re-read with each lane taking 64
 //    consecutive tokens, so one float64 warp scan gives every running sum.
 // Rows that are not drawn (active == 0, or a reveal coin that says no) return
 // their carry-over token without reading a logit. Indices are int64 throughout.
+// The hot loop has no __syncthreads; the CTA meets once, after pass 1.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -43,6 +47,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "mdsample/likelihood_math.h"
 #include "mdsample/online.h"
@@ -57,12 +62,16 @@ constexpr int kWarp = 32;
 constexpr unsigned kAllLanes = 0xffffffffu;
 constexpr int kMaxWarps = 8;  // warps per CTA
 constexpr int kMaxThreads = kMaxWarps * kWarp;
-constexpr int kPerLane = int(kChunk) / kWarp;  // 64 scores per lane per chunk
+// Two CTAs of 8 warps per SM: caps the kernel at 128 registers per thread,
+// which every variant fits without spilling (ptxas -v, sm_80 and sm_90).
+constexpr int kMinCtasPerSm = 2;
+constexpr int kPerLane = int(kChunk) / kWarp;  // 64 tokens per lane per chunk
 static_assert(kChunk % (kWarp * 8) == 0, "a chunk must split into whole 16-byte loads per lane");
 
-// Warps worth keeping busy per SM: with 4 KiB (bf16) in flight per warp, 16
-// warps cover the HBM latency of an SM. Fewer warps than this over the whole
-// grid and the rows' chunks are split across CTAs.
+// Warps worth keeping busy per SM (the resident limit at 128 registers): with
+// a part (2 KiB of bf16) in flight per warp they cover the HBM latency of an
+// SM. Fewer warps than this over the whole grid and the rows' chunks are split
+// across CTAs.
 constexpr int kTargetWarpsPerSm = 16;
 
 // Fields of a chunk record; each is a [C] float array of the row's table.
@@ -98,16 +107,21 @@ struct F64 {
 template <class D>
 __host__ __device__ constexpr int vec_len() { return 16 / int(sizeof(typename D::Raw)); }  // elements per 16-byte load
 
-// Where element j of load step k of a lane sits in its chunk (element j is
-// slot + j). Strided (pass 1): a warp's k-th step covers 512 consecutive bytes,
-// fully coalesced. Contiguous (level 2): lane l holds tokens [64 l, 64 l + 64),
-// so the lane's running sum plus one warp scan gives the running sum at every
-// token. In both a lane's tokens rise with (k, j), which the lowest-index
-// argmax and the inverse CDF rely on.
-template <class D, bool kContiguous>
+// Pass 1 takes a chunk in parts (1024 tokens, 32 scores per lane; 512 for
+// fp64, whose loads hold twice the registers): every load of a part is in
+// flight at once and the registers stay under 128, for one extra exp per
+// part when the parts merge.
+template <class D>
+__host__ __device__ constexpr int part_len() { return sizeof(typename D::Raw) == 8 ? kPerLane / 4 : kPerLane / 2; }
+
+// Where element j of load step k of a lane sits in its chunk (element j is at
+// slot + j): a warp's k-th step covers 512 consecutive bytes, fully
+// coalesced, and a lane's tokens rise with (k, j), which the lowest-index
+// argmax relies on.
+template <class D>
 __device__ __forceinline__ int slot(int k, int lane) {
   constexpr int kVec = vec_len<D>();
-  return kContiguous ? lane * kPerLane + k * kVec : k * (kWarp * kVec) + lane * kVec;
+  return k * (kWarp * kVec) + lane * kVec;
 }
 
 // One logits row (and its guidance row) as the kernel reads it.
@@ -138,7 +152,7 @@ template <> struct Word<2> { using T = unsigned short; };
 // The 16 bytes (vec_len<D>() elements) at p as fp32, read in loads of kBytes
 // each: one 16-byte load for aligned rows; rows that start off a 16-byte
 // boundary (odd V, sliced tensors) take the widest loads their alignment
-// allows and still see the same values in the same lanes.
+// allows, and the values land in the same registers either way.
 template <class D, int kBytes>
 __device__ __forceinline__ void load_vec(const typename D::Raw* p, float* out) {
   constexpr int kVec = vec_len<D>();
@@ -152,85 +166,113 @@ __device__ __forceinline__ void load_vec(const typename D::Raw* p, float* out) {
   for (int j = 0; j < kVec; ++j) out[j] = D::cvt(raw[j]);
 }
 
+// Widest load (bytes) a row of alignment `align` allows, as a compile-time
+// dispatch: calls f(std::integral_constant<int, kBytes>).
+template <class D, class F>
+__device__ __forceinline__ void with_load_width(int align, F&& f) {
+  constexpr int kElem = int(sizeof(typename D::Raw));
+  if (align >= 16) {
+    f(std::integral_constant<int, 16>());
+  } else if (align >= 8 || kElem == 8) {
+    f(std::integral_constant<int, (kElem > 8 ? kElem : 8)>());
+  } else if (align >= 4 || kElem == 4) {
+    f(std::integral_constant<int, (kElem > 4 ? kElem : 4)>());
+  } else {
+    f(std::integral_constant<int, kElem>());
+  }
+}
+
+// Scores of the kLen tokens [i0, i0 + kLen) (kLen a multiple of vec_len<D>(),
+// i0 too) of the chunk at token lo with n tokens: guided, -inf past the
+// vocabulary. Whole runs are vector loads, all issued before any is used;
+// a run crossing the end of the row is element loads, each predicated on its
+// index and addressed from the run's base plus a constant.
+template <class D, bool kGuided, int kLen, class Place>
+__device__ __forceinline__ void load_run(const Row<D, kGuided>& row, int64_t lo, int n, Place place, bool whole,
+                                         float* v) {
+  constexpr int kVec = vec_len<D>();
+  constexpr int kSteps = kLen / kVec;
+  const typename D::Raw* l = row.logits + lo;
+  const typename D::Raw* u = kGuided ? row.guidance + lo : nullptr;
+  if (whole) {
+    with_load_width<D>(row.align, [&](auto bytes) {
+      constexpr int kBytes = decltype(bytes)::value;
+#pragma unroll
+      for (int k = 0; k < kSteps; ++k) load_vec<D, kBytes>(l + place(k), v + k * kVec);
+      if (kGuided) {
+#pragma unroll
+        for (int k = 0; k < kSteps; ++k) {
+          float uu[kVec];
+          load_vec<D, kBytes>(u + place(k), uu);
+#pragma unroll
+          for (int j = 0; j < kVec; ++j) v[k * kVec + j] = guided_score(v[k * kVec + j], uu[j], row.w1);
+        }
+      }
+    });
+  } else {
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k) {
+      const int s = place(k);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        float x = -INFINITY;
+        if (s + j < n) {
+          x = D::cvt(__ldg(l + s + j));
+          if (kGuided) x = guided_score(x, D::cvt(__ldg(u + s + j)), row.w1);
+        }
+        v[k * kVec + j] = x;
+      }
+    }
+  }
+}
+
 // Tokens of the chunk starting at token lo: min(kChunk, V - lo).
 __device__ __forceinline__ int chunk_len(int64_t vocab, int64_t lo) {
   return vocab - lo < kChunk ? int(vocab - lo) : int(kChunk);
 }
 
-// A whole chunk (2048 tokens from lo) in the lane's registers: every load of
-// the lane issued before any is used, so all are in flight together.
-template <class D, int kBytes, bool kGuided, bool kContiguous>
-__device__ __forceinline__ void load_whole(const Row<D, kGuided>& row, int64_t lo, int lane, float (&g)[kPerLane]) {
+// Pass 1: the lane's 32 scores g of part h of the chunk starting at token lo,
+// in the strided layout; -inf at `exclude` and past the vocabulary.
+template <class D, bool kGuided>
+__device__ __forceinline__ void load_part(const Row<D, kGuided>& row, int64_t lo, int h, int lane,
+                                          float (&g)[part_len<D>()]) {
   constexpr int kVec = vec_len<D>();
-  constexpr int kSteps = kPerLane / kVec;
-  const typename D::Raw* l = row.logits + lo;
-#pragma unroll
-  for (int k = 0; k < kSteps; ++k) load_vec<D, kBytes>(l + slot<D, kContiguous>(k, lane), &g[k * kVec]);
-  if (kGuided) {
-    const typename D::Raw* u = row.guidance + lo;
-#pragma unroll
-    for (int k = 0; k < kSteps; ++k) {
-      float uu[kVec];
-      load_vec<D, kBytes>(u + slot<D, kContiguous>(k, lane), uu);
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) g[k * kVec + j] = guided_score(g[k * kVec + j], uu[j], row.w1);
-    }
-  }
-}
-
-// The last, partial chunk of a row (n < 2048 tokens): element loads, -inf past
-// the vocabulary. Each load is predicated on its index, addressed from the
-// lane's base plus a constant.
-template <class D, bool kGuided, bool kContiguous>
-__device__ __forceinline__ void load_tail(const Row<D, kGuided>& row, int64_t lo, int n, int lane,
-                                          float (&g)[kPerLane]) {
-  constexpr int kVec = vec_len<D>();
-  constexpr int kSteps = kPerLane / kVec;
-#pragma unroll
-  for (int k = 0; k < kSteps; ++k) {
-    const int s = slot<D, kContiguous>(k, lane);
-    const typename D::Raw* l = row.logits + lo + s;
-    const typename D::Raw* u = kGuided ? row.guidance + lo + s : nullptr;
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      float x = -INFINITY;
-      if (s + j < n) {
-        x = D::cvt(__ldg(l + j));
-        if (kGuided) x = guided_score(x, D::cvt(__ldg(u + j)), row.w1);
-      }
-      g[k * kVec + j] = x;
-    }
-  }
-}
-
-// The lane's 64 scores g of the chunk starting at token lo: guided, -inf at
-// `exclude` and past the vocabulary. The values and their places in the
-// registers do not depend on the row's alignment, only the loads do.
-template <class D, bool kGuided, bool kContiguous>
-__device__ __forceinline__ void load_chunk(const Row<D, kGuided>& row, int64_t lo, int lane, float (&g)[kPerLane]) {
-  constexpr int kVec = vec_len<D>();
-  constexpr int kSteps = kPerLane / kVec;
-  constexpr int kElem = int(sizeof(typename D::Raw));
+  constexpr int kPartLen = part_len<D>();
+  constexpr int kPartTokens = kPartLen * kWarp;
+  constexpr int kSteps = kPartLen / kVec;
   const int n = chunk_len(row.vocab, lo);
-  if (n < kChunk) {
-    load_tail<D, kGuided, kContiguous>(row, lo, n, lane, g);
-  } else if (row.align >= 16) {
-    load_whole<D, 16, kGuided, kContiguous>(row, lo, lane, g);
-  } else if (row.align >= 8 || kElem == 8) {
-    load_whole<D, (kElem > 8 ? kElem : 8), kGuided, kContiguous>(row, lo, lane, g);
-  } else if (row.align >= 4 || kElem == 4) {
-    load_whole<D, (kElem > 4 ? kElem : 4), kGuided, kContiguous>(row, lo, lane, g);
-  } else {
-    load_whole<D, kElem, kGuided, kContiguous>(row, lo, lane, g);
-  }
-  // The excluded token (the mask token) is -inf: only the one chunk holding it pays.
-  if (row.exclude >= lo && row.exclude < lo + n) {
+  const int k0 = h * kSteps;  // the part's first load step in the chunk
+  load_run<D, kGuided, kPartLen>(row, lo, n, [lane, k0](int k) { return slot<D>(k0 + k, lane); },
+                                 (h + 1) * kPartTokens <= n, g);
+  // The excluded token (the mask token) is -inf: only the one part holding it pays.
+  const int64_t part_lo = lo + int64_t(h) * kPartTokens;
+  if (row.exclude >= part_lo && row.exclude < part_lo + kPartTokens) {
     const int e = int(row.exclude - lo);
 #pragma unroll
     for (int k = 0; k < kSteps; ++k)
 #pragma unroll
       for (int j = 0; j < kVec; ++j)
-        if (slot<D, kContiguous>(k, lane) + j == e) g[k * kVec + j] = -INFINITY;
+        if (slot<D>(k0 + k, lane) + j == e) g[k * kVec + j] = -INFINITY;
+  }
+}
+
+// Level 2: lane l holds tokens [64 l, 64 l + 64) of the chosen chunk, taken in
+// kSegments runs so only one run's weights are live at a time.
+constexpr int kSegments = 4;
+constexpr int kSegment = kPerLane / kSegments;
+
+// Level-2 weights w = exp_nonpos((g - M_c) / T) of the kSegment tokens from i0
+// of the chunk at lo (0 at `exclude` and past the vocabulary), as the CPU
+// kernel computes them.
+template <class D, bool kGuided>
+__device__ __forceinline__ void level2_weights(const Row<D, kGuided>& row, int64_t lo, int n, int i0, float m_c,
+                                               float inv_t, float (&w)[kSegment]) {
+  constexpr int kVec = vec_len<D>();
+  load_run<D, kGuided, kSegment>(row, lo, n, [i0](int k) { return i0 + k * kVec; }, i0 + kSegment <= n, w);
+#pragma unroll
+  for (int i = 0; i < kSegment; ++i) {
+    const float g = lo + i0 + i == row.exclude ? -INFINITY : w[i];
+    w[i] = exp_nonpos((g - m_c) * inv_t);
   }
 }
 
@@ -283,9 +325,9 @@ __device__ __forceinline__ double warp_inclusive_scan(double v, int lane) {
   return v;
 }
 
-// ---- pass 1: one chunk's record -------------------------------------------
+// ---- pass 1: one chunk's record ------------------------------------------
 
-// Lane sums over one chunk whose max score is m: the draw sum at scale 1/T and
+// Lane sums over one part whose max score is m: the draw sum at scale 1/T and
 // the softmax statistics at 1/T_stats (chunk_stats of csrc/sampling_cpu.cpp).
 // kShared: both scales are equal, so one exp serves both sums.
 struct LaneSums {
@@ -294,12 +336,12 @@ struct LaneSums {
   int ties = 0;
 };
 
-template <bool kDraw, bool kStats, bool kShared>
-__device__ __forceinline__ LaneSums lane_sums(const float (&g)[kPerLane], float m, float inv_t, float inv_ts) {
+template <bool kDraw, bool kStats, bool kShared, int kLen>
+__device__ __forceinline__ LaneSums lane_sums(const float (&g)[kLen], float m, float inv_t, float inv_ts) {
   LaneSums r;
   float draw[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // four chains so the adds pipeline
 #pragma unroll
-  for (int i = 0; i < kPerLane; ++i) {
+  for (int i = 0; i < kLen; ++i) {
     // The difference is taken before scaling so a tiny temperature (huge 1/T)
     // cannot overflow the scores themselves.
     const float diff = g[i] - m;
@@ -321,19 +363,31 @@ __device__ __forceinline__ LaneSums lane_sums(const float (&g)[kPerLane], float 
   return r;
 }
 
-// Reduces the chunk c (scores g in the warp's registers) into its record in
-// `rec` ([fields][C], shared or global memory; lane 0 stores).
+// What pass 1 keeps of a part, and of a chunk as its parts merge (the same in
+// every lane of the warp).
+struct Summary {
+  float m = -INFINITY;  // max score
+  bool bad = false;     // a NaN or +inf score
+  int first = 0;        // T = 0: first index of the max in the chunk
+  float sum = 0.0f;     // T > 0: sum exp((g - m) / T)
+  OnlineStats st = online_empty();  // statistics at 1/T_stats (kStats)
+};
+
+// Reduces part h of a chunk (scores g, the lane's share) across the warp.
 template <class D, bool kStats>
-__device__ __forceinline__ void reduce_chunk(const float (&g)[kPerLane], int lane, bool greedy, float inv_t,
-                                             float inv_ts, float* rec, int64_t n_chunks, int64_t c) {
+__device__ __forceinline__ Summary reduce_part(const float (&g)[part_len<D>()], int h, int lane, bool greedy,
+                                               float inv_t, float inv_ts) {
+  constexpr int kVec = vec_len<D>();
+  constexpr int kPartLen = part_len<D>();
+  Summary r;
   // Max. fmaxf skips NaN, as the CPU's max does; NaN is caught below.
   float m = -INFINITY;
 #pragma unroll
-  for (int i = 0; i < kPerLane; ++i) m = fmaxf(m, g[i]);
+  for (int i = 0; i < kPartLen; ++i) m = fmaxf(m, g[i]);
   m = warp_max(m);
-  bool bad = m == INFINITY;
+  r.m = m;
+  r.bad = m == INFINITY;
 
-  float sum_word = 0.0f;  // S_c, or the argmax bits for T = 0
   LaneSums ls;
   if (greedy) {
     // First index of the max (a lane's tokens rise with i, so the last hit of a
@@ -341,44 +395,70 @@ __device__ __forceinline__ void reduce_chunk(const float (&g)[kPerLane], int lan
     bool nan = false;
     int first = int(kChunk);
 #pragma unroll
-    for (int i = kPerLane - 1; i >= 0; --i) {
+    for (int i = kPartLen - 1; i >= 0; --i) {
       nan |= g[i] != g[i];
-      if (g[i] == m) first = slot<D, false>(i / vec_len<D>(), lane) + i % vec_len<D>();
+      if (g[i] == m) first = slot<D>(h * (kPartLen / kVec) + i / kVec, lane) + i % kVec;
     }
-    bad |= __any_sync(kAllLanes, nan) != 0;
-    sum_word = __int_as_float(warp_min(first));
-    if (kStats && !bad && m > -INFINITY) ls = lane_sums<false, kStats, false>(g, m, inv_t, inv_ts);
-  } else if (!bad && m > -INFINITY) {
-    // A NaN score turns its exp_nonpos, hence S_c, into NaN: that is the NaN
-    // check of a sampled chunk, at no cost per token.
+    r.bad |= __any_sync(kAllLanes, nan) != 0;
+    r.first = warp_min(first);
+    if (kStats && !r.bad && m > -INFINITY) ls = lane_sums<false, kStats, false>(g, m, inv_t, inv_ts);
+  } else if (!r.bad && m > -INFINITY) {
+    // A NaN score turns its exp_nonpos, hence the sum, into NaN: that is the
+    // NaN check of a sampled part, at no cost per token.
     ls = kStats && inv_t == inv_ts ? lane_sums<true, kStats, true>(g, m, inv_t, inv_ts)
                                    : lane_sums<true, kStats, false>(g, m, inv_t, inv_ts);
-    sum_word = warp_sum(ls.draw);
-    bad |= sum_word != sum_word;
-  } else if (!bad) {
-    // No finite score in the chunk (m = -inf): only an explicit scan sees a NaN.
+    r.sum = warp_sum(ls.draw);
+    r.bad |= r.sum != r.sum;
+  } else if (!r.bad) {
+    // No finite score in the part (m = -inf): only an explicit scan sees a NaN.
     bool nan = false;
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) nan |= g[i] != g[i];
-    bad |= __any_sync(kAllLanes, nan) != 0;
+    for (int i = 0; i < kPartLen; ++i) nan |= g[i] != g[i];
+    r.bad |= __any_sync(kAllLanes, nan) != 0;
   }
-  float st_s = 0.0f, st_sx = 0.0f, st_top2 = -INFINITY;
-  if (kStats && !bad && m > -INFINITY) {
-    st_s = warp_sum(ls.s);
-    st_sx = warp_sum(ls.sx);
-    const int ties = warp_sum(ls.ties);
-    const float second = warp_max(ls.second);
+  if (kStats && !r.bad && m > -INFINITY) {
+    // chunk_stats of the CPU kernel: top2 is the max again on a tie.
     const float ms = m * inv_ts;
-    st_top2 = ties >= 2 ? ms : ms + second;
+    const int ties = warp_sum(ls.ties);
+    r.st = OnlineStats{ms, warp_sum(ls.s), warp_sum(ls.sx), ms, ties >= 2 ? ms : ms + warp_max(ls.second)};
   }
+  return r;
+}
 
+// Merges part b (the later tokens) into a. The sums move to the joint max
+// (a sum with nothing in it stays out: its max may be -inf); ties keep a's index.
+template <bool kStats>
+__device__ __forceinline__ Summary merge_parts(Summary a, const Summary& b, float inv_t) {
+  Summary r;
+  r.m = fmaxf(a.m, b.m);
+  r.bad = a.bad || b.bad;
+  r.first = b.m > a.m ? b.first : a.first;
+  r.sum = (a.sum > 0.0f ? a.sum * exp_nonpos((a.m - r.m) * inv_t) : 0.0f) +
+          (b.sum > 0.0f ? b.sum * exp_nonpos((b.m - r.m) * inv_t) : 0.0f);
+  if (kStats) r.st = online_merge(a.st, b.st);
+  return r;
+}
+
+// Pass 1 over chunk c: its parts one after the other, then its record in
+// `rec` ([fields][C], shared or global memory; lane 0 stores).
+template <class D, bool kGuided, bool kStats>
+__device__ __forceinline__ void reduce_chunk(const Row<D, kGuided>& row, int64_t c, int lane, bool greedy,
+                                             float inv_t, float inv_ts, float* rec, int64_t n_chunks) {
+  Summary chunk;
+#pragma unroll 1
+  for (int h = 0; h < kPerLane / part_len<D>(); ++h) {
+    float g[part_len<D>()];
+    load_part<D, kGuided>(row, c * kChunk, h, lane, g);
+    const Summary part = reduce_part<D, kStats>(g, h, lane, greedy, inv_t, inv_ts);
+    chunk = h == 0 ? part : merge_parts<kStats>(chunk, part, inv_t);
+  }
   if (lane == 0) {
-    rec[kFieldMax * n_chunks + c] = bad ? NAN : m;
-    rec[kFieldSum * n_chunks + c] = sum_word;
+    rec[kFieldMax * n_chunks + c] = chunk.bad ? NAN : chunk.m;
+    rec[kFieldSum * n_chunks + c] = greedy ? __int_as_float(chunk.first) : chunk.sum;
     if (kStats) {
-      rec[kFieldStSum * n_chunks + c] = st_s;
-      rec[kFieldStSx * n_chunks + c] = st_sx;
-      rec[kFieldStTop2 * n_chunks + c] = st_top2;
+      rec[kFieldStSum * n_chunks + c] = chunk.st.s;
+      rec[kFieldStSx * n_chunks + c] = chunk.st.sx;
+      rec[kFieldStTop2 * n_chunks + c] = chunk.st.top2;
     }
   }
 }
@@ -410,7 +490,7 @@ struct Plan {
 };
 
 template <class D, bool kGuided, bool kStats>
-__global__ void __launch_bounds__(kMaxThreads) sample_kernel(const SampleArgs a, const Plan p) {
+__global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(const SampleArgs a, const Plan p) {
   extern __shared__ float table[];  // [fields][C] records of this CTA's row
   __shared__ int finishing;
   constexpr int kFields = fields<kStats>();
@@ -461,11 +541,8 @@ __global__ void __launch_bounds__(kMaxThreads) sample_kernel(const SampleArgs a,
   float* rec = p.splits == 1 ? table : p.scratch + r * kFields * n_chunks;
   const int64_t c_begin = split * p.chunks_per_split;
   const int64_t c_end = min(n_chunks, c_begin + p.chunks_per_split);
-  for (int64_t c = c_begin + warp; c < c_end; c += n_warps) {
-    float g[kPerLane];
-    load_chunk<D, kGuided, false>(row, c * kChunk, lane, g);
-    reduce_chunk<D, kStats>(g, lane, greedy, inv_t, inv_ts, rec, n_chunks, c);
-  }
+  for (int64_t c = c_begin + warp; c < c_end; c += n_warps)
+    reduce_chunk<D, kGuided, kStats>(row, c, lane, greedy, inv_t, inv_ts, rec, n_chunks);
 
   // ---- reduce: gather the row's table in this CTA's shared memory
   if (p.splits > 1) {
@@ -549,20 +626,24 @@ __global__ void __launch_bounds__(kMaxThreads) sample_kernel(const SampleArgs a,
     const int64_t chosen = hits ? (int64_t)__shfl_sync(kAllLanes, (long long)hit, __ffs(hits) - 1)
                                 : max(int64_t(0), warp_max(last_positive));
 
-    // Level 2: the chosen chunk again (from L2), lane l holding tokens
-    // [64 l, 64 l + 64): its float64 sum, one warp scan for where its running
-    // sum starts, then its walk.
+    // Level 2: the chosen chunk again (from L2), lane l taking tokens
+    // [64 l, 64 l + 64) in order: its float64 sum, one warp scan for where its
+    // running sum starts, then its walk over the same tokens (from L1).
     const int64_t lo = chosen * kChunk;
+    const int n = chunk_len(row.vocab, lo);
     const float m_c = table[kFieldMax * n_chunks + chosen];
-    float w[kPerLane];
-    load_chunk<D, kGuided, true>(row, lo, lane, w);
+    const int first = lane * kPerLane;
     double lane_total = 0.0;
     int last_pos = -1;
+#pragma unroll 1
+    for (int i0 = first; i0 < first + kPerLane; i0 += kSegment) {
+      float w[kSegment];
+      level2_weights<D, kGuided>(row, lo, n, i0, m_c, inv_t, w);
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      w[i] = exp_nonpos((w[i] - m_c) * inv_t);
-      lane_total += double(w[i]);
-      if (w[i] > 0.0f) last_pos = lane * kPerLane + i;
+      for (int i = 0; i < kSegment; ++i) {
+        lane_total += double(w[i]);
+        if (w[i] > 0.0f) last_pos = i0 + i;
+      }
     }
     const double inner_inclusive = warp_inclusive_scan(lane_total, lane);
     const double inner_total = __shfl_sync(kAllLanes, inner_inclusive, kWarp - 1);
@@ -570,14 +651,15 @@ __global__ void __launch_bounds__(kMaxThreads) sample_kernel(const SampleArgs a,
     if (lane == 0) inner_cum = 0.0;
     const double inner_target = u2 * inner_total;
     int pick = -1;
+#pragma unroll 1
+    for (int i0 = first; i0 < first + kPerLane && pick < 0; i0 += kSegment) {
+      float w[kSegment];
+      level2_weights<D, kGuided>(row, lo, n, i0, m_c, inv_t, w);
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      // Convert w[i] afresh: left to itself the compiler keeps the first loop's
-      // 64 float64 conversions alive (128 registers) for this loop.
-      float wi;
-      asm volatile("mov.b32 %0, %1;" : "=f"(wi) : "f"(w[i]));
-      inner_cum += double(wi);
-      if (pick < 0 && inner_cum > inner_target) pick = lane * kPerLane + i;
+      for (int i = 0; i < kSegment; ++i) {
+        inner_cum += double(w[i]);
+        if (pick < 0 && inner_cum > inner_target) pick = i0 + i;
+      }
     }
     // First lane with a hit; when rounding leaves u2 * total unreached, the last
     // token with weight (the chunk's maximum has w = 1, so there is one).

@@ -97,6 +97,15 @@ def _scores(logits_row, guidance_row, cols, vocab, exclude, guidance_mult, HAS_G
 
 
 @triton.jit
+def _chunk_weights(chunk_max_row, chunk_sum_row, idx, n_chunks, big_m, t64):
+    """float64 chunk weights ``W_c = S_c exp((M_c - M) / T)`` of chunks ``idx`` (0 past ``n_chunks``)."""
+    ok = idx < n_chunks
+    m = tl.load(chunk_max_row + idx, mask=ok, other=float("-inf")).to(tl.float64)
+    s = tl.load(chunk_sum_row + idx, mask=ok, other=0.0).to(tl.float64)
+    return tl.where(m > float("-inf"), s * tl.exp((m - big_m) / t64), 0.0)
+
+
+@triton.jit
 def _sample_rows_kernel(
     logits_ptr,            # [..., V] fp16/bf16/fp32/fp64
     row_offsets_ptr,       # [N] int64 element offsets of the rows
@@ -249,10 +258,7 @@ def _sample_rows_kernel(
             total = tl.full([], 0.0, tl.float64)
             for cb in range(0, n_chunks, CHUNK_BLOCK):
                 idx = cb + blk
-                ok = idx < n_chunks
-                m = tl.load(chunk_max_row + idx, mask=ok, other=float("-inf")).to(tl.float64)
-                s = tl.load(chunk_sum_row + idx, mask=ok, other=0.0).to(tl.float64)
-                w = tl.where(m > float("-inf"), s * tl.exp((m - big_m) / t64), 0.0)
+                w = _chunk_weights(chunk_max_row, chunk_sum_row, idx, n_chunks, big_m, t64)
                 total = tl.max(total + tl.cumsum(w, 0), 0)
             target = u1 * total
             chosen = tl.full([], -1, tl.int32)
@@ -260,10 +266,7 @@ def _sample_rows_kernel(
             running = tl.full([], 0.0, tl.float64)
             for cb in range(0, n_chunks, CHUNK_BLOCK):
                 idx = cb + blk
-                ok = idx < n_chunks
-                m = tl.load(chunk_max_row + idx, mask=ok, other=float("-inf")).to(tl.float64)
-                s = tl.load(chunk_sum_row + idx, mask=ok, other=0.0).to(tl.float64)
-                w = tl.where(m > float("-inf"), s * tl.exp((m - big_m) / t64), 0.0)
+                w = _chunk_weights(chunk_max_row, chunk_sum_row, idx, n_chunks, big_m, t64)
                 cum = running + tl.cumsum(w, 0)
                 hit = tl.min(tl.where(cum > target, idx, 2147483647), 0)
                 chosen = tl.where((chosen < 0) & (hit < 2147483647), hit, chosen)
