@@ -24,7 +24,7 @@
 //    is reduced the same way whatever the launch shape, and the row is finished
 //    from the table in one fixed order, so tokens and statistics do not depend
 //    on the batch or on how the row was split (DESIGN.md §3).
-//  - Many rows: one CTA of up to 8 warps per row, table in shared memory.
+//  - Many rows: one CTA of up to 4 warps per row, table in shared memory.
 //    Few rows (decode shapes, too few warps to cover the GPU): a row's chunks are
 //    split across several CTAs that write their records to global scratch; the
 //    last CTA to arrive (atomic counter) copies the table into shared memory and
@@ -60,7 +60,10 @@ namespace {
 
 constexpr int kWarp = 32;
 constexpr unsigned kAllLanes = 0xffffffffu;
-constexpr int kMaxWarps = 8;  // warps per CTA
+constexpr int kMaxWarps = 8;  // warps per CTA, at most
+// Warps of a CTA that owns a whole row. Fewer, smaller CTAs per SM keep the SM
+// streaming while one of them finishes its row on a single warp.
+constexpr int kRowWarps = 4;
 constexpr int kMaxThreads = kMaxWarps * kWarp;
 // Two CTAs of 8 warps per SM: caps the kernel at 128 registers per thread,
 // which every variant fits without spilling (ptxas -v, sm_80 and sm_90).
@@ -273,6 +276,20 @@ __device__ __forceinline__ void level2_weights(const Row<D, kGuided>& row, int64
   for (int i = 0; i < kSegment; ++i) {
     const float g = lo + i0 + i == row.exclude ? -INFINITY : w[i];
     w[i] = exp_nonpos((g - m_c) * inv_t);
+  }
+}
+
+// Asks L1 for the lane's 64 level-2 tokens from i0 (those inside the chunk's n),
+// so that its segments, read one after the other, wait for L2 about once.
+template <class D, bool kGuided>
+__device__ __forceinline__ void prefetch_l1(const Row<D, kGuided>& row, int64_t lo, int n, int i0) {
+  constexpr int kLine = 128 / int(sizeof(typename D::Raw));  // elements per 128-byte line
+#pragma unroll
+  for (int i = 0; i < kPerLane; i += kLine) {
+    if (i0 + i < n) {
+      asm volatile("prefetch.global.L1 [%0];" ::"l"(row.logits + lo + i0 + i));
+      if (kGuided) asm volatile("prefetch.global.L1 [%0];" ::"l"(row.guidance + lo + i0 + i));
+    }
   }
 }
 
@@ -617,8 +634,9 @@ __global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(cons
     const double target = u1 * total;
     int64_t hit = -1;
     for (int64_t c = c0; c < c1 && hit < 0; ++c) {
-      cum += chunk_weight(table, n_chunks, c, big_m64, temp64);
-      if (cum > target) hit = c;
+      const double w = chunk_weight(table, n_chunks, c, big_m64, temp64);
+      cum += w;
+      if (w > 0.0 && cum > target) hit = c;  // a chunk without mass is never picked
     }
     // First lane with a hit; when rounding leaves u1 * total unreached, the last chunk with mass.
     const unsigned hits = __ballot_sync(kAllLanes, hit >= 0);
@@ -633,6 +651,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(cons
     const int n = chunk_len(row.vocab, lo);
     const float m_c = table[kFieldMax * n_chunks + chosen];
     const int first = lane * kPerLane;
+    prefetch_l1(row, lo, n, first);
     double lane_total = 0.0;
     int last_pos = -1;
 #pragma unroll 1
@@ -658,7 +677,9 @@ __global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(cons
 #pragma unroll
       for (int i = 0; i < kSegment; ++i) {
         inner_cum += double(w[i]);
-        if (pick < 0 && inner_cum > inner_target) pick = i0 + i;
+        // A hit needs weight: a lane whose start the scan rounded past the
+        // target must not return a token of probability 0.
+        if (pick < 0 && w[i] > 0.0f && inner_cum > inner_target) pick = i0 + i;
       }
     }
     // First lane with a hit; when rounding leaves u2 * total unreached, the last
@@ -741,13 +762,14 @@ struct DeviceGuard {
 };
 
 // How the rows' chunks map to CTAs. Enough rows to keep every SM busy: a CTA
-// per row, min(8, C) warps. Otherwise each row gets up to one warp per chunk,
-// spread over about one CTA per SM, its chunks split evenly across `splits` CTAs.
+// per row, min(4, C) warps. Otherwise each row gets up to one warp per chunk,
+// spread over about one CTA of up to 8 warps per SM, its chunks split evenly
+// across `splits` CTAs. (The constants are first guesses, to be tuned on the GPU.)
 Plan plan_rows(int64_t n_rows, int64_t vocab, int sms, int* warps) {
   Plan p{};
   p.n_chunks = (vocab + kChunk - 1) / kChunk;
   const int64_t target = int64_t(sms) * kTargetWarpsPerSm;
-  const int64_t row_warps = std::min<int64_t>(kMaxWarps, p.n_chunks);
+  const int64_t row_warps = std::min<int64_t>(kRowWarps, p.n_chunks);
   if (n_rows * row_warps >= target) {
     p.splits = 1;
     p.chunks_per_split = p.n_chunks;

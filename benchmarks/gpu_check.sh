@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# One pass over a fresh GPU machine (no network; Python with torch, triton and
+# pybind11 preinstalled): build the extension, report the backends, run the GPU
+# tests, compute-sanitizer on the CUDA sampling kernels, and the sampling
+# microbenchmark. Everything it prints and writes lands in $OUT.
+#
+#   OUT=/tmp/out bash benchmarks/gpu_check.sh        # from the repository root
+#
+# Steps, in order of what matters most when time runs short (the whole run stays
+# under GPU_CHECK_BUDGET seconds, default 530: each step gets a time limit and a
+# step that no longer fits is skipped and says so):
+#   1. build       pip install --no-build-isolation --no-deps -e .      build.log
+#   2. info        python -m mdsample info                              info.log
+#   3. smoke       cuda backend vs reference on a grid of shapes/dtypes smoke.log
+#   4. tests-ops   sample_categorical / unmask_step / Triton / stats    tests_ops.log
+#   5. sanitizer   compute-sanitizer memcheck + racecheck (if present)  sanitizer_*.log
+#   6. bench       benchmarks/bench_sampling.py (3 shapes)              bench_*.log, results/*.json
+#   7. tests-rest  the rest of tests/ (no -x: every failure listed)     tests_rest.log
+# summary.txt has one line per step: rc, seconds, log.
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+OUT=${OUT:-$ROOT/gpu_check_out}
+mkdir -p "$OUT"
+BUDGET=${GPU_CHECK_BUDGET:-530}
+PY=${PYTHON:-$(command -v python3 || command -v python)}
+SUMMARY=$OUT/summary.txt
+: > "$SUMMARY"
+START=$SECONDS
+
+note() { echo "$*" | tee -a "$SUMMARY"; }
+left() { echo $((BUDGET - (SECONDS - START))); }
+
+# step NAME LIMIT LOG CMD...: runs CMD with at most LIMIT seconds (less if the
+# budget is shorter), output to $OUT/LOG, and notes rc and time in the summary.
+step() {
+  local name=$1 limit=$2 log=$3
+  shift 3
+  local avail=$(( $(left) - 5 ))
+  if (( avail < 20 )); then
+    note "$name: SKIPPED (budget spent)"
+    return 99
+  fi
+  (( limit > avail )) && limit=$avail
+  local t0=$SECONDS
+  echo "== $name (limit ${limit}s): $*" | tee "$OUT/$log"
+  timeout --kill-after=10 "$limit" "$@" >> "$OUT/$log" 2>&1
+  local rc=$?
+  local status="rc=$rc"
+  (( rc == 124 || rc == 137 )) && status="TIMEOUT after ${limit}s"
+  note "$name: $status, $((SECONDS - t0))s, log $log"
+  tail -n 3 "$OUT/$log" | sed 's/^/    /' | tee -a "$SUMMARY"
+  return $rc
+}
+
+note "gpu_check: $(date -u +%FT%TZ), python $PY, budget ${BUDGET}s"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /' | tee -a "$SUMMARY"
+command -v nvcc >/dev/null && nvcc --version | tail -n 1 | sed 's/^/nvcc: /' | tee -a "$SUMMARY"
+command -v cmake >/dev/null && cmake --version | head -n 1 | sed 's/^/cmake: /' | tee -a "$SUMMARY"
+"$PY" - <<'EOF' 2>&1 | tee -a "$SUMMARY"
+import importlib
+for name in ("torch", "triton", "pybind11", "setuptools", "numpy", "scipy", "pytest", "cupy", "cmake"):
+    try:
+        mod = importlib.import_module(name)
+        print(f"module {name}: {getattr(mod, '__version__', 'present')}")
+    except Exception as exc:  # noqa: BLE001
+        print(f"module {name}: MISSING ({type(exc).__name__})")
+import torch
+print(f"torch CUDA {torch.version.cuda}, GPU available: {torch.cuda.is_available()}",
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+EOF
+
+# ---- 1. build ------------------------------------------------------------------
+export MDSAMPLE_BUILD_JOBS=${MDSAMPLE_BUILD_JOBS:-$(nproc)}
+build() {
+  "$PY" -m pip install --no-build-isolation --no-deps -v -e . && return 0
+  # A system Python marked externally managed (PEP 668) refuses; this machine is ours.
+  "$PY" -m pip install --no-build-isolation --no-deps -v --break-system-packages -e .
+}
+step build 240 build.log build
+grep -E "ptxas|warning" "$OUT/build.log" | grep -v "SetuptoolsDeprecationWarning" | head -n 20 > "$OUT/build_warnings.txt"
+[ -s "$OUT/build_warnings.txt" ] && note "build: $(wc -l < "$OUT/build_warnings.txt") warning lines (build_warnings.txt)"
+
+# ---- 2. info -------------------------------------------------------------------
+step info 60 info.log "$PY" -m mdsample info
+
+# ---- 3. smoke: the cuda backend against the float64 reference ---------------------
+SMOKE=$OUT/cuda_smoke.py
+cat > "$SMOKE" <<'EOF'
+"""cuda backend vs reference over dtypes, shapes (split and one-CTA-per-row paths,
+partial chunks, unaligned rows), stats, guidance and unmask_step. --sanitize: the
+cuda calls only, small shapes (for compute-sanitizer)."""
+import sys
+import time
+
+import torch
+
+import mdsample
+
+sanitize = "--sanitize" in sys.argv
+dev = "cuda"
+g = torch.Generator(device=dev).manual_seed(0)
+shapes = [(1, 126464), (3, 4133), (2, 300), (4, 1)] if sanitize else \
+         [(1, 126464), (16, 126464), (8, 50257), (300, 4133), (3, 1), (5, 2048), (2, 300), (2000, 32000)]
+dtypes = [torch.float32, torch.bfloat16] if sanitize else [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+bad = total = 0
+
+
+def check(name, got, want):
+    global bad, total
+    total += 1
+    tg, tw = (got.tokens, want.tokens) if hasattr(got, "tokens") else (got, want)
+    diff = int((tg != tw).sum())
+    msg = f"{name}: {diff} of {tg.numel()} tokens differ"
+    if hasattr(got, "tokens"):
+        for f in ("logprob", "prob", "margin", "entropy"):
+            a, b = getattr(got, f), getattr(want, f)
+            err = ((a - b).abs() / (b.abs() + 1e-5)).nan_to_num(0).max().item() if a.numel() else 0.0
+            msg += f", {f} rel err {err:.1e}"
+    if diff:
+        bad += 1
+    print(msg, flush=True)
+
+
+t0 = time.time()
+for dtype in dtypes:
+    for n, v in shapes:
+        base = torch.randn(n, v + 1, device=dev, generator=g) * 3
+        for layout, logits in (("contig", base[:, :v].contiguous().to(dtype)), ("offset1", base.to(dtype)[:, 1:])):
+            cases = [dict(), dict(temperature=0.0), dict(return_stats=True), dict(temperature=0.5, exclude=v // 2)]
+            if not sanitize:
+                cases += [dict(return_stats=True, temperature=0.0), dict(return_stats=True, stats_temperature=2.0),
+                          dict(guidance=logits.flip(0), guidance_scale=1.5)]
+            for kw in cases:
+                name = f"{str(dtype)[6:]} {n}x{v} {layout} {','.join(kw) or 'default'}"
+                got = mdsample.sample_categorical(logits, seed=3, offset=1, check=False, backend="cuda", **kw)
+                if sanitize:
+                    torch.cuda.synchronize()
+                    print(name, "ok", flush=True)
+                    continue
+                check(name, got, mdsample.sample_categorical(logits, seed=3, offset=1, check=False,
+                                                             backend="reference", **kw))
+        x = torch.randint(0, v, (n,), device=dev, generator=g)
+        x[::2] = 0
+        l3 = logits.view(1, n, v) if logits.is_contiguous() else logits.contiguous().view(1, n, v)
+        got = mdsample.unmask_step(l3, x.view(1, n), mask_id=0, reveal_prob=0.5, seed=5, backend="cuda")
+        if not sanitize:
+            check(f"unmask {str(dtype)[6:]} {n}x{v}", got,
+                  mdsample.unmask_step(l3, x.view(1, n), mask_id=0, reveal_prob=0.5, seed=5, backend="reference"))
+torch.cuda.synchronize()
+print(f"{total - bad} of {total} cases agree exactly ({bad} with differing tokens), {time.time() - t0:.1f}s")
+sys.exit(1 if bad else 0)
+EOF
+step smoke 120 smoke.log "$PY" "$SMOKE"
+
+# ---- 4. GPU tests of the sampling ops ------------------------------------------------
+OPS_TESTS="tests/test_sample_categorical.py tests/test_unmask_step.py tests/test_triton_sampling.py tests/test_philox.py tests/test_build.py"
+if "$PY" -c "import scipy" 2>/dev/null; then
+  OPS_TESTS="$OPS_TESTS tests/stats"
+else
+  note "tests: scipy missing, tests/stats skipped"
+fi
+if "$PY" -c "import pytest" 2>/dev/null; then
+  # shellcheck disable=SC2086
+  step tests-ops 200 tests_ops.log "$PY" -m pytest $OPS_TESTS -q -x -p no:cacheprovider -rs --durations=10
+else
+  note "tests: pytest missing, skipped"
+fi
+
+# ---- 5. compute-sanitizer ------------------------------------------------------------
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /opt/nvidia/*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+if [ -n "$SAN" ]; then
+  for tool in memcheck racecheck; do
+    # Only the sampling kernels are instrumented (kns: substring of the mangled name);
+    # a sanitizer without that option runs again instrumenting everything.
+    step "sanitizer-$tool" 90 "sanitizer_$tool.log" "$SAN" --tool "$tool" --error-exitcode 3 --print-limit 20 \
+      --kernel-name kns=sample_kernel "$PY" "$SMOKE" --sanitize
+    if grep -qiE "unrecognized|invalid.*(option|filter)" "$OUT/sanitizer_$tool.log"; then
+      step "sanitizer-$tool-all" 90 "sanitizer_${tool}_all.log" "$SAN" --tool "$tool" --error-exitcode 3 \
+        --print-limit 20 "$PY" "$SMOKE" --sanitize
+    fi
+  done
+else
+  note "sanitizer: compute-sanitizer not found, skipped"
+fi
+
+# ---- 6. benchmark ----------------------------------------------------------------------
+before=$(ls benchmarks/results 2>/dev/null)
+step bench-default 150 bench_default.log "$PY" benchmarks/bench_sampling.py
+step bench-large 70 bench_large.log "$PY" benchmarks/bench_sampling.py --rows 2048 --vocab 126464 --no-compile --runs 10
+step bench-decode 40 bench_decode.log "$PY" benchmarks/bench_sampling.py --rows 4 --vocab 126464 --no-compile --runs 30
+mkdir -p "$OUT/results"
+for f in $(ls benchmarks/results 2>/dev/null); do
+  echo "$before" | grep -qx "$f" || cp "benchmarks/results/$f" "$OUT/results/"
+done
+
+# ---- 7. the rest of the tests ------------------------------------------------------------
+if "$PY" -c "import pytest" 2>/dev/null; then
+  ignores=""
+  for t in $OPS_TESTS; do ignores="$ignores --ignore=$t"; done
+  # shellcheck disable=SC2086
+  step tests-rest 150 tests_rest.log "$PY" -m pytest tests -q -p no:cacheprovider $ignores --continue-on-collection-errors
+fi
+
+note "gpu_check: done in $((SECONDS - START))s"
