@@ -22,15 +22,33 @@ def backends_here(include_reference: bool = True) -> list[str]:
     return names + (["reference"] if include_reference else [])
 
 
-@pytest.fixture(params=backends_here())
+def _backend_params(include_reference: bool) -> list:
+    """Every compiled/Triton backend meant for the test device, as pytest params.
+
+    One that did not load stays in the list as a skipped case carrying the reason, so
+    that a GPU run whose cuda backend failed to build says so in ``-rs`` instead of
+    silently testing only triton. With none loaded, the reference stands in.
+    """
+    meant = ("cuda", "triton") if DEVICE == "cuda" else ("triton", "cpu")
+    params = [
+        pytest.param(b, marks=() if _backends.available(b, DEVICE)
+                     else pytest.mark.skip(reason=f"{b}: {_backends.why_not(b, DEVICE)}"))
+        for b in meant
+    ]
+    if include_reference or not backends_here(include_reference=False):
+        params.append("reference")
+    return params
+
+
+@pytest.fixture(params=_backend_params(include_reference=True))
 def backend(request):
-    """Every backend available here, reference included."""
+    """Every backend meant for this device, reference included (unloaded ones skip, saying why)."""
     return request.param
 
 
-@pytest.fixture(params=backends_here(include_reference=False) or ["reference"])
+@pytest.fixture(params=_backend_params(include_reference=False))
 def fast_backend(request):
-    """Every compiled/Triton backend available here (reference when none is)."""
+    """Every compiled/Triton backend meant for this device (unloaded ones skip; reference when none loaded)."""
     return request.param
 
 

@@ -19,6 +19,11 @@ def as_tensor(name: str, value) -> torch.Tensor:
     raise TypeError(f"{name} must be a torch.Tensor (or a DLPack array); got {type(value).__name__}")
 
 
+def is_array(value) -> bool:
+    """Whether ``value`` is a tensor (torch, or any DLPack array) rather than one Python number."""
+    return isinstance(value, torch.Tensor) or hasattr(value, "__dlpack__")
+
+
 def float_logits(name: str, value) -> torch.Tensor:
     """A ``[..., V]`` float16/bfloat16/float32/float64 tensor with a contiguous last dim."""
     t = as_tensor(name, value)

@@ -40,7 +40,7 @@ def build_request(
     def rows(name, value, dtype, kind):
         return V.per_row(name, value, lead, device, dtype, kind=kind)
 
-    if isinstance(temperature, torch.Tensor):
+    if V.is_array(temperature):
         temp = rows("temperature", temperature, torch.float32, "float")
         if check and n and not bool(((temp >= 0) & torch.isfinite(temp)).all()):
             raise ValueError("temperature must be finite and >= 0 in every row")
@@ -68,7 +68,7 @@ def build_request(
     if return_stats:
         if stats_temperature is None:
             stats_t = torch.where(temp > 0, temp, 1.0)  # argmax rows report stats at T = 1, as LLaDA does
-        elif isinstance(stats_temperature, torch.Tensor):
+        elif V.is_array(stats_temperature):
             stats_t = rows("stats_temperature", stats_temperature, torch.float32, "float")
             if check and n and not bool(((stats_t > 0) & torch.isfinite(stats_t)).all()):
                 raise ValueError("stats_temperature must be finite and > 0 in every row")
@@ -132,6 +132,10 @@ def sample_categorical(
 ):
     """Draw one token per row of ``logits`` from ``softmax(logits / temperature)``, exactly.
 
+    Every tensor argument may also be any DLPack array (NumPy, CuPy, JAX): it is read
+    in place through ``torch.from_dlpack`` (no copy, never written), and the results
+    are torch tensors on the same device.
+
     Args:
         logits: ``[..., V]`` float16/bfloat16/float32/float64, last dim stride 1;
             leading dims may have any strides (an expanded tensor is not copied).
@@ -149,12 +153,14 @@ def sample_categorical(
         return_stats: also return logprob, prob, margin and entropy (a :class:`SampleResult`).
         stats_temperature: temperature of those statistics: default the sampling temperature
             (Dream), 1.0 on argmax rows; pass 1.0 for LLaDA's confidence.
-        check: validate values (NaN rows, ranges) with a host sync; False is graph-safe
-            and returns -1 for bad rows.
+        check: validate values (NaN rows, ranges) with a host sync; False makes no host
+            sync, so with seed/offset as device tensors the call can be captured in a
+            CUDA graph that replays with fresh noise; bad rows then give -1.
         backend: "auto", "cuda", "triton", "cpu" or "reference".
 
     Returns:
-        int64 tokens ``[...]``, or a :class:`SampleResult` with ``return_stats=True``.
+        int64 torch tokens ``[...]`` on the logits' device, or a :class:`SampleResult`
+        with ``return_stats=True``.
     """
     req = build_request(
         logits, temperature=temperature, seed=seed, offset=offset, positions=positions, exclude=exclude,

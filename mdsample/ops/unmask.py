@@ -46,8 +46,13 @@ def unmask_step(
             as in :func:`mdsample.sample_categorical`.
         return_revealed: also return the bool ``[B, L]`` mask of positions revealed this step.
 
+    Tensor arguments may be DLPack arrays (NumPy, CuPy, JAX), as in
+    :func:`mdsample.sample_categorical`; with ``check=False`` and seed/offset as device
+    tensors the step makes no host sync and can be captured in a CUDA graph.
+
     Returns:
-        new tokens int64 ``[B, L]`` (and the revealed mask).
+        new tokens int64 ``[B, L]`` as a torch tensor on the logits' device (and the
+        revealed mask).
     """
     req = build_request(
         logits, temperature=temperature, seed=seed, offset=offset, positions=positions, exclude=None,
@@ -63,7 +68,7 @@ def unmask_step(
     if x.shape != lead:
         raise ValueError(f"x must have the leading shape of logits {tuple(lead)}; got {tuple(x.shape)}")
     mask_id = V.token_id("mask_id", mask_id, vocab)
-    if isinstance(reveal_prob, torch.Tensor):
+    if V.is_array(reveal_prob):
         prob = V.per_row("reveal_prob", reveal_prob, lead, logits.device, torch.float64, kind="float")
         if check and prob.numel() and not bool(((prob >= 0) & (prob <= 1)).all()):
             raise ValueError("reveal_prob must lie in [0, 1] in every row")

@@ -40,7 +40,7 @@ CHUNK = 2048
 
 def guided_scores(logits: torch.Tensor, guidance: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:
     """Float64 scores ``[N, V]`` from logits ``[N, V]`` and optional unconditional logits ``[N, V]``."""
-    g = logits.to(torch.float64)
+    g = logits.to(torch.float64, copy=True)  # written below (exclude): never the caller's float64 tensor
     if guidance is None:
         return g
     u = guidance.to(torch.float64)
