@@ -35,6 +35,8 @@ The chunk is then scattered with ``index_copy_`` and attends over all ``max_len`
 a mask, so every call of one chunk shape has the same shapes and no Python-side value
 dependence: one CUDA graph per (batch, chunk) shape replays for any block position. That
 path does no bookkeeping and no bounds checks (positions must lie in ``[0, max_len)``).
+``kv_len`` may stay a Python int there; a bidirectional chunk with ``kv_len >= max_len``
+(dual cache over the whole canvas) needs no mask and runs the eager path's attention kernel.
 """
 from __future__ import annotations
 
@@ -204,9 +206,15 @@ class KVCache:
         """Tensor positions: same shapes for every start, no host reads (CUDA-graph capturable)."""
         n, cfg, model, dev = x.shape[1], self.model.config, self.model, x.device
         pos = start.to(device=dev, dtype=torch.int64).reshape(()) + torch.arange(n, device=dev)
-        limit = pos[-1] + 1 if kv_len is None else torch.as_tensor(kv_len, device=dev, dtype=torch.int64)
-        k_pos = torch.arange(self.max_len, device=dev)
-        mask = attention_allowed(cfg.attention, cfg.block_size, pos, k_pos) & (k_pos < limit)[None, :]
+        if cfg.attention == "bidirectional" and isinstance(kv_len, int) and kv_len >= self.max_len:
+            # Every query sees every slot (dual cache): no mask, so SDPA runs the kernel the eager
+            # path runs on the same keys, and the two agree bit for bit.
+            mask = None
+        else:
+            # A Python-int kv_len stays a scalar operand: a host-to-device copy would break capture.
+            limit = pos[-1] + 1 if kv_len is None else kv_len
+            k_pos = torch.arange(self.max_len, device=dev)
+            mask = attention_allowed(cfg.attention, cfg.block_size, pos, k_pos) & (k_pos < limit)[None, :]
         kv = self.kv
 
         def hook(layer: int, k: torch.Tensor, v: torch.Tensor):

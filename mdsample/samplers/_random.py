@@ -40,12 +40,14 @@ def uniforms(seed: int, offset, positions: torch.Tensor, domain: int) -> tuple[t
     """Two independent centred 52-bit uniforms in (0, 1), float64, shaped like ``positions``.
 
     Args:
-        seed: int (signed or unsigned 64-bit).
+        seed: int (signed or unsigned 64-bit), or a 0-dim int64 tensor on ``positions``' device
+            (no host-to-device copy: CUDA-graph capturable).
         offset: int or int64 tensor broadcastable to ``positions`` (the step counter).
         positions: int64 tensor of row identities in [0, 2^48).
         domain: Philox counter domain (``DOMAIN_*``).
     """
-    key = torch.tensor(seed_value("seed", seed), dtype=torch.int64, device=positions.device)
+    key = seed if isinstance(seed, torch.Tensor) else torch.tensor(seed_value("seed", seed), dtype=torch.int64,
+                                                                   device=positions.device)
     off = offset if isinstance(offset, torch.Tensor) else torch.tensor(int(offset), dtype=torch.int64,
                                                                         device=positions.device)
     w0, w1, w2, w3 = draw_words(key, off, positions, domain)

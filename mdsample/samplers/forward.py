@@ -119,6 +119,13 @@ class CachedRowForward(RowForward):
 
     With ``refresh_every=1`` every call is a full forward (the uncached computation).
     Requested rows must lie in the part fed (the block and, for ``"prefix"``, the suffix).
+
+    Fixed-shape steps (``begin_block(..., static=True)``, for CUDA-graph replay): ``"dual"``
+    calls then feed the block at :attr:`block_start`, a 0-dim int64 device tensor set at each
+    block start, so one captured call serves every block; ``"prefix"`` chunks (block + suffix)
+    shrink from block to block and keep the Python-int start. The caller decides refreshes
+    with :meth:`advance` and passes ``refresh=`` explicitly, since a replayed call runs no
+    Python.
     """
 
     def __init__(self, backbone: Backbone, *, mode: str, total: int, batch_size: int,
@@ -133,24 +140,40 @@ class CachedRowForward(RowForward):
         self.cache = backbone.new_cache(batch_size * (2 if self.cfg else 1), total)
         self.start, self.end, self.calls_in_block = 0, total, 0
         self.refreshes = 0
+        self.static = False
+        self.block_start: Optional[torch.Tensor] = None
 
-    def begin_block(self, x: torch.Tensor, start: int, end: int) -> None:
-        self.start, self.end, self.calls_in_block = start, end, 0
+    def begin_block(self, x: torch.Tensor, start: int, end: int, *, static: bool = False) -> None:
+        """Start block ``[start, end)``; ``static=True``: fixed-shape calls (class docstring)."""
+        self.start, self.end, self.calls_in_block, self.static = start, end, 0, static
+        if static:
+            if self.block_start is None:
+                self.block_start = torch.zeros((), dtype=torch.int64, device=x.device)
+            self.block_start.fill_(start)
+
+    def advance(self) -> bool:
+        """Count one call of the current block; True when that call is a refresh (full forward)."""
+        k, every = self.calls_in_block, self.refresh_every
+        self.calls_in_block += 1
+        return k == 0 or (every is not None and k % every == 0)
 
     def rows(self, x: torch.Tensor, seqs: torch.Tensor, row_seq: torch.Tensor, row_pos: torch.Tensor, *,
-             sigma: Optional[torch.Tensor] = None):
+             sigma: Optional[torch.Tensor] = None, refresh: Optional[bool] = None):
+        """As :meth:`RowForward.rows`; ``refresh``: None = decided (and counted) by :meth:`advance`."""
         if sigma is not None:
             raise ValueError("the KV-cache modes do not support time-conditioned backbones")
         b = self.batch_size
         everyone = torch.arange(b, device=x.device)
         xin, _, _ = self._inputs(x, everyone, None)
-        k, every = self.calls_in_block, self.refresh_every
-        refresh = k == 0 or (every is not None and k % every == 0)
-        self.calls_in_block += 1
+        if refresh is None:
+            refresh = self.advance()
         if refresh:
             chunk, cstart, kv_len = xin, 0, None
         elif self.mode == "prefix":
             chunk, cstart, kv_len = xin[:, self.start:], self.start, None
+        elif self.static:
+            cols = self.block_start + torch.arange(self.end - self.start, device=x.device)
+            chunk, cstart, kv_len = xin.gather(1, cols.expand(xin.shape[0], -1)), self.block_start, self.total
         else:
             chunk, cstart, kv_len = xin[:, self.start:self.end], self.start, self.total
         seq = seqs[row_seq]

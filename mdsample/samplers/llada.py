@@ -39,7 +39,7 @@ chosen first and only their rows are computed.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -49,7 +49,8 @@ from . import _checks as C
 from ._random import DOMAIN_REVEAL, seed_value, uniforms
 from .forward import CACHE_MODES, CachedRowForward, RowForward
 from .progress import Progress
-from .remasking import select, transfer_counts
+from .graph_step import BlockStep
+from .remasking import confidence, select, transfer_counts
 
 __all__ = ["generate", "REMASKING"]
 
@@ -77,7 +78,8 @@ def _excluded_mass(logits, guidance, scale, tokens, logprob, ids: Sequence[int])
 @torch.no_grad()
 def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cfg_scale, remasking, mask_id,
               threshold, factor, attention_mask, seed, backend, progress, cache=None, refresh_every=None,
-              logits_exclude: Sequence[int] = (), confidence_exclude: Sequence[int] = ()):
+              cuda_graph=False, logits_exclude: Sequence[int] = (), confidence_exclude: Sequence[int] = (),
+              graph_capture: Optional[bool] = None):
     steps = C.integer("steps", steps, low=1)
     gen_length = C.integer("gen_length", gen_length, low=1)
     block_length = C.integer("block_length", block_length, low=1)
@@ -99,6 +101,16 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         factor = C.real("factor", factor, low=0.0)
     seed = seed_value("seed", seed)
     progress = C.flag("progress", progress)
+    cuda_graph = C.flag("cuda_graph", cuda_graph)
+    if cuda_graph:
+        if cache is None:
+            raise ValueError("cuda_graph=True runs the fixed-shape steps of the KV-cache modes: give cache='prefix' "
+                             "or cache='dual'")
+        if threshold is not None or factor is not None:
+            raise ValueError("cuda_graph=True needs LLaDA's fixed transfer counts; threshold/factor blocks run a "
+                             "data-dependent number of steps (give neither)")
+        if logits_exclude or confidence_exclude:
+            raise ValueError("cuda_graph=True does not support logits_eos_inf / confidence_eos_eot_inf")
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str; got {type(backend).__name__}")
 
@@ -154,6 +166,12 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
     stats_t = 1.0 if remasking == "low_confidence" else None
     bar = Progress(progress, None if dynamic else num_blocks * per_block, "generate", backbone,
                    baseline_per_step=batch * (2 if cfg_scale > 0 else 1))
+    if cuda_graph:
+        step = BlockStep(fwd, x, block_length=block_length, per_block=per_block, remasking=remasking,
+                         temperature=temperature, stats_temperature=stats_t, seed=seed, mask_id=mask_id,
+                         guidance_scale=guidance_scale, backend=backend,
+                         capture=device.type == "cuda" if graph_capture is None else graph_capture)
+        return _generate_static(step, x, plen=plen, num_blocks=num_blocks, bar=bar)
     try:
         for blk in range(num_blocks):
             start, end = plen + blk * block_length, plen + (blk + 1) * block_length
@@ -185,6 +203,26 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
                 i += 1
     finally:
         bar.close()
+    return x
+
+
+def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar) -> torch.Tensor:
+    """The block loop of ``cuda_graph=True``: no host sync until the final check (graph_step.py)."""
+    schedule, per_block, bl = step.schedule(), step.per_block, step.block_length
+    try:
+        for blk in range(num_blocks):
+            start = plen + blk * bl
+            step.begin_block(start, start + bl, blk << _BLOCK_SHIFT)
+            for i, k in enumerate(schedule):
+                step(i)
+                bar.step(tokens=x.shape[0] * k)
+            if per_block > len(schedule):
+                bar.step(per_block - len(schedule))  # steps that commit nothing run no forward
+    finally:
+        bar.close()
+    if bool((x[:, plen:] == step.mask_id).any()):
+        raise ValueError("some rows had no valid draw (NaN or +inf logits, or no finite logit besides the mask): "
+                         "with cuda_graph=True they stay masked; run without it to see which row")
     return x
 
 
@@ -220,17 +258,12 @@ def _step(fwd: RowForward, x, seqs, cand, pos_ids, offset, *, k, threshold, fact
     r_seq, r_pos, logits, guidance = rows_for(cand)
     rows = seqs[r_seq]
     res = draw(logits, guidance, pos_ids[rows, r_pos], return_stats=True, stats_temperature=stats_t)
-    if remasking == "low_confidence":
-        c = res.prob.to(torch.float64)
-        if confidence_exclude:
-            # LLaDA's confidence_eos_eot_inf: p(x0) after removing these tokens from the softmax.
-            ex = _excluded_mass(logits, guidance, guidance_scale, res.tokens, res.logprob, confidence_exclude)
-            hit = torch.isin(res.tokens, torch.tensor(list(confidence_exclude), device=c.device))
-            c = torch.where(hit, 0.0, c / (1.0 - ex).clamp_min(1e-300))
-    elif remasking == "entropy":
-        c = -res.entropy.to(torch.float64)
-    else:
-        c = res.margin.to(torch.float64)
+    c = confidence(res, remasking)
+    if remasking == "low_confidence" and confidence_exclude:
+        # LLaDA's confidence_eos_eot_inf: p(x0) after removing these tokens from the softmax.
+        ex = _excluded_mass(logits, guidance, guidance_scale, res.tokens, res.logprob, confidence_exclude)
+        hit = torch.isin(res.tokens, torch.tensor(list(confidence_exclude), device=c.device))
+        c = torch.where(hit, 0.0, c / (1.0 - ex).clamp_min(1e-300))
     conf = torch.full((n, total), -torch.inf, dtype=torch.float64, device=x.device)
     conf[r_seq, r_pos] = c
     tok = torch.zeros((n, total), dtype=torch.int64, device=x.device)
@@ -259,6 +292,7 @@ def generate(
     progress=False,
     cache=None,
     refresh_every=None,
+    cuda_graph=False,
 ):
     """LLaDA's ``generate`` (semi-AR remasking), with Dream's confidences and Fast-dLLM's rules.
 
@@ -291,6 +325,12 @@ def generate(
         refresh_every: with a cache, also refresh (full forward) every this many forwards
             within a block; None = only at the block start (Fast-dLLM); 1 = every step,
             which is the uncached computation.
+        cuda_graph: with a cache, run each step as one fixed-shape, host-sync-free step
+            (mdsample.samplers.graph_step): on CUDA tensors it is captured once in a CUDA graph
+            (``"dual"``: one graph for all blocks; ``"prefix"``: one per block, its block + suffix
+            chunk shrinks) and replayed; refresh forwards run eagerly. On CPU the same step runs
+            eagerly. Same random numbers as without it, hence the same tokens. Needs LLaDA's
+            fixed transfer counts (no threshold / factor); graphs are captured per call.
 
     Returns:
         int64 ``[B, P + gen_length]``: the prompt followed by the generated tokens.
@@ -298,4 +338,5 @@ def generate(
     return _generate(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
                      temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,
                      threshold=threshold, factor=factor, attention_mask=attention_mask, seed=seed,
-                     backend=backend, progress=progress, cache=cache, refresh_every=refresh_every)
+                     backend=backend, progress=progress, cache=cache, refresh_every=refresh_every,
+                     cuda_graph=cuda_graph)

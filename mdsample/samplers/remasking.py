@@ -17,7 +17,9 @@ from typing import Optional
 
 import torch
 
-__all__ = ["transfer_counts", "select"]
+__all__ = ["transfer_counts", "select", "confidence", "CONFIDENCES"]
+
+CONFIDENCES = ("low_confidence", "entropy", "margin")
 
 
 def transfer_counts(masked: torch.Tensor, steps: int) -> torch.Tensor:
@@ -36,6 +38,22 @@ def transfer_counts(masked: torch.Tensor, steps: int) -> torch.Tensor:
     base = (masked // steps).unsqueeze(1)
     rem = (masked % steps).unsqueeze(1)
     return base + (torch.arange(steps, device=masked.device).unsqueeze(0) < rem).to(torch.int64)
+
+
+def confidence(stats, rule: str) -> torch.Tensor:
+    """Confidence float64 ``[...]`` of the drawn tokens under ``rule`` (one of :data:`CONFIDENCES`).
+
+    ``stats``: the :class:`mdsample.ops.sampling.SampleResult` of the draw (``return_stats=True``):
+    ``"low_confidence"`` = p(x0) (LLaDA), ``"entropy"`` = sum p log p (Dream's ``neg_entropy``),
+    ``"margin"`` = p1 - p2 (Dream's ``topk_margin``).
+    """
+    if rule == "low_confidence":
+        return stats.prob.to(torch.float64)
+    if rule == "entropy":
+        return -stats.entropy.to(torch.float64)
+    if rule == "margin":
+        return stats.margin.to(torch.float64)
+    raise ValueError(f"confidence rule must be one of {CONFIDENCES}; got {rule!r}")
 
 
 def select(conf: torch.Tensor, candidates: torch.Tensor, *, k: Optional[torch.Tensor] = None,

@@ -1,0 +1,179 @@
+"""Fixed-shape, host-sync-free block steps of cached ``generate``, replayable as CUDA graphs.
+
+``generate(..., cache="prefix" | "dual", cuda_graph=True)`` runs each denoising step of a
+block as one :class:`BlockStep` call. Every tensor the step touches has a shape fixed by
+(batch, block length, cache mode), every input that changes from step to step lives in a
+static device buffer, and no value travels to the host. On CUDA the step is therefore
+captured once in a ``torch.cuda.CUDAGraph`` and replayed: one launch per step instead of
+hundreds, and no stall of the launch queue on a ``.item()``.
+
+Why the shapes can be fixed. With a KV cache, prompts hold no mask token and a block's
+steps commit only inside the block, so when a block starts all its ``block_length``
+positions are masked in every sequence, the LLaDA transfer counts are the same for every
+sequence, and a step's candidates are exactly the block's masked positions. The step hence
+computes the block's rows only, in a fixed ``[B, block_length]`` frame:
+
+1. the backbone on the block (``"dual"``: the block alone against the cached canvas, at the
+   block start held in a device tensor, so one graph serves every block; ``"prefix"``: block
+   + suffix, whose length shrinks block by block, so one graph per block), logits only for
+   the block rows through ``head``;
+2. :func:`mdsample.sample_categorical` with ``check=False`` and device-tensor seed/offset,
+   ``positions`` = ``b * L + p`` and ``active`` = still masked (committed rows are not read);
+3. the confidences (:func:`.remasking.confidence`) and each sequence's top ``k`` by
+   :func:`.remasking.select` (a stable sort: ties to the lower position), ``k`` read from a
+   device buffer;
+4. the commit, a scatter into the canvas ``x`` in place, and ``offset += 1`` in place.
+
+``"random"`` remasking chooses the committed positions from Philox uniforms first, as the
+eager sampler does, and computes only the ``kmax`` rows per sequence that can be committed
+(``kmax`` = the largest count of the block's schedule; rows past a sequence's ``k`` are inactive).
+
+Randomness is the eager sampler's, word for word: the same Philox key, offset
+(``block << 32 | step``) and position for every draw and uniform, so the output equals the
+eager cached ``generate`` token for token (up to floating-point rounding of the head's GEMM,
+which computes more rows at once here; the tests see no flip).
+
+Refresh forwards (a block's first step, and every ``refresh_every``-th) feed the whole
+canvas; they run eagerly (still without host syncs), as the warm-up of each capture does.
+Rows with no valid draw (NaN logits) cannot raise inside a graph: they stay masked, and the
+caller checks once, after the last block, that no mask is left.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..ops.sampling import sample_categorical
+from ._random import DOMAIN_REVEAL, uniforms
+from .forward import CachedRowForward
+from .remasking import confidence, select, transfer_counts
+
+__all__ = ["BlockStep"]
+
+
+class BlockStep:
+    """One fixed-shape denoising step of a semi-AR block with a KV cache, eager or replayed.
+
+    Args:
+        fwd: the :class:`CachedRowForward` (``"prefix"`` or ``"dual"``) of the canvas.
+        x: int64 ``[B, L]`` canvas, updated in place (a static buffer for the graphs).
+        block_length: positions per block.
+        per_block: steps per block.
+        remasking: "low_confidence", "random", "entropy" or "margin".
+        temperature: float >= 0 of the draw.
+        stats_temperature: temperature of the confidences (None: the op's default).
+        seed: int64 Philox key.
+        mask_id: the mask token.
+        guidance_scale: CFG weight passed to the sampling op (0 without CFG).
+        backend: sampling-op backend.
+        capture: replay captured CUDA graphs (needs CUDA tensors); False runs every step eagerly.
+
+    Static buffers (what a replay reads): ``k`` int64 ``[B]`` (this step's transfer counts),
+    ``offset`` int64 ``[]`` (Philox offset, bumped by each step), ``seed`` int64 ``[]``,
+    ``fwd.block_start`` int64 ``[]``, ``x`` and the cache.
+    """
+
+    def __init__(self, fwd: CachedRowForward, x: torch.Tensor, *, block_length: int, per_block: int,
+                 remasking: str, temperature: float, stats_temperature: Optional[float], seed: int, mask_id: int,
+                 guidance_scale: float = 0.0, backend: str = "auto", capture: bool = False):
+        if capture and x.device.type != "cuda":
+            raise ValueError(f"CUDA-graph capture needs CUDA tensors; the canvas is on {x.device}")
+        dev = x.device
+        b, total = x.shape
+        self.fwd, self.x, self.mask_id = fwd, x, mask_id
+        self.block_length, self.per_block = block_length, per_block
+        self.remasking, self.temperature, self.stats_temperature = remasking, temperature, stats_temperature
+        self.guidance_scale, self.backend, self.capture = guidance_scale, backend, capture
+        self.k = torch.zeros(b, dtype=torch.int64, device=dev)
+        self.offset = torch.zeros((), dtype=torch.int64, device=dev)
+        self.seed = torch.tensor(seed, dtype=torch.int64, device=dev)
+        self.counts = torch.zeros((b, per_block), dtype=torch.int64, device=dev)
+        self._j = torch.arange(block_length, device=dev)
+        self._everyone = torch.arange(b, device=dev)
+        self._row_base = self._everyone.unsqueeze(1) * total  # Philox position of (b, p) = b * L + p
+        # The largest count of the schedule bounds what a step commits (random remasking computes only that).
+        self.kmax = -(-block_length // per_block)
+        rows = block_length if remasking != "random" else self.kmax
+        self._row_seq = self._everyone.repeat_interleave(rows)
+        self.graphs: dict = {}
+        self._pool = None
+
+    def schedule(self) -> list[int]:
+        """Host copy of each step's transfer count (the same for every sequence, class docstring).
+
+        Steps past the list commit nothing and are skipped without a forward, as the eager sampler does.
+        """
+        base, rem = divmod(self.block_length, self.per_block)
+        return [base + (i < rem) for i in range(min(self.per_block, self.block_length))]
+
+    def begin_block(self, start: int, end: int, offset: int) -> None:
+        """Start the block ``[start, end)`` with Philox offset ``offset`` for its first step."""
+        self.fwd.begin_block(self.x, start, end, static=True)
+        self.offset.fill_(offset)
+        self.counts.copy_(transfer_counts(self.x[:, start:end] == self.mask_id, self.per_block))
+
+    def __call__(self, i: int) -> None:
+        """Step ``i`` of the current block: a refresh runs eagerly, any other step replays its graph."""
+        self.k.copy_(self.counts[:, i])
+        refresh = self.fwd.advance()
+        if refresh or not self.capture:
+            self.run(refresh)
+            return
+        key = self.fwd.start if self.fwd.mode == "prefix" else None  # prefix chunks shrink block by block
+        graph = self.graphs.get(key)
+        if graph is None:
+            self.graphs.clear()  # a finished block's prefix graph is never replayed again
+            self.graphs[key] = self._capture()
+        else:
+            graph.replay()
+
+    def _capture(self) -> torch.cuda.CUDAGraph:
+        # The warm-up is this step itself, run for real on a side stream: lazy initialisations
+        # (cuBLAS handles, kernel caches) must not happen during capture, and capture does not execute.
+        side = torch.cuda.Stream(self.x.device)
+        side.wait_stream(torch.cuda.current_stream(self.x.device))
+        with torch.cuda.stream(side):
+            self.run(False)
+        torch.cuda.current_stream(self.x.device).wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self.run(False)
+        return graph
+
+    def run(self, refresh: bool) -> None:
+        """The step's computation, eagerly (what a graph records); updates ``x`` and ``offset`` in place."""
+        x, fwd = self.x, self.fwd
+        b = x.shape[0]
+        cols = fwd.block_start + self._j                      # [bl] absolute positions of the block
+        frame = cols.expand(b, -1)                            # [B, bl]
+        block = x.gather(1, frame)
+        cand = block == self.mask_id
+        positions = self._row_base + cols                     # [B, bl]
+        if self.remasking == "random":
+            u, _ = uniforms(self.seed, self.offset, positions, DOMAIN_REVEAL)
+            chosen = select(u, cand, k=self.k)
+            # The chosen positions first, in position order: kmax fixed-shape rows per sequence.
+            order = torch.sort(chosen.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :self.kmax]
+            frame, block, positions = frame.gather(1, order), block.gather(1, order), positions.gather(1, order)
+            active = chosen.gather(1, order)
+            new = self._draw(fwd, frame, refresh, positions, active, block, stats=False)  # inactive: unchanged
+        else:
+            res = self._draw(fwd, frame, refresh, positions, cand, block, stats=True)
+            chosen = select(confidence(res, self.remasking).view(b, -1), cand, k=self.k)
+            new = torch.where(chosen, res.tokens.view(b, -1), block)
+        # check=False marks a row with no valid draw by -1: it stays masked (generate checks at the end).
+        x.scatter_(1, frame, torch.where(new >= 0, new, self.mask_id))
+        self.offset += 1
+
+    def _draw(self, fwd, frame, refresh, positions, active, fallback, *, stats):
+        logits, guidance = fwd.rows(self.x, self._everyone, self._row_seq, frame.reshape(-1), refresh=refresh)
+        out = sample_categorical(
+            logits, temperature=self.temperature, seed=self.seed, offset=self.offset,
+            positions=positions.reshape(-1), exclude=self.mask_id, active=active.reshape(-1),
+            fallback=fallback.reshape(-1), guidance=guidance, guidance_scale=self.guidance_scale,
+            return_stats=stats, stats_temperature=self.stats_temperature if stats else None, check=False,
+            backend=self.backend)
+        return out if stats else out.view(frame.shape)

@@ -1,0 +1,196 @@
+"""generate(cache=..., cuda_graph=True): the fixed-shape, host-sync-free block step (graph_step.py).
+
+On CPU the step runs eagerly: it must return the eager cached generate's tokens exactly and
+make no host sync (tests/sync_guard.py). On CUDA (skipped here) the replayed graphs must equal
+the same step run eagerly, and the block loop must pass torch.cuda.set_sync_debug_mode("error").
+"""
+import contextlib
+import functools
+import json
+
+import pytest
+import torch
+
+import mdsample
+from mdsample.models import Transformer
+from mdsample.samplers import llada
+from mdsample.samplers.graph_step import BlockStep
+from sync_guard import no_host_sync  # tests/ is on sys.path (rootdir conftest)
+
+MASK = 127
+PLEN = 8
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Transformer.from_preset("tiny", seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def prompt():
+    return torch.randint(0, MASK, (3, PLEN), generator=torch.Generator().manual_seed(1))
+
+
+def _kw(**over):
+    kw = dict(steps=16, gen_length=32, block_length=8, temperature=1.0, mask_id=MASK, seed=3, cache="dual")
+    kw.update(over)
+    return kw
+
+
+@pytest.mark.parametrize("block_length", [4, 8])
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_static_step_equals_cached_generate(model, prompt, mode, temperature, remasking, block_length):
+    kw = _kw(cache=mode, temperature=temperature, remasking=remasking, block_length=block_length)
+    ref = mdsample.generate(model, prompt, **kw)
+    out = mdsample.generate(model, prompt, cuda_graph=True, **kw)
+    assert not (out == MASK).any()
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("case", [
+    dict(remasking="entropy"), dict(remasking="margin"), dict(refresh_every=3), dict(cfg_scale=1.5),
+    dict(remasking="random", cfg_scale=1.5, refresh_every=2),
+    dict(steps=64, block_length=4),  # more steps than positions: the zero-count steps run no forward
+    dict(steps=4, block_length=8),   # several tokens per step (LLaDA's uneven split: 3, 3, 2)
+])
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_static_step_equals_cached_generate_variants(model, prompt, mode, case):
+    kw = _kw(cache=mode, **case)
+    assert torch.equal(mdsample.generate(model, prompt, cuda_graph=True, **kw), mdsample.generate(model, prompt, **kw))
+
+
+def _guarded(fn, calls):
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        calls.append(fn.__name__)
+        with no_host_sync():
+            return fn(*args, **kwargs)
+    return wrapped
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_step_loop_makes_no_host_sync(model, prompt, mode, remasking, monkeypatch):
+    """Every block start and step, refreshes included, runs under the sync guard (CFG on: the doubled batch)."""
+    calls = []
+    monkeypatch.setattr(BlockStep, "__call__", _guarded(BlockStep.__call__, calls))
+    monkeypatch.setattr(BlockStep, "begin_block", _guarded(BlockStep.begin_block, calls))
+    kw = _kw(cache=mode, remasking=remasking, cfg_scale=1.0)
+    out = mdsample.generate(model, prompt, cuda_graph=True, **kw)
+    assert calls.count("begin_block") == 4 and calls.count("__call__") == 16
+    monkeypatch.undo()
+    assert torch.equal(out, mdsample.generate(model, prompt, **kw))
+
+
+def test_guard_sees_a_sync_in_the_step(model, prompt, monkeypatch):
+    """The guard of the test above is live inside the step: a step with an .item() fails under it."""
+    run = BlockStep.run
+
+    def syncing_run(self, refresh):
+        self.offset.item()
+        return run(self, refresh)
+
+    monkeypatch.setattr(BlockStep, "run", syncing_run)
+    monkeypatch.setattr(BlockStep, "__call__", _guarded(BlockStep.__call__, []))
+    with pytest.raises(RuntimeError, match="host sync"):
+        mdsample.generate(model, prompt, cuda_graph=True, **_kw())
+
+
+def test_bad_arguments(model, prompt):
+    with pytest.raises(TypeError, match="cuda_graph"):
+        mdsample.generate(model, prompt, cuda_graph="yes", **_kw())
+    with pytest.raises(ValueError, match="cache="):
+        mdsample.generate(model, prompt, cuda_graph=True, **_kw(cache=None))
+    with pytest.raises(ValueError, match="fixed transfer counts"):
+        mdsample.generate(model, prompt, cuda_graph=True, threshold=0.9, **_kw())
+    with pytest.raises(ValueError, match="fixed transfer counts"):
+        mdsample.generate(model, prompt, cuda_graph=True, factor=1.0, **_kw())
+    with pytest.raises(ValueError, match="attention_mask"):
+        mdsample.generate(model, prompt, cuda_graph=True, attention_mask=torch.ones_like(prompt), **_kw())
+    with pytest.raises(ValueError, match="eos"):
+        llada._generate(model, prompt, **_internal(), logits_exclude=(5,))
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        llada._generate(model, prompt, **_internal(graph_capture=True))
+
+
+def test_rows_without_a_valid_draw_raise_after_the_loop(prompt):
+    broken = Transformer.from_preset("tiny", seed=0).eval()
+    with torch.no_grad():
+        broken.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="no valid draw"):
+        mdsample.generate(broken, prompt, cuda_graph=True, **_kw())
+
+
+def _internal(**over):
+    """Keywords of llada._generate (what generate passes) for the default case of _kw."""
+    kw = dict(_kw(), cfg_scale=0.0, remasking="low_confidence", threshold=None, factor=None, attention_mask=None,
+              backend="auto", progress=False, cuda_graph=True)
+    kw.update(over)
+    return kw
+
+
+# ---------------------------------------------------------------- CUDA (run by benchmarks/gpu_check.sh)
+
+@contextlib.contextmanager
+def _sync_debug(mode):
+    saved = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(saved)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_graph_replay_equals_eager_step_on_cuda(model, prompt, mode, remasking, monkeypatch, record_property):
+    m, p = Transformer.from_preset("tiny", seed=0, device="cuda").eval(), prompt.cuda()
+    kw = _internal(cache=mode, remasking=remasking, cfg_scale=1.0)
+    eager = llada._generate(m, p, **dict(kw, graph_capture=False))
+
+    calls, captures, replays = [], [], []
+    monkeypatch.setattr(BlockStep, "__call__", _guarded(BlockStep.__call__, calls))
+    monkeypatch.setattr(BlockStep, "begin_block", _guarded(BlockStep.begin_block, calls))
+    capture = BlockStep._capture
+
+    def unguarded_capture(self):
+        # torch.cuda.graph synchronizes the device on entry, by design: the capture is not the loop.
+        captures.append(self.fwd.start)
+        with _sync_debug("default"):
+            return capture(self)
+
+    monkeypatch.setattr(BlockStep, "_capture", unguarded_capture)
+    replay = torch.cuda.CUDAGraph.replay
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", lambda g: (replays.append(1), replay(g))[1])
+    graphed = llada._generate(m, p, **kw)
+    monkeypatch.undo()
+
+    assert torch.equal(graphed, eager)
+    num_blocks, per_block = 4, 4
+    assert len(captures) == (num_blocks if mode == "prefix" else 1)
+    assert len(replays) == num_blocks * (per_block - 1) - len(captures)  # every non-refresh step but the warm-ups
+    cached = mdsample.generate(m, p, **{k: kw[k] for k in _kw()}, cfg_scale=1.0, remasking=remasking)
+    agreement = float((cached == graphed).double().mean())
+    record_property(f"graph_vs_cached_{mode}_{remasking}", json.dumps(agreement))
+    assert agreement > 0.95  # same draws; only the head's GEMM rounding (more rows at once) differs
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_replay_loop_passes_sync_debug_error_mode(prompt, monkeypatch):
+    """The replay loop alone, under set_sync_debug_mode("error"): a graph's replay and the buffer updates."""
+    m, p = Transformer.from_preset("tiny", seed=0, device="cuda").eval(), prompt.cuda()
+    steps = []
+
+    def loop_under_error_mode(self, i):
+        with _sync_debug("error") if self.graphs else contextlib.nullcontext():
+            steps.append(bool(self.graphs))
+            return call(self, i)
+
+    call = BlockStep.__call__
+    monkeypatch.setattr(BlockStep, "__call__", loop_under_error_mode)
+    mdsample.generate(m, p, cuda_graph=True, **_kw())
+    assert sum(steps) >= 12  # every step after the first capture ran in error mode
