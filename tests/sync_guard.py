@@ -11,6 +11,8 @@ Every guarded call raises `RuntimeError("host sync: <what>")`. Indexing with Pyt
 ints, slices, or integer tensors stays allowed (those are gathers, not syncs); only
 boolean-mask indexing, whose result shape depends on the data, is refused.
 
+    from sync_guard import no_host_sync  # tests/ is on sys.path (rootdir conftest)
+
     with no_host_sync():
         tokens = mdsample.sample_categorical(logits, seed=seed_t, offset=off_t, check=False)
 """
