@@ -79,18 +79,23 @@ def median_time(fn, inputs: list, *, device: torch.device, warmup: int = 3, runs
     return statistics.median(times)
 
 
-def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float | None:
-    """Measured device-to-device copy bandwidth in GB/s (read + write), GPU only."""
-    if device.type != "cuda":
-        return None
+def copy_bandwidth(device: torch.device, nbytes: int | None = None) -> float:
+    """Measured copy bandwidth of ``device`` in GB/s (bytes read + written per second).
+
+    GPU: device-to-device copy of 1 GiB (CUDA events). CPU: memory copy of 256 MiB by
+    torch's threads (wall clock), only to give CPU smoke runs a reference line.
+    """
+    nbytes = nbytes or ((1 << 30) if device.type == "cuda" else (256 << 20))
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    t = median_time(lambda s: dst.copy_(s), [src], device=device, runs=30)
+    t = median_time(lambda s: dst.copy_(s), [src], device=device, runs=30 if device.type == "cuda" else 5)
     return 2 * nbytes / t / 1e9
 
 
-def write_results(kind: str, device: torch.device, rows: list[dict], extra: dict | None = None) -> Path:
-    """Write ``benchmarks/results/<device>-<kind>-<date>.json`` with the environment stamped in."""
+def write_results(kind: str, device: torch.device, rows: list[dict], extra: dict | None = None,
+                  results_dir: Path = RESULTS) -> Path:
+    """Write ``<results_dir>/<device>-<kind>-<date>.json`` (default ``benchmarks/results/``) with the
+    environment stamped in: device name, torch, CUDA, commit, date."""
     commit = git_commit()
     stamp = datetime.date.today().isoformat()
     name = device_name(device)
@@ -105,7 +110,8 @@ def write_results(kind: str, device: torch.device, rows: list[dict], extra: dict
         "rows": rows,
         **(extra or {}),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{slug}-{kind}-{stamp}.json"
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{slug}-{kind}-{stamp}.json"
     path.write_text(json.dumps(doc, indent=1))
     return path

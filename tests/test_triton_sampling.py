@@ -309,3 +309,90 @@ def test_unmask_step_guidance_and_positions():
     )
     _assert_tokens(tri, ref)
     assert torch.equal(tri[:, :4], x[:, :4])
+
+
+# ---- launch shapes: split path vs one program per row, autotuning configs ----
+# Both paths reduce every chunk alone into its record and finish the row from the records in one
+# fixed order, and no config changes that arithmetic: tokens and stats must be equal bitwise.
+
+def _request(logits, **kw):
+    from mdsample.ops.sampling import build_request
+
+    args = dict(temperature=1.0, seed=0, offset=0, positions=None, exclude=None, active=None, fallback=None,
+                guidance=None, guidance_scale=0.0, stats_temperature=None, return_stats=False, check=False)
+    return build_request(logits, **{**args, **kw})
+
+
+def _unmask_request(logits, x, mask_id, reveal_prob, **kw):
+    import dataclasses
+
+    req = _request(logits, exclude=mask_id, **kw)
+    prob = torch.full((req.n_rows,), reveal_prob, dtype=torch.float64, device=DEVICE)
+    return dataclasses.replace(req, x=x.reshape(-1), mask_id=mask_id, reveal_prob=prob)
+
+
+def _assert_identical(a, b):
+    assert torch.equal(a[0], b[0]), f"tokens differ: {a[0]} vs {b[0]}"
+    if a[1] is not None:
+        assert torch.equal(a[1].isnan(), b[1].isnan()) and torch.equal(a[1].nan_to_num(), b[1].nan_to_num())
+
+
+def _split_cases():
+    """Small requests covering every kernel variant: (name, request)."""
+    n, vocab = 4, 4 * CHUNK + 1500  # five chunks, the last one partial
+    bf16 = _logits((n, vocab), torch.bfloat16, seed=101)
+    bf16[1, :CHUNK] = -math.inf          # an empty chunk ahead of the mass
+    bf16[0, [17, 3 * CHUNK + 5]] = 40.0  # tied maxima in different chunks (row 0: temperature 0)
+    fp32 = _logits((n, vocab), torch.float32, seed=102)
+    fp32[3, 2 * CHUNK + 9] = math.nan    # a bad row among good ones
+    temps = torch.tensor([0.0, 0.6, 1.0, 1.8], device=DEVICE)
+    x = torch.tensor([[0, 5, 0, 0]], device=DEVICE)
+    return [
+        ("bf16 stats", _request(bf16, temperature=temps, seed=7, offset=3, return_stats=True)),
+        ("fp32 bad row, stats_temperature", _request(fp32, temperature=0.9, seed=8, return_stats=True,
+                                                     stats_temperature=torch.full((n,), 0.5, device=DEVICE))),
+        ("fp16 guidance, exclude", _request(bf16.to(torch.float16), guidance=fp32.flip(0).nan_to_num(0.0).half(),
+                                            guidance_scale=1.5, exclude=17, seed=9)),
+        ("active/fallback", _request(fp32.double(), active=torch.tensor([True, False, True, True], device=DEVICE),
+                                     fallback=torch.arange(n, device=DEVICE) + 50, seed=10, return_stats=True)),
+        ("unmask", _unmask_request(bf16.view(1, n, vocab), x, mask_id=0, reveal_prob=0.7, seed=11)),
+    ]
+
+
+def test_split_path_matches_row_path_and_cpu():
+    import dataclasses
+
+    from mdsample.ops._rows import run
+    from mdsample.triton.sampling import sample_rows
+
+    tokens = {}
+    for name, req in _split_cases():
+        split = sample_rows(req, split=True)
+        _assert_identical(split, sample_rows(req, split=False))
+        tokens[name] = split[0].tolist()
+        assert tokens[name] == run(req, "reference")[0].tolist(), name
+        if _backends.available("cpu", "cpu"):
+            cpu_req = dataclasses.replace(req, **{f.name: getattr(req, f.name).cpu() for f in dataclasses.fields(req)
+                                                  if isinstance(getattr(req, f.name), torch.Tensor)})
+            assert tokens[name] == run(cpu_req, "cpu")[0].tolist(), name
+    # The cases exercise what they claim: a cross-chunk tie at T = 0, a bad row, a fallback, an unrevealed row.
+    assert tokens["bf16 stats"][0] == 17 and tokens["fp32 bad row, stats_temperature"][3] == -1
+    assert tokens["active/fallback"][1] == 51 and tokens["unmask"][1] == 5
+
+
+def test_autotuning_configs_give_identical_results():
+    from mdsample.triton.sampling import ROW_CONFIGS, SPLIT_CONFIGS, sample_rows
+
+    _, req = _split_cases()[0]
+    for split, configs in ((False, ROW_CONFIGS[:2]), (True, SPLIT_CONFIGS)):
+        want = sample_rows(req, split=split, config=configs[0])
+        for config in configs[1:]:
+            _assert_identical(sample_rows(req, split=split, config=config), want)
+
+
+def test_split_choice():
+    from mdsample.triton.sampling import use_split
+
+    assert use_split(1, 126464, sms=132) and use_split(64, 262144, sms=132)    # decode shapes
+    assert not use_split(4096, 126464, sms=132)                                 # enough rows to fill the GPU
+    assert not use_split(1, CHUNK, sms=132)                                     # one chunk: nothing to split

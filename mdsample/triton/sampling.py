@@ -9,17 +9,20 @@ Shapes (N rows of V tokens; C = ceil(V / CHUNK) chunks):
 - ``logits``: ``[..., V]`` fp16/bf16/fp32/fp64; row ``r`` starts at element
   ``row_offsets[r]`` (int64) of ``logits``, last dim contiguous. Leading dims may
   be strided or expanded; the tensor is never copied.
-- per-row parameters: ``[N]``; scratch: ``chunk_max``, ``chunk_sum`` ``[N, C]`` fp32.
+- per-row parameters: ``[N]``; scratch: chunk records ``[N, F, C]`` fp32
+  (F = 2, or 5 with stats) and chunk argmaxes ``[N, C]`` int32.
 - outputs: tokens ``[N]`` int64, stats ``[N, 4]`` fp32 (logprob, prob, margin, entropy).
 
-One program draws one row, in three passes:
+A row is drawn in three passes:
 
-1. Every chunk ``c`` of the row: guided fp32 scores ``g``, their max ``M_c`` and
-   ``S_c = sum exp((g - M_c) / T)`` (fp32), stored in the scratch; along the way the
-   bad-row flags, the argmax (temperature 0) and, when asked, the softmax stats at
-   ``stats_temperature`` (the online max / sum / entropy merge of
-   ``csrc/include/mdsample/online.h``, with the sum kept as 1 + tail for precision).
-2. Chunk pick (float64, reads only the ``[C]`` scratch): ``W_c = S_c exp((M_c - M) / T)``,
+1. Every chunk ``c`` is reduced on its own into its record: guided fp32 scores ``g``,
+   their max ``M_c`` (NaN when the chunk holds a NaN or +inf score), the first index
+   of that max, ``S_c = sum exp((g - M_c) / T)`` (fp32) and, when asked, the chunk's
+   softmax stats at ``stats_temperature`` relative to its own max (sum of ``e^y``
+   over every token but the first max, sum of ``e^y y``, second-largest score).
+2. The row is finished from its records in a fixed order: bad flags, row max and
+   argmax (exact: max and first index), the stats merged in closed form against the
+   row max (float64), and the chunk pick (float64): ``W_c = S_c exp((M_c - M) / T)``,
    the first chunk whose running sum of ``W`` exceeds ``u1 * sum W``.
 3. Token pick: the chosen chunk is read again; ``w_i = exp((g_i - M_c) / T)`` in float64,
    the first token whose running sum exceeds ``u2 * S`` with ``S`` the float64 total of
@@ -32,9 +35,21 @@ the float64 reference (fp32 scores, guidance combined in fp32, pass 1 in fp32) t
 weights differ by ~1e-7 relative, so tokens differ only at such near-ties. fp64
 logits beyond the fp32 range (|l| > 3.4e38) become +-inf on load.
 
-GPU notes: one program per row streams the row once (pass 1) and re-reads one
-chunk (pass 3); the scratch is ``8 C`` bytes per row. With few rows and a large
-vocabulary the grid is small; splitting pass 1 across programs would then help.
+Two launch shapes, identical results. Many rows: one program per row runs all three
+passes (``_sample_rows_kernel``). Few rows (decode shapes, too few to fill the GPU):
+pass 1 runs as a grid over (row, group of ``GROUP`` chunks) writing the same records
+(``_chunk_records_kernel``), then one small program per row runs passes 2-3
+(``_finish_rows_kernel``). Both call the same chunk reduction and the same finish,
+and a chunk's record does not depend on which program wrote it, so tokens and stats
+are bitwise the same either way (and for every autotuning config).
+
+Autotuning (GPU only) covers what does not touch the arithmetic: chunks per loop
+step and pipeline stages of the row kernel, chunks per program of the split grid.
+``num_warps`` stays fixed at 8: it sets the layout, hence the fp32 summation tree,
+of a chunk's reductions, so changing it could move ``S_c`` by an ulp; it is part of
+the algorithm here, like ``CHUNK``. Under ``TRITON_INTERPRET=1`` one fixed config runs.
+The first call of a new (vocab, rows bucket, dtype) key benchmarks the configs: make
+it outside CUDA-graph capture.
 
 Unmask mode (``req.x`` given): the row first flips its reveal coin (Philox domain
 REVEAL, words 0-1); rows with ``x != mask_id`` or an unsuccessful coin return ``x``
@@ -42,19 +57,33 @@ and never read their logits, like inactive rows of ``sample_categorical``.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
+from .. import _backends
 from ..ops._rows import RowDraw
 from ..reference.philox import DOMAIN_REVEAL, DOMAIN_TOKEN
 from ..reference.sampling import CHUNK
 
 _DOMAIN_TOKEN = tl.constexpr(DOMAIN_TOKEN)
 _DOMAIN_REVEAL = tl.constexpr(DOMAIN_REVEAL)
-# Chunk statistics picked per step of the chunk loop (pass 2): 1024 covers V = 2M tokens in one step.
+# Chunk records merged per step of the finish loops: 1024 covers V = 2M tokens in one step.
 _MAX_CHUNK_BLOCK = 1024
-_NUM_WARPS = 8  # 2048-token chunks: 8 elements per thread
+_NUM_WARPS = 8  # 2048-token chunks: 8 elements per thread. Fixed: see the module docstring.
+_INT_MAX = tl.constexpr(2147483647)
+
+# Configs: chunks reduced per loop step (UNROLL) / per program of the split grid (GROUP)
+# and pipeline stages. The first entry of each list is the one the interpreter runs.
+ROW_CONFIGS = [triton.Config({"UNROLL": u}, num_warps=_NUM_WARPS, num_stages=s) for u in (1, 2) for s in (1, 2)]
+SPLIT_CONFIGS = [triton.Config({"GROUP": g}, num_warps=_NUM_WARPS, num_stages=1) for g in (2, 1, 4)]
+# Programs (CTAs) per SM the one-program-per-row grid needs to keep HBM busy; with fewer
+# rows than SMs x this the row is split. A first guess, to be measured on the GPU.
+_ROWS_PER_SM = 4
+# "SMs" assumed under the interpreter: rows < 8 take the split path, so tests cover both.
+_INTERPRETER_SMS = 2
 
 
 @triton.jit
@@ -78,7 +107,7 @@ def _uniform52(hi, lo):
 
 @triton.jit
 def _log1p(x):
-    """log(1 + x) for fp32 x >= 0, accurate for tiny x: the rounding error of 1 + x cancels in x / (u - 1)."""
+    """log(1 + x) for x >= 0 (fp32 or fp64), accurate for tiny x: the rounding error of 1 + x cancels in x / (u - 1)."""
     u = 1.0 + x
     return tl.where(u == 1.0, x, tl.log(u) * (x / (u - 1.0)))
 
@@ -106,6 +135,241 @@ def _chunk_weights(chunk_max_row, chunk_sum_row, idx, n_chunks, big_m, t64):
 
 
 @triton.jit
+def _row_live(r, seed_ptr, offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr, mask_id,
+              HAS_ACTIVE: tl.constexpr, HAS_FALLBACK: tl.constexpr, UNMASK: tl.constexpr):
+    """Whether row ``r`` draws, and the token it returns if not (its carry-over; -1 without fallback)."""
+    if UNMASK:
+        x = tl.load(x_ptr + r)
+        reveal_prob = tl.load(reveal_prob_ptr + r)
+        coin0, coin1, _, _ = _philox_words(tl.load(seed_ptr + r), tl.load(offset_ptr + r), tl.load(position_ptr + r),
+                                           _DOMAIN_REVEAL)
+        live = (x == mask_id) & (_uniform52(coin0, coin1) < reveal_prob)
+        carry = x
+    elif HAS_ACTIVE:
+        live = tl.load(active_ptr + r) != 0
+        if HAS_FALLBACK:
+            carry = tl.load(fallback_ptr + r)
+        else:
+            carry = tl.full([], -1, tl.int64)
+    else:
+        live = tl.full([], 1, tl.int1)
+        carry = tl.full([], -1, tl.int64)
+    return live, carry
+
+
+@triton.jit
+def _inv_temperatures(r, temperature_ptr, stats_temperature_ptr, STATS: tl.constexpr):
+    """1 / T for the draw (1 on argmax rows) and 1 / T_stats (1 without stats), both clamped to fp32 range.
+
+    Clamped so that a subnormal temperature gives 0 * inv_t = 0 for the maximum (not 0 * inf = NaN).
+    """
+    temperature = tl.load(temperature_ptr + r)
+    inv_t = tl.minimum(1.0 / tl.where(temperature > 0, temperature, 1.0), 3.0e38)
+    inv_st = 1.0
+    if STATS:
+        inv_st = tl.minimum(1.0 / tl.load(stats_temperature_ptr + r), 3.0e38)
+    return inv_t, inv_st
+
+
+@triton.jit
+def _reduce_chunk(logits_row, guidance_row, rec_row, arg_row, c, n_chunks, vocab, exclude, guidance_mult, inv_t,
+                  inv_st, CHUNK: tl.constexpr, HAS_GUIDANCE: tl.constexpr, STATS: tl.constexpr):
+    """Pass 1 for chunk ``c`` of one row: its record ``rec_row[f * C + c]`` and argmax ``arg_row[c]``.
+
+    Nothing is stored for ``c >= n_chunks`` (its loads are all masked), so callers may step past the end.
+    """
+    lane = tl.arange(0, CHUNK)
+    cols = c * CHUNK + lane
+    g = _scores(logits_row, guidance_row, cols, vocab, exclude, guidance_mult, HAS_GUIDANCE)
+    bad = tl.max(((g != g) | (g == float("inf"))).to(tl.int32), 0) > 0
+    m_c = tl.max(g, 0)
+    first_max = tl.min(tl.where(g == m_c, cols, _INT_MAX), 0)
+    # A chunk with no finite score gets S_c = 0 (shift by 0 so -inf - -inf never appears).
+    shift = tl.where(m_c > float("-inf"), m_c, 0.0)
+    d = g - shift
+    s_c = tl.sum(tl.exp(d * inv_t), 0)
+    ok = c < n_chunks
+    tl.store(rec_row + c, tl.where(bad, float("nan"), m_c), mask=ok)
+    tl.store(rec_row + n_chunks + c, s_c, mask=ok)
+    tl.store(arg_row + c, first_max, mask=ok)
+    if STATS:
+        # Stats at stats_temperature in units of the chunk's own max: the max itself (e = 1) stays out
+        # of the tail, so that 1 + tail keeps a tail of ~1e-9 that fp32 would round away.
+        y = d * inv_st
+        e = tl.exp(y)
+        not_top = cols != first_max
+        tail_c = tl.sum(tl.where(not_top, e, 0.0), 0)
+        ex_c = tl.sum(e * tl.where(e > 0, y, 0.0), 0)  # e == 0 where y == -inf: 0, not 0 * -inf
+        top2_c = tl.max(tl.where(not_top, g, float("-inf")), 0)
+        tl.store(rec_row + 2 * n_chunks + c, tail_c, mask=ok)
+        tl.store(rec_row + 3 * n_chunks + c, ex_c, mask=ok)
+        tl.store(rec_row + 4 * n_chunks + c, top2_c, mask=ok)
+
+
+@triton.jit
+def _row_pointers(r, logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr, HAS_GUIDANCE: tl.constexpr):
+    """Pointers to the first token of row ``r`` of the logits and of the guidance (the logits without it)."""
+    logits_row = logits_ptr + tl.load(row_offsets_ptr + r)
+    guidance_row = logits_row
+    if HAS_GUIDANCE:
+        guidance_row = guidance_ptr + tl.load(guidance_offsets_ptr + r)
+    return logits_row, guidance_row
+
+
+@triton.jit
+def _reduce_chunks(r, c0, COUNT: tl.constexpr, logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr,
+                   guidance_mult, temperature_ptr, stats_temperature_ptr, rec_ptr, arg_ptr, vocab, n_chunks, exclude,
+                   CHUNK: tl.constexpr, FIELDS: tl.constexpr, HAS_GUIDANCE: tl.constexpr, STATS: tl.constexpr):
+    """Pass 1 for chunks ``c0 .. c0 + COUNT - 1`` of row ``r`` (unrolled: their loads are in flight together)."""
+    inv_t, inv_st = _inv_temperatures(r, temperature_ptr, stats_temperature_ptr, STATS)
+    logits_row, guidance_row = _row_pointers(r, logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr,
+                                             HAS_GUIDANCE)
+    for i in tl.static_range(COUNT):
+        _reduce_chunk(logits_row, guidance_row, rec_ptr + r * (FIELDS * n_chunks), arg_ptr + r * n_chunks, c0 + i,
+                      n_chunks, vocab, exclude, guidance_mult, inv_t, inv_st, CHUNK, HAS_GUIDANCE, STATS)
+
+
+@triton.jit
+def _finish_row(
+    r, logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr, guidance_mult, temperature_ptr, seed_ptr,
+    offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr, stats_temperature_ptr, out_ptr,
+    stats_ptr, rec_ptr, arg_ptr, vocab, n_chunks, exclude, mask_id,
+    CHUNK: tl.constexpr, CHUNK_BLOCK: tl.constexpr, FIELDS: tl.constexpr, HAS_GUIDANCE: tl.constexpr,
+    HAS_ACTIVE: tl.constexpr, HAS_FALLBACK: tl.constexpr, UNMASK: tl.constexpr, STATS: tl.constexpr,
+):
+    """Passes 2-3 of row ``r`` from its chunk records; stores its token and stats."""
+    live, carry = _row_live(r, seed_ptr, offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr,
+                            mask_id, HAS_ACTIVE, HAS_FALLBACK, UNMASK)
+    token = carry
+    logprob = tl.full([], float("nan"), tl.float32)
+    prob = tl.full([], float("nan"), tl.float32)
+    margin = tl.full([], float("nan"), tl.float32)
+    entropy = tl.full([], float("nan"), tl.float32)
+    if live:
+        temperature = tl.load(temperature_ptr + r)
+        _, inv_st = _inv_temperatures(r, temperature_ptr, stats_temperature_ptr, STATS)
+        logits_row, guidance_row = _row_pointers(r, logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr,
+                                                 HAS_GUIDANCE)
+        rec_row = rec_ptr + r * (FIELDS * n_chunks)
+        arg_row = arg_ptr + r * n_chunks
+        blk = tl.arange(0, CHUNK_BLOCK)
+
+        # ---- merge: bad flags, row max, first argmax (all exact, so the order cannot matter) ----
+        has_bad = tl.full([], 0, tl.int32)
+        has_finite = tl.full([], 0, tl.int32)
+        row_max = tl.full([], float("-inf"), tl.float32)
+        argmax = tl.full([], 0, tl.int32)
+        for cb in range(0, n_chunks, CHUNK_BLOCK):
+            idx = cb + blk
+            ok = idx < n_chunks
+            m = tl.load(rec_row + idx, mask=ok, other=float("-inf"))
+            has_bad = tl.maximum(has_bad, tl.max((m != m).to(tl.int32), 0))
+            has_finite = tl.maximum(has_finite, tl.max((m > float("-inf")).to(tl.int32), 0))
+            m_blk = tl.max(tl.where(m == m, m, float("-inf")), 0)
+            arg_blk = tl.min(tl.where(ok & (m == m_blk), tl.load(arg_row + idx, mask=ok, other=0), _INT_MAX), 0)
+            # Strictly greater: on ties across blocks the earlier (lower index) one keeps it.
+            argmax = tl.where(m_blk > row_max, arg_blk, argmax)
+            row_max = tl.maximum(row_max, m_blk)
+        bad = (has_bad > 0) | (has_finite == 0)
+        token = argmax.to(tl.int64)
+
+        if (temperature > 0) & ~bad:
+            tok0, tok1, tok2, tok3 = _philox_words(tl.load(seed_ptr + r), tl.load(offset_ptr + r),
+                                                   tl.load(position_ptr + r), _DOMAIN_TOKEN)
+            u1 = _uniform52(tok0, tok1)
+            u2 = _uniform52(tok2, tok3)
+            t64 = temperature.to(tl.float64)
+            big_m = row_max.to(tl.float64)
+
+            # ---- pass 2: pick the chunk (float64 running sum of W over the records) ----
+            # The same block sums in both loops, so the last running sum equals `total` bitwise.
+            total = tl.full([], 0.0, tl.float64)
+            for cb in range(0, n_chunks, CHUNK_BLOCK):
+                w = _chunk_weights(rec_row, rec_row + n_chunks, cb + blk, n_chunks, big_m, t64)
+                total = tl.max(total + tl.cumsum(w, 0), 0)
+            target = u1 * total
+            chosen = tl.full([], -1, tl.int32)
+            last_positive = tl.full([], -1, tl.int32)
+            running = tl.full([], 0.0, tl.float64)
+            for cb in range(0, n_chunks, CHUNK_BLOCK):
+                idx = cb + blk
+                w = _chunk_weights(rec_row, rec_row + n_chunks, idx, n_chunks, big_m, t64)
+                cum = running + tl.cumsum(w, 0)
+                hit = tl.min(tl.where(cum > target, idx, _INT_MAX), 0)
+                chosen = tl.where((chosen < 0) & (hit < _INT_MAX), hit, chosen)
+                last_positive = tl.maximum(last_positive, tl.max(tl.where(w > 0, idx, -1), 0))
+                running = tl.max(cum, 0)
+            # u1 * total rounding up to total leaves no running sum above it: take the last chunk with mass.
+            chosen = tl.maximum(tl.where(chosen >= 0, chosen, last_positive), 0)
+
+            # ---- pass 3: pick the token inside the chosen chunk (float64) ----
+            lane = tl.arange(0, CHUNK)
+            cols = chosen * CHUNK + lane
+            g = _scores(logits_row, guidance_row, cols, vocab, exclude, guidance_mult, HAS_GUIDANCE)
+            m_c = tl.load(rec_row + chosen).to(tl.float64)
+            w = tl.exp((g.to(tl.float64) - m_c) / t64)
+            cum = tl.cumsum(w, 0)
+            target = u2 * tl.max(cum, 0)
+            inner = tl.min(tl.where(cum > target, lane, CHUNK), 0)
+            inner = tl.where(inner < CHUNK, inner, tl.max(tl.where(w > 0, lane, -1), 0))
+            token = chosen.to(tl.int64) * CHUNK + inner.to(tl.int64)
+
+        if bad:
+            token = tl.full([], -1, tl.int64)
+
+        if STATS:
+            # Every chunk moved from its own max M_c to the row max M: its e^y scale by e_c = e^(a_c),
+            # a_c = (M_c - M) / T_stats <= 0, and its y shift by a_c. The first max's chunk has e_c = 1 and
+            # keeps its max out of the tail; every other chunk's max joins it. e_c = 0 (an empty chunk, or
+            # a_c = -inf at a tiny temperature) adds nothing: selected out rather than 0 * -inf.
+            big_m = row_max.to(tl.float64)
+            inv_st64 = inv_st.to(tl.float64)
+            first_chunk = argmax // CHUNK
+            tail = tl.full([], 0.0, tl.float64)
+            sx = tl.full([], 0.0, tl.float64)
+            top2 = tl.full([], float("-inf"), tl.float32)
+            for cb in range(0, n_chunks, CHUNK_BLOCK):
+                idx = cb + blk
+                ok = idx < n_chunks
+                m = tl.load(rec_row + idx, mask=ok, other=float("-inf"))
+                tail_c = tl.load(rec_row + 2 * n_chunks + idx, mask=ok, other=0.0).to(tl.float64)
+                ex_c = tl.load(rec_row + 3 * n_chunks + idx, mask=ok, other=0.0).to(tl.float64)
+                top2_c = tl.load(rec_row + 4 * n_chunks + idx, mask=ok, other=float("-inf"))
+                a = (m.to(tl.float64) - big_m) * inv_st64
+                e = tl.where(m > float("-inf"), tl.exp(a), 0.0)
+                others = idx != first_chunk
+                tail += tl.sum(tl.where(e > 0, e * tail_c, 0.0) + tl.where(others, e, 0.0), 0)
+                sx += tl.sum(tl.where(e > 0, e * (ex_c + a * (1.0 + tail_c)), 0.0), 0)
+                top2 = tl.maximum(top2, tl.max(tl.maximum(top2_c, tl.where(others & ok, m, float("-inf"))), 0))
+            # Bad rows have token -1: read token 0 instead (their stats become NaN below).
+            g_tok = _scores(logits_row, guidance_row, tl.maximum(token, 0).to(tl.int32), vocab, exclude,
+                            guidance_mult, HAS_GUIDANCE)
+            st_sum = 1.0 + tail
+            log_sum = _log1p(tail)
+            logprob64 = (g_tok.to(tl.float64) - big_m) * inv_st64 - log_sum
+            logprob = logprob64.to(tl.float32)
+            prob = tl.exp(logprob64).to(tl.float32)
+            # p1 - p2 = (1 - e^((top2 - top1)/T)) / sum: top1 and top2 may be close.
+            gap = (top2.to(tl.float64) - big_m) * inv_st64
+            margin = ((1.0 - tl.exp(gap)) / st_sum).to(tl.float32)
+            entropy = (log_sum - sx / st_sum).to(tl.float32)  # both terms >= 0: no cancellation
+            if bad:
+                logprob = tl.full([], float("nan"), tl.float32)
+                prob = tl.full([], float("nan"), tl.float32)
+                margin = tl.full([], float("nan"), tl.float32)
+                entropy = tl.full([], float("nan"), tl.float32)
+
+    tl.store(out_ptr + r, token)
+    if STATS:
+        stats_row = stats_ptr + r * 4
+        tl.store(stats_row + 0, logprob)
+        tl.store(stats_row + 1, prob)
+        tl.store(stats_row + 2, margin)
+        tl.store(stats_row + 3, entropy)
+
+
+# The three kernels share one argument list (see _launch); the comments give shapes.
+@triton.jit
 def _sample_rows_kernel(
     logits_ptr,            # [..., V] fp16/bf16/fp32/fp64
     row_offsets_ptr,       # [N] int64 element offsets of the rows
@@ -123,205 +387,116 @@ def _sample_rows_kernel(
     stats_temperature_ptr,  # [N] fp32, or None
     out_ptr,               # [N] int64
     stats_ptr,             # [N, 4] fp32, or None
-    chunk_max_ptr,         # [N, C] fp32 scratch
-    chunk_sum_ptr,         # [N, C] fp32 scratch
+    rec_ptr,               # [N, FIELDS, C] fp32 scratch: M_c, S_c (+ tail, sum e^y y, top2)
+    arg_ptr,               # [N, C] int32 scratch: first argmax of each chunk
     vocab,
     n_chunks,
     exclude,               # token id never drawn, -1 for none
     mask_id,
+    rows_key,              # autotuning key only: next power of two of N
     CHUNK: tl.constexpr,
     CHUNK_BLOCK: tl.constexpr,
+    FIELDS: tl.constexpr,
     HAS_GUIDANCE: tl.constexpr,
     HAS_ACTIVE: tl.constexpr,
     HAS_FALLBACK: tl.constexpr,
     UNMASK: tl.constexpr,
     STATS: tl.constexpr,
+    UNROLL: tl.constexpr,  # chunks reduced per loop step (their loads in flight together)
 ):
+    """One program per row: pass 1 over all its chunks, then the finish."""
     r = tl.program_id(0).to(tl.int64)
-    seed = tl.load(seed_ptr + r)
-    offset = tl.load(offset_ptr + r)
-    position = tl.load(position_ptr + r)
-
-    # Which rows draw. The others return their carry-over token and do not touch their logits.
-    if UNMASK:
-        x = tl.load(x_ptr + r)
-        reveal_prob = tl.load(reveal_prob_ptr + r)
-        coin0, coin1, _, _ = _philox_words(seed, offset, position, _DOMAIN_REVEAL)
-        live = (x == mask_id) & (_uniform52(coin0, coin1) < reveal_prob)
-        carry = x
-    elif HAS_ACTIVE:
-        live = tl.load(active_ptr + r) != 0
-        if HAS_FALLBACK:
-            carry = tl.load(fallback_ptr + r)
-        else:
-            carry = tl.full([], -1, tl.int64)
-    else:
-        live = tl.full([], 1, tl.int1)
-        carry = tl.full([], -1, tl.int64)
-
-    token = carry
-    logprob = tl.full([], float("nan"), tl.float32)
-    prob = tl.full([], float("nan"), tl.float32)
-    margin = tl.full([], float("nan"), tl.float32)
-    entropy = tl.full([], float("nan"), tl.float32)
+    live, _ = _row_live(r, seed_ptr, offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr,
+                        mask_id, HAS_ACTIVE, HAS_FALLBACK, UNMASK)
     if live:
-        temperature = tl.load(temperature_ptr + r)
-        sampling = temperature > 0
-        # Clamped so that a subnormal temperature gives 0 * inv_t = 0 for the maximum (not 0 * inf = NaN).
-        inv_t = tl.minimum(1.0 / tl.where(sampling, temperature, 1.0), 3.0e38)
-        logits_row = logits_ptr + tl.load(row_offsets_ptr + r)
-        guidance_row = logits_row
-        if HAS_GUIDANCE:
-            guidance_row = guidance_ptr + tl.load(guidance_offsets_ptr + r)
-        chunk_max_row = chunk_max_ptr + r * n_chunks
-        chunk_sum_row = chunk_sum_ptr + r * n_chunks
-        inv_st = 1.0
-        if STATS:
-            inv_st = tl.minimum(1.0 / tl.load(stats_temperature_ptr + r), 3.0e38)
-        lane = tl.arange(0, CHUNK)
-
-        # ---- pass 1: per-chunk max and sum of exp, argmax, bad flags, stats ----
-        has_nan = tl.full([], 0, tl.int32)
-        has_posinf = tl.full([], 0, tl.int32)
-        has_finite = tl.full([], 0, tl.int32)
-        row_max = tl.full([], float("-inf"), tl.float32)
-        argmax = tl.full([], 0, tl.int32)
-        # Online softmax state at stats_temperature, in score units: max, tail = sum of e^y over every
-        # token but one maximum (so sum = 1 + tail keeps its small part exactly: a near one-hot row has
-        # entropy and log-probability ~1e-9 that 1 + tail in fp32 would round away), sum of e^y * y, top2.
-        st_max = tl.full([], float("-inf"), tl.float32)
-        st_tail = tl.full([], 0.0, tl.float32)
-        st_sx = tl.full([], 0.0, tl.float32)
-        top2 = tl.full([], float("-inf"), tl.float32)
-        for c in range(0, n_chunks):
-            cols = c * CHUNK + lane
-            g = _scores(logits_row, guidance_row, cols, vocab, exclude, guidance_mult, HAS_GUIDANCE)
-
-            has_nan = tl.maximum(has_nan, tl.max((g != g).to(tl.int32), 0))
-            has_posinf = tl.maximum(has_posinf, tl.max((g == float("inf")).to(tl.int32), 0))
-            finite = (g > float("-inf")) & (g < float("inf"))
-            has_finite = tl.maximum(has_finite, tl.max(finite.to(tl.int32), 0))
-
-            m_c = tl.max(g, 0)
-            first_max = tl.min(tl.where(g == m_c, cols, 2147483647), 0)
-            # Strictly greater: on ties across chunks the earlier (lower index) chunk keeps it.
-            argmax = tl.where(m_c > row_max, first_max, argmax)
-            row_max = tl.maximum(row_max, m_c)
-
-            # A chunk with no finite score gets S_c = 0 (shift by 0 so -inf - -inf never appears).
-            shift = tl.where(m_c > float("-inf"), m_c, 0.0)
-            d = g - shift
-            s_c = tl.sum(tl.exp(d * inv_t), 0)
-            tl.store(chunk_max_row + c, m_c)
-            tl.store(chunk_sum_row + c, s_c)
-
-            if STATS:
-                y = d * inv_st
-                e = tl.exp(y)
-                not_top = cols != first_max  # the chunk's maximum, e = 1, stays out of its tail
-                tail_c = tl.sum(tl.where(not_top, e, 0.0), 0)
-                # e == 0 where y == -inf: those terms are 0, not 0 * -inf.
-                ex_c = tl.sum(e * tl.where(e > 0, y, 0.0), 0)
-                # top2 of the union: the larger of the two seconds and of the smaller first.
-                top2_c = tl.max(tl.where(not_top, g, float("-inf")), 0)
-                top2 = tl.maximum(tl.maximum(top2, top2_c), tl.minimum(st_max, m_c))
-                # Moving a slice from its own max to the joint max scales it by e^d (d <= 0) and adds
-                # d to each y. The winner's e^d is 1; the loser's maximum joins the tail. A slice with
-                # e^d = 0 (empty, or d = -inf at a tiny temperature) adds nothing: select it out
-                # rather than compute 0 * -inf.
-                new_max = tl.maximum(st_max, m_c)
-                da = (st_max - new_max) * inv_st
-                db = (shift - new_max) * inv_st
-                ea = tl.where(st_max > float("-inf"), tl.exp(da), 0.0)
-                eb = tl.where(m_c > float("-inf"), tl.exp(db), 0.0)
-                st_sx = tl.where(ea > 0, ea * (st_sx + da * (1.0 + st_tail)), 0.0) + \
-                    tl.where(eb > 0, eb * (ex_c + db * (1.0 + tail_c)), 0.0)
-                st_tail = st_tail * ea + tail_c * eb + tl.minimum(ea, eb)
-                st_max = new_max
-
-        # Pass 2 reads the scratch from other threads than the ones that stored it: a CTA barrier
-        # orders those global writes before the reads (Triton inserts barriers for shared memory only).
-        tl.debug_barrier()
-        bad = (has_nan > 0) | (has_posinf > 0) | (has_finite == 0)
-        token = argmax.to(tl.int64)
-
-        if sampling & ~bad:
-            tok0, tok1, tok2, tok3 = _philox_words(seed, offset, position, _DOMAIN_TOKEN)
-            u1 = _uniform52(tok0, tok1)
-            u2 = _uniform52(tok2, tok3)
-            t64 = temperature.to(tl.float64)
-            big_m = row_max.to(tl.float64)
-            blk = tl.arange(0, CHUNK_BLOCK)
-
-            # ---- pass 2: pick the chunk (float64 running sum of W over the [C] scratch) ----
-            # The same block sums in both loops, so the last running sum equals `total` bitwise.
-            total = tl.full([], 0.0, tl.float64)
-            for cb in range(0, n_chunks, CHUNK_BLOCK):
-                idx = cb + blk
-                w = _chunk_weights(chunk_max_row, chunk_sum_row, idx, n_chunks, big_m, t64)
-                total = tl.max(total + tl.cumsum(w, 0), 0)
-            target = u1 * total
-            chosen = tl.full([], -1, tl.int32)
-            last_positive = tl.full([], -1, tl.int32)
-            running = tl.full([], 0.0, tl.float64)
-            for cb in range(0, n_chunks, CHUNK_BLOCK):
-                idx = cb + blk
-                w = _chunk_weights(chunk_max_row, chunk_sum_row, idx, n_chunks, big_m, t64)
-                cum = running + tl.cumsum(w, 0)
-                hit = tl.min(tl.where(cum > target, idx, 2147483647), 0)
-                chosen = tl.where((chosen < 0) & (hit < 2147483647), hit, chosen)
-                last_positive = tl.maximum(last_positive, tl.max(tl.where(w > 0, idx, -1), 0))
-                running = tl.max(cum, 0)
-            # u1 * total rounding up to total leaves no running sum above it: take the last chunk with mass.
-            chosen = tl.maximum(tl.where(chosen >= 0, chosen, last_positive), 0)
-
-            # ---- pass 3: pick the token inside the chosen chunk (float64) ----
-            cols = chosen * CHUNK + lane
-            g = _scores(logits_row, guidance_row, cols, vocab, exclude, guidance_mult, HAS_GUIDANCE)
-            m_c = tl.load(chunk_max_row + chosen).to(tl.float64)
-            w = tl.exp((g.to(tl.float64) - m_c) / t64)
-            cum = tl.cumsum(w, 0)
-            target = u2 * tl.max(cum, 0)
-            inner = tl.min(tl.where(cum > target, lane, CHUNK), 0)
-            inner = tl.where(inner < CHUNK, inner, tl.max(tl.where(w > 0, lane, -1), 0))
-            token = chosen.to(tl.int64) * CHUNK + inner.to(tl.int64)
-
-        if bad:
-            token = tl.full([], -1, tl.int64)
-
-        if STATS:
-            # Bad rows have token -1: read token 0 instead (its stats become NaN below).
-            g_tok = _scores(logits_row, guidance_row, tl.maximum(token, 0).to(tl.int32), vocab, exclude,
-                            guidance_mult, HAS_GUIDANCE)
-            st_sum = 1.0 + st_tail
-            log_sum = _log1p(st_tail)
-            logprob = (g_tok - st_max) * inv_st - log_sum
-            prob = tl.exp(logprob)
-            # p1 - p2 = (1 - e^((top2 - top1)/T)) / sum, in float64: top1 and top2 may be close.
-            gap = (top2.to(tl.float64) - st_max.to(tl.float64)) * inv_st.to(tl.float64)
-            margin = ((1.0 - tl.exp(gap)) / st_sum.to(tl.float64)).to(tl.float32)
-            entropy = log_sum - st_sx / st_sum  # both terms >= 0: no cancellation
-            if bad:
-                logprob = tl.full([], float("nan"), tl.float32)
-                prob = tl.full([], float("nan"), tl.float32)
-                margin = tl.full([], float("nan"), tl.float32)
-                entropy = tl.full([], float("nan"), tl.float32)
-
-    tl.store(out_ptr + r, token)
-    if STATS:
-        stats_row = stats_ptr + r * 4
-        tl.store(stats_row + 0, logprob)
-        tl.store(stats_row + 1, prob)
-        tl.store(stats_row + 2, margin)
-        tl.store(stats_row + 3, entropy)
+        for c0 in range(0, n_chunks, UNROLL):
+            _reduce_chunks(r, c0, UNROLL, logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr,
+                           guidance_mult, temperature_ptr, stats_temperature_ptr, rec_ptr, arg_ptr, vocab, n_chunks,
+                           exclude, CHUNK, FIELDS, HAS_GUIDANCE, STATS)
+    # The finish reads records stored by other threads of the CTA: a barrier orders those global
+    # writes before the reads (Triton inserts barriers for shared memory only).
+    tl.debug_barrier()
+    _finish_row(r, logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr, guidance_mult, temperature_ptr,
+                seed_ptr, offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr,
+                stats_temperature_ptr, out_ptr, stats_ptr, rec_ptr, arg_ptr, vocab, n_chunks, exclude, mask_id,
+                CHUNK, CHUNK_BLOCK, FIELDS, HAS_GUIDANCE, HAS_ACTIVE, HAS_FALLBACK, UNMASK, STATS)
 
 
-def sample_rows(req: RowDraw) -> tuple[torch.Tensor, torch.Tensor | None]:
+@triton.jit
+def _chunk_records_kernel(
+    logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr, guidance_mult, temperature_ptr, seed_ptr,
+    offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr, stats_temperature_ptr, out_ptr,
+    stats_ptr, rec_ptr, arg_ptr, vocab, n_chunks, exclude, mask_id, rows_key,
+    CHUNK: tl.constexpr, CHUNK_BLOCK: tl.constexpr, FIELDS: tl.constexpr, HAS_GUIDANCE: tl.constexpr,
+    HAS_ACTIVE: tl.constexpr, HAS_FALLBACK: tl.constexpr, UNMASK: tl.constexpr, STATS: tl.constexpr,
+    GROUP: tl.constexpr,   # chunks per program
+):
+    """Split path, pass 1: program (r, j) reduces chunks [j * GROUP, (j + 1) * GROUP) of row r."""
+    r = tl.program_id(0).to(tl.int64)
+    live, _ = _row_live(r, seed_ptr, offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr,
+                        mask_id, HAS_ACTIVE, HAS_FALLBACK, UNMASK)
+    if live:
+        _reduce_chunks(r, tl.program_id(1) * GROUP, GROUP, logits_ptr, row_offsets_ptr, guidance_ptr,
+                       guidance_offsets_ptr, guidance_mult, temperature_ptr, stats_temperature_ptr, rec_ptr, arg_ptr,
+                       vocab, n_chunks, exclude, CHUNK, FIELDS, HAS_GUIDANCE, STATS)
+
+
+@triton.jit
+def _finish_rows_kernel(
+    logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr, guidance_mult, temperature_ptr, seed_ptr,
+    offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr, stats_temperature_ptr, out_ptr,
+    stats_ptr, rec_ptr, arg_ptr, vocab, n_chunks, exclude, mask_id, rows_key,
+    CHUNK: tl.constexpr, CHUNK_BLOCK: tl.constexpr, FIELDS: tl.constexpr, HAS_GUIDANCE: tl.constexpr,
+    HAS_ACTIVE: tl.constexpr, HAS_FALLBACK: tl.constexpr, UNMASK: tl.constexpr, STATS: tl.constexpr,
+):
+    """Split path, passes 2-3: one program per row, from the records of _chunk_records_kernel."""
+    _finish_row(tl.program_id(0).to(tl.int64), logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr,
+                guidance_mult, temperature_ptr, seed_ptr, offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr,
+                reveal_prob_ptr, stats_temperature_ptr, out_ptr, stats_ptr, rec_ptr, arg_ptr, vocab, n_chunks,
+                exclude, mask_id, CHUNK, CHUNK_BLOCK, FIELDS, HAS_GUIDANCE, HAS_ACTIVE, HAS_FALLBACK, UNMASK, STATS)
+
+
+def _quick_bench(fn, quantiles):
+    """Autotuning timer: a few ms per config (the default spends ~125 ms on each)."""
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+
+
+_KEY = ["vocab", "rows_key"]  # plus the dtypes of the tensor arguments, which the autotuner adds
+_rows_tuned = triton.autotune(ROW_CONFIGS, key=_KEY, do_bench=_quick_bench, cache_results=True)(_sample_rows_kernel)
+_chunks_tuned = triton.autotune(SPLIT_CONFIGS, key=_KEY, do_bench=_quick_bench, cache_results=True)(
+    _chunk_records_kernel)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (a fixed stand-in under the interpreter)."""
+    if device.type != "cuda":
+        return _INTERPRETER_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def use_split(n_rows: int, vocab: int, sms: int) -> bool:
+    """Whether ``n_rows`` rows of ``vocab`` tokens take the split path on a GPU of ``sms`` SMs.
+
+    One program per row leaves SMs idle when the rows are fewer than the programs that keep
+    HBM busy (``_ROWS_PER_SM`` per SM); a row of one chunk has nothing to split.
+    """
+    return triton.cdiv(vocab, CHUNK) > 1 and n_rows < _ROWS_PER_SM * sms
+
+
+def sample_rows(req: RowDraw, *, split: bool | None = None,
+                config: triton.Config | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Draw one token per row of ``req`` (sample_categorical, or unmask_step when ``req.x`` is set).
 
     Args:
         req: validated request: logits ``[..., V]`` read through ``row_offsets`` ``[N]``,
             per-row ``[N]`` temperature / seed / offset / position and the optional parts.
+        split: force the split path (True) or one program per row (False); None chooses by
+            :func:`use_split` with the device's SM count. Results are the same either way.
+        config: run this entry of ``SPLIT_CONFIGS`` (split path) or ``ROW_CONFIGS`` instead of
+            the autotuned one (GPU) or the first entry (interpreter). Results are the same.
 
     Returns:
         tokens ``[N]`` int64 (-1 for bad rows; ``fallback``/``x`` for rows not drawn) and,
@@ -336,42 +511,48 @@ def sample_rows(req: RowDraw) -> tuple[torch.Tensor, torch.Tensor | None]:
         stats = torch.empty((n, 4), dtype=torch.float32, device=device)
     if n == 0:
         return tokens, stats
+    if split is None:
+        split = use_split(n, vocab, _sm_count(device))
 
     unmask = req.x is not None
     n_chunks = triton.cdiv(vocab, CHUNK)
-    chunk_max = torch.empty((n, n_chunks), dtype=torch.float32, device=device)
-    chunk_sum = torch.empty((n, n_chunks), dtype=torch.float32, device=device)
+    fields = 5 if stats is not None else 2
+    records = torch.empty((n, fields, n_chunks), dtype=torch.float32, device=device)
+    argmaxes = torch.empty((n, n_chunks), dtype=torch.int32, device=device)
     has_active = req.active is not None and not unmask
-    _sample_rows_kernel[(n,)](
-        req.logits,
-        req.row_offsets,
-        req.guidance,
-        req.guidance_offsets,
-        req.guidance_scale + 1.0,
-        req.temperature,
-        req.seed,
-        req.offset,
-        req.position,
+    args = (
+        req.logits, req.row_offsets, req.guidance, req.guidance_offsets, req.guidance_scale + 1.0, req.temperature,
+        req.seed, req.offset, req.position,
         req.active.view(torch.uint8) if has_active else None,
         req.fallback if has_active else None,
         req.x if unmask else None,
         req.reveal_prob if unmask else None,
-        req.stats_temperature,
-        tokens,
-        stats,
-        chunk_max,
-        chunk_sum,
-        vocab,
-        n_chunks,
+        req.stats_temperature, tokens, stats, records, argmaxes, vocab, n_chunks,
         req.mask_id if unmask else req.exclude,
         req.mask_id,
+        triton.next_power_of_2(n),
+    )
+    meta = dict(
         CHUNK=CHUNK,
         CHUNK_BLOCK=min(triton.next_power_of_2(n_chunks), _MAX_CHUNK_BLOCK),
+        FIELDS=fields,
         HAS_GUIDANCE=req.guidance is not None,
         HAS_ACTIVE=has_active,
         HAS_FALLBACK=has_active and req.fallback is not None,
         UNMASK=unmask,
         STATS=stats is not None,
-        num_warps=_NUM_WARPS,
     )
+    if config is None and _backends.triton_interpreted():
+        config = (SPLIT_CONFIGS if split else ROW_CONFIGS)[0]
+    if split:
+        grid = lambda m: (n, triton.cdiv(n_chunks, m["GROUP"]))  # noqa: E731
+        if config is None:
+            _chunks_tuned[grid](*args, **meta)
+        else:
+            _chunk_records_kernel[grid](*args, **meta, **config.all_kwargs())
+        _finish_rows_kernel[(n,)](*args, **meta, num_warps=_NUM_WARPS)
+    elif config is None:
+        _rows_tuned[(n,)](*args, **meta)
+    else:
+        _sample_rows_kernel[(n,)](*args, **meta, **config.all_kwargs())
     return tokens, stats

@@ -1,0 +1,79 @@
+"""Plot of a sampling sweep (benchmarks/bench_sampling.py --sweep): throughput vs rows.
+
+Standalone: ``python benchmarks/plot_sampling.py benchmarks/results/<device>-sampling-sweep-<date>.json``
+writes the PNG beside the JSON.
+
+Two panels over rows N (log-x): GB/s of logits read (N x V x bytes per element) and the
+same as % of the measured copy bandwidth; one line per (V, backend), colour by V, line
+style by backend. The title names the device; a CPU run is marked a smoke test.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+_STYLES = ["-", "--", ":", "-."]
+
+
+def plot_sweep(doc: dict, path: Path) -> Path:
+    """Draw the ``sample_categorical`` sweep rows of results ``doc`` (write_results' layout) into PNG ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in doc["rows"] if r.get("series") == "sweep"]
+    if not rows:
+        raise ValueError("the results hold no sweep rows (run bench_sampling.py --sweep)")
+    vocabs = sorted({r["vocab"] for r in rows})
+    impls = sorted({r["impl"] for r in rows})
+    colours = plt.get_cmap("viridis")
+    fig, (ax_gbps, ax_pct) = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
+    for vi, vocab in enumerate(vocabs):
+        colour = colours(vi / max(1, len(vocabs) - 1))
+        for bi, impl in enumerate(impls):
+            line = sorted((r["rows"], r["gbps"], r.get("pct_copy")) for r in rows if r["vocab"] == vocab
+                          and r["impl"] == impl)
+            if not line:
+                continue
+            n, gbps, pct = zip(*line)
+            style = dict(color=colour, linestyle=_STYLES[bi % len(_STYLES)], marker="o", markersize=3,
+                         label=f"V={vocab} {impl}")
+            ax_gbps.plot(n, gbps, **style)
+            if all(p is not None for p in pct):
+                ax_pct.plot(n, pct, **style)
+    copy = doc.get("copy_bandwidth_gbps")
+    if copy:
+        ax_gbps.axhline(copy, color="grey", linewidth=0.8)
+        ax_gbps.text(1, copy, " measured copy bandwidth (read + write)", color="grey", va="bottom", fontsize=8)
+    ax_gbps.set_yscale("log")  # decode shapes sit orders of magnitude below the large ones
+    for ax, label in ((ax_gbps, "GB/s of logits read"), (ax_pct, "% of measured copy bandwidth")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("rows N (B x L)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_pct.legend(fontsize=7, ncol=2)
+    dtype = rows[0]["dtype"]
+    title = f"sample_categorical, {dtype}: {doc['device']} (commit {doc.get('commit', '')[:10]}, {doc['date']})"
+    if doc.get("device_type") == "cpu":
+        title += " | CPU smoke run: no GPU meaning"
+    fig.suptitle(title, fontsize=10)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print(__doc__)
+        return 2
+    src = Path(args[0])
+    print(plot_sweep(json.loads(src.read_text()), src.with_suffix(".png")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

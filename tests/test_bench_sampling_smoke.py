@@ -1,0 +1,49 @@
+"""Smoke test of the sampling sweep's plumbing (benchmarks/bench_sampling.py --sweep): JSON and PNG.
+
+The tiniest grid, timed runs cut to 2: the numbers mean nothing, only the file layout is checked.
+"""
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytest.importorskip("matplotlib")
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_sweep_writes_results_and_plot(tmp_path):
+    bench = _load("bench_sampling")
+    rc = bench.main(["--sweep", "--vocabs", "3000", "5000", "--row-counts", "1", "3", "--runs", "2",
+                     "--naive-at", "2", "3000", "--no-compile", "--results-dir", str(tmp_path)])
+    assert rc == 0
+    (json_path,) = tmp_path.glob("*-sampling-sweep*.json")
+    doc = json.loads(json_path.read_text())
+    assert doc["device_type"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert doc["cpu_smoke"] == (doc["device_type"] == "cpu") and doc["copy_bandwidth_gbps"] > 0
+    for key in ("device", "torch", "cuda", "commit", "date"):
+        assert key in doc
+    sweep = [r for r in doc["rows"] if r["series"] == "sweep"]
+    impls = {r["impl"] for r in sweep}
+    assert impls and {(r["vocab"], r["rows"]) for r in sweep} == {(3000, 1), (3000, 3), (5000, 1), (5000, 3)}
+    assert len(sweep) == 4 * len(impls)
+    assert all(r["median_s"] > 0 and r["pct_copy"] > 0 for r in doc["rows"]) and all(r["gbps"] > 0 for r in sweep)
+    assert {"mdlm_fp64", "mdsample[reference]"} <= {r["impl"] for r in doc["rows"] if r["series"] == "naive"}
+    unmask = [(r["impl"], r["revealed"]) for r in doc["rows"] if r["series"] == "unmask"]
+    assert sorted(unmask) == sorted((impl, frac) for impl in impls for frac in (0.01, 0.1, 1.0))
+    png = json_path.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_needs_sweep_rows(tmp_path):
+    plot = _load("plot_sampling")
+    with pytest.raises(ValueError, match="no sweep rows"):
+        plot.plot_sweep({"rows": [{"series": "naive"}], "device": "x", "date": "d"}, tmp_path / "x.png")
