@@ -145,5 +145,5 @@ def sample_rows(
         invalid = bad | (tokens < 0)
         if active is not None:
             invalid = invalid | ~active
-        stats[invalid] = math.nan
+        stats = stats.masked_fill(invalid.unsqueeze(1), math.nan)  # no boolean-index write: no host sync
     return tokens, stats
