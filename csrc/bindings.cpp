@@ -132,11 +132,23 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     mdsample::lowdisc_timesteps_cpu(a);
   }, "Timestep lattices of lowdisc_timesteps on CPU (see csrc/likelihood.h)");
+  m.def("lowdisc_timesteps_cuda", [](py::kwargs kw) {
+    const mdsample::TimestepArgs a = timestep_args(kw);
+    const int64_t stream = kw["stream"].cast<int64_t>();
+    py::gil_scoped_release nogil;
+    mdsample::lowdisc_timesteps_cuda(a, stream);
+  }, "Timestep lattices of lowdisc_timesteps on the GPU, queued on `stream` (see csrc/likelihood.h)");
   m.def("forward_mask_cpu", [](py::kwargs kw) {
     const mdsample::ForwardMaskArgs a = forward_mask_args(kw);
     py::gil_scoped_release nogil;
     mdsample::forward_mask_cpu(a);
   }, "Bernoulli / exact-count forward masking of forward_mask on CPU (see csrc/likelihood.h)");
+  m.def("forward_mask_cuda", [](py::kwargs kw) {
+    const mdsample::ForwardMaskArgs a = forward_mask_args(kw);
+    const int64_t stream = kw["stream"].cast<int64_t>();
+    py::gil_scoped_release nogil;
+    mdsample::forward_mask_cuda(a, stream);
+  }, "Bernoulli / exact-count forward masking of forward_mask on the GPU, queued on `stream`");
   m.def("masked_nll_cpu", [](py::kwargs kw) {
     const mdsample::MaskedNllArgs a = masked_nll_args(kw);
     py::gil_scoped_release nogil;
@@ -144,8 +156,9 @@ PYBIND11_MODULE(_C, m) {
   }, "Per-sequence weighted NLL over masked rows of masked_nll on CPU (see csrc/likelihood.h)");
   m.def("masked_nll_cuda", [](py::kwargs kw) {
     const mdsample::MaskedNllArgs a = masked_nll_args(kw);
+    float* row_value = ptr<float>(kw, "row_value");
     const int64_t stream = kw["stream"].cast<int64_t>();
     py::gil_scoped_release nogil;
-    mdsample::masked_nll_cuda(a, stream);
-  }, "masked_nll on the GPU (compiled, not yet dispatched to: no GPU has run it)");
+    mdsample::masked_nll_cuda(a, row_value, stream);
+  }, "masked_nll on the GPU, queued on `stream`; row_value: [N] float32 scratch (see csrc/likelihood.h)");
 }

@@ -21,7 +21,15 @@ void sample_cuda(const SampleArgs&, int64_t) {
   throw std::runtime_error("mdsample._C was built without CUDA (no nvcc at build time)");
 }
 
-void masked_nll_cuda(const MaskedNllArgs&, int64_t) {
+void lowdisc_timesteps_cuda(const TimestepArgs&, int64_t) {
+  throw std::runtime_error("mdsample._C was built without CUDA (no nvcc at build time)");
+}
+
+void forward_mask_cuda(const ForwardMaskArgs&, int64_t) {
+  throw std::runtime_error("mdsample._C was built without CUDA (no nvcc at build time)");
+}
+
+void masked_nll_cuda(const MaskedNllArgs&, float*, int64_t) {
   throw std::runtime_error("mdsample._C was built without CUDA (no nvcc at build time)");
 }
 

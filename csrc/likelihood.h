@@ -64,8 +64,12 @@ struct MaskedNllArgs {
 void lowdisc_timesteps_cpu(const TimestepArgs& args);
 void forward_mask_cpu(const ForwardMaskArgs& args);
 void masked_nll_cpu(const MaskedNllArgs& args);
-// CUDA launcher (csrc/likelihood.cu): compiled when nvcc is present, not yet
-// dispatched to (no GPU has run it; mdsample/_backends.py).
-void masked_nll_cuda(const MaskedNllArgs& args, int64_t stream);
+// CUDA launchers (csrc/likelihood.cu; csrc/cuda_absent.cpp without nvcc): all
+// pointers are device memory, the work is queued on `stream` (a cudaStream_t
+// as an integer) and nothing is allocated or synchronized, so a CUDA graph may
+// capture them. masked_nll's row_value is an [N] float32 scratch.
+void lowdisc_timesteps_cuda(const TimestepArgs& args, int64_t stream);
+void forward_mask_cuda(const ForwardMaskArgs& args, int64_t stream);
+void masked_nll_cuda(const MaskedNllArgs& args, float* row_value, int64_t stream);
 
 }  // namespace mdsample

@@ -3,8 +3,11 @@
 The public ops (``mdsample/ops/lowdisc_timesteps.py``, ``forward_mask.py``,
 ``masked_nll.py``) validate their arguments into the flat contiguous tensors
 below and call these runners; ``library.py`` registers the same runners with
-``torch.library`` for ``torch.compile``. The CUDA launcher of masked_nll is
-compiled (csrc/likelihood.cu) but not dispatched to until a GPU has run it.
+``torch.library`` for ``torch.compile``. The compiled backends ("cpu",
+"cuda") share one launcher interface (csrc/likelihood.h): the CUDA launchers
+are queued on the current stream with no host sync and no allocation of their
+own (masked_nll's [N] scratch comes from torch's allocator), so they are
+graph-capturable.
 """
 from __future__ import annotations
 
@@ -23,9 +26,13 @@ def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def _cpu_only(backend: str, what: str) -> None:
-    if backend == "cuda":  # resolve() never picks it while _backends reports the CUDA kernels missing
-        raise NotImplementedError(f"{what}: the CUDA backend is not dispatched to yet")
+def _launch(op: str, device: torch.device, **args) -> None:
+    """Calls ``mdsample._C.<op>_cpu``, or ``<op>_cuda`` on the current stream of ``device`` for CUDA tensors."""
+    C = _backends.compiled_module()
+    if device.type == "cuda":
+        getattr(C, op + "_cuda")(stream=torch.cuda.current_stream(device).cuda_stream, **args)
+    else:
+        getattr(C, op + "_cpu")(**args)
 
 
 def run_timesteps(n: int, *, eps: float, mode: str, seed: int, offset: torch.Tensor, backend: str) -> torch.Tensor:
@@ -36,11 +43,10 @@ def run_timesteps(n: int, *, eps: float, mode: str, seed: int, offset: torch.Ten
         from ..triton import likelihood as tri
 
         return tri.lowdisc_timesteps(n, eps=eps, mode=mode, seed=seed, offset=offset)
-    _cpu_only(backend, "lowdisc_timesteps")
     out = torch.empty((offset.numel(), n), dtype=torch.float64, device=offset.device)
-    _backends.compiled_module().lowdisc_timesteps_cpu(
-        n=n, n_lattices=offset.numel(), mode=MODE_CODE[mode], eps=eps, seed=seed, offset=offset.data_ptr(),
-        out=out.data_ptr(),
+    _launch(
+        "lowdisc_timesteps", offset.device, n=n, n_lattices=offset.numel(), mode=MODE_CODE[mode], eps=eps, seed=seed,
+        offset=offset.data_ptr(), out=out.data_ptr(),
     )
     return out
 
@@ -73,10 +79,9 @@ def run_forward_mask(
 
         return tri.forward_mask(x0, mask_id=mask_id, seed=seed, offset=offset, position=position, maskable=maskable,
                                 prob=prob, count=count)
-    _cpu_only(backend, "forward_mask")
     out = torch.empty_like(x0)
-    _backends.compiled_module().forward_mask_cpu(
-        x0=x0.data_ptr(), batch=x0.shape[0], length=x0.shape[1],
+    _launch(
+        "forward_mask", x0.device, x0=x0.data_ptr(), batch=x0.shape[0], length=x0.shape[1],
         maskable=_ptr(None if maskable is None else maskable.view(torch.uint8)),
         seed=seed.data_ptr(), offset=offset.data_ptr(), position=_ptr(position), prob=_ptr(prob), count=_ptr(count),
         mask_id=mask_id, out=out.data_ptr(),
@@ -116,11 +121,15 @@ def run_masked_nll(req: NllRequest, backend: str) -> torch.Tensor:
         from ..triton import likelihood as tri
 
         return tri.masked_nll(req)
-    _cpu_only(backend, "masked_nll")
-    out = torch.empty(req.n_seqs, dtype=torch.float32, device=req.logits.device)
-    _backends.compiled_module().masked_nll_cpu(
-        logits=req.logits.data_ptr(), dtype=_DTYPE_CODE[req.logits.dtype], vocab=req.logits.shape[-1],
-        row_offsets=req.row_offsets.data_ptr(), guidance=_ptr(req.guidance),
+    device = req.logits.device
+    out = torch.empty(req.n_seqs, dtype=torch.float32, device=device)
+    scratch = {}  # the CUDA launcher's per-row values [N] (the CPU one keeps its own)
+    if device.type == "cuda":
+        row_value = torch.empty(req.n_seqs * req.length, dtype=torch.float32, device=device)
+        scratch["row_value"] = row_value.data_ptr()
+    _launch(
+        "masked_nll", device, **scratch, logits=req.logits.data_ptr(), dtype=_DTYPE_CODE[req.logits.dtype],
+        vocab=req.logits.shape[-1], row_offsets=req.row_offsets.data_ptr(), guidance=_ptr(req.guidance),
         guidance_offsets=_ptr(req.guidance_offsets), guidance_scale=req.guidance_scale,
         target=req.target.data_ptr(), xt=req.xt.data_ptr(), weight=_ptr(req.weight), mask_id=req.mask_id,
         exclude=req.exclude, n_seqs=req.n_seqs, length=req.length, out=out.data_ptr(),

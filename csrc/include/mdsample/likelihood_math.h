@@ -27,9 +27,16 @@ MDS_HD double lattice_point(int mode, double u, int64_t i, int64_t n) {
 }
 
 // t = (1 - eps) t~ + eps (MDLM _sample_t), as a product then a sum: no FMA, so
-// the CPU build (-ffp-contract=off), the CUDA kernels (__dmul_rn / __dadd_rn)
-// and the float64 reference agree bitwise.
-MDS_HD double eps_map(double unit, double eps) { return (1.0 - eps) * unit + eps; }
+// the CPU build (-ffp-contract=off), the CUDA kernels (__dmul_rn / __dadd_rn:
+// nvcc would otherwise contract the expression into one FMA) and the float64
+// reference agree bitwise.
+MDS_HD double eps_map(double unit, double eps) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(__dmul_rn(1.0 - eps, unit), eps);
+#else
+  return (1.0 - eps) * unit + eps;
+#endif
+}
 
 // A token's forward-mask uniform: the centred uniform of words 0-1 of its
 // (seed, offset, position) draw in domain FORWARD_MASK. The Bernoulli variant
@@ -39,6 +46,14 @@ MDS_HD double eps_map(double unit, double eps) { return (1.0 - eps) * unit + eps
 MDS_HD double forward_mask_uniform(uint64_t seed, uint64_t offset, uint64_t position) {
   const Philox4 w = draw_words(seed, offset, position, kDomainForwardMask);
   return uniform52(w.w[0], w.w[1]);
+}
+
+// The 52-bit integer k of that uniform, u = (k + 0.5) 2^-52 (the bits
+// uniform52 takes): u's order in an integer, for the exact-count variant's
+// radix select on the GPU.
+MDS_HD uint64_t forward_mask_key(uint64_t seed, uint64_t offset, uint64_t position) {
+  const Philox4 w = draw_words(seed, offset, position, kDomainForwardMask);
+  return (uint64_t(w.w[0]) << 20) | (uint64_t(w.w[1]) >> 12);
 }
 
 // The uniform of point i of a timestep lattice (the shifted lattice passes i = 0).
