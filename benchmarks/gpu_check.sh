@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # One pass over a fresh GPU machine (no network; Python with torch, triton and
 # pybind11 preinstalled): build the extension, report the backends, run the GPU
-# tests, compute-sanitizer on the CUDA sampling kernels, and the sampling
-# microbenchmark. Everything it prints and writes lands in $OUT.
+# tests, benchmark, and run compute-sanitizer on the CUDA sampling kernels.
+# Everything it prints and writes lands in $OUT.
 #
 #   OUT=/tmp/out bash benchmarks/gpu_check.sh        # from the repository root
 #
 # Steps, in order of what matters most when time runs short (the whole run stays
 # under GPU_CHECK_BUDGET seconds, default 530: each step gets a time limit and a
 # step that no longer fits is skipped and says so):
-#   1. build       pip install --no-build-isolation --no-deps -e .      build.log
-#   2. info        python -m mdsample info                              info.log
-#   3. smoke       cuda backend vs reference on a grid of shapes/dtypes smoke.log
-#   4. tests-ops   sample_categorical / unmask_step / Triton / stats    tests_ops.log
-#   5. sanitizer   compute-sanitizer memcheck + racecheck (if present)  sanitizer_*.log
-#   6. bench       benchmarks/bench_sampling.py (3 shapes)              bench_*.log, results/*.json
-#   7. tests-rest  the rest of tests/ (no -x: every failure listed)     tests_rest.log
-# summary.txt has one line per step: rc, seconds, log.
+#   1. build        pip install --no-build-isolation --no-deps -e .      build.log
+#   2. info         python -m mdsample info                              info.log
+#   3. smoke        cuda backend vs reference on a grid of shapes/dtypes smoke.log
+#   4. tests-ops    sample_categorical / unmask_step / Triton / stats    tests_ops.log
+#   5. sweep        bench_sampling.py --sweep --quick: copy bandwidth,   sweep.log,
+#                   both ops on cuda + triton vs naive / torch.compile   results/*.json, *.png
+#   6. memcheck     compute-sanitizer memcheck (if present)              sanitizer_memcheck.log
+#   7. likelihood   bench_likelihood.py (--quick where it has one)       likelihood.log
+#   8. e2e-llada    e2e_llada.py (--quick where it has one, else small)  e2e_llada.log
+#   9. racecheck    compute-sanitizer racecheck                          sanitizer_racecheck.log
+#  10. tests-rest   the rest of tests/ (no -x: every failure listed)     tests_rest.log
+# Benchmark results written to benchmarks/results/ are copied to $OUT/results after
+# each benchmark step. summary.txt has one line per step: rc, seconds, log.
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -72,12 +77,10 @@ EOF
 
 # ---- 1. build ------------------------------------------------------------------
 export MDSAMPLE_BUILD_JOBS=${MDSAMPLE_BUILD_JOBS:-$(nproc)}
-build() {
-  "$PY" -m pip install --no-build-isolation --no-deps -v -e . && return 0
-  # A system Python marked externally managed (PEP 668) refuses; this machine is ours.
-  "$PY" -m pip install --no-build-isolation --no-deps -v --break-system-packages -e .
-}
-step build 240 build.log build
+# A system Python marked externally managed (PEP 668) refuses the first install; this machine is ours.
+# (timeout runs programs, not shell functions: the fallback is spelled out for bash -c.)
+step build 240 build.log bash -c '"$0" -m pip install --no-build-isolation --no-deps -v -e . ||
+  "$0" -m pip install --no-build-isolation --no-deps -v --break-system-packages -e .' "$PY"
 grep -E "ptxas|warning" "$OUT/build.log" | grep -v "SetuptoolsDeprecationWarning" | head -n 20 > "$OUT/build_warnings.txt"
 [ -s "$OUT/build_warnings.txt" ] && note "build: $(wc -l < "$OUT/build_warnings.txt") warning lines (build_warnings.txt)"
 
@@ -160,42 +163,69 @@ if "$PY" -c "import scipy" 2>/dev/null; then
 else
   note "tests: scipy missing, tests/stats skipped"
 fi
-if "$PY" -c "import pytest" 2>/dev/null; then
+HAVE_PYTEST=0
+"$PY" -c "import pytest" 2>/dev/null && HAVE_PYTEST=1
+if (( HAVE_PYTEST )); then
   # shellcheck disable=SC2086
-  step tests-ops 200 tests_ops.log "$PY" -m pytest $OPS_TESTS -q -x -p no:cacheprovider -rs --durations=10
+  step tests-ops 150 tests_ops.log "$PY" -m pytest $OPS_TESTS -q -x -p no:cacheprovider -rs --durations=10
 else
   note "tests: pytest missing, skipped"
 fi
 
-# ---- 5. compute-sanitizer ------------------------------------------------------------
-SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /opt/nvidia/*/bin/compute-sanitizer 2>/dev/null | head -n 1)
-if [ -n "$SAN" ]; then
-  for tool in memcheck racecheck; do
-    # Only the sampling kernels are instrumented (kns: substring of the mangled name);
-    # a sanitizer without that option runs again instrumenting everything.
-    step "sanitizer-$tool" 90 "sanitizer_$tool.log" "$SAN" --tool "$tool" --error-exitcode 3 --print-limit 20 \
-      --kernel-name kns=sample_kernel "$PY" "$SMOKE" --sanitize
-    if grep -qiE "unrecognized|invalid.*(option|filter)" "$OUT/sanitizer_$tool.log"; then
-      step "sanitizer-$tool-all" 90 "sanitizer_${tool}_all.log" "$SAN" --tool "$tool" --error-exitcode 3 \
-        --print-limit 20 "$PY" "$SMOKE" --sanitize
-    fi
-  done
-else
-  note "sanitizer: compute-sanitizer not found, skipped"
-fi
-
-# ---- 6. benchmark ----------------------------------------------------------------------
-before=$(ls benchmarks/results 2>/dev/null)
-step bench-default 150 bench_default.log "$PY" benchmarks/bench_sampling.py
-step bench-large 70 bench_large.log "$PY" benchmarks/bench_sampling.py --rows 2048 --vocab 126464 --no-compile --runs 10
-step bench-decode 40 bench_decode.log "$PY" benchmarks/bench_sampling.py --rows 4 --vocab 126464 --no-compile --runs 30
+# New files in benchmarks/results/ (each benchmark step writes there) are copied to $OUT/results.
 mkdir -p "$OUT/results"
-for f in $(ls benchmarks/results 2>/dev/null); do
-  echo "$before" | grep -qx "$f" || cp "benchmarks/results/$f" "$OUT/results/"
-done
+BEFORE=$(ls benchmarks/results 2>/dev/null)
+collect_results() {
+  local f
+  for f in $(ls benchmarks/results 2>/dev/null); do
+    echo "$BEFORE" | grep -qx "$f" || cp "benchmarks/results/$f" "$OUT/results/"
+  done
+}
 
-# ---- 7. the rest of the tests ------------------------------------------------------------
-if "$PY" -c "import pytest" 2>/dev/null; then
+# ---- 5. the sampling sweep: GB/s and % of copy bandwidth vs rows, JSON + PNG ------------
+step sweep 120 sweep.log "$PY" benchmarks/bench_sampling.py --sweep --quick
+collect_results
+
+# ---- 6. compute-sanitizer memcheck (9. racecheck) --------------------------------------
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /opt/nvidia/*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+sanitize() {
+  local tool=$1 limit=$2
+  if [ -z "$SAN" ]; then
+    note "sanitizer-$tool: compute-sanitizer not found, skipped"
+    return
+  fi
+  # Only the sampling kernels are instrumented (kns: substring of the mangled name);
+  # a sanitizer without that option runs again instrumenting everything.
+  step "sanitizer-$tool" "$limit" "sanitizer_$tool.log" "$SAN" --tool "$tool" --error-exitcode 3 --print-limit 20 \
+    --kernel-name kns=sample_kernel "$PY" "$SMOKE" --sanitize
+  if grep -qiE "unrecognized|invalid.*(option|filter)" "$OUT/sanitizer_$tool.log"; then
+    step "sanitizer-$tool-all" "$limit" "sanitizer_${tool}_all.log" "$SAN" --tool "$tool" --error-exitcode 3 \
+      --print-limit 20 "$PY" "$SMOKE" --sanitize
+  fi
+}
+sanitize memcheck 75
+
+# ---- 7. likelihood benchmark (its CUDA path and quick mode are another engineer's) ------
+# Runs `bench_likelihood.py --quick` when the script has that flag, else its default.
+LIK_FLAGS=""
+grep -q -- '"--quick"' benchmarks/bench_likelihood.py && LIK_FLAGS="--quick"
+# shellcheck disable=SC2086
+step likelihood 60 likelihood.log "$PY" benchmarks/bench_likelihood.py $LIK_FLAGS
+collect_results
+
+# ---- 8. end to end, LLaDA-style generation ----------------------------------------------
+# `--quick` when e2e_llada.py has one; else one generation length, two tokens-per-step, no HF.
+E2E_FLAGS="--gen 256 --tps 1 8 --no-hf"
+grep -q -- '"--quick"' benchmarks/e2e_llada.py && E2E_FLAGS="--quick"
+# shellcheck disable=SC2086
+step e2e-llada 90 e2e_llada.log "$PY" benchmarks/e2e_llada.py $E2E_FLAGS
+collect_results
+
+# ---- 9. racecheck -------------------------------------------------------------------------
+sanitize racecheck 60
+
+# ---- 10. the rest of the tests -------------------------------------------------------------
+if (( HAVE_PYTEST )); then
   ignores=""
   for t in $OPS_TESTS; do ignores="$ignores --ignore=$t"; done
   # shellcheck disable=SC2086
