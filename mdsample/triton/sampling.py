@@ -368,8 +368,8 @@ def _finish_row(
         tl.store(stats_row + 3, entropy)
 
 
-# The three kernels share one argument list (see _launch); the comments give shapes.
-@triton.jit
+# The three kernels share one argument list (see sample_rows); the comments give shapes.
+@triton.jit(do_not_specialize=["rows_key"])  # a key only: one binary for every N
 def _sample_rows_kernel(
     logits_ptr,            # [..., V] fp16/bf16/fp32/fp64
     row_offsets_ptr,       # [N] int64 element offsets of the rows
@@ -422,7 +422,7 @@ def _sample_rows_kernel(
                 CHUNK, CHUNK_BLOCK, FIELDS, HAS_GUIDANCE, HAS_ACTIVE, HAS_FALLBACK, UNMASK, STATS)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows_key"])  # a key only: one binary for every N
 def _chunk_records_kernel(
     logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr, guidance_mult, temperature_ptr, seed_ptr,
     offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr, stats_temperature_ptr, out_ptr,
@@ -441,7 +441,7 @@ def _chunk_records_kernel(
                        vocab, n_chunks, exclude, CHUNK, FIELDS, HAS_GUIDANCE, STATS)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows_key"])  # a key only: one binary for every N
 def _finish_rows_kernel(
     logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr, guidance_mult, temperature_ptr, seed_ptr,
     offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr, stats_temperature_ptr, out_ptr,
