@@ -107,6 +107,50 @@ def measure(fn, device, *, tokens: int, counter=None, repeats: int = 1) -> dict:
     return row
 
 
+def cuda_event_ms(fn, *, before=None, repeats: int = 20) -> float:
+    """Median milliseconds between CUDA events recorded just before and after ``fn()``, after two
+    warm-up calls; ``before()`` (e.g. restoring the inputs) runs before each call, outside the events.
+    The span includes the GPU's idle gaps while the host launches ``fn``'s kernels."""
+    before = before or (lambda: None)
+    for _ in range(2):
+        before()
+        fn()
+    spans = []
+    for _ in range(repeats):
+        before()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        spans.append((start, end))
+    torch.cuda.synchronize()
+    times = sorted(s.elapsed_time(e) for s, e in spans)
+    return times[len(times) // 2]
+
+
+def kernel_ms(fn, *, before=None, repeats: int = 20) -> float | None:
+    """Pure GPU time of ``fn()`` in milliseconds: the summed durations of the device work it
+    launches (torch.profiler / CUPTI), with no launch gaps, averaged over ``repeats`` calls.
+    ``before()``'s own device work is profiled alone and subtracted. None when the profiler
+    records no device work (e.g. CUPTI unavailable)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def busy(calls) -> float:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(repeats):
+                for c in calls:
+                    c()
+            torch.cuda.synchronize()
+        return sum(e.self_device_time_total for e in prof.events()
+                   if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False))
+
+    before = before or (lambda: None)
+    before()
+    fn()
+    total = busy((before, fn)) - busy((before,))
+    return total / repeats / 1000.0 if total > 0 else None
+
+
 def pick_device(name: str | None) -> torch.device:
     if name:
         return torch.device(name)

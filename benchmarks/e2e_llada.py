@@ -2,11 +2,17 @@
 
 For one bidirectional model shape and fixed tokens-per-step k (steps = gen_length / k):
 
-- ``mdsample.generate`` with no cache / Fast-dLLM prefix cache / dual cache;
+- ``mdsample.generate`` with no cache / Fast-dLLM prefix cache / dual cache, and the two cache
+  modes with ``cuda_graph=True`` (fixed-shape steps replayed as CUDA graphs; eager on CPU);
 - the reference LLaDA loop (``generate`` as published: a full forward of the whole batch
   every step, float64 Gumbel over [B, L, V], confidences over the whole canvas);
 - the AR twin (same shape, ``attention="causal"``) with mdsample's static KV cache;
 - Hugging Face ``generate(use_cache=True)`` on an equally sized random ``LlamaConfig``.
+
+On CUDA, also the time of one denoising step (block 0, after its refresh) per cache mode: the
+eager fixed-shape step and its replayed graph between CUDA events, and the pure GPU time (the
+summed kernel durations from torch.profiler, no launch gaps); the issue's goal is
+``graph_over_kernel <= 1.2``.
 
 Records tokens/s, forward passes and peak memory, writes JSON with
 ``benchmarks/_timing.write_results``, and plots tokens/s vs tokens-per-step (each cache mode
@@ -30,14 +36,54 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mdsample  # noqa: E402
 from mdsample.models import Transformer, generate_ar, llama_config  # noqa: E402
 
+from mdsample.models.protocol import Backbone  # noqa: E402
+from mdsample.samplers.forward import CachedRowForward  # noqa: E402
+from mdsample.samplers.graph_step import BlockStep  # noqa: E402
+
 from benchmarks._e2e import (  # noqa: E402
-    Counting, build_model, measure, parse_with_defaults, pick_device, reference_llada, run_and_report)
+    Counting, build_model, cuda_event_ms, kernel_ms, measure, parse_with_defaults, pick_device, reference_llada,
+    run_and_report)
 from benchmarks._timing import RESULTS, device_name  # noqa: E402
 
 GPU_DEFAULTS = dict(preset="llada_8b", batch=1, prompt=64, gen=[256, 1024], block=32, tps=[1, 2, 4, 8],
                     dtype="bfloat16")
 CPU_DEFAULTS = dict(preset="tiny", batch=1, prompt=8, gen=[32], block=8, tps=[1, 2, 4], dtype="float32")
-CACHES = (None, "prefix", "dual")
+MODES = ((None, False), ("prefix", False), ("dual", False), ("prefix", True), ("dual", True))  # (cache, cuda_graph)
+
+
+def method_name(cache, graph: bool) -> str:
+    return f"mdsample cache={cache}" + (" cuda_graph" if graph else "")
+
+
+@torch.no_grad()
+def step_times(model, prompt, *, gen, block, steps, mode, repeats=20) -> dict | None:
+    """Milliseconds of one non-refresh step of block 0 (LLaDA low_confidence, T = 0), CUDA only:
+    the eager fixed-shape step and its replayed graph (CUDA events) and their pure GPU time
+    (kernel sum). The canvas is restored before each timed step so every one commits the same.
+    None when a block has a single step (every step is a refresh)."""
+    per_block = steps * block // gen
+    if per_block < 2:
+        return None
+    b, p = prompt.shape
+    mask_id = model.config.mask_id
+    x = torch.cat([prompt, torch.full((b, gen), mask_id, dtype=torch.int64, device=prompt.device)], 1)
+    fwd = CachedRowForward(Backbone(model), mode=mode, total=p + gen, batch_size=b, mask_id=mask_id)
+    step = BlockStep(fwd, x, block_length=block, per_block=per_block, remasking="low_confidence", temperature=0.0,
+                     stats_temperature=1.0, seed=0, mask_id=mask_id, capture=True)
+    step.begin_block(p, p + block, 0)
+    step(0)  # the refresh (eager)
+    step(1)  # warm-up + capture
+    graph = next(iter(step.graphs.values()))
+    canvas = x.clone()
+    restore = lambda: x.copy_(canvas)  # noqa: E731
+    eager = lambda: step.run(False)  # noqa: E731
+    out = {"eager_step_ms": cuda_event_ms(eager, before=restore, repeats=repeats),
+           "graph_step_ms": cuda_event_ms(graph.replay, before=restore, repeats=repeats),
+           "kernel_step_ms": kernel_ms(eager, before=restore, repeats=repeats)}
+    if out["kernel_step_ms"]:
+        out["graph_over_kernel"] = out["graph_step_ms"] / out["kernel_step_ms"]
+        out["eager_over_kernel"] = out["eager_step_ms"] / out["kernel_step_ms"]
+    return out
 
 
 def _free(device):
@@ -61,12 +107,21 @@ def run(args) -> list[dict]:
                     dtype=args.dtype)
         for k in args.tps:
             steps = gen // k
-            for cache in CACHES:
-                fn = lambda c=cache, s=steps: mdsample.generate(  # noqa: E731
+            forwards = {}
+            for cache, graph in MODES:
+                fn = lambda c=cache, g=graph, s=steps: mdsample.generate(  # noqa: E731
                     model, prompt, steps=s, gen_length=gen, block_length=args.block, mask_id=cfg.mask_id,
-                    cache=c)
-                rows.append({"method": f"mdsample cache={cache}", "tokens_per_step": k, **base,
-                             **measure(fn, device, tokens=tokens, counter=model, repeats=args.repeats)})
+                    cache=c, cuda_graph=g)
+                row = measure(fn, device, tokens=tokens, counter=model, repeats=args.repeats)
+                if graph and device.type == "cuda":  # a replay runs no Python: the counter misses it
+                    row["forwards"], row["positions_fed"] = forwards[cache]
+                forwards[cache] = row["forwards"], row["positions_fed"]
+                rows.append({"method": method_name(cache, graph), "tokens_per_step": k, **base, **row})
+            if device.type == "cuda":
+                for cache in ("prefix", "dual"):
+                    times = step_times(model.inner, prompt, gen=gen, block=args.block, steps=steps, mode=cache)
+                    if times is not None:
+                        rows.append({"method": f"step GPU time cache={cache}", "tokens_per_step": k, **base, **times})
             if not args.skip_reference:
                 fn = lambda s=steps: reference_llada(model, prompt, s, gen, args.block, cfg.mask_id)  # noqa: E731
                 rows.append({"method": "reference LLaDA loop", "tokens_per_step": k, **base,
@@ -118,7 +173,7 @@ def plot(rows, device, path):
     fig, axes = plt.subplots(1, len(gens), figsize=(5.5 * len(gens), 4), squeeze=False)
     for ax, gen in zip(axes[0], gens):
         sub = [r for r in rows if r["gen"] == gen]
-        for method in sorted({r["method"] for r in sub}):
+        for method in sorted({r["method"] for r in sub if "tokens_per_s" in r}):
             pts = sorted((r["tokens_per_step"], r["tokens_per_s"]) for r in sub if r["method"] == method)
             if method.startswith(("AR", "HF")):
                 ax.axhline(pts[0][1], linestyle="--", label=method, color="k" if method.startswith("AR") else "g")
@@ -153,11 +208,18 @@ def parse(argv=None):
     return parse_with_defaults(ap, argv, GPU_DEFAULTS, CPU_DEFAULTS)
 
 
+def describe(r) -> str:
+    head = f"gen {r['gen']} k={r['tokens_per_step']} {r['method']}: "
+    if "graph_step_ms" not in r:
+        return head + f"{r['tokens_per_s']:.1f} tok/s, {r['forwards']} forwards"
+    pure = r["kernel_step_ms"]
+    return head + (f"eager {r['eager_step_ms']:.3f} ms, graph {r['graph_step_ms']:.3f} ms, kernels "
+                   + (f"{pure:.3f} ms (graph/kernels {r['graph_over_kernel']:.2f}x)" if pure else "not profiled"))
+
+
 def main(argv=None) -> dict:
     args = parse(argv)
-    out = run_and_report(args, run, "e2e-llada",
-                         lambda r: f"gen {r['gen']} k={r['tokens_per_step']} {r['method']}: "
-                                   f"{r['tokens_per_s']:.1f} tok/s, {r['forwards']} forwards")
+    out = run_and_report(args, run, "e2e-llada", describe)
     if not args.no_write:
         out["plot"] = plot(out["rows"], pick_device(args.device), RESULTS / (os.path.basename(out["path"])[:-5] + ".png"))
     return out
@@ -172,11 +234,11 @@ def _setup():
     return args, model, prompt.to(dev)
 
 
-def _bench_generate(benchmark, cache):
+def _bench_generate(benchmark, cache, graph=False):
     args, model, prompt = _setup()
     gen, k = args.gen[0], args.tps[-1]
     benchmark.pedantic(lambda: mdsample.generate(model, prompt, steps=gen // k, gen_length=gen, block_length=args.block,
-                                                 mask_id=model.config.mask_id, cache=cache),
+                                                 mask_id=model.config.mask_id, cache=cache, cuda_graph=graph),
                        rounds=1, iterations=1, warmup_rounds=1)
 
 
@@ -190,6 +252,10 @@ def test_e2e_llada_prefix(benchmark):
 
 def test_e2e_llada_dual(benchmark):
     _bench_generate(benchmark, "dual")
+
+
+def test_e2e_llada_dual_graph(benchmark):
+    _bench_generate(benchmark, "dual", graph=True)
 
 
 def test_e2e_llada_reference(benchmark):

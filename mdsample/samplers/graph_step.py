@@ -24,6 +24,15 @@ computes the block's rows only, in a fixed ``[B, block_length]`` frame:
    device buffer;
 4. the commit, a scatter into the canvas ``x`` in place, and ``offset += 1`` in place.
 
+Fast-dLLM's ``threshold`` / ``factor`` rules select with the same fixed-shape
+:func:`.remasking.select`, but a block then runs until it has no mask, a data-dependent
+number of steps. ``generate`` runs a budget of ``steps / num_blocks`` steps per block without
+looking, then checks once (one host sync per block) and continues step by step while masks
+remain. A step on a finished sequence commits nothing, and the next block starts with a
+refresh, so the budget's surplus steps change no token: the output is the eager sampler's.
+(dInfer's cutoff ``min(tau, max_conf - 1e-5)`` would also be sync-free, but it commits every
+candidate within 1e-5 of the top one; ``select`` keeps Fast-dLLM's top-1-plus-threshold rule.)
+
 ``"random"`` remasking chooses the committed positions from Philox uniforms first, as the
 eager sampler does, and computes only the ``kmax`` rows per sequence that can be committed
 (``kmax`` = the largest count of the block's schedule; rows past a sequence's ``k`` are inactive).
@@ -65,6 +74,8 @@ class BlockStep:
         stats_temperature: temperature of the confidences (None: the op's default).
         seed: int64 Philox key.
         mask_id: the mask token.
+        threshold, factor: Fast-dLLM's rules instead of LLaDA's counts (at most one; both
+            :func:`.remasking.select`, fixed-shape); the caller then runs a step budget per block.
         guidance_scale: CFG weight passed to the sampling op (0 without CFG).
         backend: sampling-op backend.
         capture: replay captured CUDA graphs (needs CUDA tensors); False runs every step eagerly.
@@ -76,7 +87,8 @@ class BlockStep:
 
     def __init__(self, fwd: CachedRowForward, x: torch.Tensor, *, block_length: int, per_block: int,
                  remasking: str, temperature: float, stats_temperature: Optional[float], seed: int, mask_id: int,
-                 guidance_scale: float = 0.0, backend: str = "auto", capture: bool = False):
+                 threshold: Optional[float] = None, factor: Optional[float] = None, guidance_scale: float = 0.0,
+                 backend: str = "auto", capture: bool = False):
         if capture and x.device.type != "cuda":
             raise ValueError(f"CUDA-graph capture needs CUDA tensors; the canvas is on {x.device}")
         dev = x.device
@@ -85,6 +97,8 @@ class BlockStep:
         self.block_length, self.per_block = block_length, per_block
         self.remasking, self.temperature, self.stats_temperature = remasking, temperature, stats_temperature
         self.guidance_scale, self.backend, self.capture = guidance_scale, backend, capture
+        self.threshold, self.factor = threshold, factor
+        self.dynamic = threshold is not None or factor is not None
         self.k = torch.zeros(b, dtype=torch.int64, device=dev)
         self.offset = torch.zeros((), dtype=torch.int64, device=dev)
         self.seed = torch.tensor(seed, dtype=torch.int64, device=dev)
@@ -92,18 +106,22 @@ class BlockStep:
         self._j = torch.arange(block_length, device=dev)
         self._everyone = torch.arange(b, device=dev)
         self._row_base = self._everyone.unsqueeze(1) * total  # Philox position of (b, p) = b * L + p
-        # The largest count of the schedule bounds what a step commits (random remasking computes only that).
-        self.kmax = -(-block_length // per_block)
+        # The largest count of the schedule bounds what a step commits (random remasking computes only
+        # that); a threshold or factor may commit the whole block.
+        self.kmax = block_length if self.dynamic else -(-block_length // per_block)
         rows = block_length if remasking != "random" else self.kmax
         self._row_seq = self._everyone.repeat_interleave(rows)
         self.graphs: dict = {}
         self._pool = None
 
     def schedule(self) -> list[int]:
-        """Host copy of each step's transfer count (the same for every sequence, class docstring).
+        """Host copy of each step's transfer count (the same for every sequence, module docstring).
 
         Steps past the list commit nothing and are skipped without a forward, as the eager sampler does.
+        With a threshold or factor: ``per_block`` zeros (the budget; counts are not known ahead).
         """
+        if self.dynamic:
+            return [0] * self.per_block
         base, rem = divmod(self.block_length, self.per_block)
         return [base + (i < rem) for i in range(min(self.per_block, self.block_length))]
 
@@ -115,7 +133,8 @@ class BlockStep:
 
     def __call__(self, i: int) -> None:
         """Step ``i`` of the current block: a refresh runs eagerly, any other step replays its graph."""
-        self.k.copy_(self.counts[:, i])
+        if not self.dynamic:
+            self.k.copy_(self.counts[:, i])
         refresh = self.fwd.advance()
         if refresh or not self.capture:
             self.run(refresh)
@@ -154,7 +173,7 @@ class BlockStep:
         positions = self._row_base + cols                     # [B, bl]
         if self.remasking == "random":
             u, _ = uniforms(self.seed, self.offset, positions, DOMAIN_REVEAL)
-            chosen = select(u, cand, k=self.k)
+            chosen = self._select(u, cand)
             # The chosen positions first, in position order: kmax fixed-shape rows per sequence.
             order = torch.sort(chosen.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :self.kmax]
             frame, block, positions = frame.gather(1, order), block.gather(1, order), positions.gather(1, order)
@@ -162,11 +181,14 @@ class BlockStep:
             new = self._draw(fwd, frame, refresh, positions, active, block, stats=False)  # inactive: unchanged
         else:
             res = self._draw(fwd, frame, refresh, positions, cand, block, stats=True)
-            chosen = select(confidence(res, self.remasking).view(b, -1), cand, k=self.k)
+            chosen = self._select(confidence(res, self.remasking).view(b, -1), cand)
             new = torch.where(chosen, res.tokens.view(b, -1), block)
         # check=False marks a row with no valid draw by -1: it stays masked (generate checks at the end).
         x.scatter_(1, frame, torch.where(new >= 0, new, self.mask_id))
         self.offset += 1
+
+    def _select(self, conf, cand):
+        return select(conf, cand, k=None if self.dynamic else self.k, threshold=self.threshold, factor=self.factor)
 
     def _draw(self, fwd, frame, refresh, positions, active, fallback, *, stats):
         logits, guidance = fwd.rows(self.x, self._everyone, self._row_seq, frame.reshape(-1), refresh=refresh)

@@ -106,9 +106,6 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         if cache is None:
             raise ValueError("cuda_graph=True runs the fixed-shape steps of the KV-cache modes: give cache='prefix' "
                              "or cache='dual'")
-        if threshold is not None or factor is not None:
-            raise ValueError("cuda_graph=True needs LLaDA's fixed transfer counts; threshold/factor blocks run a "
-                             "data-dependent number of steps (give neither)")
         if logits_exclude or confidence_exclude:
             raise ValueError("cuda_graph=True does not support logits_eos_inf / confidence_eos_eot_inf")
     if not isinstance(backend, str):
@@ -169,7 +166,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
     if cuda_graph:
         step = BlockStep(fwd, x, block_length=block_length, per_block=per_block, remasking=remasking,
                          temperature=temperature, stats_temperature=stats_t, seed=seed, mask_id=mask_id,
-                         guidance_scale=guidance_scale, backend=backend,
+                         threshold=threshold, factor=factor, guidance_scale=guidance_scale, backend=backend,
                          capture=device.type == "cuda" if graph_capture is None else graph_capture)
         return _generate_static(step, x, plen=plen, num_blocks=num_blocks, bar=bar)
     try:
@@ -207,7 +204,8 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
 
 
 def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar) -> torch.Tensor:
-    """The block loop of ``cuda_graph=True``: no host sync until the final check (graph_step.py)."""
+    """The block loop of ``cuda_graph=True``: no host sync until the final check (graph_step.py),
+    except one per block (and per step past the budget) with a threshold / factor rule."""
     schedule, per_block, bl = step.schedule(), step.per_block, step.block_length
     try:
         for blk in range(num_blocks):
@@ -218,6 +216,13 @@ def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar) -> torch.Tens
                 bar.step(tokens=x.shape[0] * k)
             if per_block > len(schedule):
                 bar.step(per_block - len(schedule))  # steps that commit nothing run no forward
+            i = len(schedule)
+            while step.dynamic and bool((x[:, start:start + bl] == step.mask_id).any()):
+                step(i)  # past the budget: the eager loop's rule, a step while masks remain
+                bar.step()
+                i += 1
+            if step.dynamic:
+                bar.step(0, tokens=x.shape[0] * bl)
     finally:
         bar.close()
     if bool((x[:, plen:] == step.mask_id).any()):
@@ -329,8 +334,10 @@ def generate(
             (mdsample.samplers.graph_step): on CUDA tensors it is captured once in a CUDA graph
             (``"dual"``: one graph for all blocks; ``"prefix"``: one per block, its block + suffix
             chunk shrinks) and replayed; refresh forwards run eagerly. On CPU the same step runs
-            eagerly. Same random numbers as without it, hence the same tokens. Needs LLaDA's
-            fixed transfer counts (no threshold / factor); graphs are captured per call.
+            eagerly. Same random numbers as without it, hence the same tokens. With threshold /
+            factor, ``steps / num_blocks`` is a per-block budget run without host syncs; a
+            block not done by then continues step by step (one host check each). Graphs are
+            captured per call.
 
     Returns:
         int64 ``[B, P + gen_length]``: the prompt followed by the generated tokens.

@@ -54,7 +54,10 @@ def test_static_step_equals_cached_generate(model, prompt, mode, temperature, re
     dict(remasking="entropy"), dict(remasking="margin"), dict(refresh_every=3), dict(cfg_scale=1.5),
     dict(remasking="random", cfg_scale=1.5, refresh_every=2),
     dict(steps=64, block_length=4),  # more steps than positions: the zero-count steps run no forward
-    dict(steps=4, block_length=8),   # several tokens per step (LLaDA's uneven split: 3, 3, 2)
+    dict(steps=12, block_length=8),  # several tokens per step (LLaDA's uneven split: 3, 3, 2)
+    # Fast-dLLM rules: a budget of steps/num_blocks per block; too small (continued step by step) or too large
+    dict(threshold=0.9, steps=4), dict(threshold=0.05, steps=32), dict(factor=1.0, steps=8),
+    dict(threshold=0.3, remasking="random", steps=8),
 ])
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_static_step_equals_cached_generate_variants(model, prompt, mode, case):
@@ -71,16 +74,19 @@ def _guarded(fn, calls):
     return wrapped
 
 
+@pytest.mark.parametrize("rule", [{}, dict(threshold=0.05)])
 @pytest.mark.parametrize("remasking", ["low_confidence", "random"])
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
-def test_step_loop_makes_no_host_sync(model, prompt, mode, remasking, monkeypatch):
-    """Every block start and step, refreshes included, runs under the sync guard (CFG on: the doubled batch)."""
+def test_step_loop_makes_no_host_sync(model, prompt, mode, remasking, rule, monkeypatch):
+    """Every block start and step, refreshes included, runs under the sync guard (CFG on: the doubled
+    batch). With a threshold, steps past the budget (4 per block) are guarded too."""
     calls = []
     monkeypatch.setattr(BlockStep, "__call__", _guarded(BlockStep.__call__, calls))
     monkeypatch.setattr(BlockStep, "begin_block", _guarded(BlockStep.begin_block, calls))
-    kw = _kw(cache=mode, remasking=remasking, cfg_scale=1.0)
+    kw = _kw(cache=mode, remasking=remasking, cfg_scale=1.0, **rule)
     out = mdsample.generate(model, prompt, cuda_graph=True, **kw)
-    assert calls.count("begin_block") == 4 and calls.count("__call__") == 16
+    assert calls.count("begin_block") == 4
+    assert calls.count("__call__") == 16 if not rule else calls.count("__call__") >= 16
     monkeypatch.undo()
     assert torch.equal(out, mdsample.generate(model, prompt, **kw))
 
@@ -104,10 +110,8 @@ def test_bad_arguments(model, prompt):
         mdsample.generate(model, prompt, cuda_graph="yes", **_kw())
     with pytest.raises(ValueError, match="cache="):
         mdsample.generate(model, prompt, cuda_graph=True, **_kw(cache=None))
-    with pytest.raises(ValueError, match="fixed transfer counts"):
-        mdsample.generate(model, prompt, cuda_graph=True, threshold=0.9, **_kw())
-    with pytest.raises(ValueError, match="fixed transfer counts"):
-        mdsample.generate(model, prompt, cuda_graph=True, factor=1.0, **_kw())
+    with pytest.raises(ValueError, match="threshold or factor"):
+        mdsample.generate(model, prompt, cuda_graph=True, threshold=0.9, factor=1.0, **_kw())
     with pytest.raises(ValueError, match="attention_mask"):
         mdsample.generate(model, prompt, cuda_graph=True, attention_mask=torch.ones_like(prompt), **_kw())
     with pytest.raises(ValueError, match="eos"):
@@ -194,3 +198,13 @@ def test_replay_loop_passes_sync_debug_error_mode(prompt, monkeypatch):
     monkeypatch.setattr(BlockStep, "__call__", loop_under_error_mode)
     mdsample.generate(m, p, cuda_graph=True, **_kw())
     assert sum(steps) >= 12  # every step after the first capture ran in error mode
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("rule", [dict(threshold=0.9, steps=4), dict(factor=1.0, steps=32)])
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_graph_replay_with_fast_dllm_rules_on_cuda(prompt, mode, rule):
+    """Threshold / factor: budget too small (steps continue past it) and too large (surplus replays)."""
+    m, p = Transformer.from_preset("tiny", seed=0, device="cuda").eval(), prompt.cuda()
+    kw = _internal(cache=mode, **rule)
+    assert torch.equal(llada._generate(m, p, **kw), llada._generate(m, p, **dict(kw, graph_capture=False)))
