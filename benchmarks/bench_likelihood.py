@@ -1,16 +1,20 @@
 """Likelihood evaluation: masked_nll vs cross-entropy on materialised logits, end to end, variance.
 
-Standalone: ``python benchmarks/bench_likelihood.py [--quick] [--threads N]``
+Standalone: ``python benchmarks/bench_likelihood.py [--quick] [--parts masked_nll,e2e,variance] [--threads N]``
 
 Three parts, in one run on whatever device is present (CPU here; the numbers are
 labelled with the device they come from, never quoted as GPU numbers):
 
-1. ``masked_nll`` against what evaluation code runs today on full ``[B, L, V]``
-   logits: ``F.cross_entropy`` over the masked rows (SMDM / LLaDA), the same over all
-   rows then masked (MDLM's loss), and ``log_softmax`` in float64. Reports the median
-   time, GB/s over the masked rows' logits (the bytes any exact method must read) and
-   the bytes torch allocates during the call (profiler; an upper bound of the peak
-   extra memory: O(B L) for masked_nll, O(B L V) for the others).
+1. ``masked_nll`` on every backend present (cuda and triton on a GPU, cpu here)
+   against what evaluation code runs today on full ``[B, L, V]`` logits:
+   ``F.cross_entropy`` over the masked rows (SMDM / LLaDA), the same over all rows
+   then masked (MDLM's loss), and ``log_softmax`` in float64 (fp32 inputs only), at
+   masked fractions 15% / 50% / 100%. On a GPU: bf16, V = 32000 and 126464, L = 1024.
+   Reports the median time (CUDA events after warm-up, inputs rotated past L2), GB/s
+   over the masked rows' logits (the bytes any exact method must read) and, on a GPU,
+   that as % of the measured device copy bandwidth (read + write), and the extra
+   memory of a call: the allocator's peak on a GPU, the bytes torch allocates
+   (profiler, an upper bound) on the CPU; O(B L) for masked_nll, O(B L V) for the others.
 2. End to end on a small transformer (``mdsample.models.Transformer``, random weights):
    ``mdsample.likelihood`` (hidden/head: logits only for masked rows; and full logits)
    against the upstream-style loop (per sequence, a batch of draws, full forward,
@@ -20,7 +24,8 @@ labelled with the device they come from, never quoted as GPU numbers):
    conditionals, context-dependent like text) and on a random-weight transformer
    (context-independent predictions: little for the lattices to remove).
 
-Writes ``benchmarks/results/cpu-likelihood-<date>.json`` (``<gpu>-likelihood-<date>.json`` on a GPU).
+Writes ``benchmarks/results/<device>-likelihood-<date>.json`` (``cpu-...`` here, e.g. ``h100_80gb_hbm3-...``
+on a GPU; ``likelihood-quick`` with ``--quick``). ``--quick --parts masked_nll`` is the GPU check's call.
 """
 from __future__ import annotations
 
@@ -40,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import mdsample  # noqa: E402
-from benchmarks._timing import device_name, median_time, write_results  # noqa: E402
+from benchmarks._timing import (  # noqa: E402
+    copy_bandwidth, device_name, median_time, rotating_inputs, write_results)
 from likelihood_oracles import MarkovOracle  # noqa: E402  (tests/likelihood_oracles.py)
 from mdsample import _backends  # noqa: E402
 from mdsample.models.transformer import Transformer  # noqa: E402
@@ -76,7 +82,39 @@ def allocated_bytes(fn) -> int:
     return int(sum(max(e.self_cpu_memory_usage, 0) for e in prof.events()))
 
 
-def bench_masked_nll(device, *, batch, length, vocab, fracs, dtypes, runs, mask_id=0):
+def extra_memory(fn, device) -> int:
+    """Memory ``fn`` needs beyond its inputs: on a GPU the allocator's peak over what was allocated
+    before the call; on the CPU :func:`allocated_bytes` (an upper bound)."""
+    if device.type != "cuda":
+        return allocated_bytes(fn)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def truth_fp64(logits, x0, xt, mask_id):
+    """The float64 log_softmax formula, one sequence at a time (a GPU holds one [L, V] float64 block)."""
+    return torch.cat([naive_logsoftmax64(logits[b:b + 1], x0[b:b + 1], xt[b:b + 1], mask_id)
+                      for b in range(logits.shape[0])])
+
+
+def random_logits(shape, dtype, device, seed):
+    """Logits ~ 3 N(0, 1) in ``dtype``, drawn on ``device`` (a CPU draw of GBs would dominate a GPU run)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    return (torch.randn(shape, generator=g, device=device) * 3).to(dtype)
+
+
+def bench_masked_nll(device, *, batch, length, vocabs, fracs, dtypes, runs, mask_id=0):
+    """masked_nll per backend against cross-entropy on the materialised logits ``[batch, length, V]``.
+
+    Every implementation is timed over the same rotating set of logits tensors (larger
+    than L2 on a GPU, so each run reads HBM); GB/s counts the masked rows' logits, the
+    bytes an exact method must read, also given as % of the measured copy bandwidth
+    (read + write; on the CPU only a reference line). Returns (rows, copy GB/s).
+    """
     rows = []
     impls = {f"mdsample[{b}]": (lambda b: lambda l, a, t: mdsample.masked_nll(l, a, t, mask_id=mask_id, check=False,
                                                                               backend=b))(b)
@@ -84,32 +122,39 @@ def bench_masked_nll(device, *, batch, length, vocab, fracs, dtypes, runs, mask_
     impls.update({"cross_entropy_masked_rows": lambda l, a, t: naive_masked_ce(l, a, t, mask_id),
                   "cross_entropy_all_rows": lambda l, a, t: naive_full_ce(l, a, t, mask_id),
                   "log_softmax_fp64": lambda l, a, t: naive_logsoftmax64(l, a, t, mask_id)})
+    copy_gbps = copy_bandwidth(device)
     g = torch.Generator().manual_seed(0)
     for dname in dtypes:
         dtype = DTYPES[dname]
-        logits = (torch.randn(batch, length, vocab, generator=g) * 3).to(dtype).to(device)
-        x0 = torch.randint(1, vocab, (batch, length), generator=g).to(device)
-        for frac in fracs:
-            xt = torch.where(torch.rand(batch, length, generator=g).to(device) < frac, mask_id, x0)
-            masked = int((xt == mask_id).sum())
-            bytes_masked = masked * vocab * logits.element_size()
-            want = naive_logsoftmax64(logits, x0, xt, mask_id)
-            for name, fn in impls.items():
-                if name == "log_softmax_fp64" and dname != "fp32":
-                    continue
-                t = median_time(lambda _: fn(logits, x0, xt), [None], device=device, runs=runs)
-                err = float(((fn(logits, x0, xt).double() - want).abs() / want.abs().clamp_min(1)).max())
-                rows.append(dict(op="masked_nll", impl=name, dtype=dname, batch=batch, length=length, vocab=vocab,
-                                 mask_frac=frac, masked_rows=masked, median_s=t,
-                                 gbps_masked_rows=bytes_masked / t / 1e9,
-                                 allocated_bytes=allocated_bytes(lambda: fn(logits, x0, xt)),
-                                 logits_bytes=logits.numel() * logits.element_size(), max_rel_err_vs_fp64=err))
-            base = {r["impl"]: r["median_s"] for r in rows if r["dtype"] == dname and r["mask_frac"] == frac}
-            for r in rows:
-                if r["dtype"] == dname and r["mask_frac"] == frac:
-                    r["speedup_vs_cross_entropy_masked_rows"] = base["cross_entropy_masked_rows"] / r["median_s"]
-        del logits
-    return rows
+        for vocab in vocabs:
+            shape = (batch, length, vocab)
+            seeds = iter(range(1000))
+            inputs = rotating_inputs(lambda: random_logits(shape, dtype, device, next(seeds)),
+                                     math.prod(shape) * dtype.itemsize, device)
+            x0 = torch.randint(1, vocab, (batch, length), generator=g).to(device)
+            for frac in fracs:
+                xt = torch.where(torch.rand(batch, length, generator=g).to(device) < frac, mask_id, x0)
+                masked = int((xt == mask_id).sum())
+                bytes_masked = masked * vocab * dtype.itemsize
+                want = truth_fp64(inputs[0], x0, xt, mask_id)
+                case = []
+                for name, fn in impls.items():
+                    if name == "log_softmax_fp64" and dname != "fp32":
+                        continue
+                    t = median_time(lambda l: fn(l, x0, xt), inputs, device=device, runs=runs)
+                    err = float(((fn(inputs[0], x0, xt).double() - want).abs() / want.abs().clamp_min(1)).max())
+                    gbps = bytes_masked / t / 1e9
+                    case.append(dict(op="masked_nll", impl=name, dtype=dname, batch=batch, length=length, vocab=vocab,
+                                     mask_frac=frac, masked_rows=masked, median_s=t, gbps_masked_rows=gbps,
+                                     pct_of_copy_bandwidth=None if copy_gbps is None else 100 * gbps / copy_gbps,
+                                     extra_memory_bytes=extra_memory(lambda: fn(inputs[0], x0, xt), device),
+                                     logits_bytes=math.prod(shape) * dtype.itemsize, max_rel_err_vs_fp64=err))
+                base = next(r["median_s"] for r in case if r["impl"] == "cross_entropy_masked_rows")
+                for r in case:
+                    r["speedup_vs_cross_entropy_masked_rows"] = base / r["median_s"]
+                rows += case
+            del inputs
+    return rows, copy_gbps
 
 
 # ---------------------------------------------------------------------------- 2. end to end
@@ -181,7 +226,7 @@ def bench_end_to_end(device, *, batch, length, vocab, mc_samples, batch_size, ru
                          forward_passes=batch * math.ceil(mc_samples / batch_size) if "upstream" in name
                          else math.ceil(batch * mc_samples / batch_size),
                          median_s=statistics.median(times[name]), times_s=times[name],
-                         mean_nll_per_token=float(-est.mean()) / length, allocated_bytes=allocated_bytes(fn)))
+                         mean_nll_per_token=float(-est.mean()) / length, extra_memory_bytes=extra_memory(fn, device)))
     base = rows[0]["median_s"]
     for r in rows:
         r["speedup_vs_upstream_loop"] = base / r["median_s"]
@@ -210,47 +255,71 @@ def bench_variance(model, x_row, *, replicates, mc_samples, label, mask_id, trut
                 length=x_row.numel(), true_nll=truth, modes=out)
 
 
+PARTS = ("masked_nll", "e2e", "variance")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run; about a minute on a GPU)")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
+    parts = args.parts.split(",")
+    if not set(parts) <= set(PARTS):
+        ap.error(f"--parts must name some of {', '.join(PARTS)}; got {args.parts}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    q = args.quick
+    q, gpu = args.quick, device.type == "cuda"
 
-    rows = bench_masked_nll(device, batch=4 if q else 8, length=64 if q else 256, vocab=8192 if q else 32000,
-                            fracs=(0.15, 0.5, 1.0), dtypes=("fp32", "bf16"), runs=3 if q else 7)
-    rows += bench_end_to_end(device, batch=2 if q else 4, length=64 if q else 128, vocab=8192 if q else 32000,
-                             mc_samples=16 if q else 64, batch_size=16, runs=1 if q else 5)
-    markov = MarkovOracle()
-    chain = markov.sample(1, 32, seed=3)[0]
-    rows.append(bench_variance(markov, chain, replicates=100 if q else 400, mc_samples=16, label="markov_oracle_L32",
-                               mask_id=markov.mask_id, truth=-float(markov.log_prob(chain.view(1, -1)))))
-    # Random weights: the per-token NLL barely depends on how much context is unmasked, so the
-    # time/count lattices have little to remove there (trained models behave like the oracle).
-    small = Transformer.from_preset("tiny", vocab_size=4096, max_seq_len=64, mask_id=4095, device=device).eval()
-    x_row = torch.randint(0, 4095, (32,), generator=torch.Generator().manual_seed(2)).to(device)
-    rows.append(bench_variance(small, x_row, replicates=50 if q else 200, mc_samples=16,
-                               label="random_transformer_L32_V4096", mask_id=4095))
+    rows, copy_gbps = [], None
+    if "masked_nll" in parts:
+        if gpu:  # bf16 at the vocabularies of Llama-2 / SMDM (32000) and LLaDA (126464)
+            sizes = dict(batch=2 if q else 8, length=1024, vocabs=(32000, 126464), dtypes=("bf16",),
+                         runs=10 if q else 30)
+        else:
+            sizes = dict(batch=4 if q else 8, length=64 if q else 256, vocabs=(8192 if q else 32000,),
+                         dtypes=("fp32", "bf16"), runs=3 if q else 7)
+        nll_rows, copy_gbps = bench_masked_nll(device, fracs=(0.15, 0.5, 1.0), **sizes)
+        rows += nll_rows
+    if "e2e" in parts:
+        rows += bench_end_to_end(device, batch=2 if q else 4, length=64 if q else 128, vocab=8192 if q else 32000,
+                                 mc_samples=16 if q else 64, batch_size=16, runs=1 if q else 5)
+    if "variance" in parts:
+        markov = MarkovOracle()
+        chain = markov.sample(1, 32, seed=3)[0]
+        rows.append(bench_variance(markov, chain, replicates=100 if q else 400, mc_samples=16,
+                                   label="markov_oracle_L32", mask_id=markov.mask_id,
+                                   truth=-float(markov.log_prob(chain.view(1, -1)))))
+        # Random weights: the per-token NLL barely depends on how much context is unmasked, so the
+        # time/count lattices have little to remove there (trained models behave like the oracle).
+        small = Transformer.from_preset("tiny", vocab_size=4096, max_seq_len=64, mask_id=4095, device=device).eval()
+        x_row = torch.randint(0, 4095, (32,), generator=torch.Generator().manual_seed(2)).to(device)
+        rows.append(bench_variance(small, x_row, replicates=50 if q else 200, mc_samples=16,
+                                   label="random_transformer_L32_V4096", mask_id=4095))
 
+    if copy_gbps is not None:
+        print(f"[copy] device copy bandwidth {copy_gbps:.0f} GB/s (read + write)")
     for r in rows:
         if r["op"] == "variance_reduction":
             print(f"[variance] {r['model']}: " + ", ".join(
                 f"{k} {v['variance_vs_same_masking_iid']:.3f}x (vs bern/iid {v['variance_vs_bernoulli_iid']:.3f}x)"
                 for k, v in r["modes"].items()))
         elif r["op"] == "masked_nll":
-            print(f"[masked_nll] {r['dtype']} frac={r['mask_frac']:<4} {r['impl']:<28} {r['median_s'] * 1e3:9.2f} ms "
-                  f"{r['gbps_masked_rows']:7.2f} GB/s  alloc {r['allocated_bytes'] / 2**20:9.2f} MiB  "
-                  f"x{r['speedup_vs_cross_entropy_masked_rows']:.2f}  err {r['max_rel_err_vs_fp64']:.1e}")
+            pct = "" if r["pct_of_copy_bandwidth"] is None else f" ({r['pct_of_copy_bandwidth']:5.1f}% of copy)"
+            print(f"[masked_nll] {r['dtype']} V={r['vocab']:<6} frac={r['mask_frac']:<4} {r['impl']:<26} "
+                  f"{r['median_s'] * 1e3:9.3f} ms {r['gbps_masked_rows']:8.1f} GB/s{pct}  "
+                  f"extra {r['extra_memory_bytes'] / 2**20:9.2f} MiB  x{r['speedup_vs_cross_entropy_masked_rows']:.2f}"
+                  f"  err {r['max_rel_err_vs_fp64']:.1e}")
         else:
             print(f"[e2e] {r['impl']:<34} {r['median_s']:8.3f} s  passes {r['forward_passes']}  "
-                  f"alloc {r['allocated_bytes'] / 2**20:9.1f} MiB  x{r['speedup_vs_upstream_loop']:.2f}")
-    extra = dict(benchmark="bench_likelihood", quick=q, threads=torch.get_num_threads(),
-                 note=("CPU measurements (" + device_name(device) + "); not GPU numbers. Allocated bytes are the sum "
-                       "of torch allocations during a call (profiler), an upper bound of its peak extra memory.")
-                 if device.type == "cpu" else "GPU measurements")
+                  f"extra {r['extra_memory_bytes'] / 2**20:9.1f} MiB  x{r['speedup_vs_upstream_loop']:.2f}")
+    memory = ("peak allocator memory during a call beyond what was allocated before it" if gpu else
+              "sum of torch allocations during a call (profiler), an upper bound of its peak extra memory")
+    extra = dict(benchmark="bench_likelihood", quick=q, parts=parts, threads=torch.get_num_threads(),
+                 copy_bandwidth_gbps=copy_gbps, extra_memory=memory,
+                 note=("CPU measurements (" + device_name(device) + "); not GPU numbers.") if not gpu
+                 else "GPU measurements: CUDA events after warm-up, median, inputs rotated past L2.")
     path = write_results("likelihood" + ("-quick" if q else ""), device, rows, extra)
     print(f"wrote {path}")
 

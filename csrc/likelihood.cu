@@ -63,6 +63,14 @@ unsigned blocks_for(int64_t items, const char* what) {
   return unsigned(blocks);
 }
 
+// kernel<<<grid, kThreads, 0, stream>>>(args...), spelled as a call so that
+// plain C++ compilers (tests/cuda_emu) read this file too.
+template <class... P>
+void launch(void (*kernel)(P...), unsigned grid, cudaStream_t stream, const char* what, P... args) {
+  void* params[] = {&args...};
+  check(cudaLaunchKernel(kernel, dim3(grid), dim3(kThreads), params, 0, stream), what);
+}
+
 // ---- lowdisc_timesteps ---------------------------------------------------------
 
 __global__ void __launch_bounds__(kThreads) timesteps_kernel(TimestepArgs a) {
@@ -386,10 +394,8 @@ __global__ void __launch_bounds__(kThreads) sum_rows_kernel(const float* row_val
 
 template <class D>
 void launch_nll_rows(const MaskedNllArgs& a, float* row_value, unsigned grid, cudaStream_t stream) {
-  if (a.guidance)
-    masked_nll_rows_kernel<D, true><<<grid, kThreads, 0, stream>>>(a, row_value);
-  else
-    masked_nll_rows_kernel<D, false><<<grid, kThreads, 0, stream>>>(a, row_value);
+  auto kernel = a.guidance ? masked_nll_rows_kernel<D, true> : masked_nll_rows_kernel<D, false>;
+  launch(kernel, grid, stream, "masked_nll_cuda (rows)", a, row_value);
 }
 
 }  // namespace
@@ -397,9 +403,8 @@ void launch_nll_rows(const MaskedNllArgs& a, float* row_value, unsigned grid, cu
 void lowdisc_timesteps_cuda(const TimestepArgs& a, int64_t stream) {
   const int64_t points = a.n * a.n_lattices;
   if (points == 0) return;
-  timesteps_kernel<<<blocks_for(points, "lowdisc_timesteps_cuda"), kThreads, 0,
-                     reinterpret_cast<cudaStream_t>(stream)>>>(a);
-  check(cudaGetLastError(), "lowdisc_timesteps_cuda");
+  launch(timesteps_kernel, blocks_for(points, "lowdisc_timesteps_cuda"), reinterpret_cast<cudaStream_t>(stream),
+         "lowdisc_timesteps_cuda", a);
 }
 
 void forward_mask_cuda(const ForwardMaskArgs& a, int64_t stream_handle) {
@@ -408,11 +413,10 @@ void forward_mask_cuda(const ForwardMaskArgs& a, int64_t stream_handle) {
   if (a.count) {
     if (a.batch > 0x7fffffffLL || a.length > 0x7fffffffLL)
       throw std::runtime_error("forward_mask_cuda: more than 2^31 - 1 sequences or tokens a sequence");
-    mask_count_kernel<<<unsigned(a.batch), kThreads, 0, stream>>>(a);
+    launch(mask_count_kernel, unsigned(a.batch), stream, "forward_mask_cuda", a);
   } else {
-    mask_bernoulli_kernel<<<blocks_for(a.batch * a.length, "forward_mask_cuda"), kThreads, 0, stream>>>(a);
+    launch(mask_bernoulli_kernel, blocks_for(a.batch * a.length, "forward_mask_cuda"), stream, "forward_mask_cuda", a);
   }
-  check(cudaGetLastError(), "forward_mask_cuda");
 }
 
 void masked_nll_cuda(const MaskedNllArgs& a, float* row_value, int64_t stream_handle) {
@@ -429,10 +433,9 @@ void masked_nll_cuda(const MaskedNllArgs& a, float* row_value, int64_t stream_ha
       case kFloat64: launch_nll_rows<F64>(a, row_value, grid, stream); break;
       default: throw std::runtime_error("masked_nll_cuda: unknown dtype code " + std::to_string(a.dtype));
     }
-    check(cudaGetLastError(), "masked_nll_cuda (rows)");
   }
-  sum_rows_kernel<<<unsigned(a.n_seqs), kThreads, 0, stream>>>(row_value, a.length, a.out);
-  check(cudaGetLastError(), "masked_nll_cuda (sums)");
+  launch(sum_rows_kernel, unsigned(a.n_seqs), stream, "masked_nll_cuda (sums)", static_cast<const float*>(row_value),
+         a.length, a.out);
 }
 
 }  // namespace mdsample

@@ -1,9 +1,9 @@
 // Reading logits rows on the GPU: the storage word of each logits dtype, its
 // conversion to the fp32 score, and 16-byte vector loads that also serve rows
 // off a 16-byte boundary. For CUDA translation units only (the CPU side is
-// cpu_rows.h).
+// cpu_rows.h), and for tests/cuda_emu, which compiles them with g++.
 #pragma once
-#if !defined(__CUDACC__)
+#if !defined(__CUDACC__) && !defined(MDSAMPLE_CUDA_EMULATION)
 #error "cuda_loads.h is for CUDA translation units"
 #endif
 #include <cuda_fp16.h>
