@@ -36,6 +36,10 @@ Shortcuts, exact: with a backbone offering ``hidden``/``head``, logits are compu
 the candidate rows (the current block's masked positions), never ``[B, L, V]``; with
 ``"random"`` remasking the committed positions do not depend on the logits, so they are
 chosen first and only their rows are computed.
+
+With a KV cache, ``cuda_graph=True`` runs every step as one fixed-shape call without host
+syncs (mdsample.samplers.graph_step), replayed as a CUDA graph on CUDA tensors: the same
+random numbers, hence the same tokens, at one launch per step.
 """
 from __future__ import annotations
 
@@ -80,6 +84,8 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
               threshold, factor, attention_mask, seed, backend, progress, cache=None, refresh_every=None,
               cuda_graph=False, logits_exclude: Sequence[int] = (), confidence_exclude: Sequence[int] = (),
               graph_capture: Optional[bool] = None):
+    # graph_capture (tests, benchmarks): None = capture the cuda_graph steps on CUDA tensors; False =
+    # run them eagerly even there (the replay's reference); True on CPU tensors is an error.
     steps = C.integer("steps", steps, low=1)
     gen_length = C.integer("gen_length", gen_length, low=1)
     block_length = C.integer("block_length", block_length, low=1)
