@@ -49,6 +49,7 @@
 #include <string>
 #include <type_traits>
 
+#include "mdsample/device.h"
 #include "mdsample/likelihood_math.h"
 #include "mdsample/online.h"
 #include "mdsample/philox.h"
@@ -287,8 +288,8 @@ __device__ __forceinline__ void prefetch_l1(const Row<D, kGuided>& row, int64_t 
 #pragma unroll
   for (int i = 0; i < kPerLane; i += kLine) {
     if (i0 + i < n) {
-      asm volatile("prefetch.global.L1 [%0];" ::"l"(row.logits + lo + i0 + i));
-      if (kGuided) asm volatile("prefetch.global.L1 [%0];" ::"l"(row.guidance + lo + i0 + i));
+      prefetch_global_l1(row.logits + lo + i0 + i);
+      if (kGuided) prefetch_global_l1(row.guidance + lo + i0 + i);
     }
   }
 }
@@ -508,7 +509,7 @@ struct Plan {
 
 template <class D, bool kGuided, bool kStats>
 __global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(const SampleArgs a, const Plan p) {
-  extern __shared__ float table[];  // [fields][C] records of this CTA's row
+  float* const table = dynamic_shared<float>();  // [fields][C] records of this CTA's row
   __shared__ int finishing;
   constexpr int kFields = fields<kStats>();
   const int64_t r = blockIdx.x / unsigned(p.splits);
@@ -787,21 +788,28 @@ Plan plan_rows(int64_t n_rows, int64_t vocab, int sms, int* warps) {
   return p;
 }
 
+// Errors are returned, not thrown, so the caller frees the scratch first.
 template <class D, bool kGuided, bool kStats>
-void launch(const SampleArgs& a, const Plan& p, int warps, size_t smem, cudaStream_t stream) {
+cudaError_t launch(const SampleArgs& a, const Plan& p, int warps, size_t smem, cudaStream_t stream) {
   auto kernel = sample_kernel<D, kGuided, kStats>;
-  if (smem > 48 * 1024)
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "shared memory size");
-  kernel<<<unsigned(a.n_rows * p.splits), unsigned(warps * kWarp), smem, stream>>>(a, p);
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (err != cudaSuccess) return err;
+  }
+  SampleArgs args = a;
+  Plan plan = p;
+  void* params[] = {&args, &plan};
+  return cudaLaunchKernel(kernel, dim3(unsigned(a.n_rows * p.splits)), dim3(unsigned(warps * kWarp)), params, smem,
+                          stream);
 }
 
 template <class D>
-void launch_dtype(const SampleArgs& a, const Plan& p, int warps, size_t smem, cudaStream_t stream) {
+cudaError_t launch_dtype(const SampleArgs& a, const Plan& p, int warps, size_t smem, cudaStream_t stream) {
   const bool guided = a.guidance != nullptr, stats = a.stats != nullptr;
   if (guided && stats) return launch<D, true, true>(a, p, warps, smem, stream);
   if (guided) return launch<D, true, false>(a, p, warps, smem, stream);
   if (stats) return launch<D, false, true>(a, p, warps, smem, stream);
-  launch<D, false, false>(a, p, warps, smem, stream);
+  return launch<D, false, false>(a, p, warps, smem, stream);
 }
 
 }  // namespace
@@ -838,13 +846,13 @@ void sample_cuda(const SampleArgs& a, int64_t stream_handle) {
     p.arrivals = reinterpret_cast<unsigned*>(static_cast<char*>(scratch) + counters_at);
     check(cudaMemsetAsync(p.arrivals, 0, size_t(a.n_rows) * sizeof(unsigned), stream), "scratch memset");
   }
+  cudaError_t launched = cudaSuccess;
   switch (a.dtype) {
-    case kFloat32: launch_dtype<F32>(a, p, warps, smem, stream); break;
-    case kFloat16: launch_dtype<F16>(a, p, warps, smem, stream); break;
-    case kBFloat16: launch_dtype<BF16>(a, p, warps, smem, stream); break;
-    case kFloat64: launch_dtype<F64>(a, p, warps, smem, stream); break;
+    case kFloat32: launched = launch_dtype<F32>(a, p, warps, smem, stream); break;
+    case kFloat16: launched = launch_dtype<F16>(a, p, warps, smem, stream); break;
+    case kBFloat16: launched = launch_dtype<BF16>(a, p, warps, smem, stream); break;
+    case kFloat64: launched = launch_dtype<F64>(a, p, warps, smem, stream); break;
   }
-  const cudaError_t launched = cudaGetLastError();
   if (scratch) check(cudaFreeAsync(scratch, stream), "scratch free");
   check(launched, "kernel launch");
 }
