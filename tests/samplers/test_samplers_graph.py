@@ -91,6 +91,17 @@ def test_step_loop_makes_no_host_sync(model, prompt, mode, remasking, rule, monk
     assert torch.equal(out, mdsample.generate(model, prompt, **kw))
 
 
+def test_step_loop_makes_no_host_sync_on_the_reference_backend(model, prompt, monkeypatch):
+    """The float64 reference draw (backend="auto"'s last fallback on CUDA) is sync-free too."""
+    calls = []
+    monkeypatch.setattr(BlockStep, "__call__", _guarded(BlockStep.__call__, calls))
+    kw = _kw(remasking="low_confidence", backend="reference")
+    out = mdsample.generate(model, prompt, cuda_graph=True, **kw)
+    monkeypatch.undo()
+    assert len(calls) == 16
+    assert torch.equal(out, mdsample.generate(model, prompt, **kw))
+
+
 def test_guard_sees_a_sync_in_the_step(model, prompt, monkeypatch):
     """The guard of the test above is live inside the step: a step with an .item() fails under it."""
     run = BlockStep.run
