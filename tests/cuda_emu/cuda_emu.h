@@ -257,6 +257,16 @@ T atomicAdd(T* p, T v) {  // fibers of one OS thread: a plain read-modify-write 
 
 inline int __ffs(int x) { return __builtin_ffs(x); }
 inline int __ffs(unsigned x) { return __builtin_ffs(int(x)); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+// Rounded, never-contracted arithmetic: what the host does with -ffp-contract=off.
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+// The GPU's __expf is an approximation (ex2.approx, 2 + 1.16|x| ulp): emulated
+// results built on it match the GPU's to that tolerance, not bit for bit.
+inline float __expf(float x) { return expf(x); }
 inline float __uint_as_float(unsigned x) { return __builtin_bit_cast(float, x); }
 inline float __int_as_float(int x) { return __builtin_bit_cast(float, x); }
 inline int __float_as_int(float x) { return __builtin_bit_cast(int, x); }
