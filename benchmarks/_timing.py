@@ -79,6 +79,22 @@ def median_time(fn, inputs: list, *, device: torch.device, warmup: int = 3, runs
     return statistics.median(times)
 
 
+def graph_time(fn, inputs: list, *, device: torch.device, runs: int = 20, max_graphs: int = 8) -> float:
+    """Median seconds of replaying ``fn(x)`` captured as a CUDA graph: the GPU time without the
+    host's launch overhead. One graph per input, over the first ``max_graphs`` inputs."""
+    inputs = inputs[:max_graphs]
+    for x in inputs:  # compile, autotune and allocate outside capture
+        fn(x)
+    torch.cuda.synchronize(device)
+    graphs = []
+    for x in inputs:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn(x)
+        graphs.append(graph)
+    return median_time(lambda g: g.replay(), graphs, device=device, runs=runs)
+
+
 def copy_bandwidth(device: torch.device, nbytes: int | None = None) -> float:
     """Measured copy bandwidth of ``device`` in GB/s (bytes read + written per second).
 

@@ -32,12 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mdsample  # noqa: E402
 from mdsample import _backends  # noqa: E402
 from benchmarks import naive  # noqa: E402
-from benchmarks._timing import RESULTS, copy_bandwidth, median_time, rotating_inputs, write_results  # noqa: E402
+from benchmarks._timing import (  # noqa: E402
+    RESULTS, copy_bandwidth, graph_time, median_time, rotating_inputs, write_results)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 # Sweep grids: (vocabularies, row counts, (rows, vocab) points for the naive formulas and
 # unmask_step, naive formulas also run under torch.compile there).
+# Row counts up to GRAPH_ROWS are also timed as CUDA-graph replays (GPU time without the host).
+GRAPH_ROWS = 64
 SWEEPS = {
     "full": ((32000, 50257, 126464, 151936, 262144), (1, 4, 16, 64, 256, 1024, 4096),
              ((16, 126464), (256, 50257), (1024, 126464)), tuple(naive.FORMULAS)),
@@ -114,10 +117,11 @@ def print_table(results: list[dict]) -> None:
 
 
 def sweep(device: torch.device, vocabs, row_counts, naive_points, compiled, *, dtype: torch.dtype, runs: int,
-          max_bytes: int, copy_gbps: float) -> list[dict]:
+          max_bytes: int, copy_gbps: float, graphs: bool) -> list[dict]:
     """The sweep: each mdsample backend of ``device`` over ``vocabs`` x ``row_counts`` (series "sweep",
     inputs over ``max_bytes`` skipped), then the naive formulas (series "naive") and unmask_step at
-    ``naive_points``. Every row has median_s, gbps and pct_copy (% of ``copy_gbps``)."""
+    ``naive_points``, then (``graphs``, GPU) the sweep's decode shapes as CUDA-graph replays (series
+    "graph"). Every row has median_s, gbps and pct_copy (% of ``copy_gbps``)."""
     backends = [b for b in _backends_for(device) if b != "triton" or device.type == "cuda"]  # not the interpreter
     results = []
     for vocab in vocabs:
@@ -142,9 +146,35 @@ def sweep(device: torch.device, vocabs, row_counts, naive_points, compiled, *, d
         for r in bench_sampling(rows, vocab, dtype, device, compiled, runs):
             results.append({**r, "series": "naive"})
         results += [{**r, "series": "unmask"} for r in bench_unmask(rows, vocab, dtype, device, runs, backends)]
+    if graphs and device.type == "cuda":
+        results += _graph_series(device, backends, [r for r in results if r["series"] == "sweep"], dtype, runs)
     for r in results:
-        r["pct_copy"] = 100 * r.get("gbps", r.get("gbps_revealed")) / copy_gbps
+        if "median_s" in r:
+            r["pct_copy"] = 100 * r.get("gbps", r.get("gbps_revealed")) / copy_gbps
     return results
+
+
+def _graph_series(device, backends, sweep_rows, dtype, runs) -> list[dict]:
+    """The decode shapes (rows <= GRAPH_ROWS) of the sweep again, each call replayed from a CUDA graph.
+
+    Last in the run: a backend that cannot be captured records its error and the others go on.
+    """
+    out = []
+    for vocab, rows in sorted({(r["vocab"], r["rows"]) for r in sweep_rows if r["rows"] <= GRAPH_ROWS}):
+        nbytes = _logits_bytes(rows, vocab, dtype)
+        inputs = rotating_inputs(lambda: (torch.randn(rows, vocab, device=device) * 3).to(dtype), nbytes, device)
+        for backend in backends:
+            row = {"op": "sample_categorical", "series": "graph", "impl": f"mdsample[{backend}]", "rows": rows,
+                   "vocab": vocab, "dtype": str(dtype).split(".")[-1]}
+            try:
+                t = graph_time(_mdsample(backend), inputs, device=device, runs=runs)
+            except Exception as exc:  # noqa: BLE001  (reported in the results, not fatal)
+                out.append({**row, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                print(f"graph {row['impl']} {rows}x{vocab}: {out[-1]['error']}", flush=True)
+                continue
+            out.append({**row, "median_s": t, "gbps": nbytes / t / 1e9})
+            print(f"graph {row['impl']:<12}{rows:>6} x {vocab:<7}{t * 1e6:>10.1f} us", flush=True)
+    return out
 
 
 def main(argv=None) -> int:
@@ -161,6 +191,7 @@ def main(argv=None) -> int:
     parser.add_argument("--row-counts", type=int, nargs="+", help="sweep row counts instead of the grid's")
     parser.add_argument("--naive-at", type=int, nargs=2, metavar=("ROWS", "VOCAB"),
                         help="run the naive formulas and unmask_step at this one shape instead of the grid's")
+    parser.add_argument("--no-graph", action="store_true", help="sweep: skip the CUDA-graph decode timings")
     parser.add_argument("--max-gib", type=float, default=2.0, help="skip sweep inputs larger than this")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -188,8 +219,8 @@ def main(argv=None) -> int:
         naive_points = (tuple(args.naive_at),)
     results = sweep(device, args.vocabs or vocabs, args.row_counts or row_counts, naive_points, compiled,
                     dtype=dtype, runs=args.runs or (3 if device.type == "cpu" else 15),
-                    max_bytes=int(args.max_gib * 2**30), copy_gbps=copy_gbps)
-    print_table([r for r in results if r["series"] != "sweep"])
+                    max_bytes=int(args.max_gib * 2**30), copy_gbps=copy_gbps, graphs=not args.no_graph)
+    print_table([r for r in results if r["series"] in ("naive", "unmask")])
     if not args.no_save:
         from benchmarks.plot_sampling import plot_sweep
 

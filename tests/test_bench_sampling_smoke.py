@@ -35,7 +35,9 @@ def test_sweep_writes_results_and_plot(tmp_path):
     impls = {r["impl"] for r in sweep}
     assert impls and {(r["vocab"], r["rows"]) for r in sweep} == {(3000, 1), (3000, 3), (5000, 1), (5000, 3)}
     assert len(sweep) == 4 * len(impls)
-    assert all(r["median_s"] > 0 and r["pct_copy"] > 0 for r in doc["rows"]) and all(r["gbps"] > 0 for r in sweep)
+    # A CUDA-graph timing that could not be captured records its error instead (GPU only).
+    assert all("error" in r or (r["median_s"] > 0 and r["pct_copy"] > 0) for r in doc["rows"])
+    assert all(r["gbps"] > 0 for r in sweep)
     assert {"mdlm_fp64", "mdsample[reference]"} <= {r["impl"] for r in doc["rows"] if r["series"] == "naive"}
     unmask = [(r["impl"], r["revealed"]) for r in doc["rows"] if r["series"] == "unmask"]
     assert sorted(unmask) == sorted((impl, frac) for impl in impls for frac in (0.01, 0.1, 1.0))
@@ -43,7 +45,14 @@ def test_sweep_writes_results_and_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_plot_needs_sweep_rows(tmp_path):
+def test_plot_graph_rows_and_errors(tmp_path):
+    """CUDA-graph rows (GPU runs only) are drawn, rows with an error skipped, a file without sweep rows refused."""
     plot = _load("plot_sampling")
+    point = dict(impl="mdsample[cuda]", vocab=32000, dtype="bfloat16")
+    rows = [dict(series="sweep", rows=n, median_s=1e-5 * n, gbps=6.4, pct_copy=0.2, **point) for n in (1, 4)]
+    rows += [dict(series="graph", rows=1, median_s=5e-6, gbps=12.8, **point),
+             dict(series="graph", rows=4, error="RuntimeError: capture", **point)]
+    doc = dict(rows=rows, device="NVIDIA X", device_type="cuda", date="d", copy_bandwidth_gbps=3000.0)
+    assert plot.plot_sweep(doc, tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="no sweep rows"):
-        plot.plot_sweep({"rows": [{"series": "naive"}], "device": "x", "date": "d"}, tmp_path / "x.png")
+        plot.plot_sweep({**doc, "rows": rows[2:]}, tmp_path / "y.png")
