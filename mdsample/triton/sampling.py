@@ -47,7 +47,9 @@ Autotuning (GPU only) covers what does not touch the arithmetic: chunks per loop
 step and pipeline stages of the row kernel, chunks per program of the split grid.
 ``num_warps`` stays fixed at 8: it sets the layout, hence the fp32 summation tree,
 of a chunk's reductions, so changing it could move ``S_c`` by an ulp; it is part of
-the algorithm here, like ``CHUNK``. Under ``TRITON_INTERPRET=1`` one fixed config runs.
+the algorithm here, like ``CHUNK``. Under ``TRITON_INTERPRET=1``, or with
+``MDSAMPLE_TRITON_AUTOTUNE=0`` (test runs on a GPU: one compile per variant instead of one
+per config), the first config of each list runs.
 The first call of a new (vocab, rows bucket, dtype) key benchmarks the configs: make
 it outside CUDA-graph capture.
 
@@ -58,6 +60,7 @@ and never read their logits, like inactive rows of ``sample_categorical``.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -496,7 +499,8 @@ def sample_rows(req: RowDraw, *, split: bool | None = None,
         split: force the split path (True) or one program per row (False); None chooses by
             :func:`use_split` with the device's SM count. Results are the same either way.
         config: run this entry of ``SPLIT_CONFIGS`` (split path) or ``ROW_CONFIGS`` instead of
-            the autotuned one (GPU) or the first entry (interpreter). Results are the same.
+            the autotuned one (GPU) or the first entry (interpreter, ``MDSAMPLE_TRITON_AUTOTUNE=0``).
+            Results are the same.
 
     Returns:
         tokens ``[N]`` int64 (-1 for bad rows; ``fallback``/``x`` for rows not drawn) and,
@@ -542,7 +546,7 @@ def sample_rows(req: RowDraw, *, split: bool | None = None,
         UNMASK=unmask,
         STATS=stats is not None,
     )
-    if config is None and _backends.triton_interpreted():
+    if config is None and (_backends.triton_interpreted() or os.environ.get("MDSAMPLE_TRITON_AUTOTUNE") == "0"):
         config = (SPLIT_CONFIGS if split else ROW_CONFIGS)[0]
     if split:
         grid = lambda m: (n, triton.cdiv(n_chunks, m["GROUP"]))  # noqa: E731
