@@ -79,7 +79,8 @@ _NUM_WARPS = 8  # 2048-token chunks: 8 elements per thread. Fixed: see the modul
 _INT_MAX = tl.constexpr(2147483647)
 
 # Configs: chunks reduced per loop step (UNROLL) / per program of the split grid (GROUP)
-# and pipeline stages. The first entry of each list is the one the interpreter runs.
+# and pipeline stages. The first entry of each list is the one the interpreter runs
+# (GROUP = 2 there, so that interpreter tests cross program boundaries inside a row).
 ROW_CONFIGS = [triton.Config({"UNROLL": u}, num_warps=_NUM_WARPS, num_stages=s) for u in (1, 2) for s in (1, 2)]
 SPLIT_CONFIGS = [triton.Config({"GROUP": g}, num_warps=_NUM_WARPS, num_stages=1) for g in (2, 1, 4)]
 # Programs (CTAs) per SM the one-program-per-row grid needs to keep HBM busy; with fewer
