@@ -174,14 +174,13 @@ else
   note "tests: pytest missing, skipped"
 fi
 
-# New files in benchmarks/results/ (each benchmark step writes there) are copied to $OUT/results.
-mkdir -p "$OUT/results"
-BEFORE=$(ls benchmarks/results 2>/dev/null)
+# Files each benchmark step writes (or rewrites: same device and date) in benchmarks/results/
+# are copied to $OUT/results.
+mkdir -p "$OUT/results" benchmarks/results
+MARK=$OUT/.results_mark
+touch "$MARK"
 collect_results() {
-  local f
-  for f in $(ls benchmarks/results 2>/dev/null); do
-    echo "$BEFORE" | grep -qx "$f" || cp "benchmarks/results/$f" "$OUT/results/"
-  done
+  find benchmarks/results -maxdepth 1 -type f -newer "$MARK" -exec cp {} "$OUT/results/" \;
 }
 
 # ---- 5. the sampling sweep: GB/s and % of copy bandwidth vs rows, JSON + PNG ------------
