@@ -61,33 +61,41 @@ def test_forward_mask_bernoulli_bitwise():
             assert length == 1 or ((got == 1).any() and (got == x0).any())
 
 
+def count_case(batch, length, seed):
+    """An exact-count forward_mask case on the CPU: (kwargs, number of maskable tokens ``[B]``) for the two
+    position layouts (flat index; tied pairs, whose equal keys go to the lowest index).
+
+    Counts cycle through 0, inside, at and above the maskable number, odd and even so that
+    the k-th key splits tied pairs both ways.
+    """
+    g = _gen(seed)
+    x0 = torch.randint(5, 100, (batch, length), generator=g)
+    maskable = torch.rand(batch, length, generator=g) < 0.7
+    n = maskable.sum(-1)
+    choices = torch.stack([torch.zeros_like(n), n // 3, n, n + 5, n // 3 + 1, torch.ones_like(n), n // 2, n - 1])
+    count = choices[torch.arange(batch) % 8, torch.arange(batch)]
+    kw = dict(x0=x0, count=count, mask_id=1, maskable=maskable, seed=torch.arange(batch) + 11)
+    tied = (torch.arange(length) // 2).expand(batch, length).contiguous()
+    return [dict(kw, positions=None), dict(kw, positions=tied)], n
+
+
 def test_forward_mask_count_bitwise():
-    """Counts 0, inside, at and above the maskable number; rows longer than a CTA; ties at every key."""
-    g = _gen(1)
-    for batch, length in ((6, 300), (4, 5000), (2, 1)):
-        x0 = torch.randint(5, 100, (batch, length), generator=g)
-        maskable = torch.rand(batch, length, generator=g) < 0.7
-        n_allowed = maskable.sum(-1)
-        choices = torch.stack([torch.zeros_like(n_allowed), n_allowed // 3, n_allowed, n_allowed + 5])
-        count = choices[torch.arange(batch) % 4, torch.arange(batch)]
-        seed = torch.arange(batch) + 11
-        # Equal positions in a row give equal keys: the ties go to the lowest index.
-        tied = (torch.arange(length) // 2).expand(batch, length)
-        for positions in (None, tied):
+    for batch, length in ((8, 300), (8, 5000), (2, 1)):
+        cases, n_allowed = count_case(batch, length, seed=1)
+        for kw in cases:
             got, want = _both(lambda dev, b: mdsample.forward_mask(
-                x0.to(dev), count=count.to(dev), mask_id=1, maskable=maskable.to(dev), seed=seed.to(dev),
-                positions=None if positions is None else positions.to(dev), backend=b))
-            assert torch.equal(got, want), f"L={length} positions={'tied' if positions is not None else 'flat'}"
-            assert torch.equal((got == 1).sum(-1), torch.minimum(count, n_allowed))
+                **{k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}, backend=b))
+            assert torch.equal(got, want), f"L={length} positions={'tied' if kw['positions'] is not None else 'flat'}"
+            assert torch.equal((got == 1).sum(-1), torch.minimum(kw["count"], n_allowed))
 
 
-def _nll_case(shape, vocab, dtype, seed, *, offset=0, mask_id=3):
-    """logits ``[*shape, vocab]`` whose rows start `offset` elements into a wider tensor (off 16 bytes)."""
+def nll_case(shape, vocab, dtype, seed, *, offset=0, mask_id=3, device="cuda"):
+    """logits ``[*shape, vocab]`` whose rows start `offset` elements into a wider tensor (off 16 bytes), x0, x_t."""
     g = _gen(seed)
     wide = (torch.randn(*shape, vocab + offset, generator=g, dtype=torch.float64) * 3).to(dtype)
     x0 = torch.randint(0, vocab, shape, generator=g)
     xt = torch.where(torch.rand(shape, generator=g) < 0.5, mask_id, x0)
-    return wide.cuda()[..., offset:], x0.cuda(), xt.cuda()
+    return wide.to(device)[..., offset:], x0.to(device), xt.to(device)
 
 
 def _check(got, want, rows):
@@ -101,13 +109,13 @@ def test_masked_nll_matches_truth(dtype):
     # and rows starting one element into their storage.
     for k, (shape, vocab, offset) in enumerate([((2, 9), 32003, 0), ((3, 5), 301, 1), ((1, 4), 5, 1),
                                                 ((2, 3), 9000, 3)]):
-        logits, x0, xt = _nll_case(shape, vocab, dtype, seed=k, offset=offset)
+        logits, x0, xt = nll_case(shape, vocab, dtype, seed=k, offset=offset)
         got = mdsample.masked_nll(logits, x0, xt, mask_id=3, backend="cuda")
         _check(got, truth(logits.cpu(), x0.cpu(), xt.cpu(), mask_id=3), int((xt == 3).sum()))
 
 
 def test_masked_nll_weights_exclude_guidance():
-    logits, x0, xt = _nll_case((3, 17), 4100, torch.bfloat16, seed=5, offset=1)
+    logits, x0, xt = nll_case((3, 17), 4100, torch.bfloat16, seed=5, offset=1)
     guidance = (torch.randn(logits.shape, generator=_gen(6)) * 2).to(torch.bfloat16).cuda()
     guidance[..., 7] = -math.inf  # -inf on either side stays -inf
     weight = torch.rand(3, 17, generator=_gen(7)).cuda()
@@ -124,7 +132,7 @@ def test_masked_nll_weights_exclude_guidance():
 
 def test_masked_nll_bad_rows():
     """A NaN or +inf in a masked row makes its sequence NaN; the same in an unmasked row is never read."""
-    logits, x0, xt = _nll_case((4, 6), 3000, torch.float32, seed=8)
+    logits, x0, xt = nll_case((4, 6), 3000, torch.float32, seed=8)
     xt[:, 0], xt[:, 1] = 3, 0
     logits[0, 0, 2999] = math.nan
     logits[1, 0, 5] = math.inf
@@ -137,7 +145,7 @@ def test_masked_nll_bad_rows():
 
 def test_masked_nll_batch_and_address_invariant():
     """A sequence's value is the same bits alone, in a batch, and read from another alignment."""
-    logits, x0, xt = _nll_case((4, 12), 50257, torch.bfloat16, seed=9)
+    logits, x0, xt = nll_case((4, 12), 50257, torch.bfloat16, seed=9)
     batch = mdsample.masked_nll(logits, x0, xt, mask_id=3, backend="cuda")
     for b in range(4):
         alone = mdsample.masked_nll(logits[b:b + 1], x0[b:b + 1], xt[b:b + 1], mask_id=3, backend="cuda")
@@ -149,7 +157,7 @@ def test_masked_nll_batch_and_address_invariant():
 
 def test_graph_capture():
     """forward_mask and masked_nll (check=False) are captured in a CUDA graph and replay with new inputs."""
-    logits, x0, _ = _nll_case((2, 64), 1000, torch.float32, seed=10)
+    logits, x0, _ = nll_case((2, 64), 1000, torch.float32, seed=10)
     t = torch.tensor([0.3, 0.9], dtype=torch.float64, device="cuda")
     seed = torch.tensor([1, 2], device="cuda")
 
