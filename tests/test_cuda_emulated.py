@@ -44,6 +44,8 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 # in a tree: on a row of equal logits they part by ~20 fp32 ulps (2e-6
 # relative), the kernel being the nearer to the float64 reference.
 STATS_RTOL = STATS_ATOL = 4e-6
+# Fake devices (the first is the emulator's device 0, the current one; a launch
+# on another device's stream fails unless the launcher makes that device current).
 H100 = dict(sms=132, smem=227 * 1024)  # few rows: the split plan
 ONE_SM = dict(sms=1, smem=227 * 1024)  # 4+ rows fill it: a CTA per row
 

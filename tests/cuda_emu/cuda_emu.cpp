@@ -335,7 +335,10 @@ void check_load(const void* p, size_t bytes, size_t align, const char* what, con
   if (it != s.readable.begin() && std::prev(it)->second >= e) return;
   auto blk = s.allocations.upper_bound(a);
   if (blk != s.allocations.begin() && std::prev(blk)->first + std::prev(blk)->second >= e) return;
-  fail_launch(std::string(what) + " of " + std::to_string(bytes) + " bytes outside every readable region" + at);
+  std::string nearest;
+  if (it != s.readable.begin())
+    nearest = ", " + std::to_string(e - std::prev(it)->second) + " bytes past the end of the nearest region below";
+  fail_launch(std::string(what) + " of " + std::to_string(bytes) + " bytes outside every readable region" + nearest + at);
 }
 
 const uint64_t* warp_exchange(unsigned mask, uint64_t value, const char* what, const char* file, int line) {
@@ -401,7 +404,7 @@ cudaError_t launch(const void* kernel, dim3 grid, dim3 block, size_t smem, cudaS
   State& s = S();
   if (s.running) fail_launch("a launch from device code");
   const int dev = stream ? stream->device : s.current_device;
-  if (dev != s.current_device) return set_error(cudaErrorInvalidDevice);  // the stream's device must be current
+  if (dev != s.current_device) return set_error(cudaErrorInvalidResourceHandle);  // a stream of another device
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   if (threads == 0 || threads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu ||
       grid.y > 65535 || grid.z > 65535)
@@ -496,6 +499,7 @@ const char* cudaGetErrorString(cudaError_t err) {
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
   }
   return "unknown error";
 }

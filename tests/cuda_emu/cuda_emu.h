@@ -73,6 +73,7 @@ enum cudaError_t : int {
   cudaErrorMemoryAllocation = 2,
   cudaErrorInvalidConfiguration = 9,
   cudaErrorInvalidDevice = 101,
+  cudaErrorInvalidResourceHandle = 400,
 };
 enum cudaDeviceAttr : int {
   cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
