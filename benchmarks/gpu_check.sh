@@ -157,7 +157,7 @@ EOF
 step smoke 120 smoke.log "$PY" "$SMOKE"
 
 # ---- 4. GPU tests of the sampling ops ------------------------------------------------
-OPS_TESTS="tests/test_sample_categorical.py tests/test_unmask_step.py tests/test_triton_sampling.py tests/test_philox.py tests/test_build.py"
+OPS_TESTS="tests/test_sample_categorical.py tests/test_unmask_step.py tests/test_triton_sampling.py tests/test_philox.py tests/test_build.py tests/test_graph_capture.py tests/test_dlpack.py"
 if "$PY" -c "import scipy" 2>/dev/null; then
   OPS_TESTS="$OPS_TESTS tests/stats"
 else
