@@ -30,7 +30,8 @@ def _launch(op: str, device: torch.device, **args) -> None:
     """Calls ``mdsample._C.<op>_cpu``, or ``<op>_cuda`` on the current stream of ``device`` for CUDA tensors."""
     C = _backends.compiled_module()
     if device.type == "cuda":
-        getattr(C, op + "_cuda")(stream=torch.cuda.current_stream(device).cuda_stream, **args)
+        with torch.cuda.device(device):  # the launcher queues on the runtime's current device
+            getattr(C, op + "_cuda")(stream=torch.cuda.current_stream(device).cuda_stream, **args)
     else:
         getattr(C, op + "_cpu")(**args)
 
