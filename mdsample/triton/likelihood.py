@@ -230,8 +230,10 @@ def lowdisc_timesteps(n: int, *, eps: float, mode: str, seed: int, offset: torch
         return out
     block = min(triton.next_power_of_2(n), _BLOCK_TOKENS)
     eps_pair = torch.tensor([1.0 - eps, eps], dtype=torch.float64, device=offset.device)
+    # No FMA: the eps map is a product then a sum on every backend (likelihood_math.h), and a fused
+    # multiply-add (Triton's default on a GPU) rounds once, so the times would differ in the last bit.
     _timesteps_kernel[(offset.numel(), triton.cdiv(n, block))](offset, eps_pair, out, seed, n, MODE=_MODES[mode],
-                                                               BLOCK=block)
+                                                               BLOCK=block, enable_fp_fusion=False)
     return out
 
 
