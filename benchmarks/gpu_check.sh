@@ -206,12 +206,12 @@ sanitize() {
 }
 sanitize memcheck 75
 
-# ---- 7. likelihood benchmark (its CUDA path and quick mode are another engineer's) ------
-# Runs `bench_likelihood.py --quick` when the script has that flag, else its default.
-LIK_FLAGS=""
-grep -q -- '"--quick"' benchmarks/bench_likelihood.py && LIK_FLAGS="--quick"
-# shellcheck disable=SC2086
-step likelihood 60 likelihood.log "$PY" benchmarks/bench_likelihood.py $LIK_FLAGS
+# ---- 7. likelihood: the CUDA ops' tests, then the masked_nll benchmark ------------------
+if (( HAVE_PYTEST )); then
+  step tests-likelihood 60 tests_likelihood.log "$PY" -m pytest tests/test_likelihood_cuda.py tests/test_masked_nll.py \
+    -q -p no:cacheprovider -rs
+fi
+step likelihood 60 likelihood.log "$PY" benchmarks/bench_likelihood.py --quick --parts masked_nll
 collect_results
 
 # ---- 8. end to end, LLaDA-style generation ----------------------------------------------
@@ -228,7 +228,7 @@ sanitize racecheck 60
 # ---- 10. the rest of the tests -------------------------------------------------------------
 if (( HAVE_PYTEST )); then
   ignores=""
-  for t in $OPS_TESTS; do ignores="$ignores --ignore=$t"; done
+  for t in $OPS_TESTS tests/test_likelihood_cuda.py tests/test_masked_nll.py; do ignores="$ignores --ignore=$t"; done
   # shellcheck disable=SC2086
   MDSAMPLE_TRITON_AUTOTUNE=0 step tests-rest 150 tests_rest.log "$PY" -m pytest tests -q -p no:cacheprovider $ignores --continue-on-collection-errors
 fi
