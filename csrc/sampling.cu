@@ -16,9 +16,10 @@
 //    for fp64): each lane holds 32 fp32 scores of the part in registers, read
 //    in the logits' own dtype with 16-byte loads (4 loads of 8 bf16, 8 of 4
 //    fp32, ...; rows off a 16-byte boundary take the widest loads their
-//    alignment allows), all in flight at once. Max, sums and statistics are
-//    warp shuffles; the parts merge as online max / sum-exp states. No fp32
-//    copy of the logits and no [N, V] temporary exist anywhere.
+//    alignment allows: mdsample/cuda_loads.h), all in flight at once. Max,
+//    sums and statistics are warp shuffles; the parts merge as online max /
+//    sum-exp states. No fp32 copy of the logits and no [N, V] temporary exist
+//    anywhere.
 //  - The warp's result is one record of its row's chunk table: [fields][C]
 //    floats (M_c, S_c or the argmax, and three statistics words). Every chunk
 //    is reduced the same way whatever the launch shape, and the row is finished
@@ -37,18 +38,16 @@
 // Rows that are not drawn (active == 0, or a reveal coin that says no) return
 // their carry-over token without reading a logit. Indices are int64 throughout.
 // The hot loop has no __syncthreads; the CTA meets once, after pass 1.
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
-#include <string.h>
 
 #include <algorithm>
 #include <mutex>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 
+#include "mdsample/cuda_loads.h"
 #include "mdsample/device.h"
 #include "mdsample/likelihood_math.h"
 #include "mdsample/online.h"
@@ -58,6 +57,15 @@
 namespace mdsample {
 
 namespace {
+
+using cuda_loads::alignment;
+using cuda_loads::BF16;
+using cuda_loads::F16;
+using cuda_loads::F32;
+using cuda_loads::F64;
+using cuda_loads::load_vec;
+using cuda_loads::vec_len;
+using cuda_loads::with_load_width;
 
 constexpr int kWarp = 32;
 constexpr unsigned kAllLanes = 0xffffffffu;
@@ -88,28 +96,6 @@ enum Field : int {
 };
 template <bool kStats>
 __host__ __device__ constexpr int fields() { return kStats ? 5 : 2; }
-
-// ---- logits dtypes: storage word and conversion to the fp32 score ----------
-
-struct F32 {
-  using Raw = float;
-  static __device__ __forceinline__ float cvt(Raw x) { return x; }
-};
-struct F16 {
-  using Raw = unsigned short;
-  static __device__ __forceinline__ float cvt(Raw x) { return __half2float(__ushort_as_half(x)); }
-};
-struct BF16 {
-  using Raw = unsigned short;
-  static __device__ __forceinline__ float cvt(Raw x) { return __uint_as_float(unsigned(x) << 16); }
-};
-struct F64 {
-  using Raw = double;
-  static __device__ __forceinline__ float cvt(Raw x) { return __double2float_rn(x); }  // as the CPU's float(v)
-};
-
-template <class D>
-__host__ __device__ constexpr int vec_len() { return 16 / int(sizeof(typename D::Raw)); }  // elements per 16-byte load
 
 // Pass 1 takes a chunk in parts (1024 tokens, 32 scores per lane; 512 for
 // fp64, whose loads hold twice the registers): every load of a part is in
@@ -145,46 +131,6 @@ struct Row {
     return i == exclude ? -INFINITY : g;
   }
 };
-
-// Unsigned word of kBytes bytes: the unit of one load instruction.
-template <int kBytes> struct Word;
-template <> struct Word<16> { using T = uint4; };
-template <> struct Word<8> { using T = uint2; };
-template <> struct Word<4> { using T = unsigned int; };
-template <> struct Word<2> { using T = unsigned short; };
-
-// The 16 bytes (vec_len<D>() elements) at p as fp32, read in loads of kBytes
-// each: one 16-byte load for aligned rows; rows that start off a 16-byte
-// boundary (odd V, sliced tensors) take the widest loads their alignment
-// allows, and the values land in the same registers either way.
-template <class D, int kBytes>
-__device__ __forceinline__ void load_vec(const typename D::Raw* p, float* out) {
-  constexpr int kVec = vec_len<D>();
-  using W = typename Word<kBytes>::T;
-  W words[16 / kBytes];
-#pragma unroll
-  for (int q = 0; q < 16 / kBytes; ++q) words[q] = __ldg(reinterpret_cast<const W*>(p) + q);
-  typename D::Raw raw[kVec];
-  memcpy(raw, words, 16);
-#pragma unroll
-  for (int j = 0; j < kVec; ++j) out[j] = D::cvt(raw[j]);
-}
-
-// Widest load (bytes) a row of alignment `align` allows, as a compile-time
-// dispatch: calls f(std::integral_constant<int, kBytes>).
-template <class D, class F>
-__device__ __forceinline__ void with_load_width(int align, F&& f) {
-  constexpr int kElem = int(sizeof(typename D::Raw));
-  if (align >= 16) {
-    f(std::integral_constant<int, 16>());
-  } else if (align >= 8 || kElem == 8) {
-    f(std::integral_constant<int, (kElem > 8 ? kElem : 8)>());
-  } else if (align >= 4 || kElem == 4) {
-    f(std::integral_constant<int, (kElem > 4 ? kElem : 4)>());
-  } else {
-    f(std::integral_constant<int, kElem>());
-  }
-}
 
 // Scores of the kLen tokens [i0, i0 + kLen) (kLen a multiple of vec_len<D>(),
 // i0 too) of the chunk at token lo with n tokens: guided, -inf past the
@@ -550,10 +496,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(cons
   row.w1 = a.guidance_scale + 1.0f;
   row.vocab = a.vocab;
   row.exclude = a.exclude;
-  {
-    const uintptr_t bits = reinterpret_cast<uintptr_t>(row.logits) | (kGuided ? reinterpret_cast<uintptr_t>(row.guidance) : 0) | 16;
-    row.align = int(bits & (~bits + 1));  // lowest set bit
-  }
+  row.align = kGuided ? min(alignment(row.logits), alignment(row.guidance)) : alignment(row.logits);
 
   // ---- compute: pass 1, a warp per chunk of this CTA's share of the row
   float* rec = p.splits == 1 ? table : p.scratch + r * kFields * n_chunks;

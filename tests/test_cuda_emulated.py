@@ -286,6 +286,7 @@ def test_table_over_48k_opts_in_and_too_large_a_table_is_refused(lib):
     (2, "only the full mask is emulated"),
     (3, "__ldg of 4 bytes outside every readable region"),
     (4, "misaligned __ldg of 16 bytes from 4 bytes past a 16-byte boundary"),
+    (7, "divergent barrier: __syncthreads at .*selftest.cu:.* while thread 0 waits at __syncthreads"),
 ])
 def test_emulator_reports_the_bug(lib, which, report):
     out = torch.zeros(64)

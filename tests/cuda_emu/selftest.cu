@@ -29,6 +29,16 @@ __global__ void exited_lane(float* out) {
   out[threadIdx.x] = __shfl_xor_sync(kAll, 1.0f, 1);
 }
 
+// The two warps meet at different barriers.
+__global__ void divergent_barrier(float* out) {
+  if (threadIdx.x < 32) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+  out[threadIdx.x] = 0.0f;
+}
+
 __global__ void partial_mask(float* out) { out[threadIdx.x] = __shfl_sync(0x0000ffffu, 1.0f, 0); }
 
 // Thread 31 reads one element past the end of its input.
@@ -55,10 +65,12 @@ cudaError_t run(void (*kernel)(P...), unsigned threads, A... args) {
 
 }  // namespace
 
-// Runs self-test kernel `which` on 64 threads (policy as in cuda_emu::set_schedule):
+// Runs self-test kernel `which` on one CTA of 64 threads (32 for the loads),
+// threads picked by `policy` (as cuda_emu::set_schedule takes it):
 // 0 divergent shuffle, 1 exited lane, 2 partial mask, 3 out-of-bounds __ldg,
-// 4 misaligned __ldg, 5 mirror without barrier, 6 mirror with it. out holds 64
-// floats. Returns 0, or 1 with the emulator's report in error[error_len].
+// 4 misaligned __ldg, 5 mirror without barrier, 6 mirror with it, 7 divergent
+// barrier. out holds 64 floats. Returns 0, or 1 with the emulator's report in
+// error[error_len].
 extern "C" int mdsample_emu_selftest(int which, int policy, float* out, char* error, size_t error_len) {
   alignas(16) static float in[64];
   for (int i = 0; i < 64; ++i) in[i] = float(i);
@@ -75,6 +87,7 @@ extern "C" int mdsample_emu_selftest(int which, int policy, float* out, char* er
       case 4: err = run(misaligned, 32, static_cast<const float*>(in), out); break;
       case 5: err = run(mirror<false>, 64, out); break;
       case 6: err = run(mirror<true>, 64, out); break;
+      case 7: err = run(divergent_barrier, 64, out); break;
     }
     if (err != cudaSuccess) throw std::runtime_error(cudaGetErrorString(err));
     return 0;
