@@ -31,12 +31,17 @@ mdsample::SampleArgs sample_args(const py::kwargs& kw) {
   a.n_rows = kw["n_rows"].cast<int64_t>();
   a.vocab = kw["vocab"].cast<int64_t>();
   a.row_offsets = ptr<const int64_t>(kw, "row_offsets");
+  a.row_stride = kw["row_stride"].cast<int64_t>();
   a.guidance = ptr<const void>(kw, "guidance");
   a.guidance_offsets = ptr<const int64_t>(kw, "guidance_offsets");
+  a.guidance_row_stride = kw["guidance_row_stride"].cast<int64_t>();
   a.guidance_scale = kw["guidance_scale"].cast<float>();
   a.temperature = ptr<const float>(kw, "temperature");
+  a.temperature_val = kw["temperature_val"].cast<float>();
   a.seed = ptr<const int64_t>(kw, "seed");
+  a.seed_val = kw["seed_val"].cast<int64_t>();
   a.offset = ptr<const int64_t>(kw, "offset");
+  a.offset_val = kw["offset_val"].cast<int64_t>();
   a.position = ptr<const int64_t>(kw, "position");
   a.exclude = kw["exclude"].cast<int64_t>();
   a.active = ptr<const uint8_t>(kw, "active");
@@ -44,9 +49,11 @@ mdsample::SampleArgs sample_args(const py::kwargs& kw) {
   a.x = ptr<const int64_t>(kw, "x");
   a.mask_id = kw["mask_id"].cast<int64_t>();
   a.reveal_prob = ptr<const double>(kw, "reveal_prob");
+  a.reveal_prob_val = kw["reveal_prob_val"].cast<double>();
   a.out = ptr<int64_t>(kw, "out");
   a.stats = ptr<float>(kw, "stats");
   a.stats_temperature = ptr<const float>(kw, "stats_temperature");
+  a.stats_temperature_val = kw["stats_temperature_val"].cast<float>();
   return a;
 }
 

@@ -51,7 +51,7 @@
 #include "mdsample/device.h"
 #include "mdsample/likelihood_math.h"
 #include "mdsample/online.h"
-#include "mdsample/philox.h"
+#include "mdsample/per_row.h"
 #include "sampling.h"
 
 namespace mdsample {
@@ -471,9 +471,8 @@ __global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(cons
     passthrough = a.x[r];
     drawn = false;
     if (passthrough == a.mask_id) {
-      const Philox4 coin = draw_words(uint64_t(a.seed[r]), uint64_t(a.offset[r]), uint64_t(a.position[r]),
-                                      kDomainReveal);
-      drawn = uniform52(coin.w[0], coin.w[1]) < a.reveal_prob[r];
+      const Philox4 coin = row_words(a, r, kDomainReveal);
+      drawn = uniform52(coin.w[0], coin.w[1]) < per_row(a.reveal_prob, a.reveal_prob_val, r);
     }
   }
   if (!drawn) {  // its logits are never read
@@ -485,14 +484,16 @@ __global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(cons
     return;
   }
 
-  const float temp = a.temperature[r];
+  const float temp = per_row(a.temperature, a.temperature_val, r);
   const bool greedy = !(temp > 0.0f);
   // Clamped so a subnormal temperature gives 0 * inv_t = 0 at the maximum, not NaN.
   const float inv_t = greedy ? 0.0f : fminf(1.0f / temp, 3.0e38f);
-  const float inv_ts = kStats ? 1.0f / a.stats_temperature[r] : 0.0f;
+  const float inv_ts = kStats ? 1.0f / per_row(a.stats_temperature, a.stats_temperature_val, r) : 0.0f;
   Row<D, kGuided> row;
-  row.logits = static_cast<const typename D::Raw*>(a.logits) + a.row_offsets[r];
-  row.guidance = kGuided ? static_cast<const typename D::Raw*>(a.guidance) + a.guidance_offsets[r] : nullptr;
+  row.logits = static_cast<const typename D::Raw*>(a.logits) + per_row(a.row_offsets, r * a.row_stride, r);
+  row.guidance = kGuided ? static_cast<const typename D::Raw*>(a.guidance) +
+                               per_row(a.guidance_offsets, r * a.guidance_row_stride, r)
+                         : nullptr;
   row.w1 = a.guidance_scale + 1.0f;
   row.vocab = a.vocab;
   row.exclude = a.exclude;
@@ -554,8 +555,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(cons
     token = best_c * kChunk + __float_as_int(table[kFieldSum * n_chunks + best_c]);
     g_token = big_m;
   } else {
-    const Philox4 words = draw_words(uint64_t(a.seed[r]), uint64_t(a.offset[r]), uint64_t(a.position[r]),
-                                     kDomainToken);
+    const Philox4 words = row_words(a, r, kDomainToken);
     const double u1 = uniform52(words.w[0], words.w[1]);
     const double u2 = uniform52(words.w[2], words.w[3]);
 

@@ -17,7 +17,7 @@
 
 #include "mdsample/cpu_rows.h"
 #include "mdsample/online.h"
-#include "mdsample/philox.h"
+#include "mdsample/per_row.h"
 #include "sampling.h"
 
 #ifndef MDS_ISA
@@ -88,9 +88,8 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
     passthrough = a.x[r];
     drawn = false;
     if (passthrough == a.mask_id) {
-      const Philox4 coin = draw_words(uint64_t(a.seed[r]), uint64_t(a.offset[r]),
-                                      uint64_t(a.position[r]), kDomainReveal);
-      drawn = uniform52(coin.w[0], coin.w[1]) < a.reveal_prob[r];
+      const Philox4 coin = row_words(a, r, kDomainReveal);
+      drawn = uniform52(coin.w[0], coin.w[1]) < per_row(a.reveal_prob, a.reveal_prob_val, r);
     }
   }
   if (!drawn) {
@@ -101,14 +100,15 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
 
   const int64_t vocab = a.vocab;
   const RowReader<T> reader{
-      static_cast<const T*>(a.logits) + a.row_offsets[r],
-      a.guidance ? static_cast<const T*>(a.guidance) + a.guidance_offsets[r] : nullptr,
+      static_cast<const T*>(a.logits) + per_row(a.row_offsets, r * a.row_stride, r),
+      a.guidance ? static_cast<const T*>(a.guidance) + per_row(a.guidance_offsets, r * a.guidance_row_stride, r)
+                 : nullptr,
       a.guidance_scale + 1.0f, a.exclude};
-  const float temp = a.temperature[r];
+  const float temp = per_row(a.temperature, a.temperature_val, r);
   const bool greedy = !(temp > 0.0f);
   // Clamped so a subnormal temperature gives 0 * inv_t = 0 at the maximum, not NaN.
   const float inv_t = greedy ? 0.0f : fminf(1.0f / temp, 3.0e38f);
-  const float inv_ts = stats ? 1.0f / a.stats_temperature[r] : 0.0f;
+  const float inv_ts = stats ? 1.0f / per_row(a.stats_temperature, a.stats_temperature_val, r) : 0.0f;
   const int64_t n_chunks = (vocab + kChunk - 1) / kChunk;
   float* buf = sc.buf.data();
 
@@ -154,8 +154,7 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
         sc.chunk_weight[c] = w;
         total += w;
       }
-      const Philox4 words = draw_words(uint64_t(a.seed[r]), uint64_t(a.offset[r]),
-                                       uint64_t(a.position[r]), kDomainToken);
+      const Philox4 words = row_words(a, r, kDomainToken);
       const double u1 = uniform52(words.w[0], words.w[1]);
       const double u2 = uniform52(words.w[2], words.w[3]);
       const int64_t c = first_over(sc.chunk_weight.data(), n_chunks, u1 * total);

@@ -84,11 +84,14 @@ def emulator_library(sampling_cu: Path = SOURCES[0]) -> ctypes.CDLL:
 
 
 P, I64 = ctypes.c_void_p, ctypes.c_int64
+F32, F64 = ctypes.c_float, ctypes.c_double
 # mdsample::SampleArgs in declaration order (csrc/sampling.h), then the emulator's knobs.
 ARGS = [("logits", P), ("dtype", ctypes.c_int), ("n_rows", I64), ("vocab", I64), ("row_offsets", P),
-        ("guidance", P), ("guidance_offsets", P), ("guidance_scale", ctypes.c_float), ("temperature", P),
-        ("seed", P), ("offset", P), ("position", P), ("exclude", I64), ("active", P), ("fallback", P), ("x", P),
-        ("mask_id", I64), ("reveal_prob", P), ("out", P), ("stats", P), ("stats_temperature", P)]
+        ("row_stride", I64), ("guidance", P), ("guidance_offsets", P), ("guidance_row_stride", I64),
+        ("guidance_scale", F32), ("temperature", P), ("temperature_val", F32), ("seed", P), ("seed_val", I64),
+        ("offset", P), ("offset_val", I64), ("position", P), ("exclude", I64), ("active", P), ("fallback", P),
+        ("x", P), ("mask_id", I64), ("reveal_prob", P), ("reveal_prob_val", F64), ("out", P), ("stats", P),
+        ("stats_temperature", P), ("stats_temperature_val", F32)]
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +268,42 @@ def test_plan_and_schedule_do_not_change_the_result(lib):
             first = got if first is None else first
             for a, b in zip(got, first):
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_values_positions_and_row_layouts_read_to_the_same_bits(lib):
+    """Per-row numbers by value (null pointers) vs [N] tensors, no positions vs their arange, rows by one
+    stride or by offsets vs a contiguous copy: both plans of the emulated kernel give the same bits."""
+    lead, vocab = (3, 4), 4133
+    base = (torch.randn(4, 3, vocab + 1, generator=torch.Generator().manual_seed(8)) * 3).to(torch.bfloat16)
+    layouts = [
+        base[..., 1:].permute(1, 0, 2),                 # offsets
+        base[:3, :1, 1:].expand(3, 4, vocab),           # offsets
+        base.reshape(3, 4, vocab + 1)[..., 1:],         # one stride (vocab + 1), rows off 16 bytes
+        base[0, :1, 1:].expand(3, 4, vocab),            # one stride, 0
+    ]
+    values = dict(temperature=0.7, seed=2**63 + 5, offset=2**40 + 3)
+    tensors = dict(temperature=torch.full(lead, 0.7), seed=torch.full(lead, 5 - 2**63),
+                   offset=torch.full(lead, 2**40 + 3), positions=torch.arange(12).view(lead))
+    x = (torch.arange(12) % 3).view(lead)  # mask_id 0 at every third position
+    for device in (H100, ONE_SM):
+        for logits in layouts:
+            dense = logits.contiguous()
+            for stats in (dict(), dict(return_stats=True, stats_temperature=1.3)):
+                by_tensor = {**tensors, **stats}
+                if stats:
+                    by_tensor["stats_temperature"] = torch.full(lead, 1.3)
+                got = emulated(lib, mdsample.sample_categorical, logits, device=device, **values, **stats)
+                want = emulated(lib, mdsample.sample_categorical, dense, device=device, **by_tensor)
+                for a, b in zip(got, want) if stats else [(got, want)]:
+                    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+            guided = dict(guidance=dense.flip(-1), guidance_scale=1.5)  # contiguous beside strided
+            assert torch.equal(emulated(lib, mdsample.sample_categorical, logits, device=device, **values, **guided),
+                               emulated(lib, mdsample.sample_categorical, dense, device=device, **tensors, **guided))
+            step = dict(mask_id=0, temperature=0.7, seed=3, offset=1)
+            assert torch.equal(
+                emulated(lib, mdsample.unmask_step, logits, x, device=device, reveal_prob=0.6, **step),
+                emulated(lib, mdsample.unmask_step, dense, x, device=device,
+                         reveal_prob=torch.full(lead, 0.6, dtype=torch.float64), **step))
 
 
 def test_table_over_48k_opts_in_and_too_large_a_table_is_refused(lib):

@@ -214,6 +214,101 @@ def test_torch_compile_fullgraph_matches_eager(device):
     assert torch.equal(compiled(logits, seed), fn(logits, seed))
 
 
+# ---- one value or an [N] tensor; default positions; row layouts (issue 3) ----
+
+def _identical(a, b):
+    """Bitwise the same tokens (and stats: NaN where the other has NaN)."""
+    if isinstance(a, tuple):  # (tokens, revealed) of unmask_step
+        for x, y in zip(a, b):
+            _identical(x, y)
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a.cpu(), b.cpu())
+    else:
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x.cpu(), y.cpu(), rtol=0, atol=0, equal_nan=True)
+
+
+def _as_rows(name, value, lead, device):
+    """The ``[N]``-tensor form of one per-row value, as a caller would build it."""
+    dtype = {"seed": torch.int64, "offset": torch.int64, "reveal_prob": torch.float64}.get(name, torch.float32)
+    if dtype == torch.int64 and value >= 2**63:
+        value -= 2**64
+    return torch.full(lead, value, dtype=dtype, device=device)
+
+
+ONE_VALUE = [
+    dict(temperature=0.7),
+    dict(temperature=0.0, return_stats=True),  # argmax rows: stats at T = 1 either way
+    dict(temperature=1e-46, return_stats=True),  # rounds to fp32 0: argmax, stats at T = 1 either way
+    dict(seed=2**63 + 5, offset=2**40 + 3),
+    dict(temperature=0.5, return_stats=True, stats_temperature=1.3),
+]
+
+
+@pytest.mark.parametrize("kw", ONE_VALUE, ids=[",".join(k) for k in ONE_VALUE])
+def test_one_value_and_its_tensor_draw_the_same(backend, device, kw):
+    """A Python number (taken by value, no [N] tensor) and the same value in every row of a tensor."""
+    lead = (5,)  # under the interpreter: Triton's split path (rows < 8)
+    logits = _logits(lead + (CHUNK + 37,), device=device)
+    tensors = {k: v if k == "return_stats" else _as_rows(k, v, lead, device) for k, v in kw.items()}
+    _identical(mdsample.sample_categorical(logits, backend=backend, **kw),
+               mdsample.sample_categorical(logits, backend=backend, **tensors))
+    x = torch.tensor([0, 3, 0, 0, 9], device=device)
+    step = dict(mask_id=0, reveal_prob=0.6, return_revealed=True, seed=kw.get("seed", 4), offset=kw.get("offset", 1),
+                temperature=kw.get("temperature", 1.0))
+    as_tensors = {k: _as_rows(k, v, lead, device) if k in ("reveal_prob", "seed", "offset", "temperature") else v
+                  for k, v in step.items()}
+    _identical(mdsample.unmask_step(logits, x, backend=backend, **step),
+               mdsample.unmask_step(logits, x, backend=backend, **as_tensors))
+
+
+def test_default_positions_are_the_flat_row_index(backend, device):
+    logits = _logits((2, 3, CHUNK + 37), device=device)
+    arange = torch.arange(6, device=device).view(2, 3)
+    _identical(mdsample.sample_categorical(logits, seed=9, return_stats=True, backend=backend),
+               mdsample.sample_categorical(logits, seed=9, positions=arange, return_stats=True, backend=backend))
+    x = torch.zeros(2, 3, dtype=torch.int64, device=device)
+    kw = dict(mask_id=0, reveal_prob=0.5, seed=9, backend=backend)
+    _identical(mdsample.unmask_step(logits, x, **kw), mdsample.unmask_step(logits, x, positions=arange, **kw))
+
+
+def _layouts(device):
+    """(name, logits, whether one row stride describes them) over one base of 12 rows."""
+    V = CHUNK + 37
+    base = _logits((3, 4, V + 1), device=device)
+    return [
+        ("contiguous", base[..., :V].contiguous(), True),
+        ("sliced [:, 1:] 2-D", base.view(12, V + 1)[:, 1:], True),  # row stride V + 1, rows off alignment
+        ("sliced [:, 1:] 3-D", base[:, 1:, 1:], False),
+        ("permuted", base[..., 1:].permute(1, 0, 2), False),
+        ("expanded [3, 1] -> [3, 4]", base[:, :1, 1:].expand(3, 4, V), False),
+        ("one row expanded", base[0, :1, 1:].expand(6, V), True),  # row stride 0
+    ]
+
+
+@pytest.mark.parametrize("case", range(6), ids=[name for name, _, _ in _layouts("cpu")])
+def test_row_layouts_draw_like_their_contiguous_copy(backend, device, case):
+    from mdsample.ops._validate import row_layout, unravel
+
+    _, logits, one_stride = _layouts(device)[case]
+    offsets, stride = row_layout(logits)
+    assert (offsets is None) == one_stride
+    lead = logits.shape[:-1]
+    starts = [(logits[unravel(r, lead)].data_ptr() - logits.data_ptr()) // logits.element_size()
+              for r in range(math.prod(lead))]
+    assert (offsets.tolist() if offsets is not None else [r * stride for r in range(len(starts))]) == starts
+    kw = dict(seed=3, offset=2, return_stats=True, backend=backend)
+    _identical(mdsample.sample_categorical(logits, **kw), mdsample.sample_categorical(logits.contiguous(), **kw))
+    uncond = _logits(logits.shape, seed=1, device=device)  # contiguous guidance beside strided logits
+    kw.update(guidance=uncond, guidance_scale=1.5)
+    _identical(mdsample.sample_categorical(logits, **kw), mdsample.sample_categorical(logits.contiguous(), **kw))
+    _identical(mdsample.sample_categorical(uncond, **{**kw, "guidance": logits}),
+               mdsample.sample_categorical(uncond, **{**kw, "guidance": logits.contiguous()}))
+    x = torch.zeros(logits.shape[:-1], dtype=torch.int64, device=device)
+    step = dict(mask_id=0, reveal_prob=0.6, seed=5, backend=backend)
+    _identical(mdsample.unmask_step(logits, x, **step), mdsample.unmask_step(logits.contiguous(), x, **step))
+
+
 BAD_CALLS = [
     (dict(logits=[1.0, 2.0]), TypeError, "logits"),
     (dict(logits=torch.zeros(3, 5, dtype=torch.int64)), TypeError, "logits"),

@@ -411,13 +411,19 @@ from mdsample.triton import sampling as S
 pointers = dict(logits_ptr="*fp32", row_offsets_ptr="*i64", guidance_ptr="*fp32", guidance_offsets_ptr="*i64",
                 temperature_ptr="*fp32", seed_ptr="*i64", offset_ptr="*i64", position_ptr="*i64", active_ptr="*u8",
                 fallback_ptr="*i64", x_ptr="*i64", reveal_prob_ptr="*fp64", stats_temperature_ptr="*fp32",
-                out_ptr="*i64", stats_ptr="*fp32", rec_ptr="*fp32", arg_ptr="*i32", guidance_mult="fp32")
+                out_ptr="*i64", stats_ptr="*fp32", rec_ptr="*fp32", arg_ptr="*i32", guidance_mult="fp32",
+                temperature_val="fp32", stats_temperature_val="fp32", seed_val="i64", offset_val="i64",
+                reveal_prob_bits="i64", row_stride="i64", guidance_row_stride="i64")
+# Array and one-value forms both: offsets, temperature and reveal_prob as arrays, the rest as values.
 meta = dict(CHUNK=2048, CHUNK_BLOCK=64, FIELDS=5, HAS_GUIDANCE=True, HAS_ACTIVE=False, HAS_FALLBACK=False,
-            UNMASK=True, STATS=True, UNROLL=2, GROUP=2)
+            UNMASK=True, STATS=True, UNROLL=2, GROUP=2, HAS_ROW_OFFSETS_ARR=True, HAS_GUIDANCE_OFFSETS_ARR=False,
+            HAS_TEMPERATURE_ARR=True, HAS_SEED_ARR=False, HAS_OFFSET_ARR=False, HAS_POSITION_ARR=False,
+            HAS_REVEAL_PROB_ARR=True, HAS_STATS_TEMPERATURE_ARR=False)
 for kernel in (S._sample_rows_kernel, S._chunk_records_kernel, S._finish_rows_kernel):
     signature = {n: pointers.get(n, "i32") for n in kernel.arg_names if n not in meta}
     consts = {n: v for n, v in meta.items() if n in kernel.arg_names}
-    consts.update(active_ptr=None, fallback_ptr=None)
+    consts.update(active_ptr=None, fallback_ptr=None, guidance_offsets_ptr=None, seed_ptr=None, offset_ptr=None,
+                  position_ptr=None, stats_temperature_ptr=None)
     signature.update({n: "constexpr" for n in consts})
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=consts),
                               target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})

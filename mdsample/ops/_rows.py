@@ -1,49 +1,77 @@
 """The row draw behind sample_categorical and unmask_step: one request, one call per backend.
 
-Both public ops validate their arguments into a :class:`RowDraw` (flat ``[N]``
-per-row tensors plus the untouched logits and their row offsets) and hand it to
+Both public ops validate their arguments into a :class:`RowDraw` (per-row
+parameters, the untouched logits and how to find their rows) and hand it to
 :func:`run`, which calls the chosen backend. Keeping one request type means one
 kernel per backend serves both ops (unmask_step is the draw with a reveal coin).
+
+A per-row parameter the caller gave as a Python number stays one number, and
+rows that one stride describes carry the stride, not ``[N]`` offsets: the
+kernels take them by value, so a decode-shape call queues no helper kernels
+(``torch.full`` / ``arange``) before its own (issue 3).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
 from .. import _backends
 from ..reference import sampling as ref_sampling
 from ..reference import unmask as ref_unmask
+from ._validate import full_rows, row_offsets
 
 _DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 
 
 @dataclasses.dataclass
 class RowDraw:
-    logits: torch.Tensor              # [..., V], read in place through row_offsets
-    row_offsets: torch.Tensor         # [N] int64
-    temperature: torch.Tensor         # [N] float32, 0 = argmax
-    seed: torch.Tensor                # [N] int64
-    offset: torch.Tensor              # [N] int64
-    position: torch.Tensor            # [N] int64
+    logits: torch.Tensor              # [..., V]
+    row_offsets: torch.Tensor | None  # [N] int64 element offsets of the rows, or None:
+    row_stride: int                   # row r at r * row_stride
+    temperature: torch.Tensor | float  # [N] float32 or one value; 0 = argmax
+    seed: torch.Tensor | int           # [N] int64 or one value
+    offset: torch.Tensor | int         # [N] int64 or one value
+    position: torch.Tensor | None      # [N] int64, or None: the flat row index
     exclude: int = -1
     guidance: torch.Tensor | None = None
-    guidance_offsets: torch.Tensor | None = None
+    guidance_offsets: torch.Tensor | None = None  # [N] int64, or None:
+    guidance_row_stride: int = 0                  # row r at r * guidance_row_stride
     guidance_scale: float = 0.0
     active: torch.Tensor | None = None       # [N] bool
     fallback: torch.Tensor | None = None     # [N] int64
     x: torch.Tensor | None = None            # [N] int64: unmask_step mode
     mask_id: int = -1
-    reveal_prob: torch.Tensor | None = None  # [N] float64
-    stats_temperature: torch.Tensor | None = None  # [N] float32: also return stats
+    reveal_prob: torch.Tensor | float | None = None        # [N] float64 or one value, with x
+    stats_temperature: torch.Tensor | float | None = None  # [N] float32 or one value: also return stats
 
     @property
     def n_rows(self) -> int:
-        return self.row_offsets.numel()
+        return math.prod(self.logits.shape[:-1])
 
     @property
     def vocab(self) -> int:
         return self.logits.shape[-1]
+
+
+def materialized(req: RowDraw) -> RowDraw:
+    """``req`` with every per-row parameter, position and row offset as an ``[N]`` tensor (the slow paths)."""
+    n, device = req.n_rows, req.logits.device
+    rows = dict(
+        row_offsets=row_offsets(req.logits) if req.row_offsets is None else req.row_offsets,
+        temperature=full_rows(req.temperature, n, torch.float32, device),
+        seed=full_rows(req.seed, n, torch.int64, device),
+        offset=full_rows(req.offset, n, torch.int64, device),
+        position=torch.arange(n, device=device, dtype=torch.int64) if req.position is None else req.position,
+    )
+    if req.guidance is not None and req.guidance_offsets is None:
+        rows["guidance_offsets"] = row_offsets(req.guidance)
+    if req.reveal_prob is not None:
+        rows["reveal_prob"] = full_rows(req.reveal_prob, n, torch.float64, device)
+    if req.stats_temperature is not None:
+        rows["stats_temperature"] = full_rows(req.stats_temperature, n, torch.float32, device)
+    return dataclasses.replace(req, **rows)
 
 
 def _rows_2d(t: torch.Tensor) -> torch.Tensor:
@@ -52,6 +80,7 @@ def _rows_2d(t: torch.Tensor) -> torch.Tensor:
 
 
 def _reference(req: RowDraw):
+    req = materialized(req)
     active, fallback, exclude = req.active, req.fallback, req.exclude
     if req.x is not None:
         active = ref_unmask.reveal(req.x, req.mask_id, req.reveal_prob, req.seed, req.offset, req.position)
@@ -76,6 +105,13 @@ def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+def _ptr_or_value(v, zero) -> tuple[int, int | float]:
+    """A per-row parameter as the launchers take it: (pointer, 0) for a tensor, (0 = null, value) for a number."""
+    if isinstance(v, torch.Tensor):
+        return v.data_ptr(), zero
+    return 0, zero if v is None else v
+
+
 def _compiled(req: RowDraw, device_type: str):
     n = req.n_rows
     out = torch.empty(n, dtype=torch.int64, device=req.logits.device)
@@ -88,24 +124,24 @@ def _compiled(req: RowDraw, device_type: str):
         dtype=_DTYPE_CODE[req.logits.dtype],
         n_rows=n,
         vocab=req.vocab,
-        row_offsets=req.row_offsets.data_ptr(),
+        row_offsets=_ptr(req.row_offsets),
+        row_stride=req.row_stride,
         guidance=_ptr(req.guidance),
         guidance_offsets=_ptr(req.guidance_offsets),
+        guidance_row_stride=req.guidance_row_stride,
         guidance_scale=req.guidance_scale,
-        temperature=req.temperature.data_ptr(),
-        seed=req.seed.data_ptr(),
-        offset=req.offset.data_ptr(),
-        position=req.position.data_ptr(),
+        position=_ptr(req.position),
         exclude=req.exclude,
         active=_ptr(active),
         fallback=_ptr(req.fallback),
         x=_ptr(req.x),
         mask_id=req.mask_id,
-        reveal_prob=_ptr(req.reveal_prob),
         out=out.data_ptr(),
         stats=_ptr(stats),
-        stats_temperature=_ptr(req.stats_temperature),
     )
+    for name, zero in (("temperature", 0.0), ("seed", 0), ("offset", 0), ("reveal_prob", 0.0),
+                       ("stats_temperature", 0.0)):
+        args[name], args[name + "_val"] = _ptr_or_value(getattr(req, name), zero)
     C = _backends.compiled_module()
     if device_type == "cuda":
         C.sample_cuda(stream=torch.cuda.current_stream(req.logits.device).cuda_stream, **args)

@@ -41,10 +41,14 @@ def check_device(name: str, t: torch.Tensor, device: torch.device) -> None:
         raise ValueError(f"{name} is on {t.device} but the logits are on {device}: put them on the same device")
 
 
-def per_row(name: str, value, lead_shape: torch.Size, device: torch.device, dtype: torch.dtype, *, kind: str) -> torch.Tensor:
-    """A Python number or tensor broadcast over the leading dims, as a contiguous ``[N]`` tensor.
+def per_row(name: str, value, lead_shape: torch.Size, device: torch.device, dtype: torch.dtype, *, kind: str,
+            scalar_ok: bool = True):
+    """A Python number kept as one Python value, or a tensor broadcast over the leading dims as contiguous ``[N]``.
 
-    ``kind`` is "float", "int" or "bool": the accepted input dtypes.
+    ``kind`` is "float", "int" or "bool": the accepted input dtypes. A number stays a number
+    (float, or an int in the signed 64-bit range: unsigned seeds keep their bits), so the
+    kernels take it by value and no ``[N]`` tensor is built; ``scalar_ok=False`` broadcasts
+    it to an ``[N]`` tensor of ``dtype`` instead.
     """
     n = math.prod(lead_shape)
     if isinstance(value, bool) and kind != "bool":
@@ -56,7 +60,8 @@ def per_row(name: str, value, lead_shape: torch.Size, device: torch.device, dtyp
             raise ValueError(f"{name} must fit in 64 bits; got {value}")
         if kind == "int" and int(value) >= 2**63:  # unsigned 64-bit seeds keep their bits
             value = int(value) - 2**64
-        return torch.full((n,), value, dtype=dtype, device=device)
+        value = {"float": float, "int": int, "bool": bool}[kind](value)
+        return value if scalar_ok else torch.full((n,), value, dtype=dtype, device=device)
     t = as_tensor(name, value)
     ok = {
         "float": t.dtype.is_floating_point,
@@ -76,6 +81,13 @@ def per_row(name: str, value, lead_shape: torch.Size, device: torch.device, dtyp
     return t.reshape(n).to(dtype).contiguous()
 
 
+def full_rows(value, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``value`` (a number, or a ``[N]`` tensor returned as is) as an ``[N]`` tensor: for the slow paths."""
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.full((n,), value, dtype=dtype, device=device)
+
+
 def row_offsets(t: torch.Tensor) -> torch.Tensor:
     """Element offset of each row of ``[..., V]`` from ``t.data_ptr()``, as int64 ``[N]``.
 
@@ -87,12 +99,39 @@ def row_offsets(t: torch.Tensor) -> torch.Tensor:
     return offs.reshape(-1).contiguous()
 
 
-def guidance_rows(guidance, guidance_scale, logits: torch.Tensor):
-    """Validated CFG inputs: (unconditional logits or None, their row offsets ``[N]`` or None, scale w)."""
+def uniform_row_stride(t: torch.Tensor) -> int | None:
+    """``s`` such that flat row ``r`` of ``[..., V]`` starts at element ``r * s``, or None when no one stride does.
+
+    Contiguous, row-sliced (``[:, 1:]``) and fully expanded (stride 0) leading dims have one;
+    e.g. ``[B, 1, V]`` expanded to ``[B, L, V]`` has not (its rows need :func:`row_offsets`).
+    """
+    unit, inner = None, 1  # unit: stride of the innermost leading dim of size > 1
+    for size, stride in zip(reversed(t.shape[:-1]), reversed(t.stride()[:-1])):
+        if size == 1:
+            continue
+        if unit is None:
+            unit = stride
+        elif stride != unit * inner:
+            return None
+        inner *= size
+    return 0 if unit is None else unit
+
+
+def row_layout(t: torch.Tensor) -> tuple[torch.Tensor | None, int]:
+    """Rows of ``[..., V]`` as (None, one stride) when a stride describes them, else (offsets ``[N]`` int64, 0).
+
+    The stride form builds no tensor (on a GPU, no helper kernels before the op's own).
+    """
+    stride = uniform_row_stride(t)
+    return (row_offsets(t), 0) if stride is None else (None, stride)
+
+
+def guidance_input(guidance, guidance_scale, logits: torch.Tensor):
+    """Validated CFG inputs: (unconditional logits or None, scale w)."""
     if guidance is None:
         if guidance_scale != 0.0:
             raise ValueError("guidance_scale needs guidance (the unconditional logits)")
-        return None, None, 0.0
+        return None, 0.0
     guidance = float_logits("guidance", guidance)
     check_device("guidance", guidance, logits.device)
     if guidance.shape != logits.shape or guidance.dtype != logits.dtype:
@@ -100,7 +139,13 @@ def guidance_rows(guidance, guidance_scale, logits: torch.Tensor):
             f"guidance must match logits in shape and dtype ({tuple(logits.shape)}, {logits.dtype}); "
             f"got {tuple(guidance.shape)}, {guidance.dtype}"
         )
-    return guidance, row_offsets(guidance), finite_number("guidance_scale", guidance_scale)
+    return guidance, finite_number("guidance_scale", guidance_scale)
+
+
+def guidance_rows(guidance, guidance_scale, logits: torch.Tensor):
+    """Validated CFG inputs: (unconditional logits or None, their row offsets ``[N]`` or None, scale w)."""
+    guidance, scale = guidance_input(guidance, guidance_scale, logits)
+    return guidance, None if guidance is None else row_offsets(guidance), scale
 
 
 def finite_number(name: str, value, *, low: float | None = None, low_inclusive: bool = True) -> float:

@@ -12,31 +12,50 @@ import torch
 
 from ._rows import RowDraw, run
 
+# Per-row parameters that are an [N] tensor or one number: the op's fixed schema takes each
+# as an optional tensor plus a value (read when the tensor is None), with these types.
+_EITHER = {"temperature": 0.0, "seed": 0, "offset": 0, "reveal_prob": 0.0, "stats_temperature": 0.0}
 _FIELDS = [f.name for f in dataclasses.fields(RowDraw)]
 
 
 @torch.library.custom_op("mdsample::sample_rows", mutates_args=())
 def _sample_rows(
     logits: torch.Tensor,
-    row_offsets: torch.Tensor,
-    temperature: torch.Tensor,
-    seed: torch.Tensor,
-    offset: torch.Tensor,
-    position: torch.Tensor,
+    row_offsets: torch.Tensor | None,
+    row_stride: int,
+    temperature: torch.Tensor | None,
+    temperature_val: float,
+    seed: torch.Tensor | None,
+    seed_val: int,
+    offset: torch.Tensor | None,
+    offset_val: int,
+    position: torch.Tensor | None,
     exclude: int,
     guidance: torch.Tensor | None,
     guidance_offsets: torch.Tensor | None,
+    guidance_row_stride: int,
     guidance_scale: float,
     active: torch.Tensor | None,
     fallback: torch.Tensor | None,
     x: torch.Tensor | None,
     mask_id: int,
     reveal_prob: torch.Tensor | None,
+    reveal_prob_val: float,
+    stats: bool,
     stats_temperature: torch.Tensor | None,
+    stats_temperature_val: float,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     kwargs = dict(locals())
     chosen = kwargs.pop("backend")
+    for name in _EITHER:
+        value = kwargs.pop(name + "_val")
+        if kwargs[name] is None:
+            kwargs[name] = value
+    if x is None:
+        kwargs["reveal_prob"] = None
+    if not kwargs.pop("stats"):
+        kwargs["stats_temperature"] = None
     tokens, stats = run(RowDraw(**kwargs), chosen)
     if stats is None:
         stats = torch.empty((0, 4), dtype=torch.float32, device=tokens.device)
@@ -44,16 +63,34 @@ def _sample_rows(
 
 
 @_sample_rows.register_fake
-def _(logits, row_offsets, temperature, seed, offset, position, exclude, guidance, guidance_offsets,
-      guidance_scale, active, fallback, x, mask_id, reveal_prob, stats_temperature, backend):
-    n = row_offsets.shape[0]
+def _(logits, row_offsets, row_stride, temperature, temperature_val, seed, seed_val, offset, offset_val, position,
+      exclude, guidance, guidance_offsets, guidance_row_stride, guidance_scale, active, fallback, x, mask_id,
+      reveal_prob, reveal_prob_val, stats, stats_temperature, stats_temperature_val, backend):
+    n = 1
+    for size in logits.shape[:-1]:
+        n = n * size
     tokens = logits.new_empty((n,), dtype=torch.int64)
-    return tokens, logits.new_empty((n if stats_temperature is not None else 0, 4), dtype=torch.float32)
+    return tokens, logits.new_empty((n if stats else 0, 4), dtype=torch.float32)
+
+
+def _op_args(req: RowDraw) -> list:
+    """``req`` as the op's positional arguments (the schema above), without the backend."""
+    out = []
+    for name in _FIELDS:
+        v = getattr(req, name)
+        if name == "stats_temperature":
+            out.append(v is not None)
+        if name in _EITHER:
+            tensor = v if isinstance(v, torch.Tensor) else None
+            out += [tensor, _EITHER[name] if tensor is not None or v is None else v]
+        else:
+            out.append(v)
+    return out
 
 
 def sample_rows_op(req: RowDraw, backend: str):
     """Run ``req`` through the registered op; returns tokens ``[N]`` and stats ``[N, 4]`` or None."""
-    tokens, stats = torch.ops.mdsample.sample_rows(*(getattr(req, f) for f in _FIELDS), backend)
+    tokens, stats = torch.ops.mdsample.sample_rows(*_op_args(req), backend)
     return tokens, (stats if req.stats_temperature is not None else None)
 
 

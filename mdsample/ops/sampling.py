@@ -37,48 +37,47 @@ def build_request(
     device, lead, vocab = logits.device, logits.shape[:-1], logits.shape[-1]
     n = math.prod(lead)
 
-    def rows(name, value, dtype, kind):
-        return V.per_row(name, value, lead, device, dtype, kind=kind)
+    def rows(name, value, dtype, kind, scalar_ok=True):
+        return V.per_row(name, value, lead, device, dtype, kind=kind, scalar_ok=scalar_ok)
 
     if V.is_array(temperature):
         temp = rows("temperature", temperature, torch.float32, "float")
         if check and n and not bool(((temp >= 0) & torch.isfinite(temp)).all()):
             raise ValueError("temperature must be finite and >= 0 in every row")
     else:
-        temp = rows("temperature", V.finite_number("temperature", temperature, low=0.0), torch.float32, "float")
+        temp = V.finite_number("temperature", temperature, low=0.0)
 
-    position = (
-        torch.arange(n, device=device, dtype=torch.int64) if positions is None
-        else rows("positions", positions, torch.int64, "int")
-    )
+    position = None if positions is None else rows("positions", positions, torch.int64, "int", scalar_ok=False)
     if check and positions is not None and n:
         if not bool(((position >= 0) & (position <= MAX_POSITION)).all()):
             raise ValueError("positions must lie in [0, 2^48) in every row")
 
-    guidance, g_offsets, scale = V.guidance_rows(guidance, guidance_scale, logits)
+    guidance, scale = V.guidance_input(guidance, guidance_scale, logits)
+    g_offsets, g_stride = (None, 0) if guidance is None else V.row_layout(guidance)
 
     if active is None and fallback is not None:
         raise ValueError("fallback is what inactive rows return: it needs active")
-    act = None if active is None else rows("active", active, torch.bool, "bool")
-    fb = None if fallback is None else rows("fallback", fallback, torch.int64, "int")
+    act = None if active is None else rows("active", active, torch.bool, "bool", scalar_ok=False)
+    fb = None if fallback is None else rows("fallback", fallback, torch.int64, "int", scalar_ok=False)
 
     stats_t = None
     if stats_temperature is not None and not return_stats:
         raise ValueError("stats_temperature needs return_stats=True")
     if return_stats:
-        if stats_temperature is None:
-            stats_t = torch.where(temp > 0, temp, 1.0)  # argmax rows report stats at T = 1, as LLaDA does
+        if stats_temperature is None:  # argmax rows report stats at T = 1, as LLaDA does
+            stats_t = torch.where(temp > 0, temp, 1.0) if V.is_array(temp) else (temp if _fp32_positive(temp) else 1.0)
         elif V.is_array(stats_temperature):
             stats_t = rows("stats_temperature", stats_temperature, torch.float32, "float")
             if check and n and not bool(((stats_t > 0) & torch.isfinite(stats_t)).all()):
                 raise ValueError("stats_temperature must be finite and > 0 in every row")
         else:
-            st = V.finite_number("stats_temperature", stats_temperature, low=0.0, low_inclusive=False)
-            stats_t = rows("stats_temperature", st, torch.float32, "float")
+            stats_t = V.finite_number("stats_temperature", stats_temperature, low=0.0, low_inclusive=False)
 
+    offsets, stride = V.row_layout(logits)
     return RowDraw(
         logits=logits,
-        row_offsets=V.row_offsets(logits),
+        row_offsets=offsets,
+        row_stride=stride,
         temperature=temp,
         seed=rows("seed", seed, torch.int64, "int"),
         offset=rows("offset", offset, torch.int64, "int"),
@@ -86,11 +85,17 @@ def build_request(
         exclude=-1 if exclude is None else V.token_id("exclude", exclude, vocab),
         guidance=guidance,
         guidance_offsets=g_offsets,
+        guidance_row_stride=g_stride,
         guidance_scale=scale,
         active=act,
         fallback=fb,
         stats_temperature=stats_t,
     )
+
+
+def _fp32_positive(t: float) -> bool:
+    """Whether ``t >= 0`` stays > 0 in float32 (the kernels' temperature): values <= 2^-150 round to 0."""
+    return t > 2.0**-150
 
 
 def raise_bad_rows(req: RowDraw, tokens: torch.Tensor, considered: torch.Tensor | None) -> None:

@@ -73,10 +73,9 @@ def unmask_step(
         if check and prob.numel() and not bool(((prob >= 0) & (prob <= 1)).all()):
             raise ValueError("reveal_prob must lie in [0, 1] in every row")
     else:
-        p = V.finite_number("reveal_prob", reveal_prob, low=0.0)
-        if p > 1.0:
+        prob = V.finite_number("reveal_prob", reveal_prob, low=0.0)
+        if prob > 1.0:
             raise ValueError(f"reveal_prob must lie in [0, 1]; got {reveal_prob}")
-        prob = V.per_row("reveal_prob", p, lead, logits.device, torch.float64, kind="float")
     flat_x = x.reshape(-1).to(torch.int64).contiguous()
     if check and flat_x.numel() and not bool(((flat_x >= 0) & (flat_x < vocab)).all()):
         raise ValueError(f"x must hold token ids in [0, {vocab})")

@@ -7,9 +7,11 @@ reading each logits row in place through its row offset.
 Shapes (N rows of V tokens; C = ceil(V / CHUNK) chunks):
 
 - ``logits``: ``[..., V]`` fp16/bf16/fp32/fp64; row ``r`` starts at element
-  ``row_offsets[r]`` (int64) of ``logits``, last dim contiguous. Leading dims may
-  be strided or expanded; the tensor is never copied.
-- per-row parameters: ``[N]``; scratch: chunk records ``[N, F, C]`` fp32
+  ``row_offsets[r]`` (int64) of ``logits``, or ``r * row_stride`` when the leading
+  dims have one stride; last dim contiguous. Leading dims may be strided or
+  expanded; the tensor is never copied.
+- per-row parameters: ``[N]``, or one value for every row (no ``[N]`` tensor is
+  built for a number; positions default to the row index); scratch: chunk records ``[N, F, C]`` fp32
   (F = 2, or 5 with stats) and chunk argmaxes ``[N, C]`` int32.
 - outputs: tokens ``[N]`` int64, stats ``[N, 4]`` fp32 (logprob, prob, margin, entropy).
 
@@ -61,6 +63,7 @@ from __future__ import annotations
 
 import functools
 import os
+import struct
 
 import torch
 import triton
@@ -139,14 +142,36 @@ def _chunk_weights(chunk_max_row, chunk_sum_row, idx, n_chunks, big_m, t64):
 
 
 @triton.jit
-def _row_live(r, seed_ptr, offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr, mask_id,
-              HAS_ACTIVE: tl.constexpr, HAS_FALLBACK: tl.constexpr, UNMASK: tl.constexpr):
+def _per_row(ptr, value, r, HAS_ARR: tl.constexpr):
+    """Row ``r``'s parameter: ``ptr[r]``, or ``value`` for every row (the caller gave one number)."""
+    v = value
+    if HAS_ARR:
+        v = tl.load(ptr + r)
+    return v
+
+
+@triton.jit
+def _row_words(r, seed_ptr, seed_val, offset_ptr, offset_val, position_ptr, HAS_SEED_ARR: tl.constexpr,
+               HAS_OFFSET_ARR: tl.constexpr, HAS_POSITION_ARR: tl.constexpr, DOMAIN: tl.constexpr):
+    """The Philox words of row ``r`` in ``DOMAIN``; without a position array the position is ``r``."""
+    return _philox_words(_per_row(seed_ptr, seed_val.to(tl.int64), r, HAS_SEED_ARR),
+                         _per_row(offset_ptr, offset_val.to(tl.int64), r, HAS_OFFSET_ARR),
+                         _per_row(position_ptr, r, r, HAS_POSITION_ARR), DOMAIN)
+
+
+@triton.jit
+def _row_live(r, seed_ptr, seed_val, offset_ptr, offset_val, position_ptr, active_ptr, fallback_ptr, x_ptr,
+              reveal_prob_ptr, reveal_prob_bits, mask_id, HAS_ACTIVE: tl.constexpr, HAS_FALLBACK: tl.constexpr,
+              UNMASK: tl.constexpr, HAS_SEED_ARR: tl.constexpr, HAS_OFFSET_ARR: tl.constexpr,
+              HAS_POSITION_ARR: tl.constexpr, HAS_REVEAL_PROB_ARR: tl.constexpr):
     """Whether row ``r`` draws, and the token it returns if not (its carry-over; -1 without fallback)."""
     if UNMASK:
         x = tl.load(x_ptr + r)
-        reveal_prob = tl.load(reveal_prob_ptr + r)
-        coin0, coin1, _, _ = _philox_words(tl.load(seed_ptr + r), tl.load(offset_ptr + r), tl.load(position_ptr + r),
-                                           _DOMAIN_REVEAL)
+        # One value comes as its float64 bits: a float kernel argument would be rounded to fp32.
+        reveal_prob = _per_row(reveal_prob_ptr, reveal_prob_bits.to(tl.int64).to(tl.float64, bitcast=True), r,
+                               HAS_REVEAL_PROB_ARR)
+        coin0, coin1, _, _ = _row_words(r, seed_ptr, seed_val, offset_ptr, offset_val, position_ptr, HAS_SEED_ARR,
+                                        HAS_OFFSET_ARR, HAS_POSITION_ARR, _DOMAIN_REVEAL)
         live = (x == mask_id) & (_uniform52(coin0, coin1) < reveal_prob)
         carry = x
     elif HAS_ACTIVE:
@@ -162,16 +187,19 @@ def _row_live(r, seed_ptr, offset_ptr, position_ptr, active_ptr, fallback_ptr, x
 
 
 @triton.jit
-def _inv_temperatures(r, temperature_ptr, stats_temperature_ptr, STATS: tl.constexpr):
+def _inv_temperatures(r, temperature_ptr, temperature_val, stats_temperature_ptr, stats_temperature_val,
+                      STATS: tl.constexpr, HAS_TEMPERATURE_ARR: tl.constexpr,
+                      HAS_STATS_TEMPERATURE_ARR: tl.constexpr):
     """1 / T for the draw (1 on argmax rows) and 1 / T_stats (1 without stats), both clamped to fp32 range.
 
     Clamped so that a subnormal temperature gives 0 * inv_t = 0 for the maximum (not 0 * inf = NaN).
     """
-    temperature = tl.load(temperature_ptr + r)
+    temperature = _per_row(temperature_ptr, temperature_val, r, HAS_TEMPERATURE_ARR)
     inv_t = tl.minimum(1.0 / tl.where(temperature > 0, temperature, 1.0), 3.0e38)
     inv_st = 1.0
     if STATS:
-        inv_st = tl.minimum(1.0 / tl.load(stats_temperature_ptr + r), 3.0e38)
+        inv_st = tl.minimum(1.0 / _per_row(stats_temperature_ptr, stats_temperature_val, r,
+                                           HAS_STATS_TEMPERATURE_ARR), 3.0e38)
     return inv_t, inv_st
 
 
@@ -211,23 +239,31 @@ def _reduce_chunk(logits_row, guidance_row, rec_row, arg_row, c, n_chunks, vocab
 
 
 @triton.jit
-def _row_pointers(r, logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr, HAS_GUIDANCE: tl.constexpr):
+def _row_pointers(r, logits_ptr, row_offsets_ptr, row_stride, guidance_ptr, guidance_offsets_ptr,
+                  guidance_row_stride, HAS_GUIDANCE: tl.constexpr, HAS_ROW_OFFSETS_ARR: tl.constexpr,
+                  HAS_GUIDANCE_OFFSETS_ARR: tl.constexpr):
     """Pointers to the first token of row ``r`` of the logits and of the guidance (the logits without it)."""
-    logits_row = logits_ptr + tl.load(row_offsets_ptr + r)
+    logits_row = logits_ptr + _per_row(row_offsets_ptr, r * row_stride, r, HAS_ROW_OFFSETS_ARR)
     guidance_row = logits_row
     if HAS_GUIDANCE:
-        guidance_row = guidance_ptr + tl.load(guidance_offsets_ptr + r)
+        guidance_row = guidance_ptr + _per_row(guidance_offsets_ptr, r * guidance_row_stride, r,
+                                               HAS_GUIDANCE_OFFSETS_ARR)
     return logits_row, guidance_row
 
 
 @triton.jit
-def _reduce_chunks(r, c0, COUNT: tl.constexpr, logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr,
-                   guidance_mult, temperature_ptr, stats_temperature_ptr, rec_ptr, arg_ptr, vocab, n_chunks, exclude,
-                   CHUNK: tl.constexpr, FIELDS: tl.constexpr, HAS_GUIDANCE: tl.constexpr, STATS: tl.constexpr):
+def _reduce_chunks(r, c0, COUNT: tl.constexpr, logits_ptr, row_offsets_ptr, row_stride, guidance_ptr,
+                   guidance_offsets_ptr, guidance_row_stride, guidance_mult, temperature_ptr, temperature_val,
+                   stats_temperature_ptr, stats_temperature_val, rec_ptr, arg_ptr, vocab, n_chunks, exclude,
+                   CHUNK: tl.constexpr, FIELDS: tl.constexpr, HAS_GUIDANCE: tl.constexpr, STATS: tl.constexpr,
+                   HAS_ROW_OFFSETS_ARR: tl.constexpr, HAS_GUIDANCE_OFFSETS_ARR: tl.constexpr,
+                   HAS_TEMPERATURE_ARR: tl.constexpr, HAS_STATS_TEMPERATURE_ARR: tl.constexpr):
     """Pass 1 for chunks ``c0 .. c0 + COUNT - 1`` of row ``r`` (unrolled: their loads are in flight together)."""
-    inv_t, inv_st = _inv_temperatures(r, temperature_ptr, stats_temperature_ptr, STATS)
-    logits_row, guidance_row = _row_pointers(r, logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr,
-                                             HAS_GUIDANCE)
+    inv_t, inv_st = _inv_temperatures(r, temperature_ptr, temperature_val, stats_temperature_ptr,
+                                      stats_temperature_val, STATS, HAS_TEMPERATURE_ARR, HAS_STATS_TEMPERATURE_ARR)
+    logits_row, guidance_row = _row_pointers(r, logits_ptr, row_offsets_ptr, row_stride, guidance_ptr,
+                                             guidance_offsets_ptr, guidance_row_stride, HAS_GUIDANCE,
+                                             HAS_ROW_OFFSETS_ARR, HAS_GUIDANCE_OFFSETS_ARR)
     for i in tl.static_range(COUNT):
         _reduce_chunk(logits_row, guidance_row, rec_ptr + r * (FIELDS * n_chunks), arg_ptr + r * n_chunks, c0 + i,
                       n_chunks, vocab, exclude, guidance_mult, inv_t, inv_st, CHUNK, HAS_GUIDANCE, STATS)
@@ -235,25 +271,32 @@ def _reduce_chunks(r, c0, COUNT: tl.constexpr, logits_ptr, row_offsets_ptr, guid
 
 @triton.jit
 def _finish_row(
-    r, logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr, guidance_mult, temperature_ptr, seed_ptr,
-    offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr, stats_temperature_ptr, out_ptr,
+    r, logits_ptr, row_offsets_ptr, row_stride, guidance_ptr, guidance_offsets_ptr, guidance_row_stride, guidance_mult,
+    temperature_ptr, temperature_val, seed_ptr, seed_val, offset_ptr, offset_val, position_ptr, active_ptr,
+    fallback_ptr, x_ptr, reveal_prob_ptr, reveal_prob_bits, stats_temperature_ptr, stats_temperature_val, out_ptr,
     stats_ptr, rec_ptr, arg_ptr, vocab, n_chunks, exclude, mask_id,
     CHUNK: tl.constexpr, CHUNK_BLOCK: tl.constexpr, FIELDS: tl.constexpr, HAS_GUIDANCE: tl.constexpr,
     HAS_ACTIVE: tl.constexpr, HAS_FALLBACK: tl.constexpr, UNMASK: tl.constexpr, STATS: tl.constexpr,
+    HAS_ROW_OFFSETS_ARR: tl.constexpr, HAS_GUIDANCE_OFFSETS_ARR: tl.constexpr, HAS_TEMPERATURE_ARR: tl.constexpr,
+    HAS_SEED_ARR: tl.constexpr, HAS_OFFSET_ARR: tl.constexpr, HAS_POSITION_ARR: tl.constexpr,
+    HAS_REVEAL_PROB_ARR: tl.constexpr, HAS_STATS_TEMPERATURE_ARR: tl.constexpr,
 ):
     """Passes 2-3 of row ``r`` from its chunk records; stores its token and stats."""
-    live, carry = _row_live(r, seed_ptr, offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr,
-                            mask_id, HAS_ACTIVE, HAS_FALLBACK, UNMASK)
+    live, carry = _row_live(r, seed_ptr, seed_val, offset_ptr, offset_val, position_ptr, active_ptr, fallback_ptr, x_ptr,
+                            reveal_prob_ptr, reveal_prob_bits, mask_id, HAS_ACTIVE, HAS_FALLBACK, UNMASK, HAS_SEED_ARR,
+                            HAS_OFFSET_ARR, HAS_POSITION_ARR, HAS_REVEAL_PROB_ARR)
     token = carry
     logprob = tl.full([], float("nan"), tl.float32)
     prob = tl.full([], float("nan"), tl.float32)
     margin = tl.full([], float("nan"), tl.float32)
     entropy = tl.full([], float("nan"), tl.float32)
     if live:
-        temperature = tl.load(temperature_ptr + r)
-        _, inv_st = _inv_temperatures(r, temperature_ptr, stats_temperature_ptr, STATS)
-        logits_row, guidance_row = _row_pointers(r, logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr,
-                                                 HAS_GUIDANCE)
+        temperature = _per_row(temperature_ptr, temperature_val, r, HAS_TEMPERATURE_ARR)
+        _, inv_st = _inv_temperatures(r, temperature_ptr, temperature_val, stats_temperature_ptr,
+                                      stats_temperature_val, STATS, HAS_TEMPERATURE_ARR, HAS_STATS_TEMPERATURE_ARR)
+        logits_row, guidance_row = _row_pointers(r, logits_ptr, row_offsets_ptr, row_stride, guidance_ptr,
+                                                 guidance_offsets_ptr, guidance_row_stride, HAS_GUIDANCE,
+                                                 HAS_ROW_OFFSETS_ARR, HAS_GUIDANCE_OFFSETS_ARR)
         rec_row = rec_ptr + r * (FIELDS * n_chunks)
         arg_row = arg_ptr + r * n_chunks
         blk = tl.arange(0, CHUNK_BLOCK)
@@ -278,8 +321,8 @@ def _finish_row(
         token = argmax.to(tl.int64)
 
         if (temperature > 0) & ~bad:
-            tok0, tok1, tok2, tok3 = _philox_words(tl.load(seed_ptr + r), tl.load(offset_ptr + r),
-                                                   tl.load(position_ptr + r), _DOMAIN_TOKEN)
+            tok0, tok1, tok2, tok3 = _row_words(r, seed_ptr, seed_val, offset_ptr, offset_val, position_ptr,
+                                                HAS_SEED_ARR, HAS_OFFSET_ARR, HAS_POSITION_ARR, _DOMAIN_TOKEN)
             u1 = _uniform52(tok0, tok1)
             u2 = _uniform52(tok2, tok3)
             t64 = temperature.to(tl.float64)
@@ -372,23 +415,36 @@ def _finish_row(
         tl.store(stats_row + 3, entropy)
 
 
-# The three kernels share one argument list (see sample_rows); the comments give shapes.
-@triton.jit(do_not_specialize=["rows_key"])  # a key only: one binary for every N
+# The three kernels share one argument list (see sample_rows); the comments give shapes. Each
+# per-row parameter is a pointer to its [N] values (HAS_<NAME>_ARR) or, when the caller gave
+# one number, None and that value for every row; rows without offsets start at r * row_stride.
+# The values are not specialized (Triton would make a 1 a constant and recompile for it).
+_NOT_SPECIALIZED = ["rows_key", "row_stride", "guidance_row_stride", "seed_val", "offset_val", "reveal_prob_bits"]
+
+
+@triton.jit(do_not_specialize=_NOT_SPECIALIZED)  # rows_key: an autotuning key only, one binary for every N
 def _sample_rows_kernel(
     logits_ptr,            # [..., V] fp16/bf16/fp32/fp64
-    row_offsets_ptr,       # [N] int64 element offsets of the rows
+    row_offsets_ptr,       # [N] int64 element offsets of the rows, or None:
+    row_stride,            # row r at r * row_stride
     guidance_ptr,          # [..., V] like logits, or None
-    guidance_offsets_ptr,  # [N] int64, or None
+    guidance_offsets_ptr,  # [N] int64, or None: row r at r * guidance_row_stride
+    guidance_row_stride,
     guidance_mult,         # guidance_scale + 1
-    temperature_ptr,       # [N] fp32, 0 = argmax
-    seed_ptr,              # [N] int64
-    offset_ptr,            # [N] int64
-    position_ptr,          # [N] int64
+    temperature_ptr,       # [N] fp32, or None: temperature_val; 0 = argmax
+    temperature_val,
+    seed_ptr,              # [N] int64, or None: seed_val
+    seed_val,
+    offset_ptr,            # [N] int64, or None: offset_val
+    offset_val,
+    position_ptr,          # [N] int64, or None: the row index
     active_ptr,            # [N] uint8, or None
     fallback_ptr,          # [N] int64, or None
     x_ptr,                 # [N] int64 (unmask mode), or None
-    reveal_prob_ptr,       # [N] fp64 (unmask mode), or None
-    stats_temperature_ptr,  # [N] fp32, or None
+    reveal_prob_ptr,       # [N] fp64 (unmask mode), or None: reveal_prob_bits
+    reveal_prob_bits,      # one fp64 reveal probability, as its int64 bits
+    stats_temperature_ptr,  # [N] fp32, or None: stats_temperature_val
+    stats_temperature_val,
     out_ptr,               # [N] int64
     stats_ptr,             # [N, 4] fp32, or None
     rec_ptr,               # [N, FIELDS, C] fp32 scratch: M_c, S_c (+ tail, sum e^y y, top2)
@@ -406,58 +462,86 @@ def _sample_rows_kernel(
     HAS_FALLBACK: tl.constexpr,
     UNMASK: tl.constexpr,
     STATS: tl.constexpr,
+    HAS_ROW_OFFSETS_ARR: tl.constexpr,
+    HAS_GUIDANCE_OFFSETS_ARR: tl.constexpr,
+    HAS_TEMPERATURE_ARR: tl.constexpr,
+    HAS_SEED_ARR: tl.constexpr,
+    HAS_OFFSET_ARR: tl.constexpr,
+    HAS_POSITION_ARR: tl.constexpr,
+    HAS_REVEAL_PROB_ARR: tl.constexpr,
+    HAS_STATS_TEMPERATURE_ARR: tl.constexpr,
     UNROLL: tl.constexpr,  # chunks reduced per loop step (their loads in flight together)
 ):
     """One program per row: pass 1 over all its chunks, then the finish."""
     r = tl.program_id(0).to(tl.int64)
-    live, _ = _row_live(r, seed_ptr, offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr,
-                        mask_id, HAS_ACTIVE, HAS_FALLBACK, UNMASK)
+    live, _ = _row_live(r, seed_ptr, seed_val, offset_ptr, offset_val, position_ptr, active_ptr, fallback_ptr, x_ptr,
+                        reveal_prob_ptr, reveal_prob_bits, mask_id, HAS_ACTIVE, HAS_FALLBACK, UNMASK, HAS_SEED_ARR,
+                        HAS_OFFSET_ARR, HAS_POSITION_ARR, HAS_REVEAL_PROB_ARR)
     if live:
         for c0 in range(0, n_chunks, UNROLL):
-            _reduce_chunks(r, c0, UNROLL, logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr,
-                           guidance_mult, temperature_ptr, stats_temperature_ptr, rec_ptr, arg_ptr, vocab, n_chunks,
-                           exclude, CHUNK, FIELDS, HAS_GUIDANCE, STATS)
+            _reduce_chunks(r, c0, UNROLL, logits_ptr, row_offsets_ptr, row_stride, guidance_ptr, guidance_offsets_ptr,
+                           guidance_row_stride, guidance_mult, temperature_ptr, temperature_val,
+                           stats_temperature_ptr, stats_temperature_val, rec_ptr, arg_ptr, vocab, n_chunks, exclude,
+                           CHUNK, FIELDS, HAS_GUIDANCE, STATS, HAS_ROW_OFFSETS_ARR, HAS_GUIDANCE_OFFSETS_ARR,
+                           HAS_TEMPERATURE_ARR, HAS_STATS_TEMPERATURE_ARR)
     # The finish reads records stored by other threads of the CTA: a barrier orders those global
     # writes before the reads (Triton inserts barriers for shared memory only).
     tl.debug_barrier()
-    _finish_row(r, logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr, guidance_mult, temperature_ptr,
-                seed_ptr, offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr,
-                stats_temperature_ptr, out_ptr, stats_ptr, rec_ptr, arg_ptr, vocab, n_chunks, exclude, mask_id,
-                CHUNK, CHUNK_BLOCK, FIELDS, HAS_GUIDANCE, HAS_ACTIVE, HAS_FALLBACK, UNMASK, STATS)
+    _finish_row(r, logits_ptr, row_offsets_ptr, row_stride, guidance_ptr, guidance_offsets_ptr, guidance_row_stride,
+                guidance_mult, temperature_ptr, temperature_val, seed_ptr, seed_val, offset_ptr, offset_val,
+                position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr, reveal_prob_bits,
+                stats_temperature_ptr, stats_temperature_val, out_ptr, stats_ptr, rec_ptr, arg_ptr, vocab, n_chunks,
+                exclude, mask_id, CHUNK, CHUNK_BLOCK, FIELDS, HAS_GUIDANCE, HAS_ACTIVE, HAS_FALLBACK, UNMASK, STATS,
+                HAS_ROW_OFFSETS_ARR, HAS_GUIDANCE_OFFSETS_ARR, HAS_TEMPERATURE_ARR, HAS_SEED_ARR, HAS_OFFSET_ARR,
+                HAS_POSITION_ARR, HAS_REVEAL_PROB_ARR, HAS_STATS_TEMPERATURE_ARR)
 
 
-@triton.jit(do_not_specialize=["rows_key"])  # a key only: one binary for every N
+@triton.jit(do_not_specialize=_NOT_SPECIALIZED)
 def _chunk_records_kernel(
-    logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr, guidance_mult, temperature_ptr, seed_ptr,
-    offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr, stats_temperature_ptr, out_ptr,
+    logits_ptr, row_offsets_ptr, row_stride, guidance_ptr, guidance_offsets_ptr, guidance_row_stride, guidance_mult,
+    temperature_ptr, temperature_val, seed_ptr, seed_val, offset_ptr, offset_val, position_ptr, active_ptr,
+    fallback_ptr, x_ptr, reveal_prob_ptr, reveal_prob_bits, stats_temperature_ptr, stats_temperature_val, out_ptr,
     stats_ptr, rec_ptr, arg_ptr, vocab, n_chunks, exclude, mask_id, rows_key,
     CHUNK: tl.constexpr, CHUNK_BLOCK: tl.constexpr, FIELDS: tl.constexpr, HAS_GUIDANCE: tl.constexpr,
     HAS_ACTIVE: tl.constexpr, HAS_FALLBACK: tl.constexpr, UNMASK: tl.constexpr, STATS: tl.constexpr,
+    HAS_ROW_OFFSETS_ARR: tl.constexpr, HAS_GUIDANCE_OFFSETS_ARR: tl.constexpr, HAS_TEMPERATURE_ARR: tl.constexpr,
+    HAS_SEED_ARR: tl.constexpr, HAS_OFFSET_ARR: tl.constexpr, HAS_POSITION_ARR: tl.constexpr,
+    HAS_REVEAL_PROB_ARR: tl.constexpr, HAS_STATS_TEMPERATURE_ARR: tl.constexpr,
     GROUP: tl.constexpr,   # chunks per program
 ):
     """Split path, pass 1: program (r, j) reduces chunks [j * GROUP, (j + 1) * GROUP) of row r."""
     r = tl.program_id(0).to(tl.int64)
-    live, _ = _row_live(r, seed_ptr, offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr,
-                        mask_id, HAS_ACTIVE, HAS_FALLBACK, UNMASK)
+    live, _ = _row_live(r, seed_ptr, seed_val, offset_ptr, offset_val, position_ptr, active_ptr, fallback_ptr, x_ptr,
+                        reveal_prob_ptr, reveal_prob_bits, mask_id, HAS_ACTIVE, HAS_FALLBACK, UNMASK, HAS_SEED_ARR,
+                        HAS_OFFSET_ARR, HAS_POSITION_ARR, HAS_REVEAL_PROB_ARR)
     if live:
-        _reduce_chunks(r, tl.program_id(1) * GROUP, GROUP, logits_ptr, row_offsets_ptr, guidance_ptr,
-                       guidance_offsets_ptr, guidance_mult, temperature_ptr, stats_temperature_ptr, rec_ptr, arg_ptr,
-                       vocab, n_chunks, exclude, CHUNK, FIELDS, HAS_GUIDANCE, STATS)
+        _reduce_chunks(r, tl.program_id(1) * GROUP, GROUP, logits_ptr, row_offsets_ptr, row_stride, guidance_ptr,
+                       guidance_offsets_ptr, guidance_row_stride, guidance_mult, temperature_ptr, temperature_val,
+                       stats_temperature_ptr, stats_temperature_val, rec_ptr, arg_ptr, vocab, n_chunks, exclude,
+                       CHUNK, FIELDS, HAS_GUIDANCE, STATS, HAS_ROW_OFFSETS_ARR, HAS_GUIDANCE_OFFSETS_ARR,
+                       HAS_TEMPERATURE_ARR, HAS_STATS_TEMPERATURE_ARR)
 
 
-@triton.jit(do_not_specialize=["rows_key"])  # a key only: one binary for every N
+@triton.jit(do_not_specialize=_NOT_SPECIALIZED)
 def _finish_rows_kernel(
-    logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr, guidance_mult, temperature_ptr, seed_ptr,
-    offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr, stats_temperature_ptr, out_ptr,
+    logits_ptr, row_offsets_ptr, row_stride, guidance_ptr, guidance_offsets_ptr, guidance_row_stride, guidance_mult,
+    temperature_ptr, temperature_val, seed_ptr, seed_val, offset_ptr, offset_val, position_ptr, active_ptr,
+    fallback_ptr, x_ptr, reveal_prob_ptr, reveal_prob_bits, stats_temperature_ptr, stats_temperature_val, out_ptr,
     stats_ptr, rec_ptr, arg_ptr, vocab, n_chunks, exclude, mask_id, rows_key,
     CHUNK: tl.constexpr, CHUNK_BLOCK: tl.constexpr, FIELDS: tl.constexpr, HAS_GUIDANCE: tl.constexpr,
     HAS_ACTIVE: tl.constexpr, HAS_FALLBACK: tl.constexpr, UNMASK: tl.constexpr, STATS: tl.constexpr,
+    HAS_ROW_OFFSETS_ARR: tl.constexpr, HAS_GUIDANCE_OFFSETS_ARR: tl.constexpr, HAS_TEMPERATURE_ARR: tl.constexpr,
+    HAS_SEED_ARR: tl.constexpr, HAS_OFFSET_ARR: tl.constexpr, HAS_POSITION_ARR: tl.constexpr,
+    HAS_REVEAL_PROB_ARR: tl.constexpr, HAS_STATS_TEMPERATURE_ARR: tl.constexpr,
 ):
     """Split path, passes 2-3: one program per row, from the records of _chunk_records_kernel."""
-    _finish_row(tl.program_id(0).to(tl.int64), logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr,
-                guidance_mult, temperature_ptr, seed_ptr, offset_ptr, position_ptr, active_ptr, fallback_ptr, x_ptr,
-                reveal_prob_ptr, stats_temperature_ptr, out_ptr, stats_ptr, rec_ptr, arg_ptr, vocab, n_chunks,
-                exclude, mask_id, CHUNK, CHUNK_BLOCK, FIELDS, HAS_GUIDANCE, HAS_ACTIVE, HAS_FALLBACK, UNMASK, STATS)
+    _finish_row(tl.program_id(0).to(tl.int64), logits_ptr, row_offsets_ptr, row_stride, guidance_ptr,
+                guidance_offsets_ptr, guidance_row_stride, guidance_mult, temperature_ptr, temperature_val, seed_ptr,
+                seed_val, offset_ptr, offset_val, position_ptr, active_ptr, fallback_ptr, x_ptr, reveal_prob_ptr,
+                reveal_prob_bits, stats_temperature_ptr, stats_temperature_val, out_ptr, stats_ptr, rec_ptr, arg_ptr,
+                vocab, n_chunks, exclude, mask_id, CHUNK, CHUNK_BLOCK, FIELDS, HAS_GUIDANCE, HAS_ACTIVE,
+                HAS_FALLBACK, UNMASK, STATS, HAS_ROW_OFFSETS_ARR, HAS_GUIDANCE_OFFSETS_ARR, HAS_TEMPERATURE_ARR,
+                HAS_SEED_ARR, HAS_OFFSET_ARR, HAS_POSITION_ARR, HAS_REVEAL_PROB_ARR, HAS_STATS_TEMPERATURE_ARR)
 
 
 def _quick_bench(fn, quantiles):
@@ -490,13 +574,27 @@ def use_split(n_rows: int, vocab: int, sms: int) -> bool:
     return triton.cdiv(vocab, CHUNK) > 1 and n_rows < _ROWS_PER_SM * sms
 
 
+def _ptr_or_value(v):
+    """A per-row parameter as the kernels take it: (tensor, 0) or (None, the one value; 0 when absent)."""
+    if isinstance(v, torch.Tensor):
+        return v, 0
+    return None, 0 if v is None else v
+
+
+def _reveal_prob(v):
+    """``_ptr_or_value`` for the float64 reveal probability: one value goes as its int64 bits."""
+    tensor, value = _ptr_or_value(v)
+    return tensor, struct.unpack("<q", struct.pack("<d", float(value)))[0]
+
+
 def sample_rows(req: RowDraw, *, split: bool | None = None,
                 config: triton.Config | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Draw one token per row of ``req`` (sample_categorical, or unmask_step when ``req.x`` is set).
 
     Args:
-        req: validated request: logits ``[..., V]`` read through ``row_offsets`` ``[N]``,
-            per-row ``[N]`` temperature / seed / offset / position and the optional parts.
+        req: validated request: logits ``[..., V]`` read through ``row_offsets`` ``[N]`` or
+            ``row_stride``, per-row temperature / seed / offset (``[N]`` or one number),
+            position (``[N]`` or None: the row index) and the optional parts.
         split: force the split path (True) or one program per row (False); None chooses by
             :func:`use_split` with the device's SM count. Results are the same either way.
         config: run this entry of ``SPLIT_CONFIGS`` (split path) or ``ROW_CONFIGS`` instead of
@@ -526,13 +624,14 @@ def sample_rows(req: RowDraw, *, split: bool | None = None,
     argmaxes = torch.empty((n, n_chunks), dtype=torch.int32, device=device)
     has_active = req.active is not None and not unmask
     args = (
-        req.logits, req.row_offsets, req.guidance, req.guidance_offsets, req.guidance_scale + 1.0, req.temperature,
-        req.seed, req.offset, req.position,
+        req.logits, req.row_offsets, req.row_stride, req.guidance, req.guidance_offsets, req.guidance_row_stride,
+        req.guidance_scale + 1.0, *_ptr_or_value(req.temperature), *_ptr_or_value(req.seed),
+        *_ptr_or_value(req.offset), req.position,
         req.active.view(torch.uint8) if has_active else None,
         req.fallback if has_active else None,
         req.x if unmask else None,
-        req.reveal_prob if unmask else None,
-        req.stats_temperature, tokens, stats, records, argmaxes, vocab, n_chunks,
+        *_reveal_prob(req.reveal_prob if unmask else None),
+        *_ptr_or_value(req.stats_temperature), tokens, stats, records, argmaxes, vocab, n_chunks,
         req.mask_id if unmask else req.exclude,
         req.mask_id,
         triton.next_power_of_2(n),
@@ -546,6 +645,14 @@ def sample_rows(req: RowDraw, *, split: bool | None = None,
         HAS_FALLBACK=has_active and req.fallback is not None,
         UNMASK=unmask,
         STATS=stats is not None,
+        HAS_ROW_OFFSETS_ARR=req.row_offsets is not None,
+        HAS_GUIDANCE_OFFSETS_ARR=req.guidance_offsets is not None,
+        HAS_TEMPERATURE_ARR=isinstance(req.temperature, torch.Tensor),
+        HAS_SEED_ARR=isinstance(req.seed, torch.Tensor),
+        HAS_OFFSET_ARR=isinstance(req.offset, torch.Tensor),
+        HAS_POSITION_ARR=req.position is not None,
+        HAS_REVEAL_PROB_ARR=unmask and isinstance(req.reveal_prob, torch.Tensor),
+        HAS_STATS_TEMPERATURE_ARR=isinstance(req.stats_temperature, torch.Tensor),
     )
     if config is None and (_backends.triton_interpreted() or os.environ.get("MDSAMPLE_TRITON_AUTOTUNE") == "0"):
         config = (SPLIT_CONFIGS if split else ROW_CONFIGS)[0]
