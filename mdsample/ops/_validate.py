@@ -42,13 +42,12 @@ def check_device(name: str, t: torch.Tensor, device: torch.device) -> None:
 
 
 def per_row(name: str, value, lead_shape: torch.Size, device: torch.device, dtype: torch.dtype, *, kind: str,
-            scalar_ok: bool = True):
-    """A Python number kept as one Python value, or a tensor broadcast over the leading dims as contiguous ``[N]``.
+            scalar_ok: bool = False):
+    """A Python number or tensor broadcast over the leading dims, as a contiguous ``[N]`` tensor.
 
-    ``kind`` is "float", "int" or "bool": the accepted input dtypes. A number stays a number
-    (float, or an int in the signed 64-bit range: unsigned seeds keep their bits), so the
-    kernels take it by value and no ``[N]`` tensor is built; ``scalar_ok=False`` broadcasts
-    it to an ``[N]`` tensor of ``dtype`` instead.
+    ``kind`` is "float", "int" or "bool": the accepted input dtypes. With ``scalar_ok`` a number
+    stays one Python value instead (float, or an int in the signed 64-bit range: unsigned seeds
+    keep their bits) for kernels that take it by value, so no ``[N]`` tensor is built.
     """
     n = math.prod(lead_shape)
     if isinstance(value, bool) and kind != "bool":

@@ -37,7 +37,7 @@ def build_request(
     device, lead, vocab = logits.device, logits.shape[:-1], logits.shape[-1]
     n = math.prod(lead)
 
-    def rows(name, value, dtype, kind, scalar_ok=True):
+    def rows(name, value, dtype, kind, scalar_ok=False):
         return V.per_row(name, value, lead, device, dtype, kind=kind, scalar_ok=scalar_ok)
 
     if V.is_array(temperature):
@@ -47,7 +47,7 @@ def build_request(
     else:
         temp = V.finite_number("temperature", temperature, low=0.0)
 
-    position = None if positions is None else rows("positions", positions, torch.int64, "int", scalar_ok=False)
+    position = None if positions is None else rows("positions", positions, torch.int64, "int")
     if check and positions is not None and n:
         if not bool(((position >= 0) & (position <= MAX_POSITION)).all()):
             raise ValueError("positions must lie in [0, 2^48) in every row")
@@ -57,8 +57,8 @@ def build_request(
 
     if active is None and fallback is not None:
         raise ValueError("fallback is what inactive rows return: it needs active")
-    act = None if active is None else rows("active", active, torch.bool, "bool", scalar_ok=False)
-    fb = None if fallback is None else rows("fallback", fallback, torch.int64, "int", scalar_ok=False)
+    act = None if active is None else rows("active", active, torch.bool, "bool")
+    fb = None if fallback is None else rows("fallback", fallback, torch.int64, "int")
 
     stats_t = None
     if stats_temperature is not None and not return_stats:
@@ -79,8 +79,8 @@ def build_request(
         row_offsets=offsets,
         row_stride=stride,
         temperature=temp,
-        seed=rows("seed", seed, torch.int64, "int"),
-        offset=rows("offset", offset, torch.int64, "int"),
+        seed=rows("seed", seed, torch.int64, "int", scalar_ok=True),
+        offset=rows("offset", offset, torch.int64, "int", scalar_ok=True),
         position=position,
         exclude=-1 if exclude is None else V.token_id("exclude", exclude, vocab),
         guidance=guidance,
