@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,11 @@ from mdsample.models import Transformer, preset  # noqa: E402
 from benchmarks import bench_sampling  # noqa: E402
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=None, help="microbenchmark rows (default: 256 on CPU, 4096 on GPU)")
+    parser.add_argument("--vocab", type=int, default=None, help="microbenchmark vocabulary (default: 50257 / 126464)")
+    args = parser.parse_args(argv)
     print(info(), "\n")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = preset("tiny", vocab_size=512, mask_id=511, max_seq_len=256)
@@ -43,9 +48,10 @@ def main() -> int:
     print("  first answer:", y[0, 8:32].tolist(), "...\n")
 
     rows, vocab = (256, 50257) if device.type == "cpu" else (4096, 126464)
+    rows, vocab = args.rows or rows, args.vocab or vocab
     print(f"sample_categorical microbenchmark, bf16 [{rows}, {vocab}] on {device.type.upper()} "
           f"(median of 7; torch.compile baselines: `make bench`):")
-    results = bench_sampling.bench_sampling(rows, vocab, torch.bfloat16, device, compile_naive=False, runs=7)
+    results = bench_sampling.bench_sampling(rows, vocab, torch.bfloat16, device, compiled=(), runs=7)
     bench_sampling.print_table(results)
     return 0
 

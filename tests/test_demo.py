@@ -1,0 +1,14 @@
+"""`make demo` (the README's first command) runs end to end: a tiny microbenchmark shape keeps it fast."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import demo  # noqa: E402
+
+
+def test_demo_runs(capsys):
+    assert demo.main(["--rows", "4", "--vocab", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "sample_mdlm: 4 x 64 tokens" in out
+    assert "mdsample[cpu]" in out and "mdlm_fp64" in out  # the table has our backend and the baseline
