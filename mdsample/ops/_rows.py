@@ -105,11 +105,18 @@ def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def _ptr_or_value(v, zero) -> tuple[int, int | float]:
-    """A per-row parameter as the launchers take it: (pointer, 0) for a tensor, (0 = null, value) for a number."""
+# The RowDraw fields that are an [N] tensor or one number, with the placeholder value
+# (of the value's type) that launchers get beside a tensor, or when the field is absent.
+BY_VALUE = {"temperature": 0.0, "seed": 0, "offset": 0, "reveal_prob": 0.0, "stats_temperature": 0.0}
+
+
+def tensor_or_value(req: RowDraw, name: str) -> tuple[torch.Tensor | None, int | float]:
+    """Field ``name`` (of :data:`BY_VALUE`) as every launcher takes it: (the ``[N]`` tensor,
+    placeholder), or (None, the one value; the placeholder when the field is absent)."""
+    v = getattr(req, name)
     if isinstance(v, torch.Tensor):
-        return v.data_ptr(), zero
-    return 0, zero if v is None else v
+        return v, BY_VALUE[name]
+    return None, BY_VALUE[name] if v is None else v
 
 
 def _compiled(req: RowDraw, device_type: str):
@@ -139,9 +146,9 @@ def _compiled(req: RowDraw, device_type: str):
         out=out.data_ptr(),
         stats=_ptr(stats),
     )
-    for name, zero in (("temperature", 0.0), ("seed", 0), ("offset", 0), ("reveal_prob", 0.0),
-                       ("stats_temperature", 0.0)):
-        args[name], args[name + "_val"] = _ptr_or_value(getattr(req, name), zero)
+    for name in BY_VALUE:
+        tensor, args[name + "_val"] = tensor_or_value(req, name)
+        args[name] = _ptr(tensor)
     C = _backends.compiled_module()
     if device_type == "cuda":
         C.sample_cuda(stream=torch.cuda.current_stream(req.logits.device).cuda_stream, **args)

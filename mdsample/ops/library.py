@@ -7,14 +7,14 @@ dispatcher costs microseconds per call); under compilation the public ops call
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
-from ._rows import RowDraw, run
+from ._rows import BY_VALUE, RowDraw, run, tensor_or_value
 
-# Per-row parameters that are an [N] tensor or one number: the op's fixed schema takes each
-# as an optional tensor plus a value (read when the tensor is None), with these types.
-_EITHER = {"temperature": 0.0, "seed": 0, "offset": 0, "reveal_prob": 0.0, "stats_temperature": 0.0}
+# Per-row parameters that are an [N] tensor or one number (BY_VALUE): the op's fixed schema
+# takes each as an optional tensor plus a value (read when the tensor is None).
 _FIELDS = [f.name for f in dataclasses.fields(RowDraw)]
 
 
@@ -48,7 +48,7 @@ def _sample_rows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     kwargs = dict(locals())
     chosen = kwargs.pop("backend")
-    for name in _EITHER:
+    for name in BY_VALUE:
         value = kwargs.pop(name + "_val")
         if kwargs[name] is None:
             kwargs[name] = value
@@ -66,9 +66,7 @@ def _sample_rows(
 def _(logits, row_offsets, row_stride, temperature, temperature_val, seed, seed_val, offset, offset_val, position,
       exclude, guidance, guidance_offsets, guidance_row_stride, guidance_scale, active, fallback, x, mask_id,
       reveal_prob, reveal_prob_val, stats, stats_temperature, stats_temperature_val, backend):
-    n = 1
-    for size in logits.shape[:-1]:
-        n = n * size
+    n = math.prod(logits.shape[:-1])
     tokens = logits.new_empty((n,), dtype=torch.int64)
     return tokens, logits.new_empty((n if stats else 0, 4), dtype=torch.float32)
 
@@ -77,14 +75,9 @@ def _op_args(req: RowDraw) -> list:
     """``req`` as the op's positional arguments (the schema above), without the backend."""
     out = []
     for name in _FIELDS:
-        v = getattr(req, name)
         if name == "stats_temperature":
-            out.append(v is not None)
-        if name in _EITHER:
-            tensor = v if isinstance(v, torch.Tensor) else None
-            out += [tensor, _EITHER[name] if tensor is not None or v is None else v]
-        else:
-            out.append(v)
+            out.append(req.stats_temperature is not None)
+        out += tensor_or_value(req, name) if name in BY_VALUE else (getattr(req, name),)
     return out
 
 

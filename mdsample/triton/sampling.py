@@ -70,7 +70,7 @@ import triton
 import triton.language as tl
 
 from .. import _backends
-from ..ops._rows import RowDraw
+from ..ops._rows import RowDraw, tensor_or_value
 from ..reference.philox import DOMAIN_REVEAL, DOMAIN_TOKEN
 from ..reference.sampling import CHUNK
 
@@ -574,16 +574,10 @@ def use_split(n_rows: int, vocab: int, sms: int) -> bool:
     return triton.cdiv(vocab, CHUNK) > 1 and n_rows < _ROWS_PER_SM * sms
 
 
-def _ptr_or_value(v):
-    """A per-row parameter as the kernels take it: (tensor, 0) or (None, the one value; 0 when absent)."""
-    if isinstance(v, torch.Tensor):
-        return v, 0
-    return None, 0 if v is None else v
-
-
-def _reveal_prob(v):
-    """``_ptr_or_value`` for the float64 reveal probability: one value goes as its int64 bits."""
-    tensor, value = _ptr_or_value(v)
+def _reveal_prob(req: RowDraw):
+    """``tensor_or_value`` of the float64 reveal probability: one value goes as its int64 bits
+    (a float kernel argument would be rounded to fp32)."""
+    tensor, value = tensor_or_value(req, "reveal_prob")
     return tensor, struct.unpack("<q", struct.pack("<d", float(value)))[0]
 
 
@@ -625,13 +619,13 @@ def sample_rows(req: RowDraw, *, split: bool | None = None,
     has_active = req.active is not None and not unmask
     args = (
         req.logits, req.row_offsets, req.row_stride, req.guidance, req.guidance_offsets, req.guidance_row_stride,
-        req.guidance_scale + 1.0, *_ptr_or_value(req.temperature), *_ptr_or_value(req.seed),
-        *_ptr_or_value(req.offset), req.position,
+        req.guidance_scale + 1.0, *tensor_or_value(req, "temperature"), *tensor_or_value(req, "seed"),
+        *tensor_or_value(req, "offset"), req.position,
         req.active.view(torch.uint8) if has_active else None,
         req.fallback if has_active else None,
         req.x if unmask else None,
-        *_reveal_prob(req.reveal_prob if unmask else None),
-        *_ptr_or_value(req.stats_temperature), tokens, stats, records, argmaxes, vocab, n_chunks,
+        *_reveal_prob(req),
+        *tensor_or_value(req, "stats_temperature"), tokens, stats, records, argmaxes, vocab, n_chunks,
         req.mask_id if unmask else req.exclude,
         req.mask_id,
         triton.next_power_of_2(n),
