@@ -48,12 +48,11 @@ MDS_HD double forward_mask_uniform(uint64_t seed, uint64_t offset, uint64_t posi
   return uniform52(w.w[0], w.w[1]);
 }
 
-// The 52-bit integer k of that uniform, u = (k + 0.5) 2^-52 (the bits
-// uniform52 takes): u's order in an integer, for the exact-count variant's
-// radix select on the GPU.
+// The 52-bit integer k of that uniform, u = (k + 0.5) 2^-52: u's order in an
+// integer, for the exact-count variant's radix select on the GPU.
 MDS_HD uint64_t forward_mask_key(uint64_t seed, uint64_t offset, uint64_t position) {
   const Philox4 w = draw_words(seed, offset, position, kDomainForwardMask);
-  return (uint64_t(w.w[0]) << 20) | (uint64_t(w.w[1]) >> 12);
+  return uniform52_bits(w.w[0], w.w[1]);
 }
 
 // The uniform of point i of a timestep lattice (the shifted lattice passes i = 0).

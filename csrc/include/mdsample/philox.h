@@ -75,9 +75,9 @@ MDS_HD Philox4 draw_words(uint64_t seed, uint64_t offset, uint64_t position,
 // double (53 bits hold k + 0.5; with 53 random bits the top value would round
 // to 1.0), never 0 or 1, and fine enough that a token of probability
 // p >= 1e-10 sees a relative grid error below 1e-5.
+MDS_HD uint64_t uniform52_bits(uint32_t hi, uint32_t lo) { return (uint64_t(hi) << 20) | (uint64_t(lo) >> 12); }
 MDS_HD double uniform52(uint32_t hi, uint32_t lo) {
-  uint64_t k = (uint64_t(hi) << 20) | (uint64_t(lo) >> 12);
-  return (double(k) + 0.5) * (1.0 / 4503599627370496.0);
+  return (double(uniform52_bits(hi, lo)) + 0.5) * (1.0 / 4503599627370496.0);
 }
 
 }  // namespace mdsample
