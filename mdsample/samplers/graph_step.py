@@ -122,8 +122,9 @@ class BlockStep:
         """
         if self.dynamic:
             return [0] * self.per_block
-        base, rem = divmod(self.block_length, self.per_block)
-        return [base + (i < rem) for i in range(min(self.per_block, self.block_length))]
+        # A CPU tensor: LLaDA's counts for an all-masked block without touching the device.
+        counts = transfer_counts(torch.tensor([self.block_length]), self.per_block)[0].tolist()
+        return [k for k in counts if k > 0]  # zeros only trail (per_block > block_length)
 
     def begin_block(self, start: int, end: int, offset: int) -> None:
         """Start the block ``[start, end)`` with Philox offset ``offset`` for its first step."""
