@@ -173,19 +173,26 @@ def parse_with_defaults(ap, argv, gpu_defaults: dict, cpu_defaults: dict):
 
 
 def run_and_report(args, run, kind: str, describe) -> dict:
-    """Run ``run(args)`` (one CPU thread on CPU), print one line per row (``describe(row)``),
-    and unless ``args.no_write`` write the rows as ``benchmarks/results/<device>-<kind>-<date>.json``."""
+    """Run ``run(args)``, a generator of result rows (one CPU thread on CPU), printing each row
+    (``describe(row)``) as it arrives; unless ``args.no_write``, (re)write the rows so far as
+    ``benchmarks/results/<device>-<kind>-<date>.json`` after each one, marked ``"complete": false``
+    until the last, so a run cut short by a time limit still leaves what it measured."""
     device = pick_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)  # tiny matmuls: OpenMP fork/join only adds overhead on shared cores
-    rows = run(args)
     label = device_name(device)
     cpu_smoke = device.type == "cpu"
-    for r in rows:
-        print(f"[{label}] {describe(r)}" + (" (CPU smoke test)" if cpu_smoke else ""))
-    out = {"rows": rows, "device": label, "cpu_smoke": cpu_smoke}
-    if not args.no_write:
-        out["path"] = str(write_results(kind, device, rows, {"cpu_smoke": cpu_smoke}))
+    out = {"rows": [], "device": label, "cpu_smoke": cpu_smoke}
+
+    def write(complete: bool):
+        if not args.no_write:
+            out["path"] = str(write_results(kind, device, out["rows"], {"cpu_smoke": cpu_smoke, "complete": complete}))
+
+    for row in run(args):
+        out["rows"].append(row)
+        print(f"[{label}] {describe(row)}" + (" (CPU smoke test)" if cpu_smoke else ""), flush=True)
+        write(False)
+    write(True)
     return out
 
 

@@ -92,59 +92,37 @@ def _free(device):
         torch.cuda.empty_cache()
 
 
-def run(args) -> list[dict]:
+def run(args):
+    """Yields the result rows: the AR baselines first (quick, and what every MDM row is compared
+    with), then per generation length and tokens-per-step (in the order given) each mdsample mode,
+    the per-step GPU times (CUDA) and the reference LLaDA loop."""
     device = pick_device(args.device)
     dtype = getattr(torch, args.dtype)
-    rows = []
     g = torch.Generator().manual_seed(0)
+    config = Transformer.from_preset(args.preset, device="meta").config
+    prompt = torch.randint(0, config.mask_id, (args.batch, args.prompt), generator=g).to(device)
 
-    model = Counting(build_model(args.preset, args.dtype, device))
-    cfg = model.config
-    prompt = torch.randint(0, cfg.mask_id, (args.batch, args.prompt), generator=g).to(device)
-    for gen in args.gen:
-        tokens = args.batch * gen
-        base = dict(preset=args.preset, batch=args.batch, prompt=args.prompt, gen=gen, block=args.block,
-                    dtype=args.dtype)
-        for k in args.tps:
-            steps = gen // k
-            forwards = {}
-            for cache, graph in MODES:
-                fn = lambda c=cache, g=graph, s=steps: mdsample.generate(  # noqa: E731
-                    model, prompt, steps=s, gen_length=gen, block_length=args.block, mask_id=cfg.mask_id,
-                    cache=c, cuda_graph=g)
-                row = measure(fn, device, tokens=tokens, counter=model, repeats=args.repeats)
-                if graph and device.type == "cuda":  # a replay runs no Python: the counter misses it
-                    row["forwards"], row["positions_fed"] = forwards[cache]
-                forwards[cache] = row["forwards"], row["positions_fed"]
-                rows.append({"method": method_name(cache, graph), "tokens_per_step": k, **base, **row})
-            if device.type == "cuda":
-                for cache in ("prefix", "dual"):
-                    times = step_times(model.inner, prompt, gen=gen, block=args.block, steps=steps, mode=cache)
-                    if times is not None:
-                        rows.append({"method": f"step GPU time cache={cache}", "tokens_per_step": k, **base, **times})
-            if not args.skip_reference:
-                fn = lambda s=steps: reference_llada(model, prompt, s, gen, args.block, cfg.mask_id)  # noqa: E731
-                rows.append({"method": "reference LLaDA loop", "tokens_per_step": k, **base,
-                             **measure(fn, device, tokens=tokens, counter=model, repeats=args.repeats)})
-    del model
-    _free(device)
-
-    ar = Transformer(Transformer.from_preset(args.preset, device="meta").config.replace(attention="causal"),
-                     device=device, dtype=dtype, seed=0).eval()
+    ar = Transformer(config.replace(attention="causal"), device=device, dtype=dtype, seed=0).eval()
     for gen in args.gen:
         base = dict(preset=args.preset, batch=args.batch, prompt=args.prompt, gen=gen, dtype=args.dtype)
         fn = lambda n=gen: generate_ar(ar, prompt, n)  # noqa: E731
         row = measure(fn, device, tokens=args.batch * gen, repeats=args.repeats)
         row["forwards"] = gen  # one prefill + gen - 1 single-token steps
-        rows.append({"method": "AR twin (mdsample KV cache)", "tokens_per_step": 1, **base, **row})
+        yield {"method": "AR twin (mdsample KV cache)", "tokens_per_step": 1, **base, **row}
     del ar
     _free(device)
 
     if not args.no_hf:
         from transformers import LlamaForCausalLM
 
-        hcfg = llama_config(Transformer.from_preset(args.preset, device="meta").config)
-        hf = LlamaForCausalLM(hcfg).to(device=device, dtype=dtype).eval()
+        # Built on the device in its dtype: a CPU init of an 8B model takes minutes.
+        saved = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                hf = LlamaForCausalLM(llama_config(config)).eval()
+        finally:
+            torch.set_default_dtype(saved)
         for gen in args.gen:
             base = dict(preset=args.preset, batch=args.batch, prompt=args.prompt, gen=gen, dtype=args.dtype)
 
@@ -155,10 +133,38 @@ def run(args) -> list[dict]:
 
             row = measure(fn, device, tokens=args.batch * gen, repeats=args.repeats)
             row["forwards"] = gen
-            rows.append({"method": "HF generate(use_cache=True)", "tokens_per_step": 1, **base, **row})
+            yield {"method": "HF generate(use_cache=True)", "tokens_per_step": 1, **base, **row}
         del hf
         _free(device)
-    return rows
+
+    model = Counting(build_model(args.preset, args.dtype, device))
+    for gen in args.gen:
+        tokens = args.batch * gen
+        base = dict(preset=args.preset, batch=args.batch, prompt=args.prompt, gen=gen, block=args.block,
+                    dtype=args.dtype)
+        for k in args.tps:
+            steps = gen // k
+            forwards = {}
+            for cache, graph in MODES:
+                fn = lambda c=cache, g=graph, s=steps: mdsample.generate(  # noqa: E731
+                    model, prompt, steps=s, gen_length=gen, block_length=args.block, mask_id=config.mask_id,
+                    cache=c, cuda_graph=g)
+                row = measure(fn, device, tokens=tokens, counter=model, repeats=args.repeats)
+                if graph and device.type == "cuda":  # a replay runs no Python: the counter misses it
+                    row["forwards"], row["positions_fed"] = forwards[cache]
+                forwards[cache] = row["forwards"], row["positions_fed"]
+                yield {"method": method_name(cache, graph), "tokens_per_step": k, **base, **row}
+            if device.type == "cuda":
+                for cache in ("prefix", "dual"):
+                    times = step_times(model.inner, prompt, gen=gen, block=args.block, steps=steps, mode=cache)
+                    if times is not None:
+                        yield {"method": f"step GPU time cache={cache}", "tokens_per_step": k, **base, **times}
+            if not args.skip_reference:
+                fn = lambda s=steps: reference_llada(model, prompt, s, gen, args.block, config.mask_id)  # noqa: E731
+                yield {"method": "reference LLaDA loop", "tokens_per_step": k, **base,
+                       **measure(fn, device, tokens=tokens, counter=model, repeats=args.repeats)}
+    del model
+    _free(device)
 
 
 def plot(rows, device, path):

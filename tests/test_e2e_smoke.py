@@ -35,3 +35,37 @@ def test_e2e_llada_smoke():
     assert {"mdsample cache=prefix", "mdsample cache=dual", "reference LLaDA loop",
             "AR twin (mdsample KV cache)"} <= methods
     assert out["cpu_smoke"]
+
+
+def test_rows_are_written_as_they_arrive(tmp_path, monkeypatch):
+    """A run cut short (a time limit, an error) leaves the rows measured so far, marked incomplete."""
+    import json
+    import sys
+    import types
+
+    sys.path.insert(0, ROOT)
+    try:
+        import benchmarks._e2e as e2e
+        import benchmarks._timing as timing
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(e2e, "write_results", lambda *a, **k: timing.write_results(*a, **k, results_dir=tmp_path))
+
+    def run(args):
+        yield {"method": "first", "x": 1}
+        raise RuntimeError("cut short")
+
+    args = types.SimpleNamespace(device="cpu", no_write=False)
+    with pytest.raises(RuntimeError, match="cut short"):
+        e2e.run_and_report(args, run, "partial", lambda r: r["method"])
+    (path,) = tmp_path.glob("*-partial-*.json")
+    doc = json.loads(path.read_text())
+    assert doc["complete"] is False and [r["method"] for r in doc["rows"]] == ["first"]
+
+    def whole(args):
+        yield {"method": "a"}
+        yield {"method": "b"}
+
+    out = e2e.run_and_report(args, whole, "partial", lambda r: r["method"])
+    doc = json.loads(open(out["path"]).read())
+    assert doc["complete"] is True and [r["method"] for r in doc["rows"]] == ["a", "b"]
