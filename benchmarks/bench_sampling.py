@@ -117,13 +117,22 @@ def print_table(results: list[dict]) -> None:
 
 
 def sweep(device: torch.device, vocabs, row_counts, naive_points, compiled, *, dtype: torch.dtype, runs: int,
-          max_bytes: int, copy_gbps: float, graphs: bool) -> list[dict]:
+          max_bytes: int, copy_gbps: float, graphs: bool, checkpoint=None) -> list[dict]:
     """The sweep: each mdsample backend of ``device`` over ``vocabs`` x ``row_counts`` (series "sweep",
     inputs over ``max_bytes`` skipped), then the naive formulas (series "naive") and unmask_step at
     ``naive_points``, then (``graphs``, GPU) the sweep's decode shapes as CUDA-graph replays (series
-    "graph"). Every row has median_s, gbps and pct_copy (% of ``copy_gbps``)."""
+    "graph"). Every row has median_s, gbps and pct_copy (% of ``copy_gbps``). ``checkpoint(rows)``, if
+    given, receives the rows so far after each vocabulary and each naive point (to save partial results)."""
     backends = [b for b in _backends_for(device) if b != "triton" or device.type == "cuda"]  # not the interpreter
     results = []
+
+    def progress():
+        for r in results:
+            if "median_s" in r:
+                r["pct_copy"] = 100 * r.get("gbps", r.get("gbps_revealed")) / copy_gbps
+        if checkpoint is not None:
+            checkpoint(results)
+
     for vocab in vocabs:
         for rows in row_counts:
             nbytes = _logits_bytes(rows, vocab, dtype)
@@ -142,15 +151,15 @@ def sweep(device: torch.device, vocabs, row_counts, naive_points, compiled, *, d
                 results.append(row)
                 print(f"{row['impl']:<18}{rows:>6} x {vocab:<7}{t * 1e6:>10.1f} us{row['gbps']:>9.1f} GB/s", flush=True)
             del inputs
+        progress()
     for rows, vocab in naive_points:
         for r in bench_sampling(rows, vocab, dtype, device, compiled, runs):
             results.append({**r, "series": "naive"})
         results += [{**r, "series": "unmask"} for r in bench_unmask(rows, vocab, dtype, device, runs, backends)]
+        progress()
     if graphs and device.type == "cuda":
         results += _graph_series(device, backends, [r for r in results if r["series"] == "sweep"], dtype, runs)
-    for r in results:
-        if "median_s" in r:
-            r["pct_copy"] = 100 * r.get("gbps", r.get("gbps_revealed")) / copy_gbps
+    progress()
     return results
 
 
@@ -217,16 +226,21 @@ def main(argv=None) -> int:
                                                                    if device.type == "cpu" else ""), flush=True)
     if args.naive_at:
         naive_points = (tuple(args.naive_at),)
+    extra = {"copy_bandwidth_gbps": copy_gbps, "grid": grid, "cpu_smoke": device.type == "cpu"}
+
+    def save(rows, complete=False):  # rewritten as the sweep goes: a time limit keeps what was measured
+        return write_results("sampling-sweep" + ("-quick" if grid == "quick" else ""), device, rows,
+                             {**extra, "complete": complete}, results_dir=args.results_dir)
+
     results = sweep(device, args.vocabs or vocabs, args.row_counts or row_counts, naive_points, compiled,
                     dtype=dtype, runs=args.runs or (3 if device.type == "cpu" else 15),
-                    max_bytes=int(args.max_gib * 2**30), copy_gbps=copy_gbps, graphs=not args.no_graph)
+                    max_bytes=int(args.max_gib * 2**30), copy_gbps=copy_gbps, graphs=not args.no_graph,
+                    checkpoint=None if args.no_save else save)
     print_table([r for r in results if r["series"] in ("naive", "unmask")])
     if not args.no_save:
         from benchmarks.plot_sampling import plot_sweep
 
-        extra = {"copy_bandwidth_gbps": copy_gbps, "grid": grid, "cpu_smoke": device.type == "cpu"}
-        path = write_results("sampling-sweep" + ("-quick" if grid == "quick" else ""), device, results, extra,
-                             results_dir=args.results_dir)
+        path = save(results, complete=True)
         png = plot_sweep(json.loads(path.read_text()), path.with_suffix(".png"))
         print(f"results: {path}\nplot: {png}")
     return 0

@@ -29,6 +29,7 @@ def test_sweep_writes_results_and_plot(tmp_path):
     doc = json.loads(json_path.read_text())
     assert doc["device_type"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert doc["cpu_smoke"] == (doc["device_type"] == "cpu") and doc["copy_bandwidth_gbps"] > 0
+    assert doc["complete"] is True
     for key in ("device", "torch", "cuda", "commit", "date"):
         assert key in doc
     sweep = [r for r in doc["rows"] if r["series"] == "sweep"]
@@ -56,3 +57,16 @@ def test_plot_graph_rows_and_errors(tmp_path):
     assert plot.plot_sweep(doc, tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="no sweep rows"):
         plot.plot_sweep({**doc, "rows": rows[2:]}, tmp_path / "y.png")
+
+
+def test_sweep_checkpoints_partial_results():
+    """The sweep hands its rows to ``checkpoint`` after each vocabulary and naive point (gpu_check.sh's
+    time limit then keeps what was measured), each time a longer prefix of the final rows."""
+    bench = _load("bench_sampling")
+    seen = []
+    rows = bench.sweep(torch.device("cpu"), [3000, 5000], [1, 2], [(2, 3000)], (), dtype=torch.bfloat16, runs=1,
+                       max_bytes=2**30, copy_gbps=10.0, graphs=False,
+                       checkpoint=lambda r: seen.append([dict(x) for x in r]))
+    assert len(seen) >= 3 and [len(s) for s in seen] == sorted(len(s) for s in seen) and seen[-1] == rows
+    assert seen[0] and all(r["series"] == "sweep" and r["vocab"] == 3000 for r in seen[0])
+    assert all(prefix == rows[:len(prefix)] for prefix in seen)
