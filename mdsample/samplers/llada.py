@@ -37,9 +37,11 @@ the candidate rows (the current block's masked positions), never ``[B, L, V]``; 
 ``"random"`` remasking the committed positions do not depend on the logits, so they are
 chosen first and only their rows are computed.
 
-With a KV cache, ``cuda_graph=True`` runs every step as one fixed-shape call without host
-syncs (mdsample.samplers.graph_step), replayed as a CUDA graph on CUDA tensors: the same
-random numbers, hence the same tokens, at one launch per step.
+With a KV cache, every step runs as one fixed-shape call without host syncs
+(mdsample.samplers.graph_step), and ``cuda_graph=True`` replays it as a CUDA graph on CUDA
+tensors: the same random numbers, hence the same tokens, at one launch per step. Without
+graphs, Fast-dLLM's threshold / factor rules (a block stops as soon as it has no mask, which
+the fixed-shape budget cannot know) and the compat layer's exclude lists run step by step.
 """
 from __future__ import annotations
 
@@ -83,9 +85,11 @@ def _excluded_mass(logits, guidance, scale, tokens, logprob, ids: Sequence[int])
 def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cfg_scale, remasking, mask_id,
               threshold, factor, attention_mask, seed, backend, progress, cache=None, refresh_every=None,
               cuda_graph=False, logits_exclude: Sequence[int] = (), confidence_exclude: Sequence[int] = (),
-              graph_capture: Optional[bool] = None):
+              graph_capture: Optional[bool] = None, static_steps: Optional[bool] = None):
     # graph_capture (tests, benchmarks): None = capture the cuda_graph steps on CUDA tensors; False =
     # run them eagerly even there (the replay's reference); True on CPU tensors is an error.
+    # static_steps (tests): None = the fixed-shape BlockStep for every cached run it serves (below);
+    # False = the step-by-step loop (the fixed-shape steps' reference; not with cuda_graph).
     steps = C.integer("steps", steps, low=1)
     gen_length = C.integer("gen_length", gen_length, low=1)
     block_length = C.integer("block_length", block_length, low=1)
@@ -116,6 +120,9 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
             raise ValueError("cuda_graph=True does not support logits_eos_inf / confidence_eos_eot_inf")
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str; got {type(backend).__name__}")
+    dynamic = threshold is not None or factor is not None
+    if static_steps is False and cuda_graph:
+        raise ValueError("static_steps=False runs the step-by-step loop, which cannot be captured")
 
     prompt = C.token_ids("prompt", prompt, dims=(1, 2))
     if prompt.dim() == 1:
@@ -165,15 +172,23 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
     pos_ids = (torch.arange(batch, device=device).unsqueeze(1) * total
                + torch.arange(total, device=device).unsqueeze(0))
     col = torch.arange(total, device=device).unsqueeze(0)
-    dynamic = threshold is not None or factor is not None
     stats_t = 1.0 if remasking == "low_confidence" else None
     bar = Progress(progress, None if dynamic else num_blocks * per_block, "generate", backbone,
                    baseline_per_step=batch * (2 if cfg_scale > 0 else 1))
-    if cuda_graph:
+    # A cached run takes the fixed-shape, sync-free steps unless it needs what only the step-by-step
+    # loop does: the exclude lists, or (without graphs) a threshold / factor rule, where stopping a
+    # block as soon as it is done saves the forwards that the fixed budget would spend.
+    if static_steps is None:
+        static_steps = cache is not None and not logits_exclude and not confidence_exclude and (
+            cuda_graph or not dynamic)
+    if static_steps and (cache is None or logits_exclude or confidence_exclude):
+        raise ValueError("the fixed-shape steps need a cache and no exclude lists")
+    if static_steps:
+        capture = cuda_graph and device.type == "cuda" if graph_capture is None else graph_capture
         step = BlockStep(fwd, x, block_length=block_length, per_block=per_block, remasking=remasking,
                          temperature=temperature, stats_temperature=stats_t, seed=seed, mask_id=mask_id,
                          threshold=threshold, factor=factor, guidance_scale=guidance_scale, backend=backend,
-                         capture=device.type == "cuda" if graph_capture is None else graph_capture)
+                         capture=capture)
         return _generate_static(step, x, plen=plen, num_blocks=num_blocks, bar=bar)
     try:
         for blk in range(num_blocks):
@@ -210,8 +225,9 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
 
 
 def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar) -> torch.Tensor:
-    """The block loop of ``cuda_graph=True``: no host sync until the final check (graph_step.py),
-    except one per block (and per step past the budget) with a threshold / factor rule."""
+    """The block loop of the fixed-shape steps (cached runs, replayed with ``cuda_graph=True``): no host
+    sync until the final check (graph_step.py), except one per block (and per step past the budget)
+    with a threshold / factor rule."""
     schedule, per_block, bl = step.schedule(), step.per_block, step.block_length
     try:
         for blk in range(num_blocks):
@@ -233,7 +249,8 @@ def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar) -> torch.Tens
         bar.close()
     if bool((x[:, plen:] == step.mask_id).any()):
         raise ValueError("some rows had no valid draw (NaN or +inf logits, or no finite logit besides the mask): "
-                         "with cuda_graph=True they stay masked; run without it to see which row")
+                         "the cached block steps do not stop to check each draw, so those positions stayed "
+                         "masked; generate without a cache raises at the first such row and names it")
     return x
 
 
@@ -331,19 +348,20 @@ def generate(
             backbone offering ``new_cache``: ``"prefix"`` (a full forward at the block's first
             step, later steps feed block + suffix against the cached prefix K/V) or ``"dual"``
             (later steps feed only the block; the suffix K/V stay frozen within the block).
-            Every step then forwards the whole batch. Not with ``attention_mask`` or prompts
-            containing ``mask_id``.
+            Every step then forwards the whole batch, as one fixed-shape call with no host sync
+            (with ``threshold`` / ``factor`` and no ``cuda_graph``: step by step, each block
+            stopping once done). Not with ``attention_mask`` or prompts containing ``mask_id``;
+            rows with no valid draw (NaN logits) raise after the last block.
         refresh_every: with a cache, also refresh (full forward) every this many forwards
             within a block; None = only at the block start (Fast-dLLM); 1 = every step,
             which is the uncached computation.
-        cuda_graph: with a cache, run each step as one fixed-shape, host-sync-free step
-            (mdsample.samplers.graph_step): on CUDA tensors it is captured once in a CUDA graph
-            (``"dual"``: one graph for all blocks; ``"prefix"``: one per block, its block + suffix
-            chunk shrinks) and replayed; refresh forwards run eagerly. On CPU the same step runs
-            eagerly. Same random numbers as without it, hence the same tokens. With threshold /
-            factor, ``steps / num_blocks`` is a per-block budget run without host syncs; a
-            block not done by then continues step by step (one host check each). Graphs are
-            captured per call.
+        cuda_graph: with a cache, capture the fixed-shape step (mdsample.samplers.graph_step)
+            once in a CUDA graph (``"dual"``: one graph for all blocks; ``"prefix"``: one per
+            block, its block + suffix chunk shrinks) and replay it; refresh forwards run eagerly.
+            On CPU tensors the same step runs eagerly. Same random numbers as without it, hence
+            the same tokens. With threshold / factor, ``steps / num_blocks`` is a per-block
+            budget run without host syncs; a block not done by then continues step by step (one
+            host check each). Graphs are captured per call.
 
     Returns:
         int64 ``[B, P + gen_length]``: the prompt followed by the generated tokens.

@@ -1,7 +1,7 @@
-"""generate(cache=..., cuda_graph=True): the fixed-shape, host-sync-free block step (graph_step.py).
+"""Cached generate's fixed-shape, host-sync-free block step (graph_step.py), with and without cuda_graph.
 
-On CPU the step runs eagerly: it must return the eager cached generate's tokens exactly and
-make no host sync (tests/sync_guard.py). On CUDA (skipped here) the replayed graphs must equal
+On CPU the step runs eagerly: it must return the tokens of the step-by-step cached loop
+(``llada._generate(..., static_steps=False)``) exactly and make no host sync (tests/sync_guard.py). On CUDA (skipped here) the replayed graphs must equal
 the same step run eagerly, and the block loop must pass torch.cuda.set_sync_debug_mode("error").
 """
 import contextlib
@@ -44,10 +44,11 @@ def _kw(**over):
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_static_step_equals_cached_generate(model, prompt, mode, temperature, remasking, block_length):
     kw = _kw(cache=mode, temperature=temperature, remasking=remasking, block_length=block_length)
-    ref = mdsample.generate(model, prompt, **kw)
+    ref = step_by_step(model, prompt, **kw)
     out = mdsample.generate(model, prompt, cuda_graph=True, **kw)
     assert not (out == MASK).any()
     assert torch.equal(out, ref)
+    assert torch.equal(mdsample.generate(model, prompt, **kw), ref)  # the default: the same steps, not captured
 
 
 @pytest.mark.parametrize("case", [
@@ -62,7 +63,9 @@ def test_static_step_equals_cached_generate(model, prompt, mode, temperature, re
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_static_step_equals_cached_generate_variants(model, prompt, mode, case):
     kw = _kw(cache=mode, **case)
-    assert torch.equal(mdsample.generate(model, prompt, cuda_graph=True, **kw), mdsample.generate(model, prompt, **kw))
+    ref = step_by_step(model, prompt, **kw)
+    assert torch.equal(mdsample.generate(model, prompt, cuda_graph=True, **kw), ref)
+    assert torch.equal(mdsample.generate(model, prompt, **kw), ref)
 
 
 def _guarded(fn, calls):
@@ -88,7 +91,24 @@ def test_step_loop_makes_no_host_sync(model, prompt, mode, remasking, rule, monk
     assert calls.count("begin_block") == 4
     assert calls.count("__call__") == 16 if not rule else calls.count("__call__") >= 16
     monkeypatch.undo()
-    assert torch.equal(out, mdsample.generate(model, prompt, **kw))
+    assert torch.equal(out, step_by_step(model, prompt, **kw))
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_default_cached_loop_makes_no_host_sync(model, prompt, mode, monkeypatch):
+    """Without cuda_graph a cached run with LLaDA's counts takes the same guarded steps; with a threshold
+    it runs step by step instead (each block stops when done: fewer forwards than the fixed budget)."""
+    calls = []
+    monkeypatch.setattr(BlockStep, "__call__", _guarded(BlockStep.__call__, calls))
+    monkeypatch.setattr(BlockStep, "begin_block", _guarded(BlockStep.begin_block, calls))
+    kw = _kw(cache=mode, cfg_scale=1.0)
+    out = mdsample.generate(model, prompt, **kw)
+    assert calls.count("begin_block") == 4 and calls.count("__call__") == 16
+    calls.clear()
+    mdsample.generate(model, prompt, **_kw(cache=mode, threshold=0.05))
+    assert calls == []
+    monkeypatch.undo()
+    assert torch.equal(out, step_by_step(model, prompt, **kw))
 
 
 def test_step_loop_makes_no_host_sync_on_the_reference_backend(model, prompt, monkeypatch):
@@ -99,7 +119,7 @@ def test_step_loop_makes_no_host_sync_on_the_reference_backend(model, prompt, mo
     out = mdsample.generate(model, prompt, cuda_graph=True, **kw)
     monkeypatch.undo()
     assert len(calls) == 16
-    assert torch.equal(out, mdsample.generate(model, prompt, **kw))
+    assert torch.equal(out, step_by_step(model, prompt, **kw))
 
 
 def test_guard_sees_a_sync_in_the_step(model, prompt, monkeypatch):
@@ -129,14 +149,17 @@ def test_bad_arguments(model, prompt):
         llada._generate(model, prompt, **_internal(), logits_exclude=(5,))
     with pytest.raises(ValueError, match="CUDA tensors"):
         llada._generate(model, prompt, **_internal(graph_capture=True))
+    with pytest.raises(ValueError, match="cannot be captured"):
+        llada._generate(model, prompt, **_internal(), static_steps=False)
 
 
-def test_rows_without_a_valid_draw_raise_after_the_loop(prompt):
+@pytest.mark.parametrize("cuda_graph", [True, False])
+def test_rows_without_a_valid_draw_raise_after_the_loop(prompt, cuda_graph):
     broken = Transformer.from_preset("tiny", seed=0).eval()
     with torch.no_grad():
         broken.lm_head.weight.fill_(float("nan"))
     with pytest.raises(ValueError, match="no valid draw"):
-        mdsample.generate(broken, prompt, cuda_graph=True, **_kw())
+        mdsample.generate(broken, prompt, cuda_graph=cuda_graph, **_kw())
 
 
 def _internal(**over):
@@ -145,6 +168,11 @@ def _internal(**over):
               backend="auto", progress=False, cuda_graph=True)
     kw.update(over)
     return kw
+
+
+def step_by_step(model, prompt, **kw):
+    """The step-by-step cached loop (eager, host checks each step): what the fixed-shape steps must equal."""
+    return llada._generate(model, prompt, **_internal(**kw, cuda_graph=False), static_steps=False)
 
 
 # ---------------------------------------------------------------- CUDA (run by benchmarks/gpu_check.sh)
@@ -188,7 +216,7 @@ def test_graph_replay_equals_eager_step_on_cuda(model, prompt, mode, remasking, 
     num_blocks, per_block = 4, 4
     assert len(captures) == (num_blocks if mode == "prefix" else 1)
     assert len(replays) == num_blocks * (per_block - 1) - len(captures)  # every non-refresh step but the warm-ups
-    cached = mdsample.generate(m, p, **{k: kw[k] for k in _kw()}, cfg_scale=1.0, remasking=remasking)
+    cached = llada._generate(m, p, **dict(kw, cuda_graph=False), static_steps=False)
     agreement = float((cached == graphed).double().mean())
     record_property(f"graph_vs_cached_{mode}_{remasking}", json.dumps(agreement))
     assert agreement > 0.95  # same draws; only the head's GEMM rounding (more rows at once) differs
