@@ -4,6 +4,9 @@
 
 #include <stdint.h>
 
+#include <string>
+#include <type_traits>
+
 #include "likelihood.h"
 #include "sampling.h"
 
@@ -24,36 +27,41 @@ T* ptr(const py::kwargs& kw, const char* name) {
   return reinterpret_cast<T*>(kw[name].cast<uintptr_t>());
 }
 
-mdsample::SampleArgs sample_args(const py::kwargs& kw) {
+// SampleArgs' fields, in declaration order, as the sampling launchers take them: positionally,
+// since parsing 28 keywords cost ~5 us a call, more than a decode-shape kernel. Exported as
+// SAMPLE_FIELDS; mdsample/ops/_rows.py checks its own order against it at import.
+#define MDS_SAMPLE_FIELDS(X)                                                                                  \
+  X(logits) X(dtype) X(n_rows) X(vocab) X(row_offsets) X(row_stride) X(guidance) X(guidance_offsets)           \
+  X(guidance_row_stride) X(guidance_scale) X(temperature) X(temperature_val) X(seed) X(seed_val) X(offset)     \
+  X(offset_val) X(position) X(exclude) X(active) X(fallback) X(x) X(mask_id) X(reveal_prob) X(reveal_prob_val) \
+  X(out) X(stats) X(stats_temperature) X(stats_temperature_val)
+
+#define MDS_COUNT(name) +1
+constexpr size_t kSampleFields = 0 MDS_SAMPLE_FIELDS(MDS_COUNT);
+#undef MDS_COUNT
+
+// A pointer arrives as a Python int (0 = null), every other field as its own type.
+template <typename T>
+void set_field(T& field, py::handle value) {
+  if constexpr (std::is_pointer_v<T>) {
+    field = reinterpret_cast<T>(value.cast<uintptr_t>());
+  } else {
+    field = value.cast<T>();
+  }
+}
+
+// args: the kSampleFields values in MDS_SAMPLE_FIELDS order, then `extra` more (the stream).
+mdsample::SampleArgs sample_args(const py::args& args, size_t extra) {
+  if (args.size() != kSampleFields + extra) {
+    throw py::type_error("mdsample._C sampling launcher: expected " + std::to_string(kSampleFields + extra) +
+                         " positional arguments (SAMPLE_FIELDS" + (extra ? ", stream" : "") + "), got " +
+                         std::to_string(args.size()));
+  }
   mdsample::SampleArgs a;
-  a.logits = ptr<const void>(kw, "logits");
-  a.dtype = kw["dtype"].cast<int>();
-  a.n_rows = kw["n_rows"].cast<int64_t>();
-  a.vocab = kw["vocab"].cast<int64_t>();
-  a.row_offsets = ptr<const int64_t>(kw, "row_offsets");
-  a.row_stride = kw["row_stride"].cast<int64_t>();
-  a.guidance = ptr<const void>(kw, "guidance");
-  a.guidance_offsets = ptr<const int64_t>(kw, "guidance_offsets");
-  a.guidance_row_stride = kw["guidance_row_stride"].cast<int64_t>();
-  a.guidance_scale = kw["guidance_scale"].cast<float>();
-  a.temperature = ptr<const float>(kw, "temperature");
-  a.temperature_val = kw["temperature_val"].cast<float>();
-  a.seed = ptr<const int64_t>(kw, "seed");
-  a.seed_val = kw["seed_val"].cast<int64_t>();
-  a.offset = ptr<const int64_t>(kw, "offset");
-  a.offset_val = kw["offset_val"].cast<int64_t>();
-  a.position = ptr<const int64_t>(kw, "position");
-  a.exclude = kw["exclude"].cast<int64_t>();
-  a.active = ptr<const uint8_t>(kw, "active");
-  a.fallback = ptr<const int64_t>(kw, "fallback");
-  a.x = ptr<const int64_t>(kw, "x");
-  a.mask_id = kw["mask_id"].cast<int64_t>();
-  a.reveal_prob = ptr<const double>(kw, "reveal_prob");
-  a.reveal_prob_val = kw["reveal_prob_val"].cast<double>();
-  a.out = ptr<int64_t>(kw, "out");
-  a.stats = ptr<float>(kw, "stats");
-  a.stats_temperature = ptr<const float>(kw, "stats_temperature");
-  a.stats_temperature_val = kw["stats_temperature_val"].cast<float>();
+  size_t i = 0;
+#define MDS_READ(name) set_field(a.name, args[i++]);
+  MDS_SAMPLE_FIELDS(MDS_READ)
+#undef MDS_READ
   return a;
 }
 
@@ -114,17 +122,24 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_archs", &mdsample::cuda_archs, "CUDA architectures compiled in (empty without nvcc)");
   m.def("cuda_kernels_ready", [] { return mdsample::cuda_compiled(); },
         "Whether the CUDA sampling kernels are in this build (they are whenever CUDA was compiled in)");
-  m.def("sample_cpu", [](py::kwargs kw) {
-    const mdsample::SampleArgs a = sample_args(kw);
+  py::list sample_fields;
+#define MDS_NAME(name) sample_fields.append(#name);
+  MDS_SAMPLE_FIELDS(MDS_NAME)
+#undef MDS_NAME
+  m.attr("SAMPLE_FIELDS") = py::tuple(sample_fields);
+  m.def("sample_cpu", [](py::args args) {
+    const mdsample::SampleArgs a = sample_args(args, 0);
     py::gil_scoped_release nogil;
     mdsample::sample_cpu(a);
-  }, "Row draw of sample_categorical / unmask_step on CPU (see csrc/sampling.h)");
-  m.def("sample_cuda", [](py::kwargs kw) {
-    const mdsample::SampleArgs a = sample_args(kw);
-    const int64_t stream = kw["stream"].cast<int64_t>();
+  }, "Row draw of sample_categorical / unmask_step on CPU: the SAMPLE_FIELDS values, positionally "
+     "(csrc/sampling.h)");
+  m.def("sample_cuda", [](py::args args) {
+    const mdsample::SampleArgs a = sample_args(args, 1);
+    const int64_t stream = args[kSampleFields].cast<int64_t>();
     py::gil_scoped_release nogil;
     mdsample::sample_cuda(a, stream);
-  }, "Row draw of sample_categorical / unmask_step on the GPU, queued on `stream` (see csrc/sampling.h)");
+  }, "Row draw of sample_categorical / unmask_step on the GPU: the SAMPLE_FIELDS values, then the "
+     "cudaStream_t as an int (csrc/sampling.h)");
   m.def("philox_host", [](uintptr_t out, int64_t n, uintptr_t counters, uintptr_t keys) {
     mdsample::philox_host(reinterpret_cast<uint32_t*>(out), n, reinterpret_cast<const uint32_t*>(counters),
                           reinterpret_cast<const uint32_t*>(keys));

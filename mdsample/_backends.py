@@ -65,6 +65,19 @@ def resolve(backend: str, device_type: str) -> str:
     return backend
 
 
+def cuda_stream(device) -> int:
+    """The raw ``cudaStream_t`` of the current stream of CUDA ``device`` (a ``torch.device``), as an int.
+
+    torch's raw getter skips building a ``torch.cuda.Stream`` object on every launch (a few us of
+    host time per call); the public API is the fallback where a torch version lacks it.
+    """
+    import torch
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return raw(index) if raw is not None else torch.cuda.current_stream(index).cuda_stream
+
+
 def compiled_module():
     """The loaded ``mdsample._C`` (None in a pure-Python install)."""
     return _C

@@ -46,3 +46,16 @@ def test_cuda_archs_compiled_in():
 
 def test_cpu_kernels_report_their_instruction_set():
     assert C.cpu_isa() in ("avx2", "base")
+
+
+def test_sample_fields_are_the_struct_fields_in_order():
+    """The positional launcher order (bindings.cpp's MDS_SAMPLE_FIELDS, exported as SAMPLE_FIELDS) is
+    mdsample::SampleArgs' declaration order in csrc/sampling.h, and mdsample/ops/_rows.py's."""
+    from mdsample.ops._rows import SAMPLE_FIELDS
+
+    header = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "sampling.h")).read()
+    body = re.search(r"struct SampleArgs \{(.*?)\};", header, re.S).group(1)
+    declared = tuple(re.findall(r"(\w+);", re.sub(r"//[^\n]*", "", body)))
+    assert declared == tuple(C.SAMPLE_FIELDS) == SAMPLE_FIELDS
+    with pytest.raises(TypeError, match="positional arguments"):
+        C.sample_cpu(*SAMPLE_FIELDS[:-1])

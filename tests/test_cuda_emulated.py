@@ -7,7 +7,7 @@ library is built once per source hash into the temp dir (about 20 s).
 
 Each call goes through the public op with ``backend="cpu"`` twice: once as
 shipped, once with the compiled module's launcher call sent to the emulated
-``sample_cuda`` instead, so both backends see the very same argument dict.
+``sample_cuda`` instead, so both backends see the very same arguments.
 They run one algorithm on the same headers (csrc/include/mdsample), so tokens
 must agree exactly except at float near-ties (the fp32 chunk sums and float64
 running sums are added in other orders); statistics within ``STATS_RTOL``.
@@ -85,13 +85,20 @@ def emulator_library(sampling_cu: Path = SOURCES[0]) -> ctypes.CDLL:
 
 P, I64 = ctypes.c_void_p, ctypes.c_int64
 F32, F64 = ctypes.c_float, ctypes.c_double
-# mdsample::SampleArgs in declaration order (csrc/sampling.h), then the emulator's knobs.
+# mdsample::SampleArgs in declaration order (csrc/sampling.h; the launchers' SAMPLE_FIELDS), then the
+# emulator's knobs.
 ARGS = [("logits", P), ("dtype", ctypes.c_int), ("n_rows", I64), ("vocab", I64), ("row_offsets", P),
         ("row_stride", I64), ("guidance", P), ("guidance_offsets", P), ("guidance_row_stride", I64),
         ("guidance_scale", F32), ("temperature", P), ("temperature_val", F32), ("seed", P), ("seed_val", I64),
         ("offset", P), ("offset_val", I64), ("position", P), ("exclude", I64), ("active", P), ("fallback", P),
         ("x", P), ("mask_id", I64), ("reveal_prob", P), ("reveal_prob_val", F64), ("out", P), ("stats", P),
         ("stats_temperature", P), ("stats_temperature_val", F32)]
+
+
+def test_emulator_argument_order_is_the_launchers():
+    from mdsample.ops._rows import SAMPLE_FIELDS
+
+    assert tuple(name for name, _ in ARGS) == SAMPLE_FIELDS
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +123,9 @@ class EmulatedCuda:
     def __init__(self, lib, sms, smem, policy=0, seed=0):
         self.lib, self.knobs = lib, (sms, smem, policy, seed)
 
-    def sample_cpu(self, **args):
+    def sample_cpu(self, *args):
         error = ctypes.create_string_buffer(4096)
-        if self.lib.mdsample_emu_sample_cuda(*(args[name] for name, _ in ARGS), *self.knobs, error, len(error)):
+        if self.lib.mdsample_emu_sample_cuda(*args, *self.knobs, error, len(error)):
             raise RuntimeError(error.value.decode())
 
 

@@ -31,7 +31,7 @@ def _launch(op: str, device: torch.device, **args) -> None:
     C = _backends.compiled_module()
     if device.type == "cuda":
         with torch.cuda.device(device):  # the launcher queues on the runtime's current device
-            getattr(C, op + "_cuda")(stream=torch.cuda.current_stream(device).cuda_stream, **args)
+            getattr(C, op + "_cuda")(stream=_backends.cuda_stream(device), **args)
     else:
         getattr(C, op + "_cpu")(**args)
 

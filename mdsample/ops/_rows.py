@@ -119,41 +119,50 @@ def tensor_or_value(req: RowDraw, name: str) -> tuple[torch.Tensor | None, int |
     return None, BY_VALUE[name] if v is None else v
 
 
+# mdsample._C.sample_cpu / sample_cuda take mdsample::SampleArgs' fields positionally, in this
+# order (keyword parsing cost more than a decode-shape kernel); checked against the build at import.
+SAMPLE_FIELDS = (
+    "logits", "dtype", "n_rows", "vocab", "row_offsets", "row_stride", "guidance", "guidance_offsets",
+    "guidance_row_stride", "guidance_scale", "temperature", "temperature_val", "seed", "seed_val", "offset",
+    "offset_val", "position", "exclude", "active", "fallback", "x", "mask_id", "reveal_prob", "reveal_prob_val",
+    "out", "stats", "stats_temperature", "stats_temperature_val",
+)
+_built = getattr(_backends.compiled_module(), "SAMPLE_FIELDS", SAMPLE_FIELDS)
+if tuple(_built) != SAMPLE_FIELDS:
+    raise ImportError(f"mdsample._C was built from other sources (its SAMPLE_FIELDS {_built} differ from "
+                      f"mdsample/ops/_rows.py's): rebuild it, e.g. pip install -e .")
+
+
+def _pointer_or_value(req: RowDraw, name: str) -> tuple[int, int | float]:
+    tensor, value = tensor_or_value(req, name)
+    return _ptr(tensor), value
+
+
+def launch_args(req: RowDraw, out: torch.Tensor, stats: torch.Tensor | None) -> tuple:
+    """The :data:`SAMPLE_FIELDS` values of ``req`` writing ``out`` (and ``stats``), in order."""
+    active = None if req.active is None else req.active.view(torch.uint8)
+    return (
+        req.logits.data_ptr(), _DTYPE_CODE[req.logits.dtype], req.n_rows, req.vocab, _ptr(req.row_offsets),
+        req.row_stride, _ptr(req.guidance), _ptr(req.guidance_offsets), req.guidance_row_stride, req.guidance_scale,
+        *_pointer_or_value(req, "temperature"), *_pointer_or_value(req, "seed"), *_pointer_or_value(req, "offset"),
+        _ptr(req.position), req.exclude, _ptr(active), _ptr(req.fallback), _ptr(req.x), req.mask_id,
+        *_pointer_or_value(req, "reveal_prob"), out.data_ptr(), _ptr(stats),
+        *_pointer_or_value(req, "stats_temperature"),
+    )
+
+
 def _compiled(req: RowDraw, device_type: str):
     n = req.n_rows
     out = torch.empty(n, dtype=torch.int64, device=req.logits.device)
     stats = None
     if req.stats_temperature is not None:
         stats = torch.empty((n, 4), dtype=torch.float32, device=req.logits.device)
-    active = None if req.active is None else req.active.view(torch.uint8)
-    args = dict(
-        logits=req.logits.data_ptr(),
-        dtype=_DTYPE_CODE[req.logits.dtype],
-        n_rows=n,
-        vocab=req.vocab,
-        row_offsets=_ptr(req.row_offsets),
-        row_stride=req.row_stride,
-        guidance=_ptr(req.guidance),
-        guidance_offsets=_ptr(req.guidance_offsets),
-        guidance_row_stride=req.guidance_row_stride,
-        guidance_scale=req.guidance_scale,
-        position=_ptr(req.position),
-        exclude=req.exclude,
-        active=_ptr(active),
-        fallback=_ptr(req.fallback),
-        x=_ptr(req.x),
-        mask_id=req.mask_id,
-        out=out.data_ptr(),
-        stats=_ptr(stats),
-    )
-    for name in BY_VALUE:
-        tensor, args[name + "_val"] = tensor_or_value(req, name)
-        args[name] = _ptr(tensor)
+    args = launch_args(req, out, stats)
     C = _backends.compiled_module()
     if device_type == "cuda":
-        C.sample_cuda(stream=torch.cuda.current_stream(req.logits.device).cuda_stream, **args)
+        C.sample_cuda(*args, _backends.cuda_stream(req.logits.device))
     else:
-        C.sample_cpu(**args)
+        C.sample_cpu(*args)
     return out, stats
 
 

@@ -50,6 +50,8 @@ def per_row(name: str, value, lead_shape: torch.Size, device: torch.device, dtyp
     keep their bits) for kernels that take it by value, so no ``[N]`` tensor is built.
     """
     n = math.prod(lead_shape)
+    if scalar_ok and type(value) is (int if kind == "int" else float) and (kind != "int" or 0 <= value < 2**63):
+        return value  # the common case of a plain Python number, before the general checks below
     if isinstance(value, bool) and kind != "bool":
         raise TypeError(f"{name} must be a number or tensor, not bool")
     if isinstance(value, numbers.Number) and not isinstance(value, torch.Tensor):

@@ -185,7 +185,8 @@ def sample_categorical(
 def shape_result(req: RowDraw, tokens: torch.Tensor, stats: torch.Tensor | None):
     """Reshape ``[N]`` tokens and ``[N, 4]`` stats to the leading dims of the logits."""
     lead = req.logits.shape[:-1]
-    tokens = tokens.view(lead)
+    if tokens.shape != lead:  # [N] is already the shape for 2-D logits
+        tokens = tokens.view(lead)
     if stats is None:
         return tokens
-    return SampleResult(tokens, *(stats[:, i].reshape(lead) for i in range(4)))
+    return SampleResult(tokens, *stats.view(*lead, 4).unbind(-1))  # views, made in one call
