@@ -56,6 +56,18 @@ def _assert_unbiased(est, truth, what):
     assert abs(mean - truth) <= 4 * sd / math.sqrt(len(vals)), f"{what}: mean {mean:.4f} vs {truth:.4f} (sd {sd:.3f})"
 
 
+def test_progress_bar(capsys):
+    """A bar over the model calls: ceil(B * mc_samples / batch_size) of them; the estimate is unchanged."""
+    x = MARKOV.sample(3, 16, seed=10)
+    kw = dict(mask_id=MARKOV.mask_id, mc_samples=5, batch_size=4)
+    est = mdsample.likelihood(MARKOV, x, progress=True, **kw)
+    err = capsys.readouterr().err
+    assert "likelihood" in err and "4/4" in err and "saved" not in err
+    assert torch.equal(est.log_likelihood, mdsample.likelihood(MARKOV, x, **kw).log_likelihood)
+    with pytest.raises(TypeError, match="progress"):
+        mdsample.likelihood(MARKOV, x, progress="yes", **kw)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_unbiased_on_enumerable_joint(mode):
     bern, count = JOINT.expected(SEQ)

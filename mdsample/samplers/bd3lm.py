@@ -40,6 +40,7 @@ from ..models.protocol import Backbone
 from ..ops.sampling import sample_categorical
 from . import _checks as C
 from ._random import DOMAIN_REVEAL, seed_value, uniforms
+from .progress import Progress
 
 __all__ = ["sample_bd3lm"]
 
@@ -90,6 +91,7 @@ def sample_bd3lm(
     seed=0,
     backend="auto",
     use_cache=True,
+    progress=False,
 ):
     """Sample ``batch_size`` sequences from a block diffusion (BD3-LM) model, block by block.
 
@@ -111,6 +113,7 @@ def sample_bd3lm(
         backend: sampling-op backend.
         use_cache: True = exact block-causal KV cache; False = a full forward of the prefix
             and block per step (the uncached computation, same draws).
+        progress: show a tqdm bar over the steps (forwards run vs one per sequence and step).
 
     Returns:
         int64 ``[B, L']`` with ``L' <= length`` (shorter when all sequences hit EOS early);
@@ -136,6 +139,7 @@ def sample_bd3lm(
     bos_id = None if bos_id is None else C.integer("bos_id", bos_id, low=0)
     seed = seed_value("seed", seed)
     use_cache = C.flag("use_cache", use_cache)
+    progress = C.flag("progress", progress)
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str; got {type(backend).__name__}")
     C.positions_fit(batch, length)
@@ -163,38 +167,46 @@ def sample_bd3lm(
     rows = _BlockRows(backbone, batch, length, bs, use_cache)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     end = length
-    for blk in range(length // bs):
-        s, e = blk * bs, (blk + 1) * bs
-        rows.begin_block(s)
-        n_masked = bs - (1 if (blk == 0 and bos_id is not None) else 0)
-        n_steps = n_masked if first_hitting else steps_per_block
-        for i in range(n_steps):
-            offset = (blk << _BLOCK_SHIFT) + i
-            block = x[:, s:e]
-            masked = block == mask_id
-            u, _ = uniforms(seed, offset, pos_ids[:, s:e], DOMAIN_REVEAL)
-            if first_hitting:
-                # one uniformly chosen masked position per sequence: the argmax of iid uniforms
-                pick = torch.where(masked, u, -1.0).argmax(1)
-                reveal = torch.zeros_like(masked)
-                reveal[torch.arange(batch, device=device), pick] = True
-                reveal &= masked
-            else:
-                t, t_next = 1.0 - i / n_steps, 1.0 - (i + 1) / n_steps
-                p = 1.0 if i == n_steps - 1 else (t - t_next) / t
-                reveal = masked & (u < p)
-            r_seq, r_pos = reveal.nonzero(as_tuple=True)
-            if r_seq.numel() == 0:
-                continue
-            logits = rows.rows(x, r_seq, r_pos)
-            tok = sample_categorical(logits, temperature=temperature, seed=seed, offset=offset,
-                                     positions=pos_ids[r_seq, s + r_pos], exclude=mask_id, backend=backend)
-            x[r_seq, s + r_pos] = tok
-        if eos_id is not None:
-            done |= (x[:, s:e] == eos_id).any(1)
-            if bool(done.all()):
-                end = e
-                break
+    n_blocks = length // bs
+    total = (length - (bos_id is not None)) if first_hitting else n_blocks * steps_per_block
+    bar = Progress(progress, total, "bd3lm", backbone, baseline_per_step=batch)
+    try:
+        for blk in range(n_blocks):
+            s, e = blk * bs, (blk + 1) * bs
+            rows.begin_block(s)
+            n_masked = bs - (1 if (blk == 0 and bos_id is not None) else 0)
+            n_steps = n_masked if first_hitting else steps_per_block
+            for i in range(n_steps):
+                offset = (blk << _BLOCK_SHIFT) + i
+                block = x[:, s:e]
+                masked = block == mask_id
+                u, _ = uniforms(seed, offset, pos_ids[:, s:e], DOMAIN_REVEAL)
+                if first_hitting:
+                    # one uniformly chosen masked position per sequence: the argmax of iid uniforms
+                    pick = torch.where(masked, u, -1.0).argmax(1)
+                    reveal = torch.zeros_like(masked)
+                    reveal[torch.arange(batch, device=device), pick] = True
+                    reveal &= masked
+                else:
+                    t, t_next = 1.0 - i / n_steps, 1.0 - (i + 1) / n_steps
+                    p = 1.0 if i == n_steps - 1 else (t - t_next) / t
+                    reveal = masked & (u < p)
+                r_seq, r_pos = reveal.nonzero(as_tuple=True)
+                if r_seq.numel() == 0:
+                    bar.step()
+                    continue
+                logits = rows.rows(x, r_seq, r_pos)
+                tok = sample_categorical(logits, temperature=temperature, seed=seed, offset=offset,
+                                         positions=pos_ids[r_seq, s + r_pos], exclude=mask_id, backend=backend)
+                x[r_seq, s + r_pos] = tok
+                bar.step(tokens=r_seq.numel())
+            if eos_id is not None:
+                done |= (x[:, s:e] == eos_id).any(1)
+                if bool(done.all()):
+                    end = e
+                    break
+    finally:
+        bar.close()
     x = x[:, :end]
     if eos_id is not None:
         hit = x == eos_id

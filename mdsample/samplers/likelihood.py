@@ -68,6 +68,7 @@ from ..ops.lowdisc_timesteps import lowdisc_timesteps
 from ..ops.masked_nll import masked_nll
 from . import _checks as C
 from .forward import RowForward
+from .progress import Progress
 from .schedules import get_schedule
 
 __all__ = ["likelihood", "perplexity", "LikelihoodEstimate", "Perplexity", "MODES", "MASKING"]
@@ -172,7 +173,7 @@ def _chunk_values(fwd: RowForward, xs, xt, ans_rows, w, sigma, nll_kw) -> torch.
 
 def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode="stratified",
                cfg_scale=0.0, schedule="loglinear", seed=0, mask_id=None, masking="bernoulli", eps=1e-3,
-               subs=True, time_conditioned=False, backend="auto") -> LikelihoodEstimate:
+               subs=True, time_conditioned=False, backend="auto", progress=False) -> LikelihoodEstimate:
     """Monte Carlo ELBO estimate of ``log p(x)`` (or ``log p(answer | prompt)``) per sequence.
 
     Args:
@@ -195,6 +196,7 @@ def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode
         subs: exclude the mask token from the model's softmax (MDLM SUBS); False = LLaDA / SMDM.
         time_conditioned: pass ``sigma = -log alpha_t`` (float32 ``[n]``) to the model.
         backend: backend of the ops ("auto", "cpu", "triton", "reference", ...).
+        progress: show a tqdm bar over the model calls (``ceil(B * mc_samples / batch_size)``).
 
     Returns:
         :class:`LikelihoodEstimate`: ``log_likelihood`` and ``stderr`` float64 ``[B]``,
@@ -211,6 +213,7 @@ def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode
     cfg = C.real("cfg_scale", cfg_scale, low=0.0)
     subs = C.flag("subs", subs)
     time_conditioned = C.flag("time_conditioned", time_conditioned)
+    progress = C.flag("progress", progress)
     seed = C.integer("seed", seed)
     C.positions_fit(batch, length)
     prompt = _prompt_lengths(prompt_len, batch, length, device)
@@ -244,7 +247,8 @@ def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode
     values = torch.empty((batch, n), dtype=torch.float64, device=device)
     tok = torch.arange(length, device=device)
     pairs = batch * n
-    with torch.no_grad():  # an evaluation: no graph through the model
+    bar = Progress(progress, -(-pairs // chunk), "likelihood", backbone)
+    with torch.no_grad(), bar:  # an evaluation: no graph through the model
         for start in range(0, pairs, chunk):
             q = torch.arange(start, min(start + chunk, pairs), device=device)
             bs, js = q // n, q % n  # (sequence, draw) of each input row
@@ -260,6 +264,7 @@ def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode
                 xt = forward_mask(xs, count=k[bs, js], **keys)
             fwd = RowForward(backbone, mask_id=mask_id, cfg_scale=cfg, uncond_mask=~ans_rows)
             values[bs, js] = _chunk_values(fwd, xs, xt, ans_rows, weight[bs, js], sigma, nll_kw)
+            bar.step()
     return LikelihoodEstimate(-values.mean(1), _stderr(values, order_key, mode), n_answer)
 
 

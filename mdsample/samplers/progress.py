@@ -47,11 +47,21 @@ class Progress:
         self.bar.set_postfix_str(self.summary(), refresh=False)
 
     def summary(self) -> str:
+        """``forwards N[, saved S (P%)][, T tok/s]``: the parts without a baseline or tokens left out."""
         ran = (self.backbone.sequences - self.start_sequences) if self.backbone is not None else 0
-        saved = max(self.baseline - ran, 0)
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        pct = f" ({100.0 * saved / self.baseline:.0f}%)" if self.baseline else ""
-        return f"forwards {ran}, saved {saved}{pct}, {self.tokens / elapsed:.1f} tok/s"
+        parts = [f"forwards {ran}"]
+        if self.baseline:
+            saved = max(self.baseline - ran, 0)
+            parts.append(f"saved {saved} ({100.0 * saved / self.baseline:.0f}%)")
+        if self.tokens:
+            parts.append(f"{self.tokens / max(time.perf_counter() - self.start, 1e-9):.1f} tok/s")
+        return ", ".join(parts)
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         if self.bar is not None:

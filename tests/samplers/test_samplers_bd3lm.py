@@ -27,6 +27,19 @@ def test_cached_equals_uncached(block_size, temperature, steps):
     assert torch.equal(cached, uncached)
 
 
+@pytest.mark.parametrize("steps", [None, 2])
+def test_progress_bar(capsys, steps):
+    """One bar step per sampler step (first-hitting: one per masked position), forwards against the
+    published loop's one per sequence and step; the bar does not change the samples."""
+    m = _model(4)
+    kw = dict(batch_size=2, length=8, block_size=4, mask_id=MASK, bos_id=0, seed=1, steps_per_block=steps)
+    out = mdsample.sample_bd3lm(m, progress=True, **kw)
+    err = capsys.readouterr().err
+    total = 7 if steps is None else 4
+    assert "bd3lm" in err and f"{total}/{total}" in err and "saved" in err and "tok/s" in err
+    assert torch.equal(out, mdsample.sample_bd3lm(m, **kw))
+
+
 def test_seed_changes_output_and_is_reproducible():
     m = _model(4)
     kw = dict(batch_size=2, length=16, block_size=4, mask_id=MASK)
