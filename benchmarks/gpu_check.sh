@@ -8,19 +8,23 @@
 #
 # Steps, in order of what matters most when time runs short (the whole run stays
 # under GPU_CHECK_BUDGET seconds, default 530: each step gets a time limit and a
-# step that no longer fits is skipped and says so):
+# step that no longer fits is skipped and says so). The measurements the issues' goals
+# name come first, right after a quick correctness gate; the test suites and sanitizers
+# after them. GPU_CHECK_STEPS=build,sweep,... runs only the steps named (e.g. a second
+# call for the tests, on a machine still warm from the first: the build is kept).
 #   1. build        pip install --no-build-isolation --no-deps -e .      build.log
 #   2. info         python -m mdsample info                              info.log
 #   3. smoke        cuda backend vs reference on a grid of shapes/dtypes smoke.log
-#   4. tests-ops    sample_categorical / unmask_step / Triton / stats    tests_ops.log
-#   5. sweep        bench_sampling.py --sweep --quick: copy bandwidth,   sweep.log,
+#   4. sweep        bench_sampling.py --sweep --quick: copy bandwidth,   sweep.log,
 #                   both ops on cuda + triton vs naive / torch.compile   results/*.json, *.png
-#   6. memcheck     compute-sanitizer memcheck (if present)              sanitizer_memcheck.log
-#   7. likelihood   bench_likelihood.py (--quick where it has one)       likelihood.log
-#   8. e2e          e2e_llada.py (gen 256, 4/1/8 tokens per step),       e2e_llada.log,
-#                   e2e_mdlm.py (MDLM-small, 200 steps)                  e2e_mdlm.log
-#   9. racecheck    compute-sanitizer racecheck                          sanitizer_racecheck.log
-#  10. tests-rest   the rest of tests/ (no -x: every failure listed)     tests_rest.log
+#   5. e2e-llada    e2e_llada.py (gen 256, 4/1/8 tokens per step)        e2e_llada.log
+#   6. e2e-mdlm     e2e_mdlm.py (MDLM-small, 200 steps)                  e2e_mdlm.log
+#   7. likelihood   bench_likelihood.py --quick --parts masked_nll       likelihood.log
+#   8. tests-ops    sample_categorical / unmask_step / Triton / stats    tests_ops.log
+#   9. tests-likelihood  the likelihood ops' CUDA tests                  tests_likelihood.log
+#  10. sanitizer-memcheck   compute-sanitizer memcheck (if present)      sanitizer_memcheck.log
+#  11. sanitizer-racecheck  compute-sanitizer racecheck                  sanitizer_racecheck.log
+#  12. tests-rest   the rest of tests/ (no -x: every failure listed)     tests_rest.log
 # Benchmark results written to benchmarks/results/ are copied to $OUT/results after
 # each benchmark step. summary.txt has one line per step: rc, seconds, log.
 set -u
@@ -42,6 +46,10 @@ left() { echo $((BUDGET - (SECONDS - START))); }
 step() {
   local name=$1 limit=$2 log=$3
   shift 3
+  if [ -n "${GPU_CHECK_STEPS:-}" ] && [[ ",$GPU_CHECK_STEPS," != *",${name%-all},"* ]]; then
+    note "$name: not selected (GPU_CHECK_STEPS)"
+    return 98
+  fi
   local avail=$(( $(left) - 5 ))
   if (( avail < 20 )); then
     note "$name: SKIPPED (budget spent)"
@@ -82,7 +90,7 @@ export MDSAMPLE_BUILD_JOBS=${MDSAMPLE_BUILD_JOBS:-$(nproc)}
 # (timeout runs programs, not shell functions: the fallback is spelled out for bash -c.)
 step build 240 build.log bash -c '"$0" -m pip install --no-build-isolation --no-deps -v -e . ||
   "$0" -m pip install --no-build-isolation --no-deps -v --break-system-packages -e .' "$PY"
-grep -E "ptxas|warning" "$OUT/build.log" | grep -v "SetuptoolsDeprecationWarning" | head -n 20 > "$OUT/build_warnings.txt"
+grep -E "ptxas|warning" "$OUT/build.log" 2>/dev/null | grep -v "SetuptoolsDeprecationWarning" | head -n 20 > "$OUT/build_warnings.txt"
 [ -s "$OUT/build_warnings.txt" ] && note "build: $(wc -l < "$OUT/build_warnings.txt") warning lines (build_warnings.txt)"
 
 # ---- 2. info -------------------------------------------------------------------
@@ -157,7 +165,7 @@ sys.exit(1 if bad else 0)
 EOF
 step smoke 120 smoke.log "$PY" "$SMOKE"
 
-# ---- 4. GPU tests of the sampling ops ------------------------------------------------
+# Test selections (run after the measurements, steps 8-12).
 OPS_TESTS="tests/test_sample_categorical.py tests/test_unmask_step.py tests/test_triton_sampling.py tests/test_philox.py tests/test_build.py tests/test_graph_capture.py tests/test_dlpack.py"
 if "$PY" -c "import scipy" 2>/dev/null; then
   OPS_TESTS="$OPS_TESTS tests/stats"
@@ -166,14 +174,6 @@ else
 fi
 HAVE_PYTEST=0
 "$PY" -c "import pytest" 2>/dev/null && HAVE_PYTEST=1
-# Tests run each Triton variant with its first config (MDSAMPLE_TRITON_AUTOTUNE=0): one compile
-# per variant, not one per config; test_triton_sampling checks every config against the first.
-if (( HAVE_PYTEST )); then
-  # shellcheck disable=SC2086
-  MDSAMPLE_TRITON_AUTOTUNE=0 step tests-ops 150 tests_ops.log "$PY" -m pytest $OPS_TESTS -q -x -p no:cacheprovider -rs --durations=10
-else
-  note "tests: pytest missing, skipped"
-fi
 
 # Files each benchmark step writes (or rewrites: same device and date) in benchmarks/results/
 # are copied to $OUT/results.
@@ -184,38 +184,11 @@ collect_results() {
   find benchmarks/results -maxdepth 1 -type f -newer "$MARK" -exec cp {} "$OUT/results/" \;
 }
 
-# ---- 5. the sampling sweep: GB/s and % of copy bandwidth vs rows, JSON + PNG ------------
+# ---- 4. the sampling sweep: GB/s and % of copy bandwidth vs rows, JSON + PNG ------------
 step sweep 120 sweep.log "$PY" benchmarks/bench_sampling.py --sweep --quick
 collect_results
 
-# ---- 6. compute-sanitizer memcheck (9. racecheck) --------------------------------------
-SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /opt/nvidia/*/bin/compute-sanitizer 2>/dev/null | head -n 1)
-sanitize() {
-  local tool=$1 limit=$2
-  if [ -z "$SAN" ]; then
-    note "sanitizer-$tool: compute-sanitizer not found, skipped"
-    return
-  fi
-  # Only the sampling kernels are instrumented (kns: substring of the mangled name);
-  # a sanitizer without that option runs again instrumenting everything.
-  step "sanitizer-$tool" "$limit" "sanitizer_$tool.log" "$SAN" --tool "$tool" --error-exitcode 3 --print-limit 20 \
-    --kernel-name kns=sample_kernel "$PY" "$SMOKE" --sanitize
-  if grep -qiE "unrecognized|invalid.*(option|filter)" "$OUT/sanitizer_$tool.log"; then
-    step "sanitizer-$tool-all" "$limit" "sanitizer_${tool}_all.log" "$SAN" --tool "$tool" --error-exitcode 3 \
-      --print-limit 20 "$PY" "$SMOKE" --sanitize
-  fi
-}
-sanitize memcheck 75
-
-# ---- 7. likelihood: the CUDA ops' tests, then the masked_nll benchmark ------------------
-if (( HAVE_PYTEST )); then
-  step tests-likelihood 60 tests_likelihood.log "$PY" -m pytest tests/test_likelihood_cuda.py tests/test_masked_nll.py \
-    -q -p no:cacheprovider -rs
-fi
-step likelihood 60 likelihood.log "$PY" benchmarks/bench_likelihood.py --quick --parts masked_nll
-collect_results
-
-# ---- 8. end to end: LLaDA-style generation, then MDLM sampling ---------------------------
+# ---- 5-6. end to end: LLaDA-style generation, then MDLM sampling -------------------------
 # LLaDA-8B shape, gen 256, block 32: the AR baseline first, then tokens-per-step 4 (the goal's
 # point), 1 and 8. Rows are written as they come, so a time limit still leaves what was measured.
 step e2e-llada 100 e2e_llada.log "$PY" benchmarks/e2e_llada.py --gen 256 --tps 4 1 8 --no-hf
@@ -227,10 +200,47 @@ collect_results
 step e2e-mdlm 60 e2e_mdlm.log "$PY" benchmarks/e2e_mdlm.py --steps 200
 collect_results
 
-# ---- 9. racecheck -------------------------------------------------------------------------
+# ---- 7. likelihood: the masked_nll benchmark ---------------------------------------------
+step likelihood 60 likelihood.log "$PY" benchmarks/bench_likelihood.py --quick --parts masked_nll
+collect_results
+
+# ---- 8. GPU tests of the sampling ops (the battery on cuda and triton) --------------------
+# Tests run each Triton variant with its first config (MDSAMPLE_TRITON_AUTOTUNE=0): one compile
+# per variant, not one per config; test_triton_sampling checks every config against the first.
+if (( HAVE_PYTEST )); then
+  # shellcheck disable=SC2086
+  MDSAMPLE_TRITON_AUTOTUNE=0 step tests-ops 150 tests_ops.log "$PY" -m pytest $OPS_TESTS -q -x -p no:cacheprovider -rs --durations=10
+else
+  note "tests: pytest missing, skipped"
+fi
+
+# ---- 9. the likelihood ops' GPU tests --------------------------------------------------
+if (( HAVE_PYTEST )); then
+  step tests-likelihood 60 tests_likelihood.log "$PY" -m pytest tests/test_likelihood_cuda.py tests/test_masked_nll.py \
+    -q -p no:cacheprovider -rs
+fi
+
+# ---- 10-11. compute-sanitizer memcheck and racecheck ----------------------------------
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /opt/nvidia/*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+sanitize() {
+  local tool=$1 limit=$2
+  if [ -z "$SAN" ]; then
+    note "sanitizer-$tool: compute-sanitizer not found, skipped"
+    return
+  fi
+  # Only the sampling kernels are instrumented (kns: substring of the mangled name);
+  # a sanitizer without that option runs again instrumenting everything.
+  step "sanitizer-$tool" "$limit" "sanitizer_$tool.log" "$SAN" --tool "$tool" --error-exitcode 3 --print-limit 20 \
+    --kernel-name kns=sample_kernel "$PY" "$SMOKE" --sanitize
+  if grep -qiE "unrecognized|invalid.*(option|filter)" "$OUT/sanitizer_$tool.log" 2>/dev/null; then
+    step "sanitizer-$tool-all" "$limit" "sanitizer_${tool}_all.log" "$SAN" --tool "$tool" --error-exitcode 3 \
+      --print-limit 20 "$PY" "$SMOKE" --sanitize
+  fi
+}
+sanitize memcheck 75
 sanitize racecheck 60
 
-# ---- 10. the rest of the tests -------------------------------------------------------------
+# ---- 12. the rest of the tests -------------------------------------------------------------
 if (( HAVE_PYTEST )); then
   ignores=""
   for t in $OPS_TESTS tests/test_likelihood_cuda.py tests/test_masked_nll.py; do ignores="$ignores --ignore=$t"; done
