@@ -10,6 +10,7 @@ is seen only through :mod:`mdsample.models.protocol`.
 """
 from .bd3lm import sample_bd3lm
 from .duo import duo_posterior_step, sample_duo
+from .graph_step import StepGraphs
 from .llada import REMASKING, generate
 from .mdlm import sample_mdlm
 from .remasking import select, transfer_counts
@@ -18,6 +19,7 @@ from .schedules import SCHEDULES, Cosine, LogLinear, MDLMCosine, Schedule, get_s
 __all__ = [
     "sample_mdlm",
     "generate",
+    "StepGraphs",
     "sample_duo",
     "sample_bd3lm",
     "duo_posterior_step",

@@ -58,7 +58,38 @@ from ._random import DOMAIN_REVEAL, uniforms
 from .forward import CachedRowForward
 from .remasking import confidence, select, transfer_counts
 
-__all__ = ["BlockStep"]
+__all__ = ["BlockStep", "StepGraphs"]
+
+
+class StepGraphs:
+    """Captured block steps kept across ``generate`` calls: pass one as ``cuda_graph=``.
+
+    ``generate(..., cache=..., cuda_graph=True)`` captures its steps anew in every call (one graph
+    for ``"dual"``, one per block for ``"prefix"``). With ``graphs = StepGraphs()`` and
+    ``generate(..., cuda_graph=graphs)``, a call whose model, prompt shape and settings match an
+    earlier one's reuses that call's canvas, KV cache and graphs: the new prompt and seed are
+    copied into the static buffers and the graphs replayed, so only the first call pays for the
+    captures. The entries hold GPU memory (KV cache, graph pool) until :meth:`clear` or until
+    the object is dropped; the tokens are those of a fresh call.
+    """
+
+    def __init__(self):
+        self._entries: dict = {}
+
+    def get(self, model, settings: tuple) -> Optional["BlockStep"]:
+        """The step kept for ``model`` with ``settings`` (a tuple generate builds), or None."""
+        entry = self._entries.get((id(model), settings))
+        return entry[1] if entry is not None and entry[0] is model else None
+
+    def keep(self, model, settings: tuple, step: "BlockStep") -> None:
+        self._entries[(id(model), settings)] = (model, step)
+
+    def clear(self) -> None:
+        """Drops every kept step (its canvas, cache and graphs)."""
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class BlockStep:
@@ -79,6 +110,8 @@ class BlockStep:
         guidance_scale: CFG weight passed to the sampling op (0 without CFG).
         backend: sampling-op backend.
         capture: replay captured CUDA graphs (needs CUDA tensors); False runs every step eagerly.
+        keep_graphs: keep every block's graph (a :class:`StepGraphs` reuses them in later calls);
+            False drops a ``"prefix"`` block's graph when the next block starts.
 
     Static buffers (what a replay reads): ``k`` int64 ``[B]`` (this step's transfer counts),
     ``offset`` int64 ``[]`` (Philox offset, bumped by each step), ``seed`` int64 ``[]``,
@@ -88,7 +121,7 @@ class BlockStep:
     def __init__(self, fwd: CachedRowForward, x: torch.Tensor, *, block_length: int, per_block: int,
                  remasking: str, temperature: float, stats_temperature: Optional[float], seed: int, mask_id: int,
                  threshold: Optional[float] = None, factor: Optional[float] = None, guidance_scale: float = 0.0,
-                 backend: str = "auto", capture: bool = False):
+                 backend: str = "auto", capture: bool = False, keep_graphs: bool = False):
         if capture and x.device.type != "cuda":
             raise ValueError(f"CUDA-graph capture needs CUDA tensors; the canvas is on {x.device}")
         dev = x.device
@@ -96,7 +129,7 @@ class BlockStep:
         self.fwd, self.x, self.mask_id = fwd, x, mask_id
         self.block_length, self.per_block = block_length, per_block
         self.remasking, self.temperature, self.stats_temperature = remasking, temperature, stats_temperature
-        self.guidance_scale, self.backend, self.capture = guidance_scale, backend, capture
+        self.guidance_scale, self.backend, self.capture, self.keep_graphs = guidance_scale, backend, capture, keep_graphs
         self.threshold, self.factor = threshold, factor
         self.dynamic = threshold is not None or factor is not None
         self.k = torch.zeros(b, dtype=torch.int64, device=dev)
@@ -113,6 +146,14 @@ class BlockStep:
         self._row_seq = self._everyone.repeat_interleave(rows)
         self.graphs: dict = {}
         self._pool = None
+
+    def restart(self, x: torch.Tensor, uncond_mask: torch.Tensor, seed: int) -> None:
+        """Start a new generation in the same buffers: canvas ``x`` int64 ``[B, L]``, the CFG
+        input's masked positions bool ``[B, L]`` and the Philox key, copied in place (the graphs
+        read these addresses). The KV cache needs no reset: each block starts with a refresh."""
+        self.x.copy_(x)
+        self.fwd.uncond_mask.copy_(uncond_mask)
+        self.seed.fill_(seed)
 
     def schedule(self) -> list[int]:
         """Host copy of each step's transfer count (the same for every sequence, module docstring).
@@ -143,7 +184,8 @@ class BlockStep:
         key = self.fwd.start if self.fwd.mode == "prefix" else None  # prefix chunks shrink block by block
         graph = self.graphs.get(key)
         if graph is None:
-            self.graphs.clear()  # a finished block's prefix graph is never replayed again
+            if not self.keep_graphs:
+                self.graphs.clear()  # a finished block's prefix graph is never replayed again in this call
             self.graphs[key] = self._capture()
         else:
             graph.replay()

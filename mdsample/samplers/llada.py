@@ -55,7 +55,7 @@ from . import _checks as C
 from ._random import DOMAIN_REVEAL, seed_value, uniforms
 from .forward import CACHE_MODES, CachedRowForward, RowForward
 from .progress import Progress
-from .graph_step import BlockStep
+from .graph_step import BlockStep, StepGraphs
 from .remasking import confidence, select, transfer_counts
 
 __all__ = ["generate", "REMASKING"]
@@ -111,6 +111,9 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         factor = C.real("factor", factor, low=0.0)
     seed = seed_value("seed", seed)
     progress = C.flag("progress", progress)
+    graphs = None
+    if isinstance(cuda_graph, StepGraphs):
+        graphs, cuda_graph = cuda_graph, True
     cuda_graph = C.flag("cuda_graph", cuda_graph)
     if cuda_graph:
         if cache is None:
@@ -123,6 +126,14 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
     dynamic = threshold is not None or factor is not None
     if static_steps is False and cuda_graph:
         raise ValueError("static_steps=False runs the step-by-step loop, which cannot be captured")
+    # A cached run takes the fixed-shape, sync-free steps unless it needs what only the step-by-step
+    # loop does: the exclude lists, or (without graphs) a threshold / factor rule, where stopping a
+    # block as soon as it is done saves the forwards that the fixed budget would spend.
+    if static_steps is None:
+        static_steps = cache is not None and not logits_exclude and not confidence_exclude and (
+            cuda_graph or not dynamic)
+    if static_steps and (cache is None or logits_exclude or confidence_exclude):
+        raise ValueError("the fixed-shape steps need a cache and no exclude lists")
 
     prompt = C.token_ids("prompt", prompt, dims=(1, 2))
     if prompt.dim() == 1:
@@ -165,8 +176,16 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
             raise ValueError(f"cache={cache!r} does not support attention_mask")
         if bool((prompt == mask_id).any()):
             raise ValueError(f"cache={cache!r} needs prompts without mask tokens (cached prefix rows get no logits)")
-        fwd = CachedRowForward(backbone, mode=cache, total=total, batch_size=batch, refresh_every=refresh_every,
-                               mask_id=mask_id, cfg_scale=cfg_scale, uncond_mask=is_prompt)
+        capture = cuda_graph and device.type == "cuda" if graph_capture is None else graph_capture
+        settings = (batch, plen, gen_length, block_length, per_block, cache, refresh_every, remasking, temperature,
+                    cfg_scale, threshold, factor, mask_id, backend, str(device), capture)
+        kept = None if graphs is None else graphs.get(model, settings)
+        if kept is not None:  # an earlier call's canvas, cache and graphs, restarted with this prompt
+            kept.restart(x, is_prompt, seed)
+            fwd, x, backbone = kept.fwd, kept.x, kept.fwd.backbone
+        else:
+            fwd = CachedRowForward(backbone, mode=cache, total=total, batch_size=batch, refresh_every=refresh_every,
+                                   mask_id=mask_id, cfg_scale=cfg_scale, uncond_mask=is_prompt)
     guidance_scale = cfg_scale if cfg_scale > 0 else 0.0
 
     pos_ids = (torch.arange(batch, device=device).unsqueeze(1) * total
@@ -175,21 +194,16 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
     stats_t = 1.0 if remasking == "low_confidence" else None
     bar = Progress(progress, None if dynamic else num_blocks * per_block, "generate", backbone,
                    baseline_per_step=batch * (2 if cfg_scale > 0 else 1))
-    # A cached run takes the fixed-shape, sync-free steps unless it needs what only the step-by-step
-    # loop does: the exclude lists, or (without graphs) a threshold / factor rule, where stopping a
-    # block as soon as it is done saves the forwards that the fixed budget would spend.
-    if static_steps is None:
-        static_steps = cache is not None and not logits_exclude and not confidence_exclude and (
-            cuda_graph or not dynamic)
-    if static_steps and (cache is None or logits_exclude or confidence_exclude):
-        raise ValueError("the fixed-shape steps need a cache and no exclude lists")
     if static_steps:
-        capture = cuda_graph and device.type == "cuda" if graph_capture is None else graph_capture
-        step = BlockStep(fwd, x, block_length=block_length, per_block=per_block, remasking=remasking,
-                         temperature=temperature, stats_temperature=stats_t, seed=seed, mask_id=mask_id,
-                         threshold=threshold, factor=factor, guidance_scale=guidance_scale, backend=backend,
-                         capture=capture)
-        return _generate_static(step, x, plen=plen, num_blocks=num_blocks, bar=bar)
+        step = kept if kept is not None else BlockStep(
+            fwd, x, block_length=block_length, per_block=per_block, remasking=remasking,
+            temperature=temperature, stats_temperature=stats_t, seed=seed, mask_id=mask_id, threshold=threshold,
+            factor=factor, guidance_scale=guidance_scale, backend=backend, capture=capture,
+            keep_graphs=graphs is not None)
+        if graphs is not None and kept is None:
+            graphs.keep(model, settings, step)
+        out = _generate_static(step, x, plen=plen, num_blocks=num_blocks, bar=bar)
+        return out.clone() if graphs is not None else out  # the kept canvas is the next call's
     try:
         for blk in range(num_blocks):
             start, end = plen + blk * block_length, plen + (blk + 1) * block_length
@@ -361,7 +375,10 @@ def generate(
             On CPU tensors the same step runs eagerly. Same random numbers as without it, hence
             the same tokens. With threshold / factor, ``steps / num_blocks`` is a per-block
             budget run without host syncs; a block not done by then continues step by step (one
-            host check each). Graphs are captured per call.
+            host check each). ``True`` captures anew in every call; a
+            :class:`mdsample.StepGraphs` instead keeps each call's canvas, cache and graphs and
+            reuses them when the same model is called again with the same shapes and settings
+            (only the first call captures).
 
     Returns:
         int64 ``[B, P + gen_length]``: the prompt followed by the generated tokens.

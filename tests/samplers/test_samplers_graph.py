@@ -68,6 +68,29 @@ def test_static_step_equals_cached_generate_variants(model, prompt, mode, case):
     assert torch.equal(mdsample.generate(model, prompt, **kw), ref)
 
 
+@pytest.mark.parametrize("case", [dict(cache="prefix"), dict(cache="dual", cfg_scale=1.5),
+                                  dict(cache="dual", threshold=0.3, steps=8)])
+def test_step_graphs_reuse_the_buffers_across_calls(model, prompt, case):
+    """A StepGraphs keeps one entry per (model, shapes, settings); a later call restarts it with its own
+    prompt and seed and returns the tokens of a fresh call, in a tensor of its own."""
+    graphs = mdsample.StepGraphs()
+    other = torch.randint(0, MASK, prompt.shape, generator=torch.Generator().manual_seed(9))
+    kw = _kw(**case)
+    first = mdsample.generate(model, prompt, cuda_graph=graphs, **kw)
+    kept = first.clone()
+    second = mdsample.generate(model, other, cuda_graph=graphs, **dict(kw, seed=11))
+    assert len(graphs) == 1
+    assert torch.equal(first, kept)  # not the kept canvas, which the second call rewrote
+    assert torch.equal(first, mdsample.generate(model, prompt, **kw))
+    assert torch.equal(second, mdsample.generate(model, other, **dict(kw, seed=11)))
+    assert torch.equal(mdsample.generate(model, prompt, cuda_graph=graphs, **kw), first)  # back to the first prompt
+    mdsample.generate(model, prompt, cuda_graph=graphs, **dict(kw, temperature=0.0))  # other settings: an entry
+    mdsample.generate(model, prompt[:2], cuda_graph=graphs, **kw)                    # other batch: an entry
+    assert len(graphs) == 3
+    graphs.clear()
+    assert len(graphs) == 0
+
+
 def _guarded(fn, calls):
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
@@ -220,6 +243,24 @@ def test_graph_replay_equals_eager_step_on_cuda(model, prompt, mode, remasking, 
     agreement = float((cached == graphed).double().mean())
     record_property(f"graph_vs_cached_{mode}_{remasking}", json.dumps(agreement))
     assert agreement > 0.95  # same draws; only the head's GEMM rounding (more rows at once) differs
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_step_graphs_replay_without_recapture_on_cuda(prompt, mode, monkeypatch):
+    """The second call with a StepGraphs captures nothing and returns the eager step's tokens."""
+    m, p = Transformer.from_preset("tiny", seed=0, device="cuda").eval(), prompt.cuda()
+    other = torch.randint(0, MASK, p.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(9))
+    graphs, captures = mdsample.StepGraphs(), []
+    capture = BlockStep._capture
+    monkeypatch.setattr(BlockStep, "_capture", lambda self: (captures.append(self.fwd.start), capture(self))[1])
+    kw = _kw(cache=mode)
+    mdsample.generate(m, p, cuda_graph=graphs, **kw)
+    first_call = len(captures)
+    out = mdsample.generate(m, other, cuda_graph=graphs, **dict(kw, seed=11))
+    assert first_call == (4 if mode == "prefix" else 1) and len(captures) == first_call
+    eager = llada._generate(m, other, **_internal(**dict(kw, seed=11), graph_capture=False))
+    assert torch.equal(out, eager)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
