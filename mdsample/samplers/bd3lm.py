@@ -27,8 +27,16 @@ block << 32 | step), so the cached and uncached paths (``use_cache=False``: a fu
 forward of ``x[:, :block_end]`` per step) make the same draws; they return the same tokens
 up to floating-point ties.
 
-Not implemented (documented differences): the 1024-token window with left shift (``length``
-must fit the model), the low-entropy resampling, and time conditioning (``sigma``).
+Beyond the model's context the model sees the last ``max_length`` positions (whole blocks), the
+window shifting left by one block per new block (BD3-LM's 1024-token window with left shift):
+positions are window-relative, so a shift invalidates the cached K/V and the block's first
+forward rewrites them from the window's start (still exact: the uncached path feeds the same
+window). Where upstream's shift keeps BOS is not stated in ALGORITHMS.md; here BOS leaves the
+window with the first block.
+
+Not implemented (documented differences): the low-entropy resampling (a rejection of samples
+whose last 256 tokens have unigram entropy < 4, which changes the output distribution; a caller
+can apply it to the returned tokens) and time conditioning (``sigma``).
 """
 from __future__ import annotations
 
@@ -48,31 +56,41 @@ _BLOCK_SHIFT = 32
 
 
 class _BlockRows:
-    """Logits of rows of the current block, cached (exact block-causal KV cache) or uncached."""
+    """Logits of rows of the current block, cached (exact block-causal KV cache) or uncached.
 
-    def __init__(self, backbone: Backbone, batch: int, length: int, block_size: int, use_cache: bool):
-        self.backbone, self.block_size = backbone, block_size
-        self.cache = backbone.new_cache(batch, length) if use_cache else None
-        self.pending: Optional[int] = None  # start of a finished block whose clean K/V are not written yet
-        self.block_start = 0
+    The model sees the window ``[w, e)`` of the canvas, ``e`` the current block's end and
+    ``w = max(0, e - window)``, at positions ``0 .. e - w - 1``. Once the canvas outgrows the
+    window, each new block shifts it left by a block: the cached K/V (at window-relative
+    positions) are then all stale, so the block's first call feeds the whole window from position
+    0 and commits its clean part, which is what the uncached path computes at every step.
+    """
+
+    def __init__(self, backbone: Backbone, batch: int, length: int, block_size: int, window: int, use_cache: bool):
+        self.backbone, self.block_size, self.window = backbone, block_size, window
+        self.cache = backbone.new_cache(batch, min(length, window)) if use_cache else None
+        self.pending: Optional[int] = None  # canvas start of a clean part whose K/V are not written yet
+        self.block_start = self.window_start = 0
 
     def begin_block(self, start: int) -> None:
-        if self.cache is not None and start > 0:
-            self.pending = start - self.block_size
-        self.block_start = start
+        window_start = max(0, start + self.block_size - self.window)
+        if self.cache is not None and window_start != self.window_start:
+            self.pending = window_start                 # shifted: rewrite the window's clean part
+        elif self.cache is not None and start > 0:
+            self.pending = start - self.block_size      # the finished block's clean K/V
+        self.block_start, self.window_start = start, window_start
 
     def rows(self, x: torch.Tensor, r_seq: torch.Tensor, r_pos: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, V]`` of rows ``(r_seq, block_start + r_pos)``."""
-        s, e = self.block_start, self.block_start + self.block_size
+        s, e, w = self.block_start, self.block_start + self.block_size, self.window_start
         if self.cache is None:
-            return self.backbone.logits_at(x[:, :e], r_seq, s + r_pos)
+            return self.backbone.logits_at(x[:, w:e], r_seq, s - w + r_pos)
         if self.pending is not None:
             p = self.pending
-            out = self.backbone.cache_rows(self.cache, x[:, p:e], p, r_seq, r_pos + (s - p))
-            self.backbone.cache_commit(self.cache, p, s - p)
+            out = self.backbone.cache_rows(self.cache, x[:, p:e], p - w, r_seq, r_pos + (s - p))
+            self.backbone.cache_commit(self.cache, p - w, s - p)
             self.pending = None
             return out
-        return self.backbone.cache_rows(self.cache, x[:, s:e], s, r_seq, r_pos)
+        return self.backbone.cache_rows(self.cache, x[:, s:e], s - w, r_seq, r_pos)
 
 
 @torch.no_grad()
@@ -100,7 +118,10 @@ def sample_bd3lm(
             and ``config.block_size == block_size``); with ``use_cache`` it must offer the KV
             cache (``new_cache``), and ``hidden``/``head`` make only the revealed rows' logits.
         batch_size: B >= 1.
-        length: canvas length, a multiple of ``block_size``, at most the model's context.
+        length: canvas length, a multiple of ``block_size``. Beyond the model's context
+            (``model.max_length``) the model sees a window of the last ``max_length`` positions
+            (rounded down to whole blocks), shifted left by a block per new block (BD3-LM's
+            window of 1024 with left shift).
         block_size: positions per block (BD3-LM: 4, 8, 16).
         mask_id: the mask token id.
         steps_per_block: ancestral steps per block (implies ``first_hitting=False``).
@@ -150,8 +171,9 @@ def sample_bd3lm(
     model_bs = getattr(getattr(model, "config", None), "block_size", None)
     if backbone.attention == "block_causal" and model_bs != bs:
         raise ValueError(f"block_size ({bs}) must equal the model's block_size ({model_bs})")
-    if backbone.max_length is not None and length > backbone.max_length:
-        raise ValueError(f"length ({length}) exceeds the model's context ({backbone.max_length})")
+    window = length if backbone.max_length is None else backbone.max_length // bs * bs
+    if window < bs:
+        raise ValueError(f"the model's context ({backbone.max_length}) is shorter than a block ({bs})")
     if use_cache and not backbone.has_cache:
         raise ValueError(f"use_cache=True needs a backbone offering a KV cache (new_cache); {type(model).__name__} "
                          "has none")
@@ -164,7 +186,7 @@ def sample_bd3lm(
         x[:, 0] = bos_id
     pos_ids = (torch.arange(batch, device=device).unsqueeze(1) * length
                + torch.arange(length, device=device).unsqueeze(0))
-    rows = _BlockRows(backbone, batch, length, bs, use_cache)
+    rows = _BlockRows(backbone, batch, length, bs, window, use_cache)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     end = length
     n_blocks = length // bs

@@ -86,6 +86,66 @@ def test_variable_length_stop_at_eos():
         assert (row[first:] == 3).all()
 
 
+class _Widest:
+    """Records the widest input the model is given, forward or through the KV cache."""
+
+    def __init__(self, inner):
+        self.inner, self.config, self.widest = inner, inner.config, 0
+
+    def _see(self, x):
+        self.widest = max(self.widest, x.shape[1])
+
+    def __call__(self, x):
+        self._see(x)
+        return self.inner(x)
+
+    def hidden(self, x):
+        self._see(x)
+        return self.inner.hidden(x)
+
+    def head(self, h):
+        return self.inner.head(h)
+
+    def new_cache(self, batch_size, max_len=None):
+        cache, see = self.inner.new_cache(batch_size, max_len), self._see
+
+        class Seen:
+            def __getattr__(self, name):
+                return getattr(cache, name)
+
+            def hidden_block(self, x, start, **kw):
+                see(x)
+                assert start + x.shape[1] <= 12, (start, x.shape)  # window-relative positions
+                return cache.hidden_block(x, start, **kw)
+
+        return Seen()
+
+    @property
+    def max_length(self):
+        return self.inner.max_length
+
+
+@pytest.mark.parametrize("steps", [None, 2])
+def test_window_shifts_left_beyond_the_context(steps):
+    """A canvas longer than the model's context (14 -> a 12-position window of 4-blocks): the model
+    never sees more than the window, cached equals uncached, and until the first shift the tokens
+    are those of a canvas that fits (batch 1: the Philox positions are the same)."""
+    inner = Transformer.from_preset("tiny", attention="block_causal", block_size=4, max_seq_len=14, seed=0).eval()
+    kw = dict(batch_size=1, block_size=4, mask_id=MASK, bos_id=0, seed=2, steps_per_block=steps, temperature=1.0)
+    for use_cache in (True, False):
+        m = _Widest(inner)
+        long = mdsample.sample_bd3lm(m, length=32, use_cache=use_cache, **kw)
+        assert m.widest <= 12 and long.shape == (1, 32) and not (long == MASK).any()
+        if use_cache:
+            cached = long
+    assert torch.equal(cached, long)
+    short = mdsample.sample_bd3lm(inner, length=12, **kw)
+    assert torch.equal(cached[:, :12], short)
+    with pytest.raises(ValueError, match="shorter than a block"):
+        mdsample.sample_bd3lm(Transformer.from_preset("tiny", attention="block_causal", block_size=4, max_seq_len=3),
+                              length=8, **kw)
+
+
 def test_argument_errors():
     m = _model(4)
     with pytest.raises(ValueError):
