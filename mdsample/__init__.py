@@ -10,5 +10,5 @@ from .samplers.likelihood import LikelihoodEstimate, Perplexity, likelihood, per
 __version__ = "0.1.0"
 
 __all__ = ["SampleResult", "sample_categorical", "unmask_step", "sample_mdlm", "generate", "sample_duo", "sample_bd3lm", "__version__"]
-__all__ += ["StepGraphs", "lowdisc_timesteps", "forward_mask", "masked_nll", "likelihood", "perplexity", "LikelihoodEstimate",
-            "Perplexity"]
+__all__ += ["StepGraphs", "lowdisc_timesteps", "forward_mask", "masked_nll", "likelihood", "perplexity",
+            "LikelihoodEstimate", "Perplexity"]
