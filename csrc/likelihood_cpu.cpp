@@ -153,12 +153,7 @@ void forward_mask_cpu(const ForwardMaskArgs& a) {
 }
 
 void masked_nll_cpu(const MaskedNllArgs& a) {
-  switch (a.dtype) {
-    case kFloat32: return masked_nll_rows<float>(a);
-    case kFloat16: return masked_nll_rows<_Float16>(a);
-    case kBFloat16: return masked_nll_rows<BF16>(a);
-    case kFloat64: return masked_nll_rows<double>(a);
-  }
+  with_element_type(a.dtype, [&](auto t) { masked_nll_rows<decltype(t)>(a); });
 }
 
 }  // namespace MDS_ISA

@@ -465,19 +465,10 @@ __global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(cons
   const int64_t n_chunks = p.n_chunks;
 
   // ---- load: is the row drawn? (the reveal coin of unmask_step, or `active`)
-  bool drawn = a.active ? a.active[r] != 0 : true;
-  int64_t passthrough = a.fallback ? a.fallback[r] : -1;
-  if (a.x) {
-    passthrough = a.x[r];
-    drawn = false;
-    if (passthrough == a.mask_id) {
-      const Philox4 coin = row_words(a, r, kDomainReveal);
-      drawn = uniform52(coin.w[0], coin.w[1]) < per_row(a.reveal_prob, a.reveal_prob_val, r);
-    }
-  }
-  if (!drawn) {  // its logits are never read
+  const RowGate gate = row_gate(a, r);
+  if (!gate.drawn) {  // its logits are never read
     if (split == 0 && threadIdx.x == 0) {
-      a.out[r] = passthrough;
+      a.out[r] = gate.passthrough;
       if (kStats)
         for (int k = 0; k < 4; ++k) a.stats[4 * r + k] = NAN;
     }

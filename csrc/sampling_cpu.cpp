@@ -82,18 +82,9 @@ template <typename T>
 void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
   float* stats = a.stats ? a.stats + 4 * r : nullptr;
   // Which rows are drawn: the reveal coin (unmask_step) or `active`.
-  bool drawn = a.active ? a.active[r] != 0 : true;
-  int64_t passthrough = a.fallback ? a.fallback[r] : -1;
-  if (a.x) {
-    passthrough = a.x[r];
-    drawn = false;
-    if (passthrough == a.mask_id) {
-      const Philox4 coin = row_words(a, r, kDomainReveal);
-      drawn = uniform52(coin.w[0], coin.w[1]) < per_row(a.reveal_prob, a.reveal_prob_val, r);
-    }
-  }
-  if (!drawn) {
-    a.out[r] = passthrough;
+  const RowGate gate = row_gate(a, r);
+  if (!gate.drawn) {
+    a.out[r] = gate.passthrough;
     if (stats) write_nan_stats(stats);
     return;
   }
@@ -211,12 +202,7 @@ void sample_rows(const SampleArgs& a) {
 }  // namespace
 
 void sample_cpu(const SampleArgs& a) {
-  switch (a.dtype) {
-    case kFloat32: return sample_rows<float>(a);
-    case kFloat16: return sample_rows<_Float16>(a);
-    case kBFloat16: return sample_rows<BF16>(a);
-    case kFloat64: return sample_rows<double>(a);
-  }
+  with_element_type(a.dtype, [&](auto t) { sample_rows<decltype(t)>(a); });
 }
 
 }  // namespace MDS_ISA

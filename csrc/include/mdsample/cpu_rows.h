@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "mdsample/online.h"
+#include "sampling.h"
 
 #ifndef MDS_ISA
 #error "cpu_rows.h is for the per-ISA CPU builds (MDS_ISA unset)"
@@ -21,6 +22,18 @@ struct BF16 {
   uint16_t bits;
 };
 inline float to_float(BF16 v) { return bits_to_float(int32_t(v.bits) << 16); }
+
+// Calls f(T{}) with T the element type of a DType code: each op's one switch
+// from the launch's dtype to its row template.
+template <class F>
+void with_element_type(int dtype, F&& f) {
+  switch (dtype) {
+    case kFloat32: return f(float{});
+    case kFloat16: return f(_Float16{});
+    case kBFloat16: return f(BF16{});
+    case kFloat64: return f(double{});
+  }
+}
 
 // One row of logits (and, with CFG, the unconditional row) as fp32 scores.
 template <typename T>

@@ -23,4 +23,28 @@ MDS_HD Philox4 row_words(const Args& a, int64_t r, uint32_t domain) {
                     uint64_t(per_row(a.position, r, r)), domain);
 }
 
+// Whether row r of a sampling launch is drawn, and what it returns when it is
+// not: an inactive row (`active`) returns its fallback (-1 without one); in
+// unmask_step mode (`x`) a row is drawn only when x[r] is the mask and its
+// reveal coin (Philox domain REVEAL, words 0-1) falls below reveal_prob, and
+// otherwise returns x[r]. A row that is not drawn must not read its logits.
+struct RowGate {
+  bool drawn;
+  int64_t passthrough;
+};
+
+template <class Args>
+MDS_HD RowGate row_gate(const Args& a, int64_t r) {
+  RowGate g{a.active ? a.active[r] != 0 : true, a.fallback ? a.fallback[r] : -1};
+  if (a.x) {
+    g.passthrough = a.x[r];
+    g.drawn = false;
+    if (g.passthrough == a.mask_id) {
+      const Philox4 coin = row_words(a, r, kDomainReveal);
+      g.drawn = uniform52(coin.w[0], coin.w[1]) < per_row(a.reveal_prob, a.reveal_prob_val, r);
+    }
+  }
+  return g;
+}
+
 }  // namespace mdsample
