@@ -108,6 +108,14 @@ def copy_bandwidth(device: torch.device, nbytes: int | None = None) -> float:
     return 2 * nbytes / t / 1e9
 
 
+def _cpu_isa() -> str | None:
+    """The instruction-set build the CPU kernels ran (``mdsample._C.cpu_isa()``), None without them."""
+    from mdsample import _backends
+
+    C = _backends.compiled_module()
+    return None if C is None else C.cpu_isa()
+
+
 def write_results(kind: str, device: torch.device, rows: list[dict], extra: dict | None = None,
                   results_dir: Path = RESULTS) -> Path:
     """Write ``<results_dir>/<device>-<kind>-<date>.json`` (default ``benchmarks/results/``) with the
@@ -123,6 +131,7 @@ def write_results(kind: str, device: torch.device, rows: list[dict], extra: dict
         "cuda": torch.version.cuda,
         "commit": commit,
         "date": stamp,
+        **({"cpu_isa": _cpu_isa()} if device.type == "cpu" else {}),
         "rows": rows,
         **(extra or {}),
     }

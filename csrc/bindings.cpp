@@ -14,6 +14,7 @@ namespace py = pybind11;
 
 namespace mdsample {
 const char* cpu_isa();
+const char* set_cpu_isa(const char* name);
 bool cuda_compiled();
 const char* cuda_archs();
 void philox_host(uint32_t* out, int64_t n, const uint32_t* counters, const uint32_t* keys);
@@ -117,7 +118,14 @@ mdsample::MaskedNllArgs masked_nll_args(const py::kwargs& kw) {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "mdsample compiled kernels (CPU, and CUDA when built with nvcc)";
-  m.def("cpu_isa", &mdsample::cpu_isa, "Instruction set of the CPU kernels picked on this machine");
+  m.def("cpu_isa", &mdsample::cpu_isa, "Instruction set of the CPU kernels in use: base, avx2 or avx512");
+  m.def("set_cpu_isa", [](const std::string& name) {
+    const char* now = mdsample::set_cpu_isa(name.c_str());
+    if (!now) throw py::value_error("set_cpu_isa: name must be 'base', 'avx2' or 'avx512'; got '" + name + "'");
+    return std::string(now);
+  }, py::arg("name"),
+     "Caps the CPU kernels' instruction set (the best this machine runs, at most `name`); returns the one in "
+     "use. For tests and bitwise reproducibility across machines (also: MDSAMPLE_CPU_ISA)");
   m.def("has_cuda", &mdsample::cuda_compiled, "Whether CUDA code was compiled into this build");
   m.def("cuda_archs", &mdsample::cuda_archs, "CUDA architectures compiled in (empty without nvcc)");
   m.def("cuda_kernels_ready", [] { return mdsample::cuda_compiled(); },
