@@ -59,3 +59,28 @@ def test_sample_fields_are_the_struct_fields_in_order():
     assert declared == tuple(C.SAMPLE_FIELDS) == SAMPLE_FIELDS
     with pytest.raises(TypeError, match="positional arguments"):
         C.sample_cpu(*SAMPLE_FIELDS[:-1])
+
+
+def test_only_the_isa_builds_hold_avx_code():
+    """Every exported function outside ``mdsample::avx2`` / ``mdsample::avx512`` is baseline x86-64 code:
+    a shared inline or template function whose AVX copy the linker kept would crash (SIGILL) on a CPU
+    without AVX as soon as any op called it. (Hidden functions have no name here; the link order in
+    CMakeLists.txt keeps the baseline copies.)"""
+    if struct.calcsize("P") != 8 or os.uname().machine not in ("x86_64", "AMD64"):
+        pytest.skip("x86-64 only")
+    path = C.__file__
+    syms = subprocess.run(["nm", "-D", "-C", "-S", "--defined-only", path], capture_output=True, text=True,
+                          check=True).stdout
+    vex = re.compile(r"\tv[a-z0-9]+\s.*%[xyz]mm")
+    checked, leaks = 0, []
+    for line in syms.splitlines():
+        parts = line.split(None, 3)
+        if len(parts) < 4 or parts[2] not in "TW" or re.search(r"mdsample::avx(2|512)::", parts[3]):
+            continue
+        start, size = int(parts[0], 16), int(parts[1], 16)
+        asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", f"--start-address={start}",
+                              f"--stop-address={start + size}", path], capture_output=True, text=True).stdout
+        checked += 1
+        if vex.search(asm):
+            leaks.append(parts[3])
+    assert checked > 10 and not leaks, leaks[:10]
