@@ -6,6 +6,7 @@
 
 #include "likelihood.h"
 #include "sampling.h"
+#include "uniforms.h"
 
 namespace mdsample {
 
@@ -14,6 +15,10 @@ bool cuda_compiled() { return false; }
 const char* cuda_archs() { return ""; }
 
 void philox_cuda(uint64_t, int64_t, uint64_t, uint64_t, int64_t) {
+  throw std::runtime_error("mdsample._C was built without CUDA (no nvcc at build time)");
+}
+
+void uniforms_cuda(const UniformArgs&, int64_t) {
   throw std::runtime_error("mdsample._C was built without CUDA (no nvcc at build time)");
 }
 

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "mdsample/philox.h"
+#include "uniforms.h"
 
 namespace mdsample {
 
@@ -19,6 +20,16 @@ __global__ void philox_kernel(uint32_t* out, int64_t n, const uint32_t* counters
   const uint32_t* k = keys + 2 * i;
   const Philox4 w = philox4x32_10(c[0], c[1], c[2], c[3], k[0], k[1]);
   for (int j = 0; j < 4; ++j) out[4 * i + j] = w.w[j];
+}
+
+__global__ void uniforms_kernel(const UniformArgs a) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= a.n) return;
+  const uint64_t seed = uint64_t(a.seed ? *a.seed : a.seed_val);
+  const uint64_t offset = uint64_t(a.offset ? *a.offset : a.offset_val);
+  const Philox4 w = draw_words(seed, offset, uint64_t(a.position[i]), a.domain);
+  a.out[i] = uniform52(w.w[0], w.w[1]);
+  a.out[a.n + i] = uniform52(w.w[2], w.w[3]);
 }
 
 }  // namespace
@@ -36,6 +47,15 @@ void philox_cuda(uint64_t out, int64_t n, uint64_t counters, uint64_t keys, int6
       reinterpret_cast<const uint32_t*>(keys));
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) throw std::runtime_error(std::string("philox_cuda: ") + cudaGetErrorString(err));
+}
+
+void uniforms_cuda(const UniformArgs& a, int64_t stream) {
+  if (a.n <= 0) return;
+  const int threads = 256;
+  const int64_t blocks = (a.n + threads - 1) / threads;
+  uniforms_kernel<<<blocks, threads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(a);
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw std::runtime_error(std::string("uniforms_cuda: ") + cudaGetErrorString(err));
 }
 
 }  // namespace mdsample

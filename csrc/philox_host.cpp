@@ -1,8 +1,10 @@
-// Philox4x32-10 of the shared header on the host, for the known-answer tests
-// (tests/test_philox.py); philox.cu runs the same header on the device.
+// Philox4x32-10 of the shared header on the host: the known-answer tests
+// (tests/test_philox.py) and the samplers' uniforms on CPU tensors (uniforms.h);
+// philox.cu runs the same header on the device.
 #include <stdint.h>
 
 #include "mdsample/philox.h"
+#include "uniforms.h"
 
 namespace mdsample {
 
@@ -12,6 +14,18 @@ void philox_host(uint32_t* out, int64_t n, const uint32_t* counters, const uint3
     const uint32_t* k = keys + 2 * i;
     const Philox4 w = philox4x32_10(c[0], c[1], c[2], c[3], k[0], k[1]);
     for (int j = 0; j < 4; ++j) out[4 * i + j] = w.w[j];
+  }
+}
+
+void uniforms_cpu(const UniformArgs& a) {
+  const uint64_t seed = uint64_t(a.seed ? *a.seed : a.seed_val);
+  const uint64_t offset = uint64_t(a.offset ? *a.offset : a.offset_val);
+  // Threads only where the work outweighs waking them (~20 ns a position).
+#pragma omp parallel for schedule(static) if (a.n >= (1 << 16))
+  for (int64_t i = 0; i < a.n; ++i) {
+    const Philox4 w = draw_words(seed, offset, uint64_t(a.position[i]), a.domain);
+    a.out[i] = uniform52(w.w[0], w.w[1]);
+    a.out[a.n + i] = uniform52(w.w[2], w.w[3]);
   }
 }
 

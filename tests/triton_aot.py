@@ -1,11 +1,12 @@
 """Compile every Triton kernel of mdsample for a real GPU on a machine without one.
 
 ``python tests/triton_aot.py [--arch 90]`` (TRITON_INTERPRET unset) builds each kernel of
-``mdsample.triton.sampling`` and ``mdsample.triton.likelihood`` through Triton's CUDA
+``mdsample.triton.sampling``, ``.likelihood`` and ``.uniforms`` through Triton's CUDA
 compiler to a cubin, in the configurations the launchers use, and prints one line per
-kernel: ``<name>[<config>] ok regs=<n> spills=<n>`` (from ``cuobjdump -res-usage``: Triton bundles one). It catches what the interpreter lets
-through: unsupported dtypes or casts, constexpr misuse, a kernel that no longer lowers on
-the installed Triton, and register spills. Used by tests/test_triton_aot.py and gpu_check.sh.
+kernel: ``<name>[<config>] ok regs=<n> stack=<bytes>`` (from ``cuobjdump -res-usage``;
+Triton bundles one). It catches what the interpreter lets through: unsupported dtypes or
+casts, constexpr misuse, a kernel that no longer lowers on the installed Triton, and
+register spills. Used by tests/test_triton_aot.py.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from triton.compiler import ASTSource
 
 from mdsample.triton import likelihood as TL
 from mdsample.triton import sampling as TS
+from mdsample.triton import uniforms as TU
 
 # Argument types by name, shared by kernels that spell an argument the same way.
 _SAMPLING_TYPES = dict(
@@ -79,6 +81,10 @@ CASES += [
     (TL._masked_nll_kernel, _LIKELIHOOD_TYPES, dict(HAS_GUIDANCE=True, HAS_WEIGHT=True, BLOCK=2048), _LW,
      "guided+weight"),
 ]
+_UNIFORM_TYPES = dict(seed_ptr="*i64", seed_val="i64", offset_ptr="*i64", offset_val="i64", position_ptr="*i64",
+                      out_ptr="*fp64")
+CASES += [(TU._uniforms_kernel, _UNIFORM_TYPES, dict(HAS_SEED_PTR=ptr, HAS_OFFSET_PTR=ptr, DOMAIN=1, BLOCK=1024), _LW,
+           "device keys" if ptr else "value keys") for ptr in (True, False)]
 
 
 def _cuobjdump() -> str | None:

@@ -57,11 +57,7 @@ def per_row(name: str, value, lead_shape: torch.Size, device: torch.device, dtyp
     if isinstance(value, numbers.Number) and not isinstance(value, torch.Tensor):
         if kind == "int" and not isinstance(value, numbers.Integral):
             raise TypeError(f"{name} must be an int or int64 tensor; got {type(value).__name__}")
-        if kind == "int" and not (-(2**63) <= int(value) < 2**64):
-            raise ValueError(f"{name} must fit in 64 bits; got {value}")
-        if kind == "int" and int(value) >= 2**63:  # unsigned 64-bit seeds keep their bits
-            value = int(value) - 2**64
-        value = {"float": float, "int": int, "bool": bool}[kind](value)
+        value = int64_bits(name, value) if kind == "int" else {"float": float, "bool": bool}[kind](value)
         return value if scalar_ok else torch.full((n,), value, dtype=dtype, device=device)
     t = as_tensor(name, value)
     ok = {

@@ -11,29 +11,22 @@ words 0-1, centred 52-bit uniform, revealed iff ``u < p``): a sampler that draws
 first and then samples only the revealed rows returns the same tokens as
 ``unmask_step`` on the full logits with the same keys.
 
-Layering note: the public ops do not expose a coin-only / uniform op yet, so this file
-calls the Philox of ``mdsample.reference.philox`` (a few integer ops on ``[B, L]``
-int64, no logits) directly. It is the only sampler file that reaches below ``ops``.
+They come from :func:`mdsample.ops.uniforms.philox_uniforms`: one kernel per call on the
+compiled and Triton backends (the reference's int64 tensor spelling of Philox is ~560
+ops, which on a GPU is ~560 launches per sampler step).
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
 
-from ..reference.philox import DOMAIN_REVEAL, DOMAIN_TIMESTEP, DOMAIN_TOKEN, draw_words, uniform52
+from ..ops._validate import int64_bits
+from ..ops.uniforms import philox_uniforms
+from ..reference.philox import DOMAIN_REVEAL, DOMAIN_TIMESTEP, DOMAIN_TOKEN
 
 __all__ = ["DOMAIN_REVEAL", "DOMAIN_TIMESTEP", "DOMAIN_TOKEN", "seed_value", "uniforms", "reveal_coins"]
 
 
-def seed_value(name: str, seed) -> int:
-    """A Python int seed / offset as signed int64 (unsigned 64-bit values keep their bits)."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"{name} must be an int; got {type(seed).__name__}")
-    seed = int(seed)
-    if not -(2**63) <= seed < 2**64:
-        raise ValueError(f"{name} must fit in 64 bits; got {seed}")
-    return seed - 2**64 if seed >= 2**63 else seed
+seed_value = int64_bits  # a Python int seed / offset as signed int64 (unsigned 64-bit values keep their bits)
 
 
 def uniforms(seed: int, offset, positions: torch.Tensor, domain: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,16 +35,12 @@ def uniforms(seed: int, offset, positions: torch.Tensor, domain: int) -> tuple[t
     Args:
         seed: int (signed or unsigned 64-bit), or a 0-dim int64 tensor on ``positions``' device
             (no host-to-device copy: CUDA-graph capturable).
-        offset: int or int64 tensor broadcastable to ``positions`` (the step counter).
+        offset: int or a one-element int64 tensor (the step counter).
         positions: int64 tensor of row identities in [0, 2^48).
         domain: Philox counter domain (``DOMAIN_*``).
     """
-    key = seed if isinstance(seed, torch.Tensor) else torch.tensor(seed_value("seed", seed), dtype=torch.int64,
-                                                                   device=positions.device)
-    off = offset if isinstance(offset, torch.Tensor) else torch.tensor(int(offset), dtype=torch.int64,
-                                                                        device=positions.device)
-    w0, w1, w2, w3 = draw_words(key, off, positions, domain)
-    return uniform52(w0, w1), uniform52(w2, w3)
+    key = seed if isinstance(seed, torch.Tensor) else seed_value("seed", seed)
+    return philox_uniforms(positions, seed=key, offset=offset, domain=domain)
 
 
 def reveal_coins(x: torch.Tensor, mask_id: int, reveal_prob, seed: int, offset, positions: torch.Tensor) -> torch.Tensor:
