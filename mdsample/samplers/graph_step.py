@@ -71,6 +71,10 @@ class StepGraphs:
     copied into the static buffers and the graphs replayed, so only the first call pays for the
     captures. The entries hold GPU memory (KV cache, graph pool) until :meth:`clear` or until
     the object is dropped; the tokens are those of a fresh call.
+
+    A graph reads the model's parameters where they were at capture: updates in place (a
+    ``load_state_dict``, an optimizer step) are seen, but ``model.to(...)`` or a swapped
+    parameter leaves the graphs reading the old memory. Call :meth:`clear` after either.
     """
 
     def __init__(self):
