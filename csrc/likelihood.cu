@@ -37,6 +37,7 @@
 #include <string>
 
 #include "likelihood.h"
+#include "mdsample/cuda_launch.h"
 #include "mdsample/cuda_loads.h"
 #include "mdsample/likelihood_math.h"
 #include "mdsample/online.h"
@@ -52,23 +53,12 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr unsigned kAllLanes = 0xffffffffu;
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
-
 // CTAs of kThreads for one thread per item.
-unsigned blocks_for(int64_t items, const char* what) {
-  const int64_t blocks = (items + kThreads - 1) / kThreads;
-  if (blocks > 0x7fffffffLL) throw std::runtime_error(std::string(what) + ": too many elements for one launch");
-  return unsigned(blocks);
-}
+unsigned blocks_for(int64_t items, const char* what) { return cuda_launch::blocks_for(items, kThreads, what); }
 
-// kernel<<<grid, kThreads, 0, stream>>>(args...), spelled as a call so that
-// plain C++ compilers (tests/cuda_emu) read this file too.
 template <class... P>
 void launch(void (*kernel)(P...), unsigned grid, cudaStream_t stream, const char* what, P... args) {
-  void* params[] = {&args...};
-  check(cudaLaunchKernel(kernel, dim3(grid), dim3(kThreads), params, 0, stream), what);
+  cuda_launch::launch(kernel, grid, kThreads, stream, what, args...);
 }
 
 // ---- lowdisc_timesteps ---------------------------------------------------------

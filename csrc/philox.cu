@@ -1,13 +1,16 @@
-// Philox4x32-10 on the GPU, from the same header the CPU kernels use; the
-// known-answer tests run it on the device so the header is checked where
-// the CUDA kernels will use it.
+// Philox4x32-10 on the GPU, from the same header the CPU kernels use: the
+// known-answer tests run it on the device so the header is checked where the
+// CUDA kernels will use it, and the samplers' uniforms (uniforms.h) come from
+// here on CUDA tensors. Plain C++ reads it too (tests/cuda_emu).
 #include <cuda_runtime.h>
 
-#include <stdexcept>
-#include <string>
-
+#include "mdsample/cuda_launch.h"
 #include "mdsample/philox.h"
 #include "uniforms.h"
+
+#ifndef MDS_CUDA_ARCHS
+#define MDS_CUDA_ARCHS ""  // set by CMakeLists.txt; absent in the emulator's build
+#endif
 
 namespace mdsample {
 
@@ -40,22 +43,17 @@ const char* cuda_archs() { return MDS_CUDA_ARCHS; }
 
 void philox_cuda(uint64_t out, int64_t n, uint64_t counters, uint64_t keys, int64_t stream) {
   if (n <= 0) return;
-  const int threads = 256;
-  const int64_t blocks = (n + threads - 1) / threads;
-  philox_kernel<<<blocks, threads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
-      reinterpret_cast<uint32_t*>(out), n, reinterpret_cast<const uint32_t*>(counters),
-      reinterpret_cast<const uint32_t*>(keys));
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string("philox_cuda: ") + cudaGetErrorString(err));
+  constexpr int kThreads = 256;
+  cuda_launch::launch(philox_kernel, cuda_launch::blocks_for(n, kThreads, "philox_cuda"), kThreads,
+                      reinterpret_cast<cudaStream_t>(stream), "philox_cuda", reinterpret_cast<uint32_t*>(out), n,
+                      reinterpret_cast<const uint32_t*>(counters), reinterpret_cast<const uint32_t*>(keys));
 }
 
 void uniforms_cuda(const UniformArgs& a, int64_t stream) {
   if (a.n <= 0) return;
-  const int threads = 256;
-  const int64_t blocks = (a.n + threads - 1) / threads;
-  uniforms_kernel<<<blocks, threads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(a);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string("uniforms_cuda: ") + cudaGetErrorString(err));
+  constexpr int kThreads = 256;
+  cuda_launch::launch(uniforms_kernel, cuda_launch::blocks_for(a.n, kThreads, "uniforms_cuda"), kThreads,
+                      reinterpret_cast<cudaStream_t>(stream), "uniforms_cuda", a);
 }
 
 }  // namespace mdsample

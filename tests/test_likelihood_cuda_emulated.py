@@ -1,4 +1,5 @@
-"""The CUDA likelihood kernels (csrc/likelihood.cu) run on the CPU, against the cpu backend and float64.
+"""The CUDA likelihood kernels (csrc/likelihood.cu) and the samplers' uniforms (csrc/philox.cu) run on
+the CPU, against the cpu backend and float64.
 
 No GPU is needed: tests/cuda_emu compiles the unmodified kernel source with g++ and
 runs every CUDA thread as a fiber, warp intrinsics in lockstep, loads checked against
@@ -36,7 +37,8 @@ EMU = ROOT / "tests" / "cuda_emu"
 CXX = os.environ.get("CXX", "g++")
 FLAGS = ["-std=c++17", "-O2", "-fPIC", "-ffp-contract=off", "-DMDSAMPLE_CUDA_EMULATION",
          f"-I{EMU}", f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc'}"]
-SOURCES = [ROOT / "csrc" / "likelihood.cu", EMU / "likelihood_entry.cpp", EMU / "cuda_emu.cpp"]
+SOURCES = [ROOT / "csrc" / "likelihood.cu", ROOT / "csrc" / "philox.cu", EMU / "likelihood_entry.cpp",
+           EMU / "cuda_emu.cpp"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 SCHEDULES = [(0, 0), (1, 0), (2, 7)]  # ascending, descending, random thread picks (and CTA order)
 
@@ -51,6 +53,8 @@ ARGS = {
                    ("guidance_offsets", P), ("guidance_scale", ctypes.c_float), ("target", P), ("xt", P),
                    ("weight", P), ("mask_id", I64), ("exclude", I64), ("n_seqs", I64), ("length", I64),
                    ("out", P), ("row_value", P)],
+    "uniforms": [("seed", P), ("seed_val", I64), ("offset", P), ("offset_val", I64), ("position", P), ("n", I64),
+                 ("domain", ctypes.c_uint32), ("out", P)],
 }
 
 
@@ -62,14 +66,14 @@ def lib():
         pytest.skip(f"the CUDA emulator needs a C++ compiler ({CXX} not found)")
     key = hashlib.sha256(" ".join(FLAGS).encode())
     for path in [*SOURCES, *sorted(EMU.glob("*.h")), *sorted((ROOT / "csrc" / "include" / "mdsample").glob("*.h")),
-                 ROOT / "csrc" / "likelihood.h", ROOT / "csrc" / "sampling.h"]:
+                 ROOT / "csrc" / "likelihood.h", ROOT / "csrc" / "sampling.h", ROOT / "csrc" / "uniforms.h"]:
         key.update(path.read_bytes())
     path = Path(tempfile.gettempdir()) / "mdsample-cuda-emu" / f"likelihood-{key.hexdigest()[:24]}.so"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"build-{os.getpid()}-{path.name}")
-        kernels, *rest = map(str, SOURCES)
-        subprocess.run([CXX, *FLAGS, "-shared", "-o", str(partial), "-x", "c++", kernels, "-x", "none", *rest], check=True)
+        files = [arg for src in SOURCES for arg in ("-x", "c++" if src.suffix == ".cu" else "none", str(src))]
+        subprocess.run([CXX, *FLAGS, "-shared", "-o", str(partial), *files], check=True)
         os.replace(partial, path)  # atomic: a concurrent session sees all of it or nothing
     lib = ctypes.CDLL(str(path))
     for op, fields in ARGS.items():
@@ -96,6 +100,9 @@ class EmulatedCuda:
     def forward_mask_cpu(self, **args):
         self._run("forward_mask", args)
 
+    def uniforms_cpu(self, *args):  # positional, as mdsample/ops/uniforms.py calls it
+        self._run("uniforms", dict(zip((name for name, _ in ARGS["uniforms"]), args)))
+
     def masked_nll_cpu(self, **args):
         # NaN-filled scratch: a row value the kernel forgot to store shows.
         row_value = torch.full((args["n_seqs"] * args["length"],), math.nan)
@@ -119,6 +126,21 @@ def test_timesteps_bitwise(lib, mode):
         kw = dict(eps=eps, mode=mode, seed=-(2**62) + 11, offset=offsets)
         assert torch.equal(emulated(lib, mdsample.lowdisc_timesteps, n, **kw),
                            mdsample.lowdisc_timesteps(n, backend="cpu", **kw))
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_uniforms_bitwise(lib, schedule):
+    """philox.cu's uniforms kernel (the samplers' coins) gives the reference's bits over several CTAs,
+    with the keys by value and through one-element tensors, in every domain."""
+    from mdsample.ops.uniforms import philox_uniforms
+
+    pos = torch.randint(0, 2**48, (3, 700), generator=_gen(4))
+    pos[0, :3] = torch.tensor([0, 2**32 - 1, 2**48 - 1])
+    for domain in range(4):
+        for keys in (dict(seed=-(2**62) + 11, offset=2**40 + 3), dict(seed=torch.tensor(7), offset=torch.tensor([9]))):
+            got = emulated(lib, philox_uniforms, pos, domain=domain, schedule=schedule, **keys)
+            want = philox_uniforms(pos, domain=domain, backend="reference", **keys)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_forward_mask_bernoulli_bitwise(lib):

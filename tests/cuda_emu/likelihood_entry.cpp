@@ -1,5 +1,6 @@
-// ctypes entry of the emulated CUDA likelihood backend: csrc/likelihood.cu's
-// launchers on host memory (tests/test_likelihood_cuda_emulated.py).
+// ctypes entry of the emulated CUDA likelihood backend and the samplers'
+// uniforms: csrc/likelihood.cu's and csrc/philox.cu's launchers on host memory
+// (tests/test_likelihood_cuda_emulated.py).
 #include <stdio.h>
 
 #include <exception>
@@ -9,6 +10,7 @@
 
 #include "cuda_emu.h"
 #include "likelihood.h"
+#include "uniforms.h"
 
 namespace {
 
@@ -76,4 +78,12 @@ extern "C" int mdsample_emu_masked_nll_cuda(const void* logits, int dtype, int64
     }
     mdsample::masked_nll_cuda(a, row_value, stream_of());
   }, policy, schedule_seed, error, error_len);
+}
+
+extern "C" int mdsample_emu_uniforms_cuda(const int64_t* seed, int64_t seed_val, const int64_t* offset,
+                                          int64_t offset_val, const int64_t* position, int64_t n, uint32_t domain,
+                                          double* out, int policy, uint64_t schedule_seed, char* error,
+                                          size_t error_len) {
+  const mdsample::UniformArgs a{seed, seed_val, offset, offset_val, position, n, domain, out};
+  return run([&] { mdsample::uniforms_cuda(a, stream_of()); }, policy, schedule_seed, error, error_len);
 }
