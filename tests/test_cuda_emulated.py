@@ -13,31 +13,21 @@ must agree exactly except at float near-ties (the fp32 chunk sums and float64
 running sums are added in other orders); statistics within ``STATS_RTOL``.
 """
 import ctypes
-import hashlib
 import math
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
+from cuda_emu_build import EMU, ROOT, emulator_library as _library
+from test_sample_categorical import _near_tie
 
 import mdsample
 from mdsample import _backends
 from mdsample.reference.sampling import CHUNK, guided_scores
-from test_sample_categorical import _near_tie
 
-ROOT = Path(__file__).resolve().parents[1]
-EMU = ROOT / "tests" / "cuda_emu"
-CXX = os.environ.get("CXX", "g++")
-# -ffp-contract=off as the cpu backend is built (CMakeLists.txt), so the shared
-# header math rounds alike in both.
-FLAGS = ["-std=c++17", "-O2", "-fPIC", "-ffp-contract=off", "-DMDSAMPLE_CUDA_EMULATION",
-         f"-I{EMU}", f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc'}"]
 SOURCES = [ROOT / "csrc" / "sampling.cu", EMU / "selftest.cu", EMU / "cuda_emu.cpp", EMU / "sampling_entry.cpp"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 # The cpu backend sums a chunk's 2048 fp32 terms in SIMD-lane order, the kernel
@@ -50,37 +40,9 @@ H100 = dict(sms=132, smem=227 * 1024)  # few rows: the split plan
 ONE_SM = dict(sms=1, smem=227 * 1024)  # 4+ rows fill it: a CTA per row
 
 
-def _build(sources, out: Path) -> None:
-    objs = [out.with_name(f"{out.stem}.{i}.o") for i in range(len(sources))]
-    jobs = [subprocess.Popen([CXX, *FLAGS, "-x", "c++" if s.suffix == ".cu" else "none", "-c", str(s), "-o", str(o)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for s, o in zip(sources, objs)]
-    for job, src in zip(jobs, sources):
-        log = job.communicate()[0].decode()
-        if job.returncode:
-            raise RuntimeError(f"g++ failed on {src}:\n{log}")
-    subprocess.run([CXX, "-shared", "-o", str(out), *map(str, objs)], check=True)
-    for o in objs:
-        o.unlink()
-
-
 def emulator_library(sampling_cu: Path = SOURCES[0]) -> ctypes.CDLL:
-    """The emulated library built from ``sampling_cu`` (cached by a hash of every input)."""
-    if shutil.which(CXX) is None:
-        pytest.skip(f"the CUDA emulator needs a C++ compiler ({CXX} not found)")
-    sources = [sampling_cu, *SOURCES[1:]]
-    inputs = [*sources, *sorted(EMU.glob("*.h")), *sorted((ROOT / "csrc" / "include" / "mdsample").glob("*.h")),
-              ROOT / "csrc" / "sampling.h"]
-    key = hashlib.sha256()
-    key.update(subprocess.run([CXX, "--version"], capture_output=True).stdout + " ".join(FLAGS).encode())
-    for path in inputs:
-        key.update(path.read_bytes())
-    lib = Path(tempfile.gettempdir()) / "mdsample-cuda-emu" / key.hexdigest()[:24] / "libcudaemu.so"
-    if not lib.exists():
-        lib.parent.mkdir(parents=True, exist_ok=True)
-        partial = lib.with_name(f"build-{os.getpid()}.so")
-        _build(sources, partial)
-        os.replace(partial, lib)  # atomic: a concurrent session sees all of it or nothing
-    return ctypes.CDLL(str(lib))
+    """The emulated sampling library built from ``sampling_cu`` (another copy of the kernel: a bug injected)."""
+    return _library("sampling", [sampling_cu, *SOURCES[1:]])
 
 
 P, I64 = ctypes.c_void_p, ctypes.c_int64

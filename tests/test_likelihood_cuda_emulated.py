@@ -15,28 +15,18 @@ rows' alignment. None of it is statistical.
 """
 import ctypes
 import functools
-import hashlib
 import math
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
+from cuda_emu_build import EMU, ROOT, emulator_library
 from test_likelihood_cuda import count_case, nll_case
 from test_masked_nll import truth
 
 import mdsample
 from mdsample import _backends
 
-ROOT = Path(__file__).resolve().parents[1]
-EMU = ROOT / "tests" / "cuda_emu"
-CXX = os.environ.get("CXX", "g++")
-FLAGS = ["-std=c++17", "-O2", "-fPIC", "-ffp-contract=off", "-DMDSAMPLE_CUDA_EMULATION",
-         f"-I{EMU}", f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc'}"]
 SOURCES = [ROOT / "csrc" / "likelihood.cu", ROOT / "csrc" / "philox.cu", EMU / "likelihood_entry.cpp",
            EMU / "cuda_emu.cpp"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -60,22 +50,7 @@ ARGS = {
 
 @pytest.fixture(scope="module")
 def lib():
-    if not (EMU / "cuda_emu.h").exists():
-        pytest.skip("tests/cuda_emu (the CUDA emulator) is not in this checkout")
-    if shutil.which(CXX) is None:
-        pytest.skip(f"the CUDA emulator needs a C++ compiler ({CXX} not found)")
-    key = hashlib.sha256(" ".join(FLAGS).encode())
-    for path in [*SOURCES, *sorted(EMU.glob("*.h")), *sorted((ROOT / "csrc" / "include" / "mdsample").glob("*.h")),
-                 ROOT / "csrc" / "likelihood.h", ROOT / "csrc" / "sampling.h", ROOT / "csrc" / "uniforms.h"]:
-        key.update(path.read_bytes())
-    path = Path(tempfile.gettempdir()) / "mdsample-cuda-emu" / f"likelihood-{key.hexdigest()[:24]}.so"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"build-{os.getpid()}-{path.name}")
-        files = [arg for src in SOURCES for arg in ("-x", "c++" if src.suffix == ".cu" else "none", str(src))]
-        subprocess.run([CXX, *FLAGS, "-shared", "-o", str(partial), *files], check=True)
-        os.replace(partial, path)  # atomic: a concurrent session sees all of it or nothing
-    lib = ctypes.CDLL(str(path))
+    lib = emulator_library("likelihood", SOURCES)
     for op, fields in ARGS.items():
         getattr(lib, f"mdsample_emu_{op}_cuda").argtypes = [t for _, t in fields] + [
             ctypes.c_int, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t]
