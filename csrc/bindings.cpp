@@ -149,7 +149,7 @@ PYBIND11_MODULE(_C, m) {
     mdsample::sample_cuda(a, stream);
   }, "Row draw of sample_categorical / unmask_step on the GPU: the SAMPLE_FIELDS values, then the "
      "cudaStream_t as an int (csrc/sampling.h)");
-  // The samplers' uniforms: few arguments, typed and positional (fast to parse).
+  // The samplers' uniforms: eight typed arguments (mdsample/ops/_launch.py passes them by name).
   auto uniform_args = [](uintptr_t seed, int64_t seed_val, uintptr_t offset, int64_t offset_val, uintptr_t position,
                          int64_t n, uint32_t domain, uintptr_t out) {
     return mdsample::UniformArgs{reinterpret_cast<const int64_t*>(seed), seed_val,
@@ -161,14 +161,18 @@ PYBIND11_MODULE(_C, m) {
     const mdsample::UniformArgs a = uniform_args(seed, seed_val, offset, offset_val, position, n, domain, out);
     py::gil_scoped_release nogil;
     mdsample::uniforms_cpu(a);
-  }, "Two Philox uniforms per position into out [2, n] float64, on CPU (see csrc/uniforms.h)");
+  }, py::arg("seed"), py::arg("seed_val"), py::arg("offset"), py::arg("offset_val"), py::arg("position"),
+     py::arg("n"), py::arg("domain"), py::arg("out"),
+     "Two Philox uniforms per position into out [2, n] float64, on CPU (see csrc/uniforms.h)");
   m.def("uniforms_cuda", [uniform_args](uintptr_t seed, int64_t seed_val, uintptr_t offset, int64_t offset_val,
                                         uintptr_t position, int64_t n, uint32_t domain, uintptr_t out,
                                         int64_t stream) {
     const mdsample::UniformArgs a = uniform_args(seed, seed_val, offset, offset_val, position, n, domain, out);
     py::gil_scoped_release nogil;
     mdsample::uniforms_cuda(a, stream);
-  }, "uniforms_cpu on the GPU, queued on `stream` (see csrc/uniforms.h)");
+  }, py::arg("seed"), py::arg("seed_val"), py::arg("offset"), py::arg("offset_val"), py::arg("position"),
+     py::arg("n"), py::arg("domain"), py::arg("out"), py::arg("stream"),
+     "uniforms_cpu on the GPU, queued on `stream` of the current device (see csrc/uniforms.h)");
   m.def("philox_host", [](uintptr_t out, int64_t n, uintptr_t counters, uintptr_t keys) {
     mdsample::philox_host(reinterpret_cast<uint32_t*>(out), n, reinterpret_cast<const uint32_t*>(counters),
                           reinterpret_cast<const uint32_t*>(keys));

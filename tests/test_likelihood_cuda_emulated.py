@@ -75,8 +75,8 @@ class EmulatedCuda:
     def forward_mask_cpu(self, **args):
         self._run("forward_mask", args)
 
-    def uniforms_cpu(self, *args):  # positional, as mdsample/ops/uniforms.py calls it
-        self._run("uniforms", dict(zip((name for name, _ in ARGS["uniforms"]), args)))
+    def uniforms_cpu(self, **args):
+        self._run("uniforms", args)
 
     def masked_nll_cpu(self, **args):
         # NaN-filled scratch: a row value the kernel forgot to store shows.

@@ -15,25 +15,10 @@ import dataclasses
 
 import torch
 
-from .. import _backends
 from ..reference import likelihood as ref
+from ._launch import DTYPE_CODE, launch, ptr
 
-_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 MODE_CODE = {"stratified": 0, "shifted": 1, "iid": 2}
-
-
-def _ptr(t: torch.Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
-def _launch(op: str, device: torch.device, **args) -> None:
-    """Calls ``mdsample._C.<op>_cpu``, or ``<op>_cuda`` on the current stream of ``device`` for CUDA tensors."""
-    C = _backends.compiled_module()
-    if device.type == "cuda":
-        with torch.cuda.device(device):  # the launcher queues on the runtime's current device
-            getattr(C, op + "_cuda")(stream=_backends.cuda_stream(device), **args)
-    else:
-        getattr(C, op + "_cpu")(**args)
 
 
 def run_timesteps(n: int, *, eps: float, mode: str, seed: int, offset: torch.Tensor, backend: str) -> torch.Tensor:
@@ -45,7 +30,7 @@ def run_timesteps(n: int, *, eps: float, mode: str, seed: int, offset: torch.Ten
 
         return tri.lowdisc_timesteps(n, eps=eps, mode=mode, seed=seed, offset=offset)
     out = torch.empty((offset.numel(), n), dtype=torch.float64, device=offset.device)
-    _launch(
+    launch(
         "lowdisc_timesteps", offset.device, n=n, n_lattices=offset.numel(), mode=MODE_CODE[mode], eps=eps, seed=seed,
         offset=offset.data_ptr(), out=out.data_ptr(),
     )
@@ -81,10 +66,10 @@ def run_forward_mask(
         return tri.forward_mask(x0, mask_id=mask_id, seed=seed, offset=offset, position=position, maskable=maskable,
                                 prob=prob, count=count)
     out = torch.empty_like(x0)
-    _launch(
+    launch(
         "forward_mask", x0.device, x0=x0.data_ptr(), batch=x0.shape[0], length=x0.shape[1],
-        maskable=_ptr(None if maskable is None else maskable.view(torch.uint8)),
-        seed=seed.data_ptr(), offset=offset.data_ptr(), position=_ptr(position), prob=_ptr(prob), count=_ptr(count),
+        maskable=ptr(None if maskable is None else maskable.view(torch.uint8)),
+        seed=seed.data_ptr(), offset=offset.data_ptr(), position=ptr(position), prob=ptr(prob), count=ptr(count),
         mask_id=mask_id, out=out.data_ptr(),
     )
     return out
@@ -128,11 +113,11 @@ def run_masked_nll(req: NllRequest, backend: str) -> torch.Tensor:
     if device.type == "cuda":
         row_value = torch.empty(req.n_seqs * req.length, dtype=torch.float32, device=device)
         scratch["row_value"] = row_value.data_ptr()
-    _launch(
-        "masked_nll", device, **scratch, logits=req.logits.data_ptr(), dtype=_DTYPE_CODE[req.logits.dtype],
-        vocab=req.logits.shape[-1], row_offsets=req.row_offsets.data_ptr(), guidance=_ptr(req.guidance),
-        guidance_offsets=_ptr(req.guidance_offsets), guidance_scale=req.guidance_scale,
-        target=req.target.data_ptr(), xt=req.xt.data_ptr(), weight=_ptr(req.weight), mask_id=req.mask_id,
+    launch(
+        "masked_nll", device, **scratch, logits=req.logits.data_ptr(), dtype=DTYPE_CODE[req.logits.dtype],
+        vocab=req.logits.shape[-1], row_offsets=req.row_offsets.data_ptr(), guidance=ptr(req.guidance),
+        guidance_offsets=ptr(req.guidance_offsets), guidance_scale=req.guidance_scale,
+        target=req.target.data_ptr(), xt=req.xt.data_ptr(), weight=ptr(req.weight), mask_id=req.mask_id,
         exclude=req.exclude, n_seqs=req.n_seqs, length=req.length, out=out.data_ptr(),
     )
     return out

@@ -20,9 +20,9 @@ import torch
 from .. import _backends
 from ..reference import sampling as ref_sampling
 from ..reference import unmask as ref_unmask
+from ._launch import DTYPE_CODE, ptr
 from ._validate import full_rows, row_offsets
 
-_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 
 
 @dataclasses.dataclass
@@ -101,10 +101,6 @@ def _reference(req: RowDraw):
     )
 
 
-def _ptr(t: torch.Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
 # The RowDraw fields that are an [N] tensor or one number, with the placeholder value
 # (of the value's type) that launchers get beside a tensor, or when the field is absent.
 BY_VALUE = {"temperature": 0.0, "seed": 0, "offset": 0, "reveal_prob": 0.0, "stats_temperature": 0.0}
@@ -135,18 +131,18 @@ if tuple(_built) != SAMPLE_FIELDS:
 
 def _pointer_or_value(req: RowDraw, name: str) -> tuple[int, int | float]:
     tensor, value = tensor_or_value(req, name)
-    return _ptr(tensor), value
+    return ptr(tensor), value
 
 
 def launch_args(req: RowDraw, out: torch.Tensor, stats: torch.Tensor | None) -> tuple:
     """The :data:`SAMPLE_FIELDS` values of ``req`` writing ``out`` (and ``stats``), in order."""
     active = None if req.active is None else req.active.view(torch.uint8)
     return (
-        req.logits.data_ptr(), _DTYPE_CODE[req.logits.dtype], req.n_rows, req.vocab, _ptr(req.row_offsets),
-        req.row_stride, _ptr(req.guidance), _ptr(req.guidance_offsets), req.guidance_row_stride, req.guidance_scale,
+        req.logits.data_ptr(), DTYPE_CODE[req.logits.dtype], req.n_rows, req.vocab, ptr(req.row_offsets),
+        req.row_stride, ptr(req.guidance), ptr(req.guidance_offsets), req.guidance_row_stride, req.guidance_scale,
         *_pointer_or_value(req, "temperature"), *_pointer_or_value(req, "seed"), *_pointer_or_value(req, "offset"),
-        _ptr(req.position), req.exclude, _ptr(active), _ptr(req.fallback), _ptr(req.x), req.mask_id,
-        *_pointer_or_value(req, "reveal_prob"), out.data_ptr(), _ptr(stats),
+        ptr(req.position), req.exclude, ptr(active), ptr(req.fallback), ptr(req.x), req.mask_id,
+        *_pointer_or_value(req, "reveal_prob"), out.data_ptr(), ptr(stats),
         *_pointer_or_value(req, "stats_temperature"),
     )
 

@@ -16,6 +16,7 @@ import torch
 from .. import _backends
 from ..reference.philox import draw_words, uniform52
 from . import _validate as V
+from ._launch import launch
 
 
 def _one_value(name: str, value, device: torch.device):
@@ -55,13 +56,9 @@ def philox_uniforms(positions: torch.Tensor, *, seed, offset, domain: int,
         out = tri.uniforms(seed, offset, flat, domain)
     else:
         out = torch.empty((2, flat.numel()), dtype=torch.float64, device=device)
-        args = []
-        for v in (seed, offset):
-            args += [v.data_ptr(), 0] if isinstance(v, torch.Tensor) else [0, v]
-        args += [flat.data_ptr(), flat.numel(), domain, out.data_ptr()]
-        C = _backends.compiled_module()
-        if chosen == "cuda":
-            C.uniforms_cuda(*args, _backends.cuda_stream(device))
-        else:
-            C.uniforms_cpu(*args)
+        keys = {}
+        for name, v in (("seed", seed), ("offset", offset)):
+            keys[name], keys[name + "_val"] = (v.data_ptr(), 0) if isinstance(v, torch.Tensor) else (0, v)
+        launch("uniforms", device, **keys, position=flat.data_ptr(), n=flat.numel(), domain=domain,
+               out=out.data_ptr())
     return out[0].view(positions.shape), out[1].view(positions.shape)
