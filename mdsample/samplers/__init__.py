@@ -4,11 +4,13 @@
 - :func:`generate`: LLaDA semi-AR remasking, Dream confidences, Fast-dLLM threshold / factor.
 - :func:`sample_duo`: Duo uniform-state ancestral posterior.
 - :func:`sample_bd3lm`: BD3-LM block diffusion with the exact block-causal KV cache.
+- :func:`sample_dream`: Dream's whole-canvas ``diffusion_generate`` (origin / confidence orders, top-p / top-k).
 
 Built on :func:`mdsample.sample_categorical` and :func:`mdsample.unmask_step`; a backbone
 is seen only through :mod:`mdsample.models.protocol`.
 """
 from .bd3lm import sample_bd3lm
+from .dream import DREAM_ALGS, sample_dream
 from .duo import duo_posterior_step, sample_duo
 from .graph_step import StepGraphs
 from .llada import REMASKING, generate
@@ -22,6 +24,8 @@ __all__ = [
     "StepGraphs",
     "sample_duo",
     "sample_bd3lm",
+    "sample_dream",
+    "DREAM_ALGS",
     "duo_posterior_step",
     "REMASKING",
     "select",

@@ -64,3 +64,30 @@ def positions_fit(batch: int, length: int) -> None:
     if batch * length > 2**48:
         raise ValueError(f"batch * length = {batch * length} exceeds 2^48 Philox positions")
 
+
+
+def prompt_canvas(prompt, attention_mask, gen_length: int, mask_id: int):
+    """``[prompt | mask * gen_length]`` of a checked prompt, and its extended attention mask.
+
+    Args:
+        prompt: int tensor ``[B, P]`` or ``[P]`` of token ids.
+        attention_mask: ``[B, P]`` (1 = real token) or None; extended with ones over the generated part.
+
+    Returns:
+        ``(x int64 [B, P + gen_length], attention_mask [B, P + gen_length] or None, P)``.
+    """
+    prompt = token_ids("prompt", prompt, dims=(1, 2))
+    if prompt.dim() == 1:
+        prompt = prompt.unsqueeze(0)
+    device = prompt.device
+    batch, plen = prompt.shape
+    positions_fit(batch, plen + gen_length)
+    x = torch.cat([prompt, torch.full((batch, gen_length), mask_id, dtype=torch.int64, device=device)], 1)
+    if attention_mask is None:
+        return x, None, plen
+    am = V.as_tensor("attention_mask", attention_mask)
+    if am.shape != prompt.shape:
+        raise ValueError(f"attention_mask must have the prompt's shape {tuple(prompt.shape)}; got {tuple(am.shape)}")
+    if am.device != device:
+        raise ValueError(f"attention_mask is on {am.device} but the prompt is on {device}")
+    return x, torch.cat([am, torch.ones((batch, gen_length), dtype=am.dtype, device=device)], 1), plen

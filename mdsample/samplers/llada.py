@@ -135,26 +135,11 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
     if static_steps and (cache is None or logits_exclude or confidence_exclude):
         raise ValueError("the fixed-shape steps need a cache and no exclude lists")
 
-    prompt = C.token_ids("prompt", prompt, dims=(1, 2))
-    if prompt.dim() == 1:
-        prompt = prompt.unsqueeze(0)
-    device = prompt.device
-    batch, plen = prompt.shape
-    total = plen + gen_length
-    C.positions_fit(batch, total)
-    x = torch.cat([prompt, torch.full((batch, gen_length), mask_id, dtype=torch.int64, device=device)], 1)
-
-    am = None
-    if attention_mask is not None:
-        am = C.V.as_tensor("attention_mask", attention_mask)
-        if am.shape != prompt.shape:
-            raise ValueError(f"attention_mask must have the prompt's shape {tuple(prompt.shape)}; got {tuple(am.shape)}")
-        if am.device != device:
-            raise ValueError(f"attention_mask is on {am.device} but the prompt is on {device}")
-        am = torch.cat([am, torch.ones((batch, gen_length), dtype=am.dtype, device=device)], 1)
+    x, am, plen = C.prompt_canvas(prompt, attention_mask, gen_length, mask_id)
+    device, (batch, total) = x.device, x.shape
 
     is_prompt = torch.zeros((batch, total), dtype=torch.bool, device=device)
-    is_prompt[:, :plen] = prompt != mask_id
+    is_prompt[:, :plen] = x[:, :plen] != mask_id
     if cfg_scale > 0 and not bool(is_prompt.any()):
         raise ValueError("cfg_scale > 0 needs a non-empty prompt: the unconditional input masks the prompt")
     backbone = Backbone(model)
@@ -174,7 +159,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
                              f"is {backbone.attention!r}")
         if am is not None:
             raise ValueError(f"cache={cache!r} does not support attention_mask")
-        if bool((prompt == mask_id).any()):
+        if bool((x[:, :plen] == mask_id).any()):
             raise ValueError(f"cache={cache!r} needs prompts without mask tokens (cached prefix rows get no logits)")
         capture = cuda_graph and device.type == "cuda" if graph_capture is None else graph_capture
         settings = (batch, plen, gen_length, block_length, per_block, cache, refresh_every, remasking, temperature,

@@ -114,14 +114,17 @@ class TimeOracle(JointOracle):
 
 
 def ancestral_distribution(oracle: JointOracle, *, steps: int, eps: float, schedule="loglinear",
-                           noise_removal="greedy", prompt=()) -> dict:
-    """Exact output distribution of sample_mdlm's ancestral sampler (temperature 1) over full sequences."""
-    sched = S.get_schedule(schedule)
-    grid = S.time_grid(steps, eps)
+                           noise_removal="greedy", prompt=(), reveal_probs=None) -> dict:
+    """Exact output distribution of sample_mdlm's ancestral sampler (temperature 1) over full sequences.
+
+    ``reveal_probs``: the per-step reveal probabilities, instead of the schedule's on MDLM's grid.
+    """
+    if reveal_probs is None:
+        sched, grid = S.get_schedule(schedule), S.time_grid(steps, eps)
+        reveal_probs = [float(sched.reveal_prob(grid[k], grid[k + 1])) for k in range(steps)]
     start = tuple(prompt) + (oracle.mask_id,) * (oracle.L - len(prompt))
     dist = {start: 1.0}
-    for k in range(steps):
-        r = float(sched.reveal_prob(grid[k], grid[k + 1]))
+    for r in reveal_probs:
         new = defaultdict(float)
         for state, p in dist.items():
             masked = [i for i, a in enumerate(state) if a == oracle.mask_id]
