@@ -269,3 +269,41 @@ def reference_llada(model, prompt, steps, gen_length, block_length, mask_id, tem
                 idx = torch.topk(conf[j], k=int(counts[j, i])).indices
                 x[j, idx] = x0[j, idx]
     return x
+
+
+def reference_dream(model, prompt, max_new_tokens, steps, mask_id, *, alg="entropy", temperature=0.0, top_p=None,
+                    eps=1e-3):
+    """Dream ``diffusion_generate`` as published: a full forward of the whole batch every step, the
+    masked rows' logits truncated by a sort (top-p), softmax and ``Categorical`` sampling in float32,
+    then top-K over each row's confidences (``alg`` "origin" or "entropy")."""
+    B, P = prompt.shape
+    x = torch.cat([prompt, torch.full((B, max_new_tokens), mask_id, dtype=torch.long, device=prompt.device)], 1)
+    ts = torch.linspace(1, eps, steps + 1, device=prompt.device)
+    for i in range(steps):
+        t, s, last = ts[i], ts[i + 1], i == steps - 1
+        mask_index = x == mask_id
+        logits = model(x).float()
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], 1)[mask_index]
+        if temperature > 0:
+            logits = logits / temperature
+        if top_p is not None:
+            srt, idx = torch.sort(logits, descending=True)
+            drop = torch.softmax(srt, -1).cumsum(-1) > top_p
+            drop[:, 1:], drop[:, 0] = drop[:, :-1].clone(), False
+            logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, idx, drop), torch.finfo(logits.dtype).min)
+        probs = torch.softmax(logits, -1)
+        x0 = torch.distributions.Categorical(probs=probs).sample() if temperature > 0 else probs.argmax(-1)
+        if alg == "origin":
+            reveal = torch.rand(x0.shape, device=x.device) < (1.0 if last else 1 - s / t)
+            x[mask_index] = torch.where(reveal, x0, mask_id)
+            continue
+        conf = torch.full(x.shape, -math.inf, device=x.device)
+        conf[mask_index] = (probs * torch.log(probs + 1e-10)).sum(-1)
+        k = int(mask_index.sum() / B) if last else int(mask_index.sum() / B * (1 - s / t))
+        if k > 0:
+            idx = torch.topk(conf, k).indices
+            full = torch.full_like(x, mask_id)
+            full[mask_index] = x0
+            rows = torch.arange(B, device=x.device).unsqueeze(1)
+            x[rows, idx] = full[rows, idx]
+    return x

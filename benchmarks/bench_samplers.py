@@ -8,6 +8,9 @@ same settings it runs
   ``mdsample.sample_mdlm`` (reveal coins first, per-sequence forwards, head rows only);
 - LLaDA as published (``generate``: a full forward of every sequence every step) and
   ``mdsample.generate`` (candidate rows only), plus Fast-dLLM's threshold rule;
+- Dream as published (``diffusion_generate``: a full forward every step, a sort for top-p)
+  and ``mdsample.sample_dream`` (masked rows only; "origin": revealed rows only, no forward
+  for a step that reveals nothing), with Dream's demo settings (T 0.2, top-p 0.95, entropy);
 
 on one tiny bidirectional transformer offering ``hidden``/``head``, and writes
 ``benchmarks/results/cpu-samplers-<date>.json``. Wall times are CPU times on whatever
@@ -31,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mdsample  # noqa: E402
 from mdsample import _backends  # noqa: E402
 
-from benchmarks._e2e import reference_llada, reference_mdlm  # noqa: E402
+from benchmarks._e2e import reference_dream, reference_llada, reference_mdlm  # noqa: E402
 from benchmarks._timing import cpu_model, git_commit  # noqa: E402
 
 
@@ -190,6 +193,26 @@ def run(quick: bool, threads: int):
             "wall_vs_published_cpu": ratio(t_ours2, t_ref2),
         },
     }
+
+    # ---- Dream: prompt 64, 256 new tokens, 256 steps (Dream's demo: entropy, T 0.2, top-p 0.95) ----
+    for alg in ("entropy", "origin"):
+        ref3 = Counter(model2, use_head=False)
+        torch.manual_seed(0)
+        _, t_ref3 = timed(lambda: reference_dream(ref3, prompt, G, S, mask2, alg=alg, temperature=0.2, top_p=0.95))
+        ours3 = Counter(model2)
+        _, t_ours3 = timed(lambda: mdsample.sample_dream(ours3, prompt, max_new_tokens=G, steps=S, alg=alg,
+                                                         temperature=0.2, top_p=0.95, mask_id=mask2))
+        results[f"dream_{alg}"] = {
+            "settings": {"batch": B2, "prompt": P, "max_new_tokens": G, "steps": S, "vocab": V2, "alg": alg,
+                         "temperature": 0.2, "top_p": 0.95},
+            "published": {**ref3.counts(), "wall_s_cpu": t_ref3},
+            "mdsample": {**ours3.counts(), "wall_s_cpu": t_ours3},
+            "ratios": {
+                "logits_rows_vs_published": ratio(ours3.rows, ref3.rows),
+                "sequence_forwards_vs_published": ratio(ours3.sequences, ref3.sequences),
+                "wall_vs_published_cpu": ratio(t_ours3, t_ref3),
+            },
+        }
     return results
 
 

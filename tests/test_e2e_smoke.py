@@ -69,3 +69,37 @@ def test_rows_are_written_as_they_arrive(tmp_path, monkeypatch):
     out = e2e.run_and_report(args, whole, "partial", lambda r: r["method"])
     doc = json.loads(open(out["path"]).read())
     assert doc["complete"] is True and [r["method"] for r in doc["rows"]] == ["a", "b"]
+
+
+def test_bench_samplers_quick_counts():
+    """The sampler benchmark's hardware-independent counts: shortcuts taken, tokens as published."""
+    bench = _load("bench_samplers")
+    r = bench.run(quick=True, threads=1)
+    assert r["llada"]["same_tokens_as_published"]
+    assert r["mdlm"]["goal_met"]
+    for alg in ("entropy", "origin"):
+        assert r[f"dream_{alg}"]["ratios"]["logits_rows_vs_published"] < 1.0
+    assert r["dream_origin"]["ratios"]["sequence_forwards_vs_published"] < 1.0
+
+
+def test_published_dream_loop_is_dreams_algorithm():
+    """At T = 0 without truncation, the benchmark's published Dream loop and sample_dream agree token for token
+    on a model that never predicts the mask (so that mdsample's exclusion of it changes nothing)."""
+    import sys
+
+    import mdsample
+
+    sys.path.insert(0, ROOT)
+    try:
+        from benchmarks._e2e import reference_dream
+    finally:
+        sys.path.pop(0)
+    bench = _load("bench_samplers")
+    model = bench.TinyDiffusionLM(64, max_len=24, head_scale=8.0, seed=2, mask_id=63).eval()
+    prompt = torch.randint(0, 63, (3, 8), generator=torch.Generator().manual_seed(1))
+    shifted = lambda x, **kw: torch.cat([model(x)[:, :1], model(x)[:, :-1]], 1)  # noqa: E731
+    shifted.vocab_size = 64
+    with torch.no_grad():
+        want = reference_dream(model, prompt, 16, 8, 63, alg="entropy")
+        got = mdsample.sample_dream(shifted, prompt, max_new_tokens=16, steps=8, alg="entropy", mask_id=63)
+    assert torch.equal(got, want)

@@ -1,11 +1,12 @@
-"""Drop-ins with the upstream call signatures (MDLM / Duo / BD3-LM, LLaDA).
+"""Drop-ins with the upstream call signatures (MDLM / Duo / BD3-LM, LLaDA, Dream).
 
 ``from mdsample.compat import mdlm, llada``, then replace e.g. MDLM's
 ``_sample_categorical(q)`` with ``mdlm.sample_categorical(q)`` or LLaDA's
-``generate(model, prompt, ...)`` with ``llada.generate(model, prompt, ...)``.
+``generate(model, prompt, ...)`` with ``llada.generate(model, prompt, ...)``, or Dream's
+``model.diffusion_generate(ids, ...)`` with ``dream.diffusion_generate(model, ids, ...)``.
 Upstream draws from the torch global RNG; these drop-ins draw their Philox key from it
 when no ``seed`` is given, so ``torch.manual_seed`` keeps working as users expect.
 """
-from . import llada, mdlm
+from . import dream, llada, mdlm
 
-__all__ = ["llada", "mdlm"]
+__all__ = ["dream", "llada", "mdlm"]

@@ -8,6 +8,20 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session")
+def llama():
+    """A small random Hugging Face Llama (float64, V = 40): the stand-in for HF checkpoints."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    with torch.no_grad():
+        m = LlamaForCausalLM(cfg).double().eval()
+        m.lm_head.weight.mul_(40.0)  # peaked logits, so confidences are well separated
+    return m
+
+
 @pytest.fixture(autouse=True)
 def _single_thread():
     before = torch.get_num_threads()

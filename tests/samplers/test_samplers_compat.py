@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import mdsample
-from mdsample.compat import llada, mdlm
+from mdsample.compat import dream, llada, mdlm
+from mdsample.models import hf_backbone
 from sampler_oracles import chi_square_pvalue
 from test_samplers_generate import MASK, TinyLM, prompts
 
@@ -112,3 +113,57 @@ def test_llada_eos_flags():
     assert seen[1][0].tolist() == [1, 5, mask]  # 0.82 > 0.72: position 1 first
     llada.generate(Spy(rows), p, None, 2, 2, 2, 0.0, 0.0, "low_confidence", mask, True, True)
     assert seen[3][0].tolist() == [1, mask, 7]  # 0.98 > 0.82: position 2 first
+
+
+def _padded_prompts():
+    g = torch.Generator().manual_seed(2)
+    p = torch.randint(1, 39, (2, 5), generator=g)
+    am = torch.ones(2, 5, dtype=torch.long)
+    p[1, :2], am[1, :2] = 0, 0  # left padding
+    return p, am
+
+
+@pytest.mark.parametrize("opts", [dict(alg="entropy"), dict(alg="origin", temperature=0.7, top_p=0.9),
+                                  dict(alg="maskgit_plus", alg_temp=0.5, top_k=3)])
+def test_dream_diffusion_generate_is_sample_dream_on_the_shifted_model(llama, opts):
+    p, am = _padded_prompts()
+    out = dream.diffusion_generate(llama, p, attention_mask=am, max_new_tokens=6, steps=4, mask_token_id=39, seed=3,
+                                   **opts)
+    want = mdsample.sample_dream(hf_backbone(llama, logits_shift=1), p, attention_mask=am, max_new_tokens=6, steps=4,
+                                 mask_id=39, seed=3, **opts)
+    assert torch.equal(out, want) and bool((out[:, 5:] != 39).all())
+    unshifted = mdsample.sample_dream(hf_backbone(llama), p, attention_mask=am, max_new_tokens=6, steps=4,
+                                      mask_id=39, seed=3, **opts)
+    assert not torch.equal(out, unshifted)  # the shift is applied (else the parity above proves little)
+
+
+def test_dream_options_config_history_and_global_rng(llama):
+    p, am = _padded_prompts()
+
+    class Config:  # stands in for DreamGenerationConfig: kwargs override its attributes
+        steps, alg, max_length, mask_token_id, temperature = 3, "maskgit_plus", 20, 39, 1.0
+
+    res = dream.diffusion_generate(llama, p, Config(), attention_mask=am, max_new_tokens=4, return_dict_in_generate=True,
+                                   output_history=True, seed=1)
+    assert isinstance(res, dream.DreamOutput) and res.sequences.shape == (2, 9)
+    assert len(res.history) == 3 and torch.equal(res.history[-1], res.sequences)
+    for before, after in zip(res.history, res.history[1:]):  # committed tokens stay
+        kept = before != 39
+        assert torch.equal(after[kept], before[kept])
+    assert dream.diffusion_generate(llama, p, mask_token_id=39, steps=2).shape == (2, 5 + 20)  # default: 20 new
+    assert dream.diffusion_generate(llama, p, mask_token_id=39, steps=2, max_length=12).shape == (2, 12)
+    many = dream.diffusion_generate(llama, p, mask_token_id=39, steps=2, max_new_tokens=3, num_return_sequences=3)
+    assert many.shape == (6, 8) and torch.equal(many[:3, :5], p[:1].expand(3, -1))
+    torch.manual_seed(4)
+    a = dream.diffusion_generate(llama, p, mask_token_id=39, steps=3, max_new_tokens=5, temperature=1.0)
+    torch.manual_seed(4)
+    assert torch.equal(a, dream.diffusion_generate(llama, p, mask_token_id=39, steps=3, max_new_tokens=5,
+                                                   temperature=1.0))
+    with pytest.raises(TypeError, match="stpes"):
+        dream.diffusion_generate(llama, p, mask_token_id=39, stpes=3)
+    with pytest.raises(ValueError, match="generation_logits_hook_func"):
+        dream.diffusion_generate(llama, p, mask_token_id=39, generation_logits_hook_func=lambda i, x, l: l)
+    with pytest.raises(ValueError, match="max_length"):
+        dream.diffusion_generate(llama, p, mask_token_id=39, max_length=5)
+    with pytest.raises(ValueError, match="mask_id 151666"):  # Dream's mask token is not in this vocabulary
+        dream.diffusion_generate(llama, p, max_new_tokens=2)

@@ -47,19 +47,6 @@ def test_backbone_checks_shapes_and_counts():
     assert device_of(lambda x: x) is None
 
 
-@pytest.fixture(scope="module")
-def llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    with torch.no_grad():
-        m = LlamaForCausalLM(cfg).double().eval()
-        m.lm_head.weight.mul_(40.0)  # peaked logits, so confidences are well separated
-    return m
-
-
 def test_hf_row_adapter_matches_full_logits(llama):
     adapter = hf_backbone(llama)
     assert isinstance(adapter, HFRowBackbone) and adapter.max_length == 64 and adapter.vocab_size == 40
