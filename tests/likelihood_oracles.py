@@ -114,6 +114,7 @@ class MarkovOracle:
         return lp
 
     def __call__(self, x, **kw):
+        device, x = x.device, x.cpu()  # computed on the CPU, returned where the input lives
         q, length = x.shape
         # Evidence per position: one-hot where observed, all ones where masked ([L] tensors [Q, vr], contiguous).
         ev = F.one_hot(torch.where(x == self.mask_id, 0, x), self.vr).to(torch.float64)
@@ -130,4 +131,4 @@ class MarkovOracle:
         m = torch.stack(fwd, 1) * torch.stack(bwd[::-1], 1)
         out = torch.full((q, length, self.V), -math.inf, dtype=torch.float64)
         out[..., : self.vr] = (m / m.sum(-1, keepdim=True)).clamp_min(1e-300).log()
-        return out.to(torch.float32)
+        return out.to(device, torch.float32)

@@ -67,6 +67,12 @@ class JointOracle:
         self.cond_lists = {k: v.tolist() for k, v in self.cond.items()}
         self.powers = torch.tensor([self.V ** (self.L - 1 - i) for i in range(self.L)], dtype=torch.int64)
 
+    def to(self, device) -> "JointOracle":
+        """Move the lookup tables (the model's "weights") to ``device``; samplers find it as ``.device``."""
+        self.device = torch.device(device)
+        self.table, self.powers = self.table.to(device), self.powers.to(device)
+        return self
+
     def index(self, state) -> int:
         return sum(a * self.V ** (self.L - 1 - i) for i, a in enumerate(state))
 

@@ -252,8 +252,8 @@ def test_reproducible_and_batch_invariant(kw):
     assert not torch.equal(big, mdsample.sample_dream(model, p, **{**args, "seed": 8}))
 
 
-def test_every_backend_gives_the_same_tokens(backend):
-    model, p = TinyLM(), prompts(B=2, P=3)
+def test_every_backend_gives_the_same_tokens(backend, device):
+    model, p = TinyLM().to(device), prompts(B=2, P=3).to(device)
     kw = dict(max_new_tokens=4, steps=3, mask_id=MASK, temperature=0.8, seed=5, alg="entropy", top_p=0.9)
     ref = mdsample.sample_dream(model, p, backend="reference", **kw)
     assert torch.equal(mdsample.sample_dream(model, p, backend=backend, **kw), ref)

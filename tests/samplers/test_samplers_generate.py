@@ -24,15 +24,16 @@ class TinyLM(torch.nn.Module):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-        self.emb, self.pos = r(vocab, d), r(64, d)
-        self.wq, self.wk, self.wv = r(d, d) / d ** 0.5, r(d, d) / d ** 0.5, r(d, d) / d ** 0.5
-        self.out = r(d, vocab) * scale / d ** 0.5
+        weights = dict(emb=r(vocab, d), pos=r(64, d), wq=r(d, d) / d ** 0.5, wk=r(d, d) / d ** 0.5,
+                       wv=r(d, d) / d ** 0.5, out=r(d, vocab) * scale / d ** 0.5)
+        for name, w in weights.items():  # buffers, so that .to(device) moves them
+            self.register_buffer(name, w)
         self.ban = ban
         self.vocab_size = vocab
 
     def hidden(self, x, attention_mask=None):
         if attention_mask is None:
-            pos = torch.arange(x.shape[1]).expand_as(x)
+            pos = torch.arange(x.shape[1], device=x.device).expand_as(x)
         else:
             pos = (attention_mask.long().cumsum(1) - 1).clamp_min(0)
         h = self.emb[x] + self.pos[pos]
@@ -287,8 +288,8 @@ def test_bad_prompt():
         mdsample.generate(TinyLM(), torch.zeros(2, 3, 4, dtype=torch.long), mask_id=MASK)
 
 
-def test_every_backend_gives_the_same_tokens(backend):
-    model, p = TinyLM(), prompts(B=2, P=3)
+def test_every_backend_gives_the_same_tokens(backend, device):
+    model, p = TinyLM().to(device), prompts(B=2, P=3).to(device)
     kw = dict(steps=2, gen_length=4, block_length=2, mask_id=MASK, temperature=0.8, seed=5, threshold=0.5)
     ref = mdsample.generate(model, p, backend="reference", **kw)
     assert torch.equal(mdsample.generate(model, p, backend=backend, **kw), ref)
