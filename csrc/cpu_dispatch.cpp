@@ -61,11 +61,11 @@ int isa_code(const char* name) {
   return -1;
 }
 
+// A requested build, capped at what runs here; unknown (-1) means the best.
+int capped(int want) { return want >= 0 && want < supported() ? want : supported(); }
+
 std::atomic<int>& chosen() {
-  static std::atomic<int> isa{[] {
-    const int cap = isa_code(getenv("MDSAMPLE_CPU_ISA"));
-    return cap >= 0 && cap < supported() ? cap : supported();
-  }()};
+  static std::atomic<int> isa{capped(isa_code(getenv("MDSAMPLE_CPU_ISA")))};
   return isa;
 }
 
@@ -76,7 +76,7 @@ const char* cpu_isa() { return kIsaNames[chosen().load(std::memory_order_relaxed
 const char* set_cpu_isa(const char* name) {
   const int want = isa_code(name);
   if (want < 0) return nullptr;
-  chosen().store(want < supported() ? want : supported(), std::memory_order_relaxed);
+  chosen().store(capped(want), std::memory_order_relaxed);
   return cpu_isa();
 }
 

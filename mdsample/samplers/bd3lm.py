@@ -190,14 +190,17 @@ def sample_bd3lm(
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     end = length
     n_blocks = length // bs
-    total = (length - (bos_id is not None)) if first_hitting else n_blocks * steps_per_block
-    bar = Progress(progress, total, "bd3lm", backbone, baseline_per_step=batch)
+
+    def block_steps(blk: int) -> int:  # first-hitting: one step per masked position of the block
+        n_masked = bs - (1 if (blk == 0 and bos_id is not None) else 0)
+        return n_masked if first_hitting else steps_per_block
+
+    bar = Progress(progress, sum(map(block_steps, range(n_blocks))), "bd3lm", backbone, baseline_per_step=batch)
     try:
         for blk in range(n_blocks):
             s, e = blk * bs, (blk + 1) * bs
             rows.begin_block(s)
-            n_masked = bs - (1 if (blk == 0 and bos_id is not None) else 0)
-            n_steps = n_masked if first_hitting else steps_per_block
+            n_steps = block_steps(blk)
             for i in range(n_steps):
                 offset = (blk << _BLOCK_SHIFT) + i
                 block = x[:, s:e]
