@@ -53,10 +53,10 @@ def token_ids(name: str, value, *, dims: tuple[int, ...], device=None) -> torch.
     return t.to(torch.int64)
 
 
-def check_vocab(name: str, vocab: int, mask_id: int) -> None:
-    """The model's vocabulary must contain the mask token."""
+def check_vocab(name: str, vocab: int, mask_id: int, *, arg: str = "mask_id") -> None:
+    """The model's vocabulary must contain the token ``mask_id`` (the argument ``arg``)."""
     if not 0 <= mask_id < vocab:
-        raise ValueError(f"mask_id {mask_id} is not a token of the {name}'s vocabulary of size {vocab}")
+        raise ValueError(f"{arg} {mask_id} is not a token of the {name}'s vocabulary of size {vocab}")
 
 
 def positions_fit(batch: int, length: int) -> None:

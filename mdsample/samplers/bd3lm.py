@@ -48,6 +48,7 @@ from ..models.protocol import Backbone
 from ..ops.sampling import sample_categorical
 from . import _checks as C
 from ._random import DOMAIN_REVEAL, seed_value, uniforms
+from .eos import fill_after_eos, finished
 from .progress import Progress
 
 __all__ = ["sample_bd3lm"]
@@ -226,15 +227,11 @@ def sample_bd3lm(
                 x[r_seq, s + r_pos] = tok
                 bar.step(tokens=r_seq.numel())
             if eos_id is not None:
-                done |= (x[:, s:e] == eos_id).any(1)
+                done |= finished(x, s, e, eos_id)
                 if bool(done.all()):
                     end = e
                     break
     finally:
         bar.close()
     x = x[:, :end]
-    if eos_id is not None:
-        hit = x == eos_id
-        after = (hit.cumsum(1) - hit.long()) > 0  # strictly after the first EOS
-        x = x.masked_fill(after, eos_id)
-    return x
+    return x if eos_id is None else fill_after_eos(x, eos_id)

@@ -54,6 +54,7 @@ from ..ops.sampling import sample_categorical
 from . import _checks as C
 from ._random import DOMAIN_REVEAL, seed_value, uniforms
 from .forward import CACHE_MODES, CachedRowForward, RowForward
+from .eos import fill_after_eos, finished
 from .progress import Progress
 from .graph_step import BlockStep, StepGraphs
 from .remasking import confidence, select, transfer_counts
@@ -84,7 +85,7 @@ def _excluded_mass(logits, guidance, scale, tokens, logprob, ids: Sequence[int])
 @torch.no_grad()
 def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cfg_scale, remasking, mask_id,
               threshold, factor, attention_mask, seed, backend, progress, cache=None, refresh_every=None,
-              cuda_graph=False, logits_exclude: Sequence[int] = (), confidence_exclude: Sequence[int] = (),
+              cuda_graph=False, eos_id=None, logits_exclude: Sequence[int] = (), confidence_exclude: Sequence[int] = (),
               graph_capture: Optional[bool] = None, static_steps: Optional[bool] = None):
     # graph_capture (tests, benchmarks): None = capture the cuda_graph steps on CUDA tensors; False =
     # run them eagerly even there (the replay's reference); True on CPU tensors is an error.
@@ -111,6 +112,10 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         factor = C.real("factor", factor, low=0.0)
     seed = seed_value("seed", seed)
     progress = C.flag("progress", progress)
+    if eos_id is not None:
+        eos_id = C.integer("eos_id", eos_id, low=0)
+        if eos_id == mask_id:
+            raise ValueError(f"eos_id must differ from mask_id ({mask_id})")
     graphs = None
     if isinstance(cuda_graph, StepGraphs):
         graphs, cuda_graph = cuda_graph, True
@@ -143,6 +148,8 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
     if cfg_scale > 0 and not bool(is_prompt.any()):
         raise ValueError("cfg_scale > 0 needs a non-empty prompt: the unconditional input masks the prompt")
     backbone = Backbone(model)
+    if eos_id is not None and backbone.vocab_size is not None:
+        C.check_vocab("model", backbone.vocab_size, eos_id, arg="eos_id")
     if cache is None:
         if refresh_every is not None:
             raise ValueError("refresh_every needs a cache mode (cache='prefix' or 'dual')")
@@ -187,24 +194,29 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
             keep_graphs=graphs is not None)
         if graphs is not None and kept is None:
             graphs.keep(model, settings, step)
-        out = _generate_static(step, x, plen=plen, num_blocks=num_blocks, bar=bar)
+        out = _generate_static(step, x, plen=plen, num_blocks=num_blocks, bar=bar, eos_id=eos_id)
         return out.clone() if graphs is not None else out  # the kept canvas is the next call's
+    done = torch.zeros(batch, dtype=torch.bool, device=device)  # rows past an EOS (eos_id)
     try:
         for blk in range(num_blocks):
             start, end = plen + blk * block_length, plen + (blk + 1) * block_length
+            if eos_id is not None:
+                done |= finished(x, plen, start, eos_id)
+                if bool(done.all()):
+                    break
             fwd.begin_block(x, start, end)
             counts = transfer_counts(x[:, start:end] == mask_id, per_block)
             i = 0
             while True:
                 if dynamic:
-                    need = (x[:, start:end] == mask_id).any(1)
+                    need = (x[:, start:end] == mask_id).any(1) & ~done
                     if not bool(need.any()):
                         break
                 else:
                     if i == per_block:
                         break
                     need = counts[:, i] > 0
-                cand = (x == mask_id) & (col < end) & need.unsqueeze(1)
+                cand = (x == mask_id) & (col < end) & (need & ~done).unsqueeze(1)  # done rows: not forwarded
                 need = cand.any(1)
                 committed = 0
                 if bool(need.any()):
@@ -220,17 +232,20 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
                 i += 1
     finally:
         bar.close()
-    return x
+    return x if eos_id is None else fill_after_eos(x, eos_id, plen)
 
 
-def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar) -> torch.Tensor:
+def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar, eos_id=None) -> torch.Tensor:
     """The block loop of the fixed-shape steps (cached runs, replayed with ``cuda_graph=True``): no host
     sync until the final check (graph_step.py), except one per block (and per step past the budget)
-    with a threshold / factor rule."""
+    with a threshold / factor rule, and one per block with ``eos_id`` (the whole batch stops once
+    every row has an EOS: these steps forward every row)."""
     schedule, per_block, bl = step.schedule(), step.per_block, step.block_length
     try:
         for blk in range(num_blocks):
             start = plen + blk * bl
+            if eos_id is not None and bool(finished(x, plen, start, eos_id).all()):
+                break
             step.begin_block(start, start + bl, blk << _BLOCK_SHIFT)
             for i, k in enumerate(schedule):
                 step(i)
@@ -246,6 +261,8 @@ def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar) -> torch.Tens
                 bar.step(0, tokens=x.shape[0] * bl)
     finally:
         bar.close()
+    if eos_id is not None:
+        x.copy_(fill_after_eos(x, eos_id, plen))
     if bool((x[:, plen:] == step.mask_id).any()):
         raise ValueError("some rows had no valid draw (NaN or +inf logits, or no finite logit besides the mask): "
                          "the cached block steps do not stop to check each draw, so those positions stayed "
@@ -320,6 +337,7 @@ def generate(
     cache=None,
     refresh_every=None,
     cuda_graph=False,
+    eos_id=None,
 ):
     """LLaDA's ``generate`` (semi-AR remasking), with Dream's confidences and Fast-dLLM's rules.
 
@@ -364,6 +382,10 @@ def generate(
             :class:`mdsample.StepGraphs` instead keeps each call's canvas, cache and graphs and
             reuses them when the same model is called again with the same shapes and settings
             (only the first call captures).
+        eos_id: end-of-sequence token (LLaDA: 126081), or None. A row whose finished blocks hold
+            it is not forwarded again (with a cache: the run stops once every row has one), and
+            every position after its first EOS is set to EOS. Blocks are final once done, so the
+            text up to the first EOS is exactly that of a run without ``eos_id``.
 
     Returns:
         int64 ``[B, P + gen_length]``: the prompt followed by the generated tokens.
@@ -372,4 +394,4 @@ def generate(
                      temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,
                      threshold=threshold, factor=factor, attention_mask=attention_mask, seed=seed,
                      backend=backend, progress=progress, cache=cache, refresh_every=refresh_every,
-                     cuda_graph=cuda_graph)
+                     cuda_graph=cuda_graph, eos_id=eos_id)

@@ -81,3 +81,27 @@ def test_cfg_with_cache_exact_when_refreshed(setup):
     kw = dict(_kw(1.0), cfg_scale=1.5)
     assert torch.equal(mdsample.generate(m, prompt, cache="prefix", refresh_every=1, **kw),
                        mdsample.generate(m, prompt, **kw))
+
+
+@pytest.mark.parametrize("kw", [dict(cache="prefix"), dict(cache="dual", threshold=0.3)])
+def test_eos_id_with_a_cache(setup, kw):
+    """Cached runs forward the whole batch: they stop once every row has an EOS; the text up to it is kept."""
+    from test_samplers_generate import assert_eos_stop
+
+    m, prompt = setup
+    calls = []
+    hook = m.layers[0].register_forward_hook(lambda *a: calls.append(1))  # one per forward, cached or not
+    try:
+        full = mdsample.generate(m, prompt, **kw, **_kw(0.0))
+        full_calls, stopped = len(calls), 0
+        # EOS candidates: tokens the full run put in its first block (so early stops happen)
+        for eos in sorted(set(full[:, PLEN:PLEN + 8].flatten().tolist()))[:6]:
+            calls.clear()
+            out = mdsample.generate(m, prompt, eos_id=eos, **kw, **_kw(0.0))
+            assert_eos_stop(out, full, PLEN, eos)
+            every_row = all(eos in row for row in full[:, PLEN:PLEN + 24].tolist())
+            assert (len(calls) < full_calls) == every_row  # stops exactly when every row has an EOS
+            stopped += every_row
+    finally:
+        hook.remove()
+    assert stopped > 0  # some candidate stops the run early (else the check above is one-sided)

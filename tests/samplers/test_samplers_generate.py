@@ -293,3 +293,43 @@ def test_every_backend_gives_the_same_tokens(backend, device):
     kw = dict(steps=2, gen_length=4, block_length=2, mask_id=MASK, temperature=0.8, seed=5, threshold=0.5)
     ref = mdsample.generate(model, p, backend="reference", **kw)
     assert torch.equal(mdsample.generate(model, p, backend=backend, **kw), ref)
+
+
+def upto_first(row: list, eos: int) -> list:
+    """A row's tokens up to and including its first EOS (the text a user keeps)."""
+    return row[: row.index(eos) + 1] if eos in row else row
+
+
+def assert_eos_stop(out, full, plen, eos):
+    """Same text up to the first EOS as the full run, EOS after it."""
+    assert torch.equal(out[:, :plen], full[:, :plen])
+    for got, want in zip(out[:, plen:].tolist(), full[:, plen:].tolist()):
+        assert upto_first(got, eos) == upto_first(want, eos)
+        if eos in got:
+            assert set(got[got.index(eos):]) == {eos}
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(threshold=0.5), dict(cfg_scale=1.0),
+                                dict(remasking="random", temperature=1.0), dict(factor=1.0, remasking="entropy")])
+def test_eos_id_stops_rows_without_changing_their_text(kw):
+    """For every token taken as EOS: the text up to the first EOS is the full run's, and rows past it are
+    not forwarded (some choice of EOS must save forwards, else the shortcut is never taken)."""
+    model, p = TinyLM(), prompts(B=4, P=3)
+    args = dict(steps=8, gen_length=16, block_length=4, mask_id=MASK, seed=2, **kw)
+    full_model = LogitsOnly(model)
+    full = mdsample.generate(full_model, p, **args)
+    saved = 0
+    for eos in range(MASK):
+        counted = LogitsOnly(model)
+        out = mdsample.generate(counted, p, eos_id=eos, **args)
+        assert_eos_stop(out, full, 3, eos)
+        assert counted.rows <= full_model.rows
+        saved += counted.rows < full_model.rows
+    assert saved > 0
+
+
+def test_eos_id_errors():
+    with pytest.raises(ValueError, match="eos_id"):
+        mdsample.generate(TinyLM(), prompts(), steps=4, gen_length=4, block_length=4, mask_id=MASK, eos_id=MASK)
+    with pytest.raises(ValueError, match="eos_id 12 is not a token"):
+        mdsample.generate(TinyLM(), prompts(), steps=4, gen_length=4, block_length=4, mask_id=MASK, eos_id=V)
