@@ -13,7 +13,7 @@ goes through ``torch.nn.functional.scaled_dot_product_attention`` so that the fu
 kernels (flash / memory-efficient) are used where the mask allows. Weights are randomly
 initialised (normal, std ``initializer_range``); nothing is downloaded. The numerics follow
 Hugging Face's ``LlamaForCausalLM`` (RMSNorm in fp32, half-split RoPE) so that a Llama
-checkpoint maps onto it one to one (:func:`llama_state_dict`).
+checkpoint maps onto it one to one (:mod:`mdsample.models.checkpoints`).
 
 Backbone protocol (DESIGN.md §6):
 
@@ -255,12 +255,27 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, device=device, dtype=dtype)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        self._rope_on(device)
+        self.reset_parameters(seed)
+
+    def _rope_on(self, device) -> None:
+        """(Re)build the RoPE tables on ``device``: not persistent, they are a function of the config."""
+        cfg = self.config
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta,
                                device=None if str(device) == "meta" else device)
-        # Not persistent: they are a function of the config, not weights to load.
         self.register_buffer("rope_cos", cos.to(device), persistent=False)
         self.register_buffer("rope_sin", sin.to(device), persistent=False)
-        self.reset_parameters(seed)
+
+    @classmethod
+    def from_state_dict(cls, config: TransformerConfig, state_dict: dict[str, torch.Tensor]) -> "Transformer":
+        """A Transformer holding ``state_dict``'s tensors themselves (no copy, no random init first: an
+        8B checkpoint is not allocated twice); every weight must be present (strict)."""
+        model = cls(config, device="meta")
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        if config.tie_embeddings:
+            model.lm_head.weight = model.embed.weight
+        model._rope_on(model.embed.weight.device)
+        return model.eval()
 
     @classmethod
     def from_preset(cls, name: str, *, device=None, dtype=None, seed: int = 0, **overrides) -> "Transformer":
@@ -347,49 +362,3 @@ class Transformer(nn.Module):
         from .kv_cache import KVCache  # kv_cache imports this module; import at call time
 
         return KVCache(self, batch_size, max_len, device=device, dtype=dtype)
-
-
-def llama_state_dict(hf_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a Hugging Face ``LlamaForCausalLM`` state dict to :class:`Transformer`'s names.
-
-    The two share the math (half-split RoPE, fp32 RMSNorm, SwiGLU, no biases), so the tensors
-    carry over unchanged; HF's rotary ``inv_freq`` buffers are dropped (recomputed here).
-    """
-    renames = {
-        "self_attn.q_proj": "attn.wq", "self_attn.k_proj": "attn.wk", "self_attn.v_proj": "attn.wv",
-        "self_attn.o_proj": "attn.wo", "mlp.gate_proj": "mlp.w_gate", "mlp.up_proj": "mlp.w_up",
-        "mlp.down_proj": "mlp.w_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm",
-    }
-    out = {}
-    for name, tensor in hf_state_dict.items():
-        if "rotary_emb" in name:
-            continue
-        if name == "model.embed_tokens.weight":
-            out["embed.weight"] = tensor
-        elif name == "model.norm.weight":
-            out["norm.weight"] = tensor
-        elif name == "lm_head.weight":
-            out["lm_head.weight"] = tensor
-        elif name.startswith("model.layers."):
-            rest = name[len("model.layers."):]
-            idx, sub = rest.split(".", 1)
-            module, leaf = sub.rsplit(".", 1)
-            if module not in renames:
-                raise KeyError(f"no counterpart for Llama parameter {name!r}")
-            out[f"layers.{idx}.{renames[module]}.{leaf}"] = tensor
-        else:
-            raise KeyError(f"no counterpart for Llama parameter {name!r}")
-    return out
-
-
-def llama_config(config: TransformerConfig):
-    """An equally shaped ``transformers.LlamaConfig`` (causal LM), for comparisons with HF."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_kv_heads, max_position_embeddings=config.max_seq_len,
-        rope_theta=config.rope_theta, rms_norm_eps=config.norm_eps, tie_word_embeddings=config.tie_embeddings,
-        attention_bias=False, mlp_bias=False, hidden_act="silu", initializer_range=config.initializer_range,
-    )

@@ -1,0 +1,157 @@
+"""Checkpoint converters: LLaDA's and Llama's layouts on mdsample's Transformer give their models' logits.
+
+The LLaDA reference below is written from the published architecture (module names and math of
+LLaDA-8B's "llama" block, listed in mdsample/models/checkpoints.py), not from its code: an
+independent spelling of the same network that the converter must reproduce.
+"""
+import math
+import types
+
+import pytest
+import torch
+from torch import nn
+
+import mdsample
+from mdsample.models import Transformer, from_llada, from_llama, llada_state_dict
+
+
+class _Norm(nn.Module):
+    def __init__(self, d, eps):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(1.0 + 0.1 * torch.randn(d)), eps
+
+    def forward(self, x):
+        y = x.float()
+        return self.weight * (y / torch.sqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+
+class _LLaDABlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        d, hd = c.d_model, c.d_model // c.n_heads
+        lin = lambda i, o: nn.Linear(i, o, bias=False)  # noqa: E731
+        self.attn_norm, self.ff_norm = _Norm(d, c.rms_norm_eps), _Norm(d, c.rms_norm_eps)
+        self.q_proj, self.k_proj, self.v_proj = lin(d, d), lin(d, c.n_kv_heads * hd), lin(d, c.n_kv_heads * hd)
+        self.attn_out = lin(d, d)
+        self.ff_proj, self.up_proj, self.ff_out = lin(d, c.mlp_hidden_size), lin(d, c.mlp_hidden_size), lin(
+            c.mlp_hidden_size, d)
+
+
+class TinyLLaDA(nn.Module):
+    """LLaDA's layout (``model.transformer.{wte, blocks, ln_f, ff_out}``) with its forward spelled out."""
+
+    def __init__(self, **over):
+        super().__init__()
+        torch.manual_seed(0)
+        c = dict(d_model=32, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=48, vocab_size=50,
+                 embedding_size=50, max_sequence_length=64, rope_theta=500000.0, rms_norm_eps=1e-5,
+                 weight_tying=False, block_type="llama", layer_norm_type="rms", activation_type="silu", rope=True,
+                 include_bias=False, include_qkv_bias=False, scale_logits=False)
+        c.update(over)
+        self.config = types.SimpleNamespace(**c)
+        t = nn.ModuleDict(dict(wte=nn.Embedding(c["embedding_size"], c["d_model"]),
+                               blocks=nn.ModuleList(_LLaDABlock(self.config) for _ in range(c["n_layers"])),
+                               ln_f=_Norm(c["d_model"], c["rms_norm_eps"])))
+        if not c["weight_tying"]:
+            t["ff_out"] = nn.Linear(c["d_model"], c["embedding_size"], bias=False)
+        self.model = nn.Module()
+        self.model.transformer = t
+        self.vocab_size = c["embedding_size"]
+
+    def forward(self, x, attention_mask=None):
+        c, t = self.config, self.model.transformer
+        B, T = x.shape
+        H, Hkv, hd = c.n_heads, c.n_kv_heads, c.d_model // c.n_heads
+        inv = 1.0 / (c.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        ang = torch.outer(torch.arange(T, dtype=torch.float32), inv)
+        ang = torch.cat([ang, ang], -1)
+
+        def rope(z):
+            z1, z2 = z[..., : hd // 2], z[..., hd // 2:]
+            return z * ang.cos().to(z.dtype) + torch.cat([-z2, z1], -1) * ang.sin().to(z.dtype)
+
+        h = t.wte(x)
+        for blk in t.blocks:
+            a = blk.attn_norm(h)
+            q = rope(blk.q_proj(a).view(B, T, H, hd).transpose(1, 2))
+            k = rope(blk.k_proj(a).view(B, T, Hkv, hd).transpose(1, 2)).repeat_interleave(H // Hkv, 1)
+            v = blk.v_proj(a).view(B, T, Hkv, hd).transpose(1, 2).repeat_interleave(H // Hkv, 1)
+            att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), -1) @ v  # bidirectional
+            h = h + blk.attn_out(att.transpose(1, 2).reshape(B, T, c.d_model))
+            m = blk.ff_norm(h)
+            h = h + blk.ff_out(nn.functional.silu(blk.ff_proj(m)) * blk.up_proj(m))
+        h = t.ln_f(h)
+        return h @ t.wte.weight.T if c.weight_tying else t.ff_out(h)
+
+
+def _tokens(B=3, T=11, V=50, seed=1):
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("over", [dict(), dict(n_kv_heads=2), dict(weight_tying=True)],
+                         ids=["mha", "gqa", "tied"])
+@torch.no_grad()
+def test_llada_layout_gives_llada_logits(over):
+    ref = TinyLLaDA(**over).double().eval()
+    model = from_llada(ref)
+    assert model.config.attention == "bidirectional" and model.config.rope_theta == 500000.0
+    x = _tokens()
+    torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
+    # the tensors are the checkpoint's own (an 8B model is not copied)
+    assert model.embed.weight.data_ptr() == ref.model.transformer.wte.weight.data_ptr()
+    assert model.layers[1].mlp.w_up.weight.data_ptr() == ref.model.transformer.blocks[1].up_proj.weight.data_ptr()
+
+
+@torch.no_grad()
+def test_llada_checkpoint_runs_the_cached_samplers():
+    """The converted model with the dual cache refreshed every step is LLaDA's own uncached generate."""
+    ref = TinyLLaDA().double().eval()
+    model = from_llada(ref)
+    prompt = _tokens(B=2, T=5, V=49, seed=3)
+    kw = dict(steps=8, gen_length=8, block_length=4, mask_id=49)
+    want = mdsample.generate(ref, prompt, **kw)
+    assert torch.equal(mdsample.generate(model, prompt, cache="dual", refresh_every=1, **kw), want)
+    assert mdsample.generate(model, prompt, cache="prefix", **kw).shape == want.shape
+
+
+@pytest.mark.parametrize("field,value", [("include_qkv_bias", True), ("scale_logits", True),
+                                         ("block_type", "sequential"), ("activation_type", "gelu"),
+                                         ("layer_norm_type", "default")])
+def test_llada_options_outside_the_math_are_refused(field, value):
+    ref = TinyLLaDA(**{field: value})
+    with pytest.raises(ValueError, match=field):
+        from_llada(ref)
+
+
+def test_unknown_parameters_are_named():
+    sd = TinyLLaDA().state_dict()
+    sd["model.transformer.blocks.0.q_norm.weight"] = torch.ones(32)
+    with pytest.raises(KeyError, match="q_norm"):
+        llada_state_dict(sd)
+
+
+@pytest.fixture(scope="module")
+def transformers():
+    return pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("tie", [False, True])
+@torch.no_grad()
+def test_llama_layout_gives_hf_logits(transformers, tie):
+    cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   rope_theta=1000.0, tie_word_embeddings=tie)
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(cfg).double().eval()
+    model = from_llama(hf, attention="causal")
+    assert isinstance(model, Transformer) and model.config.rope_theta == 1000.0
+    x = _tokens(V=40)
+    torch.testing.assert_close(model(x), hf(x).logits, rtol=1e-6, atol=1e-6)
+    assert from_llama(hf).config.attention == "bidirectional"
+
+
+def test_llama_options_outside_the_math_are_refused(transformers):
+    cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, attention_bias=True)
+    with pytest.raises(ValueError, match="attention_bias"):
+        from_llama(transformers.LlamaForCausalLM(cfg))
