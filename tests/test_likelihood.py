@@ -295,3 +295,27 @@ def test_bad_input(kwargs, exc, word):
     args.update(kwargs)
     with pytest.raises(exc, match=word):
         mdsample.likelihood(args.pop("model"), args.pop("x"), **args)
+
+
+def test_llada_get_log_likelihood_compat():
+    """LLaDA's signature and estimator: mdsample.likelihood's LLaDA preset, unbiased for log p(answer | prompt)."""
+    from mdsample.compat import llada
+
+    prompt, answer = CHAIN[0, :5], CHAIN[0, 5:]
+    kw = dict(mc_num=8, batch_size=4, mask_id=MARKOV.mask_id)
+    got = llada.get_log_likelihood(MARKOV, prompt, answer, seed=11, **kw)
+    want = mdsample.likelihood(MARKOV, CHAIN, prompt_len=5, mc_samples=8, batch_size=4, mode="shifted",
+                               masking="count", subs=False, mask_id=MARKOV.mask_id, seed=11)
+    assert isinstance(got, float) and got == float(want.log_likelihood[0])
+    # Over independent keys (P(false alarm) ~ 6e-5 at 4 standard errors), the mean is the exact value.
+    vals = torch.tensor([llada.get_log_likelihood(MARKOV, prompt, answer, seed=s, **kw) for s in range(300)])
+    truth = float(MARKOV.log_prob(CHAIN, prompt=5)[0])
+    assert abs(float(vals.mean()) - truth) <= 4 * float(vals.std()) / math.sqrt(len(vals))
+    torch.manual_seed(2)
+    a = llada.get_log_likelihood(MARKOV, prompt, answer, **kw)
+    torch.manual_seed(2)
+    assert a == llada.get_log_likelihood(MARKOV, prompt, answer, **kw)
+    with pytest.raises(ValueError, match="answer"):
+        llada.get_log_likelihood(MARKOV, prompt, answer[:0], **kw)
+    with pytest.raises(ValueError, match="prompt"):
+        llada.get_log_likelihood(MARKOV, CHAIN, answer, **kw)

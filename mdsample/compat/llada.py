@@ -1,4 +1,5 @@
-"""Drop-ins for LLaDA's ``generate.py``: ``generate``, ``add_gumbel_noise``, ``get_num_transfer_tokens``.
+"""Drop-ins for LLaDA's ``generate.py`` (``generate``, ``add_gumbel_noise``, ``get_num_transfer_tokens``)
+and ``get_log_likelihood.py`` (``get_log_likelihood``).
 
 Same call signatures and meaning as upstream (ALGORITHMS.md), with the differences that
 :func:`mdsample.generate` documents (mask token never sampled, ties to the lower position)
@@ -10,11 +11,13 @@ import torch
 
 from ..ops import _validate as V
 from ..ops.sampling import sample_categorical
+from ..samplers.likelihood import likelihood
 from ..samplers.llada import _generate
 from ..samplers.remasking import transfer_counts
 from ._seed import key_from_global_rng
 
-__all__ = ["generate", "add_gumbel_noise", "gumbel_argmax", "get_num_transfer_tokens", "EOS_ID", "EOT_ID"]
+__all__ = ["generate", "add_gumbel_noise", "gumbel_argmax", "get_num_transfer_tokens", "get_log_likelihood",
+           "EOS_ID", "EOT_ID"]
 
 EOS_ID = 126081  # LLaDA's <|endoftext|>
 EOT_ID = 126348  # LLaDA's <|eot_id|>
@@ -75,3 +78,33 @@ def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, bloc
                      threshold=None, factor=None, attention_mask=attention_mask, seed=key, backend=backend,
                      progress=False, logits_exclude=(EOS_ID,) if logits_eos_inf else (),
                      confidence_exclude=(EOT_ID,) if confidence_eos_eot_inf else ())
+
+
+def get_log_likelihood(model, prompt, answer, mc_num=128, batch_size=16, cfg_scale=0., mask_id=126336, *, seed=None,
+                       backend="auto"):
+    """LLaDA's ``get_log_likelihood``: a float estimate of ``log p(answer | prompt)``.
+
+    Args:
+        model: mask predictor ``model(x [n, L]) -> logits`` (or ``.logits``).
+        prompt: int ``[l1]``; answer: int ``[l2]`` (1-d, as upstream).
+        mc_num: Monte Carlo draws; batch_size: draws per model call; cfg_scale: unsupervised CFG weight.
+        seed: Philox key; None draws one from the torch global RNG.
+
+    LLaDA's estimator (mdsample.samplers.likelihood): exactly k answer tokens masked, k on
+    LLaDA's shifted count lattice, weight ``l2 / k``, softmax over the full vocabulary. The
+    lattice spans all ``mc_num`` draws (upstream restarts it in every batch of ``batch_size``),
+    and the masked rows are scored without a ``[n, L, V]`` log-softmax. For the estimate with
+    its standard error use :func:`mdsample.likelihood` with ``mode="shifted", masking="count",
+    subs=False``.
+    """
+    prompt, answer = V.as_tensor("prompt", prompt), V.as_tensor("answer", answer)
+    for name, t in (("prompt", prompt), ("answer", answer)):
+        if t.dim() != 1:
+            raise ValueError(f"{name} must be 1-d token ids [l]; got shape {tuple(t.shape)}")
+    if answer.numel() == 0:
+        raise ValueError("answer must hold at least one token")
+    x = torch.cat([prompt, answer.to(prompt.device)]).unsqueeze(0)
+    est = likelihood(model, x, prompt_len=prompt.numel(), mc_samples=mc_num, batch_size=batch_size, mode="shifted",
+                     masking="count", cfg_scale=cfg_scale, mask_id=mask_id, subs=False,
+                     seed=key_from_global_rng(seed), backend=backend)
+    return float(est.log_likelihood[0])
