@@ -35,7 +35,8 @@ Differences from upstream, all deliberate and documented:
 Shortcuts, exact: with a backbone offering ``hidden``/``head``, logits are computed only for
 the candidate rows (the current block's masked positions), never ``[B, L, V]``; with
 ``"random"`` remasking the committed positions do not depend on the logits, so they are
-chosen first and only their rows are computed.
+chosen first and only their rows are computed. With ``eos_id``, a sequence whose completed
+blocks hold EOS is not forwarded again (samplers/eos.py): its text up to that EOS is final.
 
 With a KV cache, every step runs as one fixed-shape call without host syncs
 (mdsample.samplers.graph_step), and ``cuda_graph=True`` replays it as a CUDA graph on CUDA
