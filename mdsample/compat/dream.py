@@ -8,11 +8,11 @@ return_dict_in_generate=True, output_history=True)`` takes the same options as t
 
 The model is the Dream checkpoint itself: it is wrapped with
 ``mdsample.models.hf_backbone(model, logits_shift=1)`` (Dream's output at i - 1 scores
-token i; ``.model`` / ``.lm_head`` give logits only for the rows drawn). A model already
-wrapped in an ``HFBackbone`` is used as is. A padded batch reaches the model as the
-``[B, L]`` attention mask (1 = real token), as every mdsample sampler passes it; Dream's own
-loop turns it into a ``[B, 1, L, L]`` mask and position ids, which a model that takes a
-``[B, L]`` mask does itself.
+token i; ``.model`` / ``.lm_head`` give logits only for the rows drawn), and a model whose
+``config.model_type`` is Dream's gets its attention the way Dream's loop passes it
+(``mask_format="dream"``: ``"full"``, or a ``[B, 1, L, L]`` mask with position ids for a padded
+batch); other models get the ``[B, L]`` mask. A model already wrapped in an ``HFBackbone`` is
+used as is.
 """
 from __future__ import annotations
 
@@ -108,7 +108,10 @@ def diffusion_generate(model, inputs, generation_config=None, *, attention_mask=
     if n != 1:
         inputs = inputs.repeat_interleave(n, 0)
         attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(n, 0)
-    backbone = model if isinstance(model, HFBackbone) else hf_backbone(model, logits_shift=1)
+    backbone = model
+    if not isinstance(model, HFBackbone):
+        dream_type = str(getattr(getattr(model, "config", None), "model_type", "")).lower() == "dream"
+        backbone = hf_backbone(model, logits_shift=1, mask_format="dream" if dream_type else "2d")
     history = [] if (opts["return_dict_in_generate"] and opts["output_history"]) else None
     needs_key = opts["temperature"] != 0 or opts["alg"] == "origin" or bool(opts["alg_temp"])
     key = key_from_global_rng(seed) if needs_key else (0 if seed is None else seed)

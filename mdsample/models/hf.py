@@ -14,6 +14,10 @@ a logits-only adapter, which is still correct, just without the row shortcut.
 
 ``logits_shift=1`` serves Dream-style models, whose output at position ``i - 1``
 predicts token ``i`` (position 0 keeps its own output, as Dream's sampler does).
+``mask_format="dream"`` hands the model a padded batch the way Dream's own sampler does:
+``attention_mask="full"`` when nothing is padded, else a bool ``[B, 1, L, L]`` mask (real
+query x real key) with ``position_ids`` counted over the real tokens (pads at 1); the
+default ``"2d"`` passes the ``[B, L]`` mask as is.
 """
 from __future__ import annotations
 
@@ -24,7 +28,9 @@ import torch
 
 from .protocol import hidden_of, logits_of
 
-__all__ = ["HFBackbone", "HFRowBackbone", "hf_backbone"]
+__all__ = ["HFBackbone", "HFRowBackbone", "hf_backbone", "MASK_FORMATS"]
+
+MASK_FORMATS = ("2d", "dream")
 
 
 def _shift(t: torch.Tensor, shift: int) -> torch.Tensor:
@@ -51,13 +57,18 @@ class HFBackbone:
         model: a Hugging Face model (its output has ``.logits``).
         logits_shift: 0, or 1 for Dream-style next-token-aligned outputs.
         max_length: context window (default ``config.max_position_embeddings`` when set).
+        mask_format: how a ``[B, L]`` attention mask reaches the model (module docstring).
     """
 
-    def __init__(self, model: Any, *, logits_shift: int = 0, max_length: Optional[int] = None):
+    def __init__(self, model: Any, *, logits_shift: int = 0, max_length: Optional[int] = None,
+                 mask_format: str = "2d"):
         if not callable(model):
             raise TypeError(f"model must be a callable Hugging Face model; got {type(model).__name__}")
         if isinstance(logits_shift, bool) or logits_shift not in (0, 1):
             raise ValueError(f"logits_shift must be 0 or 1; got {logits_shift!r}")
+        if mask_format not in MASK_FORMATS:
+            raise ValueError(f"mask_format must be one of {MASK_FORMATS}; got {mask_format!r}")
+        self.mask_format = mask_format
         self.hf_model = model
         self.logits_shift = logits_shift
         config = getattr(model, "config", None)
@@ -74,17 +85,28 @@ class HFBackbone:
         dev = getattr(self.hf_model, "device", None)
         return torch.device(dev) if dev is not None else None
 
+    def _mask_kwargs(self, attention_mask: Optional[torch.Tensor]) -> dict:
+        """The attention keywords of a model call for a ``[B, L]`` mask (1 = real token) or None."""
+        if self.mask_format == "2d":
+            return {"attention_mask": attention_mask}
+        if attention_mask is None or bool((attention_mask != 0).all()):
+            return {"attention_mask": "full"}
+        real = attention_mask != 0
+        positions = (real.long().cumsum(-1) - 1).masked_fill(~real, 1)
+        return {"attention_mask": real[:, None, None, :] & real[:, None, :, None], "position_ids": positions}
+
     def __call__(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits ``[B, L, V]`` of token ids ``x`` ``[B, L]``; ``attention_mask`` ``[B, L]`` or None."""
-        out = self.hf_model(input_ids=x, attention_mask=attention_mask, **self._extra)
+        out = self.hf_model(input_ids=x, **self._mask_kwargs(attention_mask), **self._extra)
         return _shift(logits_of(out), self.logits_shift)
 
 
 class HFRowBackbone(HFBackbone):
     """Adapter with ``hidden``/``head`` for models with ``.model`` (body) and ``.lm_head``."""
 
-    def __init__(self, model: Any, *, logits_shift: int = 0, max_length: Optional[int] = None):
-        super().__init__(model, logits_shift=logits_shift, max_length=max_length)
+    def __init__(self, model: Any, *, logits_shift: int = 0, max_length: Optional[int] = None,
+                 mask_format: str = "2d"):
+        super().__init__(model, logits_shift=logits_shift, max_length=max_length, mask_format=mask_format)
         body, lm_head = getattr(model, "model", None), getattr(model, "lm_head", None)
         if not (callable(body) and callable(lm_head)):
             raise TypeError("HFRowBackbone needs a model with a callable .model (body) and .lm_head")
@@ -94,7 +116,7 @@ class HFRowBackbone(HFBackbone):
 
     def hidden(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Last hidden states ``[B, L, D]`` of ``x`` ``[B, L]`` (shifted like the logits)."""
-        out = self.body(input_ids=x, attention_mask=attention_mask, **self._body_extra)
+        out = self.body(input_ids=x, **self._mask_kwargs(attention_mask), **self._body_extra)
         return _shift(hidden_of(out), self.logits_shift)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
@@ -106,7 +128,7 @@ class HFRowBackbone(HFBackbone):
 
 
 def hf_backbone(model: Any, *, logits_shift: int = 0, use_head: bool = True,
-                max_length: Optional[int] = None) -> HFBackbone:
+                max_length: Optional[int] = None, mask_format: str = "2d") -> HFBackbone:
     """Wrap a Hugging Face model for mdsample's samplers.
 
     Returns an :class:`HFRowBackbone` (row logits through ``lm_head``) when the model has
@@ -114,4 +136,4 @@ def hf_backbone(model: Any, *, logits_shift: int = 0, use_head: bool = True,
     """
     has_split = callable(getattr(model, "model", None)) and callable(getattr(model, "lm_head", None))
     cls = HFRowBackbone if (use_head and has_split) else HFBackbone
-    return cls(model, logits_shift=logits_shift, max_length=max_length)
+    return cls(model, logits_shift=logits_shift, max_length=max_length, mask_format=mask_format)

@@ -6,7 +6,7 @@ The algorithm (Dream ``generation_utils.py``; ALGORITHMS.md):
    (float32, as upstream), step i goes from ``t = t_i`` to ``s = t_{i+1}``.
 2. Each step, the model's logits at the masked positions (Dream-style models predict
    token i at output i - 1: wrap them with ``mdsample.models.hf_backbone(model,
-   logits_shift=1)``), after ``l / T``, top-p and top-k (samplers/truncation.py):
+   logits_shift=1, mask_format="dream")``), after ``l / T``, top-p and top-k (samplers/truncation.py):
    - ``alg="origin"``: each masked position is revealed with probability ``1 - s / t``
      (1 at the last step) and takes a token from the truncated ``softmax(l / T)``;
    - ``"maskgit_plus"`` / ``"topk_margin"`` / ``"entropy"``: every masked position draws
@@ -177,7 +177,8 @@ def sample_dream(
     Args:
         model: backbone ``model(x: int64 [B, L], attention_mask=...) -> logits [B, L, V]`` (or
             ``.logits``), aligned so that output i scores token i: wrap a Dream checkpoint with
-            ``mdsample.models.hf_backbone(model, logits_shift=1)``. With ``hidden``/``head`` only
+            ``mdsample.models.hf_backbone(model, logits_shift=1, mask_format="dream")`` (the shift, and
+            padded batches passed as Dream's own loop passes them). With ``hidden``/``head`` only
             the masked (``"origin"``: revealed) rows get logits.
         prompt: int tensor ``[B, P]`` (or ``[P]``), left-padded when prompts differ in length;
             mask tokens inside it are filled in too.

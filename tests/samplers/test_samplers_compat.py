@@ -1,4 +1,6 @@
 """mdsample.compat drop-ins keep the upstream signatures and semantics (chi-square at ALPHA = 1e-3)."""
+import types
+
 import pytest
 import torch
 
@@ -167,3 +169,55 @@ def test_dream_options_config_history_and_global_rng(llama):
         dream.diffusion_generate(llama, p, mask_token_id=39, max_length=5)
     with pytest.raises(ValueError, match="mask_id 151666"):  # Dream's mask token is not in this vocabulary
         dream.diffusion_generate(llama, p, max_new_tokens=2)
+
+
+class FakeDream(torch.nn.Module):
+    """A Dream-type HF model (``config.model_type == "Dream"``) that honours Dream's attention inputs:
+    ``"full"``, or a bool [B, 1, L, L] mask with position ids. Records what its body received."""
+
+    def __init__(self, vocab=20, d=16):
+        super().__init__()
+        torch.manual_seed(3)
+        self.config = types.SimpleNamespace(model_type="Dream", vocab_size=vocab, max_position_embeddings=64)
+        self.emb, self.pos = torch.nn.Embedding(vocab, d).double(), torch.nn.Embedding(64, d).double()
+        self.lm_head = torch.nn.Linear(d, vocab, bias=False).double()
+        with torch.no_grad():
+            self.lm_head.weight.mul_(6.0)
+        self.seen = []
+        self.model = self._body
+
+    def _body(self, input_ids, attention_mask=None, position_ids=None, use_cache=None):
+        self.seen.append((attention_mask, position_ids))
+        B, L = input_ids.shape
+        pos = torch.arange(L).expand(B, L) if position_ids is None else position_ids
+        h = self.emb(input_ids) + self.pos(pos)
+        s = h @ h.transpose(1, 2) / 4.0
+        if not isinstance(attention_mask, str):
+            s = s.masked_fill(~attention_mask[:, 0], -1e9)
+        return types.SimpleNamespace(last_hidden_state=torch.tanh(h + torch.softmax(s, -1) @ h))
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None):
+        return types.SimpleNamespace(logits=self.lm_head(self._body(input_ids, attention_mask,
+                                                                    position_ids).last_hidden_state))
+
+
+def test_dream_padded_batch_reaches_the_model_as_dreams_loop_passes_it():
+    model = FakeDream()
+    g = torch.Generator().manual_seed(5)
+    raw = [torch.randint(1, 19, (n,), generator=g) for n in (4, 2)]
+    p = torch.zeros(2, 4, dtype=torch.long)
+    am = torch.zeros(2, 4, dtype=torch.long)
+    for j, r in enumerate(raw):
+        p[j, 4 - len(r):], am[j, 4 - len(r):] = r, 1
+    out = dream.diffusion_generate(model, p, attention_mask=am, max_new_tokens=5, steps=5, alg="entropy",
+                                   mask_token_id=19)
+    mask4, positions = model.seen[0]
+    real = torch.cat([am, torch.ones(2, 5, dtype=torch.long)], 1).bool()
+    assert mask4.shape == (2, 1, 9, 9) and torch.equal(mask4[:, 0], real[:, None, :] & real[:, :, None])
+    assert positions[1].tolist() == [1, 1, 0, 1, 2, 3, 4, 5, 6]  # pads at 1, real tokens counted from 0
+    for j, r in enumerate(raw):  # so a padded row is its prompt generated alone
+        model.seen.clear()
+        alone = dream.diffusion_generate(model, r.unsqueeze(0), max_new_tokens=5, steps=5, alg="entropy",
+                                         mask_token_id=19)
+        assert model.seen[0] == ("full", None)
+        assert torch.equal(out[j, 4:], alone[0, len(r):])
