@@ -17,7 +17,7 @@ statistics of) the truncated distribution at the same temperature. Upstream fill
 The excluded token (the mask) is removed before top-p, so the nucleus is a nucleus of the
 distribution mdsample samples (without the mask token; see samplers/llada.py).
 
-This is a reference-speed step: a float32 softmax and a sort over ``[N, V]``, as upstream.
+Cost: a float32 softmax over ``[N, V]`` and a top-k search instead of upstream's full sort (:func:`_nucleus`).
 Without top-p / top-k a sampler never calls it and the fused op reads each row once.
 """
 from __future__ import annotations
@@ -43,6 +43,47 @@ def truncation_args(top_p, top_k) -> tuple[Optional[float], Optional[int]]:
     return top_p, top_k
 
 
+def _nucleus(scaled: torch.Tensor, top_p: float, first: int = 64) -> torch.Tensor:
+    """Bool ``[N, V]``: the top-p set of ``softmax(scaled)`` (float32 ``[N, V]``), as a full stable sort gives it.
+
+    The nucleus is usually a few tokens, so it is found among the ``first`` largest logits
+    (``topk``) and the search widens (x8) only for the rows whose nucleus is not inside yet. The
+    set is then ``scaled >= last kept logit``, except in rows where logits tie with it beyond the
+    nucleus: there the lower ids among the tied stay (a stable sort's order).
+    """
+    vocab = scaled.shape[1]
+    probs = torch.softmax(scaled, dim=1)
+    last = torch.empty((scaled.shape[0], 1), dtype=scaled.dtype, device=scaled.device)
+    kept = torch.empty((scaled.shape[0],), dtype=torch.int64, device=scaled.device)
+    rows, k = None, min(first, vocab)  # rows None: every row (no gather on the first pass)
+    while True:
+        sub, sub_p = (scaled, probs) if rows is None else (scaled[rows], probs[rows])
+        top = torch.topk(sub, k, dim=1)  # values descending
+        cum = sub_p.gather(1, top.indices).cumsum(1)
+        # sorted position j stays iff j == 0 or cum[j - 1] <= top_p (a prefix: cum is nondecreasing)
+        n = 1 + (cum[:, :-1] <= top_p).sum(1)
+        val = top.values.gather(1, (n - 1).unsqueeze(1))
+        if rows is None:
+            kept.copy_(n)
+            last.copy_(val)
+        else:
+            kept[rows], last[rows] = n, val
+        open_ = (cum[:, -1] <= top_p) if k < vocab else torch.zeros_like(n, dtype=torch.bool)
+        if not bool(open_.any()):
+            break
+        idx = torch.arange(sub.shape[0], device=sub.device)[open_]
+        rows, k = (idx if rows is None else rows[idx]), min(8 * k, vocab)
+    keep = scaled >= last
+    over = keep.sum(1) != kept
+    if bool(over.any()):  # ties at the boundary beyond the nucleus
+        r = over.nonzero().squeeze(1)
+        row, lim = scaled[r], last[r]
+        ties = row == lim
+        room = (kept[r] - (row > lim).sum(1)).unsqueeze(1)
+        keep[r] = (row > lim) | (ties & (ties.long().cumsum(1) <= room))
+    return keep
+
+
 def truncate(logits: torch.Tensor, *, temperature: float, top_p: Optional[float], top_k: Optional[int],
              exclude: Optional[int] = None) -> torch.Tensor:
     """Logits ``[N, V]`` with the tokens outside the top-p / top-k set at ``-inf`` (a new tensor).
@@ -60,12 +101,7 @@ def truncate(logits: torch.Tensor, *, temperature: float, top_p: Optional[float]
         scaled = out.to(torch.float32)
         if temperature > 0:
             scaled = scaled / temperature
-        # a stable descending sort puts the lower id first among equal logits
-        order = torch.sort(scaled, dim=1, descending=True, stable=True).indices
-        cum = torch.softmax(scaled, dim=1).gather(1, order).cumsum(1)
-        drop_sorted = torch.zeros_like(cum, dtype=torch.bool)
-        drop_sorted[:, 1:] = cum[:, :-1] > top_p
-        out.masked_fill_(torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted), -torch.inf)
+        out.masked_fill_(~_nucleus(scaled, top_p), -torch.inf)
     if top_k is not None and top_k < out.shape[1] and out.numel():
         kth = torch.topk(out, top_k, dim=1).values[:, -1:]
         out.masked_fill_(out < kth, -torch.inf)

@@ -16,7 +16,7 @@ import torch
 import mdsample
 from mdsample.samplers._random import DOMAIN_REVEAL, uniforms
 from mdsample.samplers.dream import _sample_dream
-from mdsample.samplers.truncation import truncate
+from mdsample.samplers.truncation import _nucleus, truncate
 from sampler_oracles import HeadOracle, ancestral_distribution, chi_square_pvalue, count_rows, random_joint
 from test_samplers_generate import MASK, PAD, V, LogitsOnly, TinyLM, prompts
 
@@ -137,6 +137,30 @@ def test_truncate_matches_a_sorted_list_with_ties():
                     assert not _near_boundary(logits[r], T, top_p)
                 assert torch.equal(torch.isinf(got[r]), torch.isinf(want)), (T, top_p, top_k, r)
                 assert torch.equal(got[r][~torch.isinf(got[r])], logits[r][~torch.isinf(want)])
+
+
+def test_nucleus_search_widens_to_the_full_sort_set():
+    """The top-k search starts small and widens only where the nucleus is not inside yet: any start gives
+    the full sort's set (flat rows need several widenings; tied rows exercise the boundary rule)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.randn(30, 700, generator=g) * 0.3,                      # flat: a wide nucleus
+                   torch.randn(30, 700, generator=g) * 8,                        # peaked
+                   torch.randint(-2, 2, (30, 700), generator=g).float()])         # ties
+    for top_p in (0.5, 0.9):
+        full = _nucleus(x, top_p, first=700)
+        for first in (1, 3, 20):
+            assert torch.equal(_nucleus(x, top_p, first=first), full), (top_p, first)
+        for r in (0, 31, 65, 89):  # and the full sort's set is the sorted-list rule
+            row = x[r].double()
+            order = sorted(range(700), key=lambda v: (-float(row[v]), v))
+            p = torch.softmax(row, 0)
+            cum, want = 0.0, set()
+            for v in order:
+                if cum > top_p:
+                    break
+                want.add(v)
+                cum += float(p[v])
+            assert set(full[r].nonzero().flatten().tolist()) == want, (top_p, r)
 
 
 def _dream_reveal_probs(steps, eps=1e-3):
