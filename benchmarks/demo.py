@@ -1,8 +1,9 @@
 """`make demo`: what mdsample is, in one minute on whatever hardware is here.
 
 1. `python -m mdsample info`: versions and backends;
-2. MDLM ancestral sampling and LLaDA-style semi-AR generation from a small
-   randomly initialised transformer (the text is noise; the point is the API);
+2. MDLM ancestral sampling, LLaDA-style semi-AR generation (with and without the
+   Fast-dLLM dual cache) and Dream's whole-canvas sampler from a small randomly
+   initialised transformer (the text is noise; the point is the API);
 3. the sampling microbenchmark table (benchmarks/bench_sampling.py) at the
    CPU goal shape, or a GPU shape when a GPU is present.
 """
@@ -45,7 +46,22 @@ def main(argv=None) -> int:
         y = mdsample.generate(model, prompt, steps=32, gen_length=32, block_length=8, mask_id=cfg.mask_id,
                               temperature=0.0, threshold=0.9)
     print(f"generate (LLaDA blocks + Fast-dLLM threshold): 2 x 32 new tokens in {time.perf_counter() - t0:.2f} s")
-    print("  first answer:", y[0, 8:32].tolist(), "...\n")
+    print("  first answer:", y[0, 8:32].tolist(), "...")
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        z = mdsample.generate(model, prompt, steps=32, gen_length=32, block_length=8, mask_id=cfg.mask_id,
+                              temperature=0.0, cache="dual")
+    print(f"generate, cache='dual' (Fast-dLLM's KV cache, fixed-shape sync-free steps): "
+          f"{time.perf_counter() - t0:.2f} s")
+    print("  first answer:", z[0, 8:32].tolist(), "...")
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        w = mdsample.sample_dream(model, prompt, max_new_tokens=32, steps=32, alg="entropy", temperature=0.2,
+                                  top_p=0.95, mask_id=cfg.mask_id, seed=0)
+    print(f"sample_dream (Dream's entropy order, T 0.2, top-p 0.95): {time.perf_counter() - t0:.2f} s")
+    print("  first answer:", w[0, 8:32].tolist(), "...\n")
 
     rows, vocab = (256, 50257) if device.type == "cpu" else (4096, 126464)
     rows, vocab = args.rows or rows, args.vocab or vocab
