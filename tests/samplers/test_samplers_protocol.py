@@ -91,6 +91,8 @@ def test_logits_shift_for_dream_style_models(llama):
     assert torch.allclose(b.logits_at(x, torch.tensor([0, 1]), torch.tensor([0, 5])), want[[0, 1], [0, 5]])
     with pytest.raises(ValueError, match="logits_shift"):
         hf_backbone(llama, logits_shift=2)
+    with pytest.raises(ValueError, match="mask_format"):
+        hf_backbone(llama, mask_format="4d")
 
 
 def test_models_without_the_split_get_a_logits_adapter():
