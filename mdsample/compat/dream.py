@@ -24,7 +24,7 @@ import torch
 from ..models.hf import HFBackbone, hf_backbone
 from ..samplers import _checks as C
 from ..samplers.dream import _sample_dream
-from ._seed import key_from_global_rng
+from ._seed import call_key
 
 __all__ = ["diffusion_generate", "DreamOutput", "MASK_ID"]
 
@@ -114,7 +114,7 @@ def diffusion_generate(model, inputs, generation_config=None, *, attention_mask=
         backbone = hf_backbone(model, logits_shift=1, mask_format="dream" if dream_type else "2d")
     history = [] if (opts["return_dict_in_generate"] and opts["output_history"]) else None
     needs_key = opts["temperature"] != 0 or opts["alg"] == "origin" or bool(opts["alg_temp"])
-    key = key_from_global_rng(seed) if needs_key else (0 if seed is None else seed)
+    key = call_key(seed, needs_key)
     x = _sample_dream(backbone, inputs, max_new_tokens=new, steps=opts["steps"], alg=opts["alg"],
                       alg_temp=opts["alg_temp"], temperature=opts["temperature"], top_p=opts["top_p"],
                       top_k=opts["top_k"], eps=opts["eps"], mask_id=opts["mask_token_id"],

@@ -14,7 +14,7 @@ from ..ops.sampling import sample_categorical
 from ..samplers.likelihood import likelihood
 from ..samplers.llada import _generate
 from ..samplers.remasking import transfer_counts
-from ._seed import key_from_global_rng
+from ._seed import call_key, key_from_global_rng
 
 __all__ = ["generate", "add_gumbel_noise", "gumbel_argmax", "get_num_transfer_tokens", "get_log_likelihood",
            "EOS_ID", "EOT_ID"]
@@ -72,7 +72,7 @@ def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, bloc
     if remasking not in ("low_confidence", "random"):
         raise ValueError(f"remasking must be 'low_confidence' or 'random' (LLaDA); got {remasking!r}")
     needs_key = temperature != 0 or remasking == "random"
-    key = key_from_global_rng(seed) if needs_key else (0 if seed is None else seed)
+    key = call_key(seed, needs_key)
     return _generate(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
                      temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,
                      threshold=None, factor=None, attention_mask=attention_mask, seed=key, backend=backend,

@@ -87,7 +87,9 @@ def _excluded_mass(logits, guidance, scale, tokens, logprob, ids: Sequence[int])
 def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cfg_scale, remasking, mask_id,
               threshold, factor, attention_mask, seed, backend, progress, cache=None, refresh_every=None,
               cuda_graph=False, eos_id=None, logits_exclude: Sequence[int] = (), confidence_exclude: Sequence[int] = (),
-              graph_capture: Optional[bool] = None, static_steps: Optional[bool] = None):
+              graph_capture: Optional[bool] = None, static_steps: Optional[bool] = None,
+              calls_out: Optional[dict] = None):
+    # calls_out (compat's nfe): receives "forwards", the model calls made (replayed graphs run none).
     # graph_capture (tests, benchmarks): None = capture the cuda_graph steps on CUDA tensors; False =
     # run them eagerly even there (the replay's reference); True on CPU tensors is an error.
     # static_steps (tests): None = the fixed-shape BlockStep for every cached run it serves (below);
@@ -196,6 +198,8 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         if graphs is not None and kept is None:
             graphs.keep(model, settings, step)
         out = _generate_static(step, x, plen=plen, num_blocks=num_blocks, bar=bar, eos_id=eos_id)
+        if calls_out is not None:
+            calls_out["forwards"] = backbone.calls
         return out.clone() if graphs is not None else out  # the kept canvas is the next call's
     done = torch.zeros(batch, dtype=torch.bool, device=device)  # rows past an EOS (eos_id)
     try:
@@ -233,6 +237,8 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
                 i += 1
     finally:
         bar.close()
+    if calls_out is not None:
+        calls_out["forwards"] = backbone.calls
     return x if eos_id is None else fill_after_eos(x, eos_id, plen)
 
 

@@ -105,3 +105,24 @@ def test_eos_id_with_a_cache(setup, kw):
     finally:
         hook.remove()
     assert stopped > 0  # some candidate stops the run early (else the check above is one-sided)
+
+
+@pytest.mark.parametrize("fn,cache", [("generate", None), ("generate_with_prefix_cache", "prefix"),
+                                      ("generate_with_dual_cache", "dual")])
+@pytest.mark.parametrize("rule", [dict(), dict(threshold=0.3), dict(factor=1.0)], ids=["fixed", "threshold", "factor"])
+def test_fast_dllm_dropins_return_tokens_and_nfe(setup, fn, cache, rule):
+    """Upstream's positional signature; the tokens of mdsample.generate with that cache; nfe = the model calls."""
+    from mdsample.compat import fast_dllm
+
+    m, prompt = setup
+    calls = []
+    hook = m.layers[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        x, nfe = getattr(fast_dllm, fn)(m, prompt, 16, 32, 8, 0.0, "low_confidence", MASK, **rule)
+    finally:
+        hook.remove()
+    assert nfe == len(calls) and (nfe == 16 if not rule else 0 < nfe <= 32)  # fixed: one forward per step
+    want = mdsample.generate(m, prompt, steps=16, gen_length=32, block_length=8, mask_id=MASK, cache=cache, **rule)
+    assert torch.equal(x, want)
+    with pytest.raises(ValueError, match="remasking"):
+        getattr(fast_dllm, fn)(m, prompt, 16, 32, 8, 0.0, "entropy", MASK)
