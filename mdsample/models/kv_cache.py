@@ -30,6 +30,9 @@ This one primitive covers the semi-AR cache patterns:
 Host bookkeeping (``length`` = committed prefix, ``filled`` = end of written slots) is plain
 Python ints, so the step path does no device-to-host sync (.item(), .nonzero(), bool(t)).
 
+Padding: :meth:`KVCache.set_key_mask` hides a left-padded batch's padding keys from every query
+(cached or fed), as :meth:`Transformer.hidden` does with ``attention_mask``.
+
 Graph-safe variant: pass ``start`` (and optionally ``kv_len``) as 0-dim int64 device tensors.
 The chunk is then scattered with ``index_copy_`` and attends over all ``max_len`` slots with
 a mask, so every call of one chunk shape has the same shapes and no Python-side value
@@ -44,7 +47,7 @@ from typing import Optional, Union
 
 import torch
 
-from .transformer import Transformer, attention_allowed
+from .transformer import Transformer, attention_allowed, key_padding_mask
 
 Index = Union[int, torch.Tensor]
 
@@ -79,8 +82,24 @@ class KVCache:
                               dtype=model.dtype if dtype is None else dtype)
         self.length = 0
         self.filled = 0
+        self.key_mask: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ bookkeeping
+
+    def set_key_mask(self, attention_mask: Optional[torch.Tensor]) -> None:
+        """Hide padding keys from every query: ``attention_mask`` ``[B, <= max_len]`` (1 = real token), or
+        None for none. Copied into one persistent bool ``[B, max_len]`` buffer (slots past the mask count
+        as real), so a captured CUDA graph reads the new mask when it is set again."""
+        if attention_mask is None:
+            self.key_mask = None
+            return
+        b, n = attention_mask.shape if attention_mask.dim() == 2 else (None, None)
+        if b != self.batch_size or n > self.max_len:
+            raise ValueError(f"attention_mask must be [B={self.batch_size}, <= {self.max_len}]; "
+                             f"got {tuple(attention_mask.shape)}")
+        if self.key_mask is None:
+            self.key_mask = torch.ones(self.batch_size, self.max_len, dtype=torch.bool, device=self.kv.device)
+        self.key_mask[:, :n].copy_(attention_mask != 0)
 
     def reset(self) -> None:
         """Forget everything (the storage is kept; stale slots are never read before rewritten)."""
@@ -191,6 +210,8 @@ class KVCache:
         else:
             q_pos = torch.arange(start, end, device=x.device)
             mask = attention_allowed(mode, cfg.block_size, q_pos, torch.arange(kv_len, device=x.device))
+        if self.key_mask is not None:
+            mask = key_padding_mask(self.key_mask, self.batch_size, kv_len, mask)
         kv = self.kv
 
         def hook(layer: int, k: torch.Tensor, v: torch.Tensor):
@@ -215,6 +236,8 @@ class KVCache:
             limit = pos[-1] + 1 if kv_len is None else kv_len
             k_pos = torch.arange(self.max_len, device=dev)
             mask = attention_allowed(cfg.attention, cfg.block_size, pos, k_pos) & (k_pos < limit)[None, :]
+        if self.key_mask is not None:
+            mask = key_padding_mask(self.key_mask, self.batch_size, self.max_len, mask)
         kv = self.kv
 
         def hook(layer: int, k: torch.Tensor, v: torch.Tensor):

@@ -172,11 +172,20 @@ class Backbone:
         value = getattr(getattr(self.model, "config", None), "attention", None)
         return value if isinstance(value, str) else None
 
-    def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCacheLike:
-        """A fresh KV cache of the model for ``batch_size`` rows of ``max_len`` positions."""
+    def new_cache(self, batch_size: int, max_len: Optional[int] = None, *,
+                  attention_mask: Optional[torch.Tensor] = None) -> KVCacheLike:
+        """A fresh KV cache of the model for ``batch_size`` rows of ``max_len`` positions;
+        ``attention_mask`` ``[B, L]`` (1 = real token) is passed on only when given."""
         if not self.has_cache:
             raise TypeError(f"{type(self.model).__name__} offers no KV cache (no new_cache method)")
-        cache = self.model.new_cache(batch_size, max_len)
+        if attention_mask is None:
+            cache = self.model.new_cache(batch_size, max_len)
+        else:
+            try:
+                cache = self.model.new_cache(batch_size, max_len, attention_mask=attention_mask)
+            except TypeError as exc:
+                raise TypeError(f"{type(self.model).__name__}.new_cache does not take attention_mask: a padded "
+                                "batch cannot use its KV cache") from exc
         missing = [m for m in _CACHE_METHODS if not callable(getattr(cache, m, None))]
         if missing:
             raise TypeError(f"model.new_cache() returned {type(cache).__name__}, which lacks {', '.join(missing)}")

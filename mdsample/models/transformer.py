@@ -138,6 +138,17 @@ def attention_allowed(mode: str, block_size: int, q_pos: torch.Tensor, k_pos: to
     return torch.ones(q_pos.shape[0], k_pos.shape[0], dtype=torch.bool, device=q_pos.device)
 
 
+def key_padding_mask(attention_mask: torch.Tensor, batch: int, keys: int,
+                     mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Bool ``[B, 1, n, S]``: ``mask`` (bool ``[n, S]``, or None = all allowed) with the padding keys of
+    ``attention_mask`` (``[B, >= S]``, 1 = real token; its first ``S`` columns are the keys) hidden."""
+    if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] < keys:
+        raise ValueError(f"attention_mask must be [B={batch}, {keys}] (1 = real token); "
+                         f"got {tuple(attention_mask.shape)}")
+    real = (attention_mask[:, :keys] != 0)[:, None, None, :]
+    return real if mask is None else real & mask
+
+
 def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin ``[max_len, head_dim]`` (fp32) of the half-split rotary embedding.
 
@@ -334,8 +345,13 @@ class Transformer(nn.Module):
             raise TypeError(f"{name} must be an int64 LongTensor [B, L]; got "
                             f"{getattr(x, 'dtype', type(x))} of shape {tuple(getattr(x, 'shape', ()))}")
 
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """Uncached forward: tokens ``[B, L]`` (positions 0..L-1) -> final-normed hidden ``[B, L, D]``."""
+    def hidden(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Uncached forward: tokens ``[B, L]`` (positions 0..L-1) -> final-normed hidden ``[B, L, D]``.
+
+        ``attention_mask``: ``[B, L]`` (bool or int, 1 = real token) or None. Padding keys are
+        hidden from every query; positions stay absolute (LLaDA's convention for left-padded
+        prompts); the outputs at padding positions are computed but meaningless.
+        """
         self._check_tokens(x)
         n = x.shape[1]
         if n > self.config.max_seq_len:
@@ -346,19 +362,28 @@ class Transformer(nn.Module):
         elif mode == "block_causal" and n > self.config.block_size:
             pos = torch.arange(n, device=x.device)
             mask = attention_allowed(mode, self.config.block_size, pos, pos)
+        if attention_mask is not None:
+            if is_causal:  # SDPA's causal flag does not combine with a mask: spell it out
+                pos = torch.arange(n, device=x.device)
+                mask, is_causal = attention_allowed(mode, self.config.block_size, pos, pos), False
+            mask = key_padding_mask(attention_mask, x.shape[0], n, mask)
         return self.run(x, self.rope_cos[:n], self.rope_sin[:n], mask, is_causal)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Output projection: hidden ``[..., D]`` (e.g. ``[N, D]`` selected rows) -> logits ``[..., V]``."""
         return self.lm_head(h)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens ``[B, L]`` -> logits ``[B, L, V]`` (uncached)."""
-        return self.head(self.hidden(x))
+    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Tokens ``[B, L]`` -> logits ``[B, L, V]`` (uncached); ``attention_mask`` as in :meth:`hidden`."""
+        return self.head(self.hidden(x, attention_mask))
 
-    def new_cache(self, batch_size: int, max_len: Optional[int] = None, *, device=None, dtype=None):
+    def new_cache(self, batch_size: int, max_len: Optional[int] = None, *, attention_mask=None, device=None,
+                  dtype=None):
         """A static :class:`~mdsample.models.kv_cache.KVCache` for ``batch_size`` rows of up to
-        ``max_len`` positions (default ``config.max_seq_len``)."""
+        ``max_len`` positions (default ``config.max_seq_len``); ``attention_mask`` ``[B, <= max_len]``
+        hides padding keys (:meth:`KVCache.set_key_mask`)."""
         from .kv_cache import KVCache  # kv_cache imports this module; import at call time
 
-        return KVCache(self, batch_size, max_len, device=device, dtype=dtype)
+        cache = KVCache(self, batch_size, max_len, device=device, dtype=dtype)
+        cache.set_key_mask(attention_mask)
+        return cache

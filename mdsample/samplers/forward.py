@@ -117,7 +117,8 @@ class CachedRowForward(RowForward):
     - ``"dual"``: later calls feed only ``x[:, start:end]`` and attend to the whole canvas:
       the block's K/V rows are overwritten, the suffix K/V stay as of the last refresh.
 
-    With ``refresh_every=1`` every call is a full forward (the uncached computation).
+    With ``refresh_every=1`` every call is a full forward (the uncached computation). A padded
+    batch (``attention_mask``) hides its padding keys in every call, cached or fed.
     Requested rows must lie in the part fed (the block and, for ``"prefix"``, the suffix).
 
     Fixed-shape steps (``begin_block(..., static=True)``, for CUDA-graph replay): ``"dual"``
@@ -137,7 +138,10 @@ class CachedRowForward(RowForward):
         self.refresh_every = refresh_every
         self.total = total
         self.batch_size = batch_size
-        self.cache = backbone.new_cache(batch_size * (2 if self.cfg else 1), total)
+        am = self.attention_mask
+        if am is not None and self.cfg:
+            am = torch.cat([am, am], 0)
+        self.cache = backbone.new_cache(batch_size * (2 if self.cfg else 1), total, attention_mask=am)
         self.start, self.end, self.calls_in_block = 0, total, 0
         self.refreshes = 0
         self.static = False

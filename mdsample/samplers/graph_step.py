@@ -151,13 +151,18 @@ class BlockStep:
         self.graphs: dict = {}
         self._pool = None
 
-    def restart(self, x: torch.Tensor, uncond_mask: torch.Tensor, seed: int) -> None:
+    def restart(self, x: torch.Tensor, uncond_mask: torch.Tensor, seed: int,
+                attention_mask: Optional[torch.Tensor] = None) -> None:
         """Start a new generation in the same buffers: canvas ``x`` int64 ``[B, L]``, the CFG
-        input's masked positions bool ``[B, L]`` and the Philox key, copied in place (the graphs
+        input's masked positions bool ``[B, L]``, the Philox key and a padded batch's
+        ``attention_mask`` ``[B, L]`` (into the cache's key mask), copied in place (the graphs
         read these addresses). The KV cache needs no reset: each block starts with a refresh."""
         self.x.copy_(x)
         self.fwd.uncond_mask.copy_(uncond_mask)
         self.seed.fill_(seed)
+        if attention_mask is not None:
+            self.fwd.attention_mask.copy_(attention_mask)
+            self.fwd.cache.set_key_mask(torch.cat([attention_mask] * (2 if self.fwd.cfg else 1), 0))
 
     def schedule(self) -> list[int]:
         """Host copy of each step's transfer count (the same for every sequence, module docstring).

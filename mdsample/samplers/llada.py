@@ -167,20 +167,18 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         if backbone.attention not in (None, "bidirectional"):
             raise ValueError(f"cache={cache!r} is Fast-dLLM's cache for bidirectional models; the model's attention "
                              f"is {backbone.attention!r}")
-        if am is not None:
-            raise ValueError(f"cache={cache!r} does not support attention_mask")
         if bool((x[:, :plen] == mask_id).any()):
             raise ValueError(f"cache={cache!r} needs prompts without mask tokens (cached prefix rows get no logits)")
         capture = cuda_graph and device.type == "cuda" if graph_capture is None else graph_capture
         settings = (batch, plen, gen_length, block_length, per_block, cache, refresh_every, remasking, temperature,
-                    cfg_scale, threshold, factor, mask_id, backend, str(device), capture)
+                    cfg_scale, threshold, factor, mask_id, backend, str(device), capture, am is not None)
         kept = None if graphs is None else graphs.get(model, settings)
         if kept is not None:  # an earlier call's canvas, cache and graphs, restarted with this prompt
-            kept.restart(x, is_prompt, seed)
+            kept.restart(x, is_prompt, seed, attention_mask=am)
             fwd, x, backbone = kept.fwd, kept.x, kept.fwd.backbone
         else:
             fwd = CachedRowForward(backbone, mode=cache, total=total, batch_size=batch, refresh_every=refresh_every,
-                                   mask_id=mask_id, cfg_scale=cfg_scale, uncond_mask=is_prompt)
+                                   mask_id=mask_id, cfg_scale=cfg_scale, uncond_mask=is_prompt, attention_mask=am)
     guidance_scale = cfg_scale if cfg_scale > 0 else 0.0
 
     pos_ids = (torch.arange(batch, device=device).unsqueeze(1) * total
@@ -374,7 +372,8 @@ def generate(
             (later steps feed only the block; the suffix K/V stay frozen within the block).
             Every step then forwards the whole batch, as one fixed-shape call with no host sync
             (with ``threshold`` / ``factor`` and no ``cuda_graph``: step by step, each block
-            stopping once done). Not with ``attention_mask`` or prompts containing ``mask_id``;
+            stopping once done). A padded batch hides its padding keys in the cache too (the model's
+            ``new_cache`` must take ``attention_mask``). Not with prompts containing ``mask_id``;
             rows with no valid draw (NaN logits) raise after the last block.
         refresh_every: with a cache, also refresh (full forward) every this many forwards
             within a block; None = only at the block start (Fast-dLLM); 1 = every step,

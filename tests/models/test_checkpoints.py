@@ -76,7 +76,10 @@ class TinyLLaDA(nn.Module):
             q = rope(blk.q_proj(a).view(B, T, H, hd).transpose(1, 2))
             k = rope(blk.k_proj(a).view(B, T, Hkv, hd).transpose(1, 2)).repeat_interleave(H // Hkv, 1)
             v = blk.v_proj(a).view(B, T, Hkv, hd).transpose(1, 2).repeat_interleave(H // Hkv, 1)
-            att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), -1) @ v  # bidirectional
+            scores = q @ k.transpose(-1, -2) / math.sqrt(hd)  # bidirectional
+            if attention_mask is not None:  # LLaDA: padding keys hidden, positions stay absolute
+                scores = scores.masked_fill(~attention_mask.bool()[:, None, None, :], -math.inf)
+            att = torch.softmax(scores, -1) @ v
             h = h + blk.attn_out(att.transpose(1, 2).reshape(B, T, c.d_model))
             m = blk.ff_norm(h)
             h = h + blk.ff_out(nn.functional.silu(blk.ff_proj(m)) * blk.up_proj(m))
@@ -112,6 +115,13 @@ def test_llada_checkpoint_runs_the_cached_samplers():
     want = mdsample.generate(ref, prompt, **kw)
     assert torch.equal(mdsample.generate(model, prompt, cache="dual", refresh_every=1, **kw), want)
     assert mdsample.generate(model, prompt, cache="prefix", **kw).shape == want.shape
+    # a left-padded batch (LLaDA's attention_mask), cached and not
+    am = torch.ones_like(prompt)
+    am[1, :3] = 0
+    padded = prompt.masked_fill(am == 0, 0)
+    want = mdsample.generate(ref, padded, attention_mask=am, **kw)
+    assert torch.equal(mdsample.generate(model, padded, attention_mask=am, **kw), want)
+    assert torch.equal(mdsample.generate(model, padded, attention_mask=am, cache="dual", refresh_every=1, **kw), want)
 
 
 @pytest.mark.parametrize("field,value", [("include_qkv_bias", True), ("scale_logits", True),

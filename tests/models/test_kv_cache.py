@@ -181,3 +181,35 @@ def test_bookkeeping_errors():
         model.new_cache(1, 1000)
     assert isinstance(cache, KVCache)
     assert cache.kv.shape == (2, 2, 2, 2, 16, 16)  # [layers, 2, B, kv_heads, max_len, head_dim]
+
+
+def _padding(b, n, lens):
+    am = torch.zeros(b, n, dtype=torch.long)
+    for j, k in enumerate(lens):
+        am[j, n - k:] = 1  # left padding
+    return am
+
+
+@pytest.mark.parametrize("attention", ["bidirectional", "block_causal", "causal"])
+@torch.no_grad()
+def test_padding_keys_are_hidden(attention):
+    """Real positions do not see padding: their outputs do not depend on the pad tokens; an all-ones mask
+    is no mask; the cached calls (eager and tensor-start) apply the same mask as the uncached forward."""
+    model = model_for(attention)
+    x = tokens(3, 12, seed=4)
+    am = _padding(3, 12, [12, 7, 3])
+    torch.testing.assert_close(model.hidden(x, torch.ones_like(x)), model.hidden(x), **TOL)
+    h = model.hidden(x, am)
+    other = torch.where(am.bool(), x, (x + 5) % 127)  # different pad tokens
+    real = am.bool()
+    torch.testing.assert_close(model.hidden(other, am)[real], h[real], **TOL)
+    assert not torch.allclose(model.hidden(x)[real], h[real], **TOL)  # the mask does something
+    for start in (8, torch.tensor(8)):  # eager, then the graph-safe path
+        cache = model.new_cache(3, 16, attention_mask=am)
+        full = cache.hidden_block(x, 0)  # writes every slot (the prefix / dual cache's refresh)
+        torch.testing.assert_close(full[real], h[real], **TOL)
+        cache.commit(0, 8)
+        got = cache.hidden_block(x[:, 8:], start, kv_len=12)
+        torch.testing.assert_close(got[real[:, 8:]], h[:, 8:][real[:, 8:]], **TOL)
+    with pytest.raises(ValueError, match="attention_mask"):
+        model.hidden(x, am[:2])

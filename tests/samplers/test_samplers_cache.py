@@ -126,3 +126,56 @@ def test_fast_dllm_dropins_return_tokens_and_nfe(setup, fn, cache, rule):
     assert torch.equal(x, want)
     with pytest.raises(ValueError, match="remasking"):
         getattr(fast_dllm, fn)(m, prompt, 16, 32, 8, 0.0, "entropy", MASK)
+
+
+def _padded(prompt, lens):
+    am = torch.zeros_like(prompt)
+    for j, k in enumerate(lens):
+        am[j, prompt.shape[1] - k:] = 1  # left padding
+    return prompt.masked_fill(am == 0, 0), am
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+@pytest.mark.parametrize("cfg", [0.0, 1.0])
+def test_padded_batch_with_a_cache(setup, mode, cfg):
+    """A left-padded batch: the cache hides the padding keys as the uncached forward does, so refreshing
+    every step is the uncached computation; the padding changes the output (else this proves little)."""
+    m, prompt = setup
+    p, am = _padded(prompt, [PLEN, 5, 2])
+    kw = dict(cfg_scale=cfg, **_kw(0.0))
+    ref = mdsample.generate(m, p, attention_mask=am, **kw)
+    assert torch.equal(mdsample.generate(m, p, attention_mask=am, cache=mode, refresh_every=1, **kw), ref)
+    assert not torch.equal(ref, mdsample.generate(m, p, **kw))
+    approx = mdsample.generate(m, p, attention_mask=am, cache=mode, **kw)
+    assert approx.shape == ref.shape and bool((approx[:, PLEN:] != MASK).all())
+
+
+def test_kept_graphs_take_each_calls_padding(setup):
+    """StepGraphs reuse a call's cache for the next: its key mask is the new call's (CPU: the steps run eagerly)."""
+    m, prompt = setup
+    graphs = mdsample.StepGraphs()
+    for lens in ([PLEN, 5, 2], [3, PLEN, 6]):
+        p, am = _padded(prompt, lens)
+        fresh = mdsample.generate(m, p, attention_mask=am, cache="dual", cuda_graph=True, **_kw(0.0))
+        kept = mdsample.generate(m, p, attention_mask=am, cache="dual", cuda_graph=graphs, **_kw(0.0))
+        assert torch.equal(kept, fresh)
+    assert len(graphs) == 1
+
+
+def test_padded_batch_needs_a_cache_that_takes_the_mask(setup):
+    m, prompt = setup
+
+    class OldCache:  # a cache-offering backbone whose new_cache predates attention masks
+        config, vocab_size = m.config, m.config.vocab_size
+        hidden, head = m.hidden, m.head
+
+        def __call__(self, x, **kw):
+            return m(x, **kw)
+
+        def new_cache(self, batch_size, max_len=None):
+            return m.new_cache(batch_size, max_len)
+
+    p, am = _padded(prompt, [PLEN, 5, 2])
+    with pytest.raises(TypeError, match="attention_mask"):
+        mdsample.generate(OldCache(), p, attention_mask=am, cache="dual", **_kw(0.0))
+    assert mdsample.generate(OldCache(), prompt, cache="dual", **_kw(0.0)).shape == (3, PLEN + 32)

@@ -166,8 +166,6 @@ def test_bad_arguments(model, prompt):
         mdsample.generate(model, prompt, cuda_graph=True, **_kw(cache=None))
     with pytest.raises(ValueError, match="threshold or factor"):
         mdsample.generate(model, prompt, cuda_graph=True, threshold=0.9, factor=1.0, **_kw())
-    with pytest.raises(ValueError, match="attention_mask"):
-        mdsample.generate(model, prompt, cuda_graph=True, attention_mask=torch.ones_like(prompt), **_kw())
     with pytest.raises(ValueError, match="eos"):
         llada._generate(model, prompt, **_internal(), logits_exclude=(5,))
     with pytest.raises(ValueError, match="CUDA tensors"):
