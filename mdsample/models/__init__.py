@@ -9,7 +9,9 @@ from .transformer import (
     attention_allowed,
     preset,
 )
-from .checkpoints import from_llada, from_llama, llada_config, llada_state_dict, llama_config, llama_state_dict
+from .checkpoints import (from_llada, from_llama, from_qwen2, llada_config, llada_state_dict, llama_config,
+                          llama_state_dict)
+from .shift import Shifted, shifted
 from .kv_cache import KVCache
 from .ar import generate_ar, generate_ar_uncached
 from .protocol import Backbone, CacheBackbone, DiffusionBackbone, KVCacheLike, RowBackbone, device_of, hidden_of, logits_of

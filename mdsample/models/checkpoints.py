@@ -8,10 +8,11 @@ Transformer, which offers it:
 - :func:`from_llada`: LLaDA-8B (``LLaDAModelLM``, the OLMo-derived "llama" block: names
   ``model.transformer.{wte, blocks.i.{attn_norm, q_proj, k_proj, v_proj, attn_out, ff_norm,
   ff_proj, up_proj, ff_out}, ln_f, ff_out}``, SiLU(ff_proj) * up_proj, RMSNorm, half-split RoPE);
-- :func:`from_llama`: Hugging Face ``LlamaForCausalLM``-layout models.
+- :func:`from_llama`: Hugging Face ``LlamaForCausalLM``-layout models;
+- :func:`from_qwen2`: ``Qwen2ForCausalLM``-layout models (biases on q/k/v), e.g. Dream-v0.
 
-Both architectures are Transformer's math (RMSNorm statistics in fp32 then the weight,
-half-split RoPE, SwiGLU, no biases); a checkpoint using an option outside it (biases, logit
+These architectures are Transformer's math (RMSNorm statistics in fp32 then the weight,
+half-split RoPE, SwiGLU, no biases but Qwen2's on q/k/v); a checkpoint using an option outside it (biases, logit
 scaling, RoPE scaling, other norms or activations, q/k norms) is refused with the option's name,
 never silently approximated. The model is returned in eval mode on the checkpoint's device and dtype.
 
@@ -30,7 +31,7 @@ import torch
 
 from .transformer import Transformer, TransformerConfig
 
-__all__ = ["from_llada", "llada_config", "llada_state_dict", "from_llama", "llama_state_dict",
+__all__ = ["from_llada", "llada_config", "llada_state_dict", "from_llama", "from_qwen2", "llama_state_dict",
            "transformer_config_from_llama", "llama_config"]
 
 LLADA_MASK_ID = 126336
@@ -60,7 +61,7 @@ def _rename(state_dict: dict, *, top: dict, layers: str, block: dict, skip=(), f
         if name.startswith(layers):
             idx, sub = name[len(layers):].split(".", 1)
             module, leaf = sub.rsplit(".", 1)
-            if module in block and leaf == "weight":
+            if module in block and leaf in ("weight", "bias"):
                 out[f"layers.{idx}.{block[module]}.{leaf}"] = tensor
                 continue
         raise KeyError(f"no counterpart for {family} parameter {name!r}")
@@ -132,15 +133,18 @@ def _rope_theta(config: Any) -> float:
     return float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
 
 
-def transformer_config_from_llama(config: Any, *, attention: str = "bidirectional",
-                                  mask_id: Optional[int] = None) -> TransformerConfig:
-    """A :class:`TransformerConfig` from a ``transformers.LlamaConfig``."""
+def transformer_config_from_llama(config: Any, *, attention: str = "bidirectional", mask_id: Optional[int] = None,
+                                  family: str = "Llama") -> TransformerConfig:
+    """A :class:`TransformerConfig` from a ``transformers.LlamaConfig`` (or, ``family="Qwen2"``, a
+    ``Qwen2Config``: the same fields, biases on q/k/v, no sliding window)."""
     params = getattr(config, "rope_parameters", None) or {}
-    _require(config, "Llama", attention_bias=False, mlp_bias=False, hidden_act="silu",
+    qwen2 = family == "Qwen2"
+    _require(config, family, hidden_act="silu",
              rope_scaling=lambda v: v is None or v.get("rope_type", v.get("type")) == "default",
-             head_dim=lambda v: v is None or v == config.hidden_size // config.num_attention_heads)
+             head_dim=lambda v: v is None or v == config.hidden_size // config.num_attention_heads,
+             **(dict(use_sliding_window=False) if qwen2 else dict(attention_bias=False, mlp_bias=False)))
     if params.get("rope_type", "default") != "default":
-        raise ValueError(f"Llama config has rope_type={params['rope_type']!r}, which mdsample's Transformer "
+        raise ValueError(f"{family} config has rope_type={params['rope_type']!r}, which mdsample's Transformer "
                          "does not implement")
     return TransformerConfig(
         vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_layers=config.num_hidden_layers,
@@ -148,7 +152,14 @@ def transformer_config_from_llama(config: Any, *, attention: str = "bidirectiona
         num_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
         intermediate_size=config.intermediate_size, max_seq_len=config.max_position_embeddings,
         rope_theta=_rope_theta(config), norm_eps=float(config.rms_norm_eps), attention=attention,
-        tie_embeddings=bool(getattr(config, "tie_word_embeddings", False)), mask_id=mask_id)
+        tie_embeddings=bool(getattr(config, "tie_word_embeddings", False)), mask_id=mask_id, qkv_bias=qwen2)
+
+
+def _from_hf_decoder(model: Any, config: TransformerConfig) -> Transformer:
+    sd = llama_state_dict(model.state_dict())
+    if config.tie_embeddings:
+        sd.setdefault("lm_head.weight", sd["embed.weight"])
+    return Transformer.from_state_dict(config, sd)
 
 
 def from_llama(model: Any, *, attention: str = "bidirectional", mask_id: Optional[int] = None) -> Transformer:
@@ -157,11 +168,15 @@ def from_llama(model: Any, *, attention: str = "bidirectional", mask_id: Optiona
     ``attention="causal"`` gives the same logits as the Hugging Face model (tested); a masked
     diffusion model trained in that layout uses ``"bidirectional"``.
     """
-    config = transformer_config_from_llama(model.config, attention=attention, mask_id=mask_id)
-    sd = llama_state_dict(model.state_dict())
-    if config.tie_embeddings:
-        sd.setdefault("lm_head.weight", sd["embed.weight"])
-    return Transformer.from_state_dict(config, sd)
+    return _from_hf_decoder(model, transformer_config_from_llama(model.config, attention=attention, mask_id=mask_id))
+
+
+def from_qwen2(model: Any, *, attention: str = "bidirectional", mask_id: Optional[int] = None) -> Transformer:
+    """A ``Qwen2ForCausalLM``-layout model (Qwen2 / Qwen2.5; Dream-v0 is this layout, bidirectional) as a
+    :class:`Transformer` (tensors shared). Dream predicts token i at output i - 1: sample it through
+    ``mdsample.models.shifted(from_qwen2(dream), 1)``, which also serves the KV-cache modes."""
+    return _from_hf_decoder(model, transformer_config_from_llama(model.config, attention=attention, mask_id=mask_id,
+                                                                 family="Qwen2"))
 
 
 def llama_config(config: TransformerConfig):

@@ -27,17 +27,11 @@ from typing import Any, Optional
 import torch
 
 from .protocol import hidden_of, logits_of
+from .shift import shift_rows
 
 __all__ = ["HFBackbone", "HFRowBackbone", "hf_backbone", "MASK_FORMATS"]
 
 MASK_FORMATS = ("2d", "dream")
-
-
-def _shift(t: torch.Tensor, shift: int) -> torch.Tensor:
-    """Dream's shift along dim 1: row i takes row i - shift (the first rows keep their own)."""
-    if shift == 0 or t.shape[1] <= 1:
-        return t
-    return torch.cat([t[:, :shift], t[:, :-shift]], dim=1)
 
 
 def _accepts(fn: Any, name: str) -> bool:
@@ -98,7 +92,7 @@ class HFBackbone:
     def __call__(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits ``[B, L, V]`` of token ids ``x`` ``[B, L]``; ``attention_mask`` ``[B, L]`` or None."""
         out = self.hf_model(input_ids=x, **self._mask_kwargs(attention_mask), **self._extra)
-        return _shift(logits_of(out), self.logits_shift)
+        return shift_rows(logits_of(out), self.logits_shift)
 
 
 class HFRowBackbone(HFBackbone):
@@ -117,7 +111,7 @@ class HFRowBackbone(HFBackbone):
     def hidden(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Last hidden states ``[B, L, D]`` of ``x`` ``[B, L]`` (shifted like the logits)."""
         out = self.body(input_ids=x, **self._mask_kwargs(attention_mask), **self._body_extra)
-        return _shift(hidden_of(out), self.logits_shift)
+        return shift_rows(hidden_of(out), self.logits_shift)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, V]`` of hidden rows ``h`` ``[N, D]``."""

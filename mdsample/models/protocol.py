@@ -167,6 +167,12 @@ class Backbone:
         return callable(getattr(self.model, "new_cache", None))
 
     @property
+    def logits_shift(self) -> int:
+        """1 for a next-token-aligned model (Dream: output i - 1 scores token i, ``models/shift.py``), else 0."""
+        shift = getattr(self.model, "logits_shift", 0)
+        return shift if shift in (0, 1) else 0
+
+    @property
     def attention(self) -> Optional[str]:
         """The model's attention mode if it declares one (``config.attention``), else None."""
         value = getattr(getattr(self.model, "config", None), "attention", None)

@@ -44,7 +44,8 @@ class TransformerConfig:
     ``head_dim = hidden_size // num_heads``; ``num_heads`` must be a multiple of
     ``num_kv_heads`` (grouped-query attention; equal = plain multi-head attention).
     ``max_seq_len`` bounds the RoPE table and the default KV-cache length.
-    ``block_size`` is read only in ``"block_causal"`` mode. ``mask_id`` is the mask token
+    ``block_size`` is read only in ``"block_causal"`` mode. ``qkv_bias`` adds biases to the q/k/v
+    projections (Qwen2's layout, hence Dream's). ``mask_id`` is the mask token
     of the model family the preset imitates (informational: samplers take it as an argument).
     """
 
@@ -62,6 +63,7 @@ class TransformerConfig:
     tie_embeddings: bool = False
     initializer_range: float = 0.02
     mask_id: Optional[int] = None
+    qkv_bias: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
@@ -91,7 +93,7 @@ class TransformerConfig:
     def num_parameters(self) -> int:
         """Parameter count, computed from the shape (no tensors allocated)."""
         d, kv = self.hidden_size, self.num_kv_heads * self.head_dim
-        per_layer = d * d * 2 + d * kv * 2 + 3 * d * self.intermediate_size + 2 * d
+        per_layer = d * d * 2 + d * kv * 2 + 3 * d * self.intermediate_size + 2 * d + (d + 2 * kv) * self.qkv_bias
         head = 0 if self.tie_embeddings else self.vocab_size * d
         return self.vocab_size * d + self.num_layers * per_layer + d + head
 
@@ -196,11 +198,11 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         d, kv = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim
-        kw = dict(bias=False, device=device, dtype=dtype)
-        self.wq = nn.Linear(d, d, **kw)
-        self.wk = nn.Linear(d, kv, **kw)
-        self.wv = nn.Linear(d, kv, **kw)
-        self.wo = nn.Linear(d, d, **kw)
+        kw = dict(device=device, dtype=dtype)
+        self.wq = nn.Linear(d, d, bias=cfg.qkv_bias, **kw)
+        self.wk = nn.Linear(d, kv, bias=cfg.qkv_bias, **kw)
+        self.wv = nn.Linear(d, kv, bias=cfg.qkv_bias, **kw)
+        self.wo = nn.Linear(d, d, bias=False, **kw)
 
     def forward(self, x, cos, sin, mask, is_causal, kv_hook: Optional[KVHook]):
         """``x`` ``[B, n, D]`` -> ``[B, n, D]``; ``mask`` bool ``[n, S]`` or None."""
@@ -295,7 +297,7 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, seed: int = 0) -> None:
-        """Normal(0, initializer_range) for matrices, ones for norm weights; seeded per device."""
+        """Normal(0, initializer_range) for matrices and biases, ones for norm weights; seeded per device."""
         generators: dict[torch.device, torch.Generator] = {}
         for name, p in self.named_parameters():
             if p.device.type == "meta":

@@ -117,7 +117,9 @@ class CachedRowForward(RowForward):
     - ``"dual"``: later calls feed only ``x[:, start:end]`` and attend to the whole canvas:
       the block's K/V rows are overwritten, the suffix K/V stay as of the last refresh.
 
-    With ``refresh_every=1`` every call is a full forward (the uncached computation). A padded
+    With ``refresh_every=1`` every call is a full forward (the uncached computation). For a
+    next-token-aligned backbone (``logits_shift`` 1, Dream) each non-refresh chunk starts one
+    position before the block, whose output scores the block's first position. A padded
     batch (``attention_mask``) hides its padding keys in every call, cached or fed.
     Requested rows must lie in the part fed (the block and, for ``"prefix"``, the suffix).
 
@@ -171,17 +173,25 @@ class CachedRowForward(RowForward):
         xin, _, _ = self._inputs(x, everyone, None)
         if refresh is None:
             refresh = self.advance()
+        # A next-token-aligned model (logits_shift 1) scores position p by the output at p - 1: the
+        # fed chunk then starts one position earlier (kept inside the canvas), and p - 1 is the row.
+        shift, total = self.backbone.logits_shift, self.total
         if refresh:
             chunk, cstart, kv_len = xin, 0, None
         elif self.mode == "prefix":
-            chunk, cstart, kv_len = xin[:, self.start:], self.start, None
+            c0 = max(self.start - shift, 0)
+            chunk, cstart, kv_len = xin[:, c0:], c0, None
         elif self.static:
-            cols = self.block_start + torch.arange(self.end - self.start, device=x.device)
-            chunk, cstart, kv_len = xin.gather(1, cols.expand(xin.shape[0], -1)), self.block_start, self.total
+            n = min(self.end - self.start + shift, total)
+            c0 = (self.block_start - shift).clamp(0, total - n) if shift else self.block_start
+            cols = c0 + torch.arange(n, device=x.device)
+            chunk, cstart, kv_len = xin.gather(1, cols.expand(xin.shape[0], -1)), c0, total
         else:
-            chunk, cstart, kv_len = xin[:, self.start:self.end], self.start, self.total
+            n = min(self.end - self.start + shift, total)
+            c0 = min(max(self.start - shift, 0), total - n)
+            chunk, cstart, kv_len = xin[:, c0:c0 + n], c0, total
         seq = seqs[row_seq]
-        pos = row_pos - cstart
+        pos = (row_pos - shift).clamp_min(0) - cstart
         n = row_seq.numel()
         if self.cfg:
             seq = torch.cat([seq, seq + b])

@@ -145,19 +145,29 @@ def transformers():
     return pytest.importorskip("transformers")
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
 @pytest.mark.parametrize("tie", [False, True])
 @torch.no_grad()
-def test_llama_layout_gives_hf_logits(transformers, tie):
-    cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   rope_theta=1000.0, tie_word_embeddings=tie)
+def test_hf_decoder_layouts_give_hf_logits(transformers, family, tie):
+    """Llama, and Qwen2 (Dream-v0's layout, biases on q/k/v): the causal twin gives HF's logits."""
+    config, model_cls, convert = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, from_llama),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, mdsample.models.from_qwen2)}[family]
+    cfg = config(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=64, rope_theta=1000.0, tie_word_embeddings=tie)
     torch.manual_seed(0)
-    hf = transformers.LlamaForCausalLM(cfg).double().eval()
-    model = from_llama(hf, attention="causal")
+    hf = model_cls(cfg).double().eval()
+    if family == "qwen2":
+        for layer in hf.model.layers:  # HF initialises biases at 0: make them count
+            layer.self_attn.q_proj.bias.normal_()
+            layer.self_attn.k_proj.bias.normal_()
+    model = convert(hf, attention="causal")
     assert isinstance(model, Transformer) and model.config.rope_theta == 1000.0
+    assert model.config.qkv_bias == (family == "qwen2")
+    assert model.config.num_parameters() == sum(p.numel() for p in model.parameters())
     x = _tokens(V=40)
     torch.testing.assert_close(model(x), hf(x).logits, rtol=1e-6, atol=1e-6)
-    assert from_llama(hf).config.attention == "bidirectional"
+    assert convert(hf).config.attention == "bidirectional"
 
 
 def test_llama_options_outside_the_math_are_refused(transformers):
@@ -165,3 +175,10 @@ def test_llama_options_outside_the_math_are_refused(transformers):
                                    num_attention_heads=4, attention_bias=True)
     with pytest.raises(ValueError, match="attention_bias"):
         from_llama(transformers.LlamaForCausalLM(cfg))
+
+
+def test_qwen2_sliding_window_is_refused(transformers):
+    cfg = transformers.Qwen2Config(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, use_sliding_window=True)
+    with pytest.raises(ValueError, match="use_sliding_window"):
+        mdsample.models.from_qwen2(transformers.Qwen2ForCausalLM(cfg))

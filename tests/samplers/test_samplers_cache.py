@@ -6,6 +6,7 @@ import torch
 
 import mdsample
 from mdsample.models import Backbone, Transformer
+from mdsample.samplers import llada
 
 MASK = 127
 PLEN = 8
@@ -179,3 +180,63 @@ def test_padded_batch_needs_a_cache_that_takes_the_mask(setup):
     with pytest.raises(TypeError, match="attention_mask"):
         mdsample.generate(OldCache(), p, attention_mask=am, cache="dual", **_kw(0.0))
     assert mdsample.generate(OldCache(), prompt, cache="dual", **_kw(0.0)).shape == (3, PLEN + 32)
+
+
+def _internal_kw(kw):
+    """What mdsample.generate passes to llada._generate, for the keywords ``kw`` of a test."""
+    out = dict(temperature=0.0, cfg_scale=0.0, remasking="low_confidence", threshold=None, factor=None,
+               attention_mask=None, backend="auto", progress=False)
+    out.update(kw)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+@pytest.mark.parametrize("plen,gen", [(PLEN, 32), (0, 32), (0, 8)], ids=["prompt", "no-prompt", "one-block"])
+@pytest.mark.parametrize("rule", [dict(), dict(threshold=0.3)], ids=["fixed", "threshold"])
+def test_next_token_aligned_model_with_a_cache(setup, mode, plen, gen, rule):
+    """Dream-style models (output i - 1 scores token i): with the cache refreshed every step, the shifted
+    chunks give the uncached shifted computation, token for token, in the fixed-shape and step-by-step loops."""
+    from mdsample.models import shifted
+    from mdsample.models.shift import shift_rows
+
+    m, prompt = setup
+    dream_like = shifted(m)
+    plain = lambda x, **kw: shift_rows(m(x, **kw), 1)  # noqa: E731  (no hidden/head, no cache)
+    plain.vocab_size = m.config.vocab_size
+    kw = dict(steps=gen // 2, gen_length=gen, block_length=8, mask_id=MASK, seed=3, **rule)
+    p = prompt[:, :plen]
+    ref = mdsample.generate(plain, p, **kw)
+    assert torch.equal(mdsample.generate(dream_like, p, **kw), ref)
+    assert not torch.equal(ref, mdsample.generate(m, p, **kw))  # the shift matters
+    for static in (None, False):
+        if static is False and not rule:
+            continue  # the fixed schedule with a cache always takes the fixed-shape steps
+        out = llada._generate(dream_like, p, cache=mode, refresh_every=1, static_steps=static, **_internal_kw(kw))
+        assert torch.equal(out, ref), static
+    approx = mdsample.generate(dream_like, p, cache=mode, **kw)
+    assert bool((approx[:, plen:] != MASK).all())
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("shift", [0, 1])
+@pytest.mark.parametrize("plen,gen", [(PLEN, 32), (0, 16), (0, 8)], ids=["prompt", "no-prompt", "one-block"])
+@torch.no_grad()
+def test_cached_rows_equal_the_refresh_when_nothing_changed(setup, mode, static, shift, plen, gen):
+    """A cached call on an unchanged canvas reads K/V equal to what it would write: its rows (the block's,
+    and for a shifted model the outputs one position earlier) equal the refresh's full forward."""
+    from mdsample.models import shifted
+    from mdsample.samplers.forward import CachedRowForward
+
+    m, prompt = setup
+    backbone = Backbone(shifted(m, shift))
+    x = torch.cat([prompt[:, :plen], torch.randint(0, MASK, (3, gen), generator=torch.Generator().manual_seed(2))], 1)
+    fwd = CachedRowForward(backbone, mode=mode, total=x.shape[1], batch_size=3, mask_id=MASK)
+    everyone = torch.arange(3)
+    for start in range(plen, plen + gen, 8):
+        fwd.begin_block(x, start, start + 8, static=static)
+        r_seq = torch.arange(3).repeat_interleave(8)
+        r_pos = torch.arange(start, start + 8).repeat(3)
+        full, _ = fwd.rows(x, everyone, r_seq, r_pos, refresh=True)
+        cached, _ = fwd.rows(x, everyone, r_seq, r_pos, refresh=False)
+        torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-4)
