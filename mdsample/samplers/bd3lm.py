@@ -169,6 +169,9 @@ def sample_bd3lm(
     backbone = Backbone(model)
     if backbone.attention is not None and backbone.attention != "block_causal":
         raise ValueError(f"BD3-LM needs a block-causal model; the model's attention is {backbone.attention!r}")
+    if backbone.logits_shift:
+        raise ValueError("BD3-LM's block cache scores a position by its own output: a next-token-aligned "
+                         "(shifted) model is not a BD3-LM model")
     model_bs = getattr(getattr(model, "config", None), "block_size", None)
     if backbone.attention == "block_causal" and model_bs != bs:
         raise ValueError(f"block_size ({bs}) must equal the model's block_size ({model_bs})")

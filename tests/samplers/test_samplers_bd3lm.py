@@ -157,3 +157,5 @@ def test_argument_errors():
                               first_hitting=True)
     with pytest.raises(ValueError):
         mdsample.sample_bd3lm(Transformer.from_preset("tiny"), batch_size=1, length=16, block_size=4, mask_id=MASK)
+    with pytest.raises(ValueError, match="shifted"):
+        mdsample.sample_bd3lm(mdsample.models.shifted(m), batch_size=1, length=16, block_size=4, mask_id=MASK)
