@@ -56,6 +56,7 @@ import torch
 from ..ops.sampling import sample_categorical
 from ._random import DOMAIN_REVEAL, uniforms
 from .forward import CachedRowForward
+from .truncation import truncate
 from .remasking import confidence, select, transfer_counts
 
 __all__ = ["BlockStep", "StepGraphs"]
@@ -116,6 +117,7 @@ class BlockStep:
         capture: replay captured CUDA graphs (needs CUDA tensors); False runs every step eagerly.
         keep_graphs: keep every block's graph (a :class:`StepGraphs` reuses them in later calls);
             False drops a ``"prefix"`` block's graph when the next block starts.
+        truncation: ``(top_p, top_k)`` of the draw (samplers/truncation.py, its sync-free form), or Nones.
 
     Static buffers (what a replay reads): ``k`` int64 ``[B]`` (this step's transfer counts),
     ``offset`` int64 ``[]`` (Philox offset, bumped by each step), ``seed`` int64 ``[]``,
@@ -125,7 +127,8 @@ class BlockStep:
     def __init__(self, fwd: CachedRowForward, x: torch.Tensor, *, block_length: int, per_block: int,
                  remasking: str, temperature: float, stats_temperature: Optional[float], seed: int, mask_id: int,
                  threshold: Optional[float] = None, factor: Optional[float] = None, guidance_scale: float = 0.0,
-                 backend: str = "auto", capture: bool = False, keep_graphs: bool = False):
+                 backend: str = "auto", capture: bool = False, keep_graphs: bool = False,
+                 truncation: tuple = (None, None)):
         if capture and x.device.type != "cuda":
             raise ValueError(f"CUDA-graph capture needs CUDA tensors; the canvas is on {x.device}")
         dev = x.device
@@ -135,6 +138,7 @@ class BlockStep:
         self.remasking, self.temperature, self.stats_temperature = remasking, temperature, stats_temperature
         self.guidance_scale, self.backend, self.capture, self.keep_graphs = guidance_scale, backend, capture, keep_graphs
         self.threshold, self.factor = threshold, factor
+        self.top_p, self.top_k = truncation
         self.dynamic = threshold is not None or factor is not None
         self.k = torch.zeros(b, dtype=torch.int64, device=dev)
         self.offset = torch.zeros((), dtype=torch.int64, device=dev)
@@ -244,6 +248,9 @@ class BlockStep:
 
     def _draw(self, fwd, frame, refresh, positions, active, fallback, *, stats):
         logits, guidance = fwd.rows(self.x, self._everyone, self._row_seq, frame.reshape(-1), refresh=refresh)
+        if self.top_p is not None or self.top_k is not None:
+            logits = truncate(logits, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                              exclude=self.mask_id, sync_free=True)
         out = sample_categorical(
             logits, temperature=self.temperature, seed=self.seed, offset=self.offset,
             positions=positions.reshape(-1), exclude=self.mask_id, active=active.reshape(-1),

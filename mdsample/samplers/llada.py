@@ -59,6 +59,7 @@ from .eos import fill_after_eos, finished
 from .progress import Progress
 from .graph_step import BlockStep, StepGraphs
 from .remasking import confidence, select, transfer_counts
+from .truncation import truncate, truncation_args
 
 __all__ = ["generate", "REMASKING"]
 
@@ -86,7 +87,7 @@ def _excluded_mass(logits, guidance, scale, tokens, logprob, ids: Sequence[int])
 @torch.no_grad()
 def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cfg_scale, remasking, mask_id,
               threshold, factor, attention_mask, seed, backend, progress, cache=None, refresh_every=None,
-              cuda_graph=False, eos_id=None, logits_exclude: Sequence[int] = (), confidence_exclude: Sequence[int] = (),
+              cuda_graph=False, eos_id=None, top_p=None, top_k=None, logits_exclude: Sequence[int] = (), confidence_exclude: Sequence[int] = (),
               graph_capture: Optional[bool] = None, static_steps: Optional[bool] = None,
               calls_out: Optional[dict] = None):
     # calls_out (compat's nfe): receives "forwards", the model calls made (replayed graphs run none).
@@ -115,6 +116,9 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         factor = C.real("factor", factor, low=0.0)
     seed = seed_value("seed", seed)
     progress = C.flag("progress", progress)
+    top_p, top_k = truncation_args(top_p, top_k)
+    if (top_p is not None or top_k is not None) and cfg_scale > 0:
+        raise ValueError("top_p / top_k (Dream's truncation) do not combine with cfg_scale > 0")
     if eos_id is not None:
         eos_id = C.integer("eos_id", eos_id, low=0)
         if eos_id == mask_id:
@@ -171,7 +175,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
             raise ValueError(f"cache={cache!r} needs prompts without mask tokens (cached prefix rows get no logits)")
         capture = cuda_graph and device.type == "cuda" if graph_capture is None else graph_capture
         settings = (batch, plen, gen_length, block_length, per_block, cache, refresh_every, remasking, temperature,
-                    cfg_scale, threshold, factor, mask_id, backend, str(device), capture, am is not None)
+                    cfg_scale, threshold, factor, mask_id, backend, str(device), capture, am is not None, top_p, top_k)
         kept = None if graphs is None else graphs.get(model, settings)
         if kept is not None:  # an earlier call's canvas, cache and graphs, restarted with this prompt
             kept.restart(x, is_prompt, seed, attention_mask=am)
@@ -192,7 +196,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
             fwd, x, block_length=block_length, per_block=per_block, remasking=remasking,
             temperature=temperature, stats_temperature=stats_t, seed=seed, mask_id=mask_id, threshold=threshold,
             factor=factor, guidance_scale=guidance_scale, backend=backend, capture=capture,
-            keep_graphs=graphs is not None)
+            keep_graphs=graphs is not None, truncation=(top_p, top_k))
         if graphs is not None and kept is None:
             graphs.keep(model, settings, step)
         out = _generate_static(step, x, plen=plen, num_blocks=num_blocks, bar=bar, eos_id=eos_id)
@@ -229,7 +233,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
                                       k=None if dynamic else counts.index_select(0, seqs)[:, i],
                                       threshold=threshold, factor=factor, remasking=remasking,
                                       temperature=temperature, stats_t=stats_t, seed=seed, mask_id=mask_id,
-                                      guidance_scale=guidance_scale, backend=backend,
+                                      guidance_scale=guidance_scale, backend=backend, truncation=(top_p, top_k),
                                       logits_exclude=logits_exclude, confidence_exclude=confidence_exclude)
                 bar.step(tokens=committed)
                 i += 1
@@ -276,7 +280,7 @@ def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar, eos_id=None) 
 
 
 def _step(fwd: RowForward, x, seqs, cand, pos_ids, offset, *, k, threshold, factor, remasking, temperature,
-          stats_t, seed, mask_id, guidance_scale, backend, logits_exclude, confidence_exclude) -> int:
+          stats_t, seed, mask_id, guidance_scale, backend, truncation, logits_exclude, confidence_exclude) -> int:
     """One denoising step for sequences ``seqs`` (candidates ``cand`` bool ``[n, L]``); updates ``x`` in place."""
     n, total = cand.shape
 
@@ -291,6 +295,9 @@ def _step(fwd: RowForward, x, seqs, cand, pos_ids, offset, *, k, threshold, fact
         return r_seq, r_pos, logits, guidance
 
     def draw(logits, guidance, positions, **kw):
+        if truncation != (None, None):
+            logits = truncate(logits, temperature=temperature, top_p=truncation[0], top_k=truncation[1],
+                              exclude=mask_id)
         return sample_categorical(logits, temperature=temperature, seed=seed, offset=offset, positions=positions,
                                   exclude=mask_id, guidance=guidance, guidance_scale=guidance_scale,
                                   backend=backend, **kw)
@@ -343,6 +350,8 @@ def generate(
     refresh_every=None,
     cuda_graph=False,
     eos_id=None,
+    top_p=None,
+    top_k=None,
 ):
     """LLaDA's ``generate`` (semi-AR remasking), with Dream's confidences and Fast-dLLM's rules.
 
@@ -392,6 +401,8 @@ def generate(
             it is not forwarded again (with a cache: the run stops once every row has one), and
             every position after its first EOS is set to EOS. Blocks are final once done, so the
             text up to the first EOS is exactly that of a run without ``eos_id``.
+        top_p, top_k: Dream's truncation (samplers/truncation.py) of the draw and of the
+            confidences: nucleus mass in (0, 1] and top-k count, or None (not with ``cfg_scale``).
 
     Returns:
         int64 ``[B, P + gen_length]``: the prompt followed by the generated tokens.
@@ -400,4 +411,4 @@ def generate(
                      temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,
                      threshold=threshold, factor=factor, attention_mask=attention_mask, seed=seed,
                      backend=backend, progress=progress, cache=cache, refresh_every=refresh_every,
-                     cuda_graph=cuda_graph, eos_id=eos_id)
+                     cuda_graph=cuda_graph, eos_id=eos_id, top_p=top_p, top_k=top_k)

@@ -43,15 +43,18 @@ def truncation_args(top_p, top_k) -> tuple[Optional[float], Optional[int]]:
     return top_p, top_k
 
 
-def _nucleus(scaled: torch.Tensor, top_p: float, first: int = 64) -> torch.Tensor:
+def _nucleus(scaled: torch.Tensor, top_p: float, first: int = 64, *, sync_free: bool = False) -> torch.Tensor:
     """Bool ``[N, V]``: the top-p set of ``softmax(scaled)`` (float32 ``[N, V]``), as a full stable sort gives it.
 
     The nucleus is usually a few tokens, so it is found among the ``first`` largest logits
     (``topk``) and the search widens (x8) only for the rows whose nucleus is not inside yet. The
     set is then ``scaled >= last kept logit``, except in rows where logits tie with it beyond the
-    nucleus: there the lower ids among the tied stay (a stable sort's order).
+    nucleus: there the lower ids among the tied stay (a stable sort's order). ``sync_free``
+    (CUDA-graph steps): one pass over the whole row and the tie rule everywhere, no host reads.
     """
     vocab = scaled.shape[1]
+    if sync_free:
+        first = vocab
     probs = torch.softmax(scaled, dim=1)
     last = torch.empty((scaled.shape[0], 1), dtype=scaled.dtype, device=scaled.device)
     kept = torch.empty((scaled.shape[0],), dtype=torch.int64, device=scaled.device)
@@ -68,24 +71,33 @@ def _nucleus(scaled: torch.Tensor, top_p: float, first: int = 64) -> torch.Tenso
             last.copy_(val)
         else:
             kept[rows], last[rows] = n, val
-        open_ = (cum[:, -1] <= top_p) if k < vocab else torch.zeros_like(n, dtype=torch.bool)
+        if k == vocab:
+            break
+        open_ = cum[:, -1] <= top_p
         if not bool(open_.any()):
             break
         idx = torch.arange(sub.shape[0], device=sub.device)[open_]
         rows, k = (idx if rows is None else rows[idx]), min(8 * k, vocab)
+    if sync_free:
+        return _stable_prefix(scaled, last, kept)
     keep = scaled >= last
     over = keep.sum(1) != kept
     if bool(over.any()):  # ties at the boundary beyond the nucleus
         r = over.nonzero().squeeze(1)
-        row, lim = scaled[r], last[r]
-        ties = row == lim
-        room = (kept[r] - (row > lim).sum(1)).unsqueeze(1)
-        keep[r] = (row > lim) | (ties & (ties.long().cumsum(1) <= room))
+        keep[r] = _stable_prefix(scaled[r], last[r], kept[r])
     return keep
 
 
+def _stable_prefix(row: torch.Tensor, last: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Bool ``[n, V]``: the first ``kept`` tokens of each row in (logit descending, id ascending) order,
+    given the last one's logit ``last`` ``[n, 1]``: all above it, then the lowest ids among the tied."""
+    above, ties = row > last, row == last
+    room = (kept - above.sum(1)).unsqueeze(1)
+    return above | (ties & (ties.long().cumsum(1) <= room))
+
+
 def truncate(logits: torch.Tensor, *, temperature: float, top_p: Optional[float], top_k: Optional[int],
-             exclude: Optional[int] = None) -> torch.Tensor:
+             exclude: Optional[int] = None, sync_free: bool = False) -> torch.Tensor:
     """Logits ``[N, V]`` with the tokens outside the top-p / top-k set at ``-inf`` (a new tensor).
 
     Args:
@@ -93,6 +105,7 @@ def truncate(logits: torch.Tensor, *, temperature: float, top_p: Optional[float]
         temperature: float >= 0; top-p is taken of ``softmax(l / T)`` (of ``softmax(l)`` at T = 0).
         top_p: float in (0, 1) or None; top_k: int >= 1 or None (from :func:`truncation_args`).
         exclude: a token id set to ``-inf`` first (the mask token), or None.
+        sync_free: no host reads (the fixed-shape, graph-captured steps); the same set.
     """
     out = logits.clone()
     if exclude is not None:
@@ -101,7 +114,7 @@ def truncate(logits: torch.Tensor, *, temperature: float, top_p: Optional[float]
         scaled = out.to(torch.float32)
         if temperature > 0:
             scaled = scaled / temperature
-        out.masked_fill_(~_nucleus(scaled, top_p), -torch.inf)
+        out.masked_fill_(~_nucleus(scaled, top_p, sync_free=sync_free), -torch.inf)
     if top_k is not None and top_k < out.shape[1] and out.numel():
         kth = torch.topk(out, top_k, dim=1).values[:, -1:]
         out.masked_fill_(out < kth, -torch.inf)

@@ -197,3 +197,24 @@ def chi_square_pvalue(counts: dict, probs: dict, *, min_expected: float = 5.0) -
 def total_variation(a: dict, b: dict) -> float:
     keys = set(a) | set(b)
     return 0.5 * sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in keys)
+
+
+def reference_truncate(row: torch.Tensor, T: float, top_p, top_k, mask_id: int) -> torch.Tensor:
+    """Dream's top-p then top-k on one float64 row [V] (mask removed first), by sorting a Python list."""
+    row = row.clone()
+    row[mask_id] = -math.inf
+    if top_p is not None:
+        scaled = row / T if T > 0 else row
+        p = torch.softmax(scaled, 0).tolist()
+        order = sorted(range(row.numel()), key=lambda v: (-float(scaled[v]), v))
+        cum, keep = 0.0, set()
+        for v in order:
+            if cum > top_p:
+                break
+            keep.add(v)
+            cum += p[v]
+        row[[v for v in range(row.numel()) if v not in keep]] = -math.inf
+    if top_k is not None:
+        kth = sorted(row.tolist(), reverse=True)[top_k - 1]
+        row[row < kth] = -math.inf
+    return row

@@ -240,3 +240,25 @@ def test_cached_rows_equal_the_refresh_when_nothing_changed(setup, mode, static,
         full, _ = fwd.rows(x, everyone, r_seq, r_pos, refresh=True)
         cached, _ = fwd.rows(x, everyone, r_seq, r_pos, refresh=False)
         torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+@pytest.mark.parametrize("trunc", [dict(top_p=0.6), dict(top_k=3, top_p=0.9)])
+def test_truncation_in_the_fixed_shape_steps(setup, mode, trunc):
+    """The fixed-shape steps truncate without host reads (one pass, the same set): refreshed every step
+    they give the uncached run's tokens, with Dream's settings (entropy, T 0.2)."""
+    m, prompt = setup
+    kw = dict(remasking="entropy", **trunc, **_kw(0.2))
+    ref = mdsample.generate(m, prompt, **kw)
+    assert torch.equal(mdsample.generate(m, prompt, cache=mode, refresh_every=1, **kw), ref)
+    assert not torch.equal(ref, mdsample.generate(m, prompt, remasking="entropy", **_kw(0.2)))
+
+
+def test_sync_free_nucleus_is_the_same_set():
+    from mdsample.samplers.truncation import _nucleus
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.randn(20, 300, generator=g) * s for s in (0.3, 3.0)] +
+                  [torch.randint(-2, 2, (20, 300), generator=g).float()])
+    for top_p in (0.3, 0.9):
+        assert torch.equal(_nucleus(x, top_p, sync_free=True), _nucleus(x, top_p))

@@ -17,31 +17,11 @@ import mdsample
 from mdsample.samplers._random import DOMAIN_REVEAL, uniforms
 from mdsample.samplers.dream import _sample_dream
 from mdsample.samplers.truncation import _nucleus, truncate
-from sampler_oracles import HeadOracle, ancestral_distribution, chi_square_pvalue, count_rows, random_joint
+from sampler_oracles import (HeadOracle, ancestral_distribution, chi_square_pvalue, count_rows, random_joint,
+                             reference_truncate)
 from test_samplers_generate import MASK, PAD, V, LogitsOnly, TinyLM, prompts
 
 ALPHA = 1e-3
-
-
-def reference_truncate(row: torch.Tensor, T: float, top_p, top_k) -> torch.Tensor:
-    """Dream's top-p then top-k on one float64 row [V] (mask removed first), by sorting a Python list."""
-    row = row.clone()
-    row[MASK] = -math.inf
-    if top_p is not None:
-        scaled = row / T if T > 0 else row
-        p = torch.softmax(scaled, 0).tolist()
-        order = sorted(range(row.numel()), key=lambda v: (-float(scaled[v]), v))
-        cum, keep = 0.0, set()
-        for v in order:
-            if cum > top_p:
-                break
-            keep.add(v)
-            cum += p[v]
-        row[[v for v in range(row.numel()) if v not in keep]] = -math.inf
-    if top_k is not None:
-        kth = sorted(row.tolist(), reverse=True)[top_k - 1]
-        row[row < kth] = -math.inf
-    return row
 
 
 def reference_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp=None, top_p=None, top_k=None, eps=1e-3,
@@ -63,14 +43,14 @@ def reference_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp=None,
             p_transfer = 1.0 if last else float(1 - s / t)
             for b, c in mask_index.nonzero().tolist():
                 if float(u[b, c]) < p_transfer:
-                    x[b, c] = int(reference_truncate(logits[b, c], 0.0, top_p, top_k).argmax())
+                    x[b, c] = int(reference_truncate(logits[b, c], 0.0, top_p, top_k, MASK).argmax())
             continue
         k = L if last else int(mask_index.sum() / B * (1 - s / t))  # the last step fills every row
         new = x.clone()
         for b in range(B):
             scored = []
             for c in mask_index[b].nonzero().flatten().tolist():
-                probs = torch.softmax(reference_truncate(logits[b, c], 0.0, top_p, top_k), 0)
+                probs = torch.softmax(reference_truncate(logits[b, c], 0.0, top_p, top_k, MASK), 0)
                 x0 = int(probs.argmax())
                 if alg == "maskgit_plus":
                     conf = float(probs[x0])
@@ -132,7 +112,7 @@ def test_truncate_matches_a_sorted_list_with_ties():
         for top_p, top_k in ((0.3, None), (0.77, None), (0.95, 4), (None, 1), (None, 5), (0.6, 2)):
             got = truncate(logits, temperature=T, top_p=top_p, top_k=top_k, exclude=MASK)
             for r in range(logits.shape[0]):
-                want = reference_truncate(logits[r], T, top_p, top_k)
+                want = reference_truncate(logits[r], T, top_p, top_k, MASK)
                 if top_p is not None:  # well posed only away from exact float boundaries
                     assert not _near_boundary(logits[r], T, top_p)
                 assert torch.equal(torch.isinf(got[r]), torch.isinf(want)), (T, top_p, top_k, r)

@@ -11,7 +11,7 @@ import torch
 
 import mdsample
 from mdsample.samplers._random import DOMAIN_REVEAL, uniforms
-from sampler_oracles import HeadOracle, chi_square_pvalue, count_rows, random_joint
+from sampler_oracles import HeadOracle, chi_square_pvalue, count_rows, random_joint, reference_truncate
 
 ALPHA = 1e-3
 V, MASK, PAD = 12, 11, 0
@@ -65,7 +65,8 @@ class LogitsOnly:
 
 
 def reference_generate(model, prompt, *, steps, gen_length, block_length, cfg_scale=0.0, remasking="low_confidence",
-                       mask_id=MASK, threshold=None, factor=None, attention_mask=None, fix_mask=True, seed=0):
+                       mask_id=MASK, threshold=None, factor=None, attention_mask=None, fix_mask=True, seed=0,
+                       top_p=None, top_k=None):
     """LLaDA generate (+ Dream confidences, Fast-dLLM threshold / factor) at temperature 0, step by step."""
     B, P = prompt.shape
     x = torch.full((B, P + gen_length), mask_id, dtype=torch.long)
@@ -100,6 +101,9 @@ def reference_generate(model, prompt, *, steps, gen_length, block_length, cfg_sc
             logits = logits.clone().double()
             if fix_mask:
                 logits[:, :, mask_id] = -math.inf
+            if top_p is not None or top_k is not None:  # Dream's truncation, row by row
+                logits = torch.stack([torch.stack([reference_truncate(r, 0.0, top_p, top_k, mask_id) for r in rows])
+                                      for rows in logits])
             x0 = logits.argmax(-1)
             p = torch.softmax(logits, -1)
             if remasking == "low_confidence":
@@ -150,6 +154,8 @@ CASES = [
     dict(steps=12, gen_length=12, block_length=4, threshold=0.5, remasking="margin", cfg_scale=0.5),
     dict(steps=8, gen_length=8, block_length=4, factor=1.0),
     dict(steps=8, gen_length=8, block_length=4, factor=2.0, remasking="entropy"),
+    dict(steps=8, gen_length=8, block_length=4, remasking="entropy", top_p=0.7),
+    dict(steps=6, gen_length=12, block_length=6, top_k=3, threshold=0.6),
 ]
 
 
@@ -333,3 +339,16 @@ def test_eos_id_errors():
         mdsample.generate(TinyLM(), prompts(), steps=4, gen_length=4, block_length=4, mask_id=MASK, eos_id=MASK)
     with pytest.raises(ValueError, match="eos_id 12 is not a token"):
         mdsample.generate(TinyLM(), prompts(), steps=4, gen_length=4, block_length=4, mask_id=MASK, eos_id=V)
+
+
+def test_truncation_changes_the_commits():
+    """top-p / top-k reshape the confidences even at T = 0 (else the truncated cases above prove little)."""
+    model, p = TinyLM(scale=2.0), prompts()  # flatter than the default: truncation bites
+    kw = dict(steps=12, gen_length=12, block_length=12, remasking="entropy")
+    plain = mdsample.generate(model, p, mask_id=MASK, **kw)
+    for trunc in (dict(top_p=0.7), dict(top_k=2)):
+        out = mdsample.generate(model, p, mask_id=MASK, **trunc, **kw)
+        assert not torch.equal(out, plain)
+        assert torch.equal(out, reference_generate(model, p, **trunc, **kw))
+    with pytest.raises(ValueError, match="cfg_scale"):
+        mdsample.generate(model, p, mask_id=MASK, top_p=0.7, cfg_scale=1.0, **kw)
