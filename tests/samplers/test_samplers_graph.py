@@ -134,6 +134,22 @@ def test_default_cached_loop_makes_no_host_sync(model, prompt, mode, monkeypatch
     assert torch.equal(out, step_by_step(model, prompt, **kw))
 
 
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_truncated_steps_of_a_shifted_model_make_no_host_sync(model, prompt, mode, monkeypatch):
+    """Dream's settings on the cache: a next-token-aligned model (chunks fed from one position earlier) with
+    top-p / top-k truncation, every step under the sync guard; the tokens of the step-by-step loop."""
+    from mdsample.models import shifted
+
+    calls = []
+    monkeypatch.setattr(BlockStep, "__call__", _guarded(BlockStep.__call__, calls))
+    monkeypatch.setattr(BlockStep, "begin_block", _guarded(BlockStep.begin_block, calls))
+    kw = _kw(cache=mode, remasking="entropy", temperature=0.2, top_p=0.9, top_k=5)
+    out = mdsample.generate(shifted(model), prompt, cuda_graph=True, **kw)
+    assert calls.count("begin_block") == 4 and calls.count("__call__") == 16
+    monkeypatch.undo()
+    assert torch.equal(out, step_by_step(shifted(model), prompt, **kw))
+
+
 def test_step_loop_makes_no_host_sync_on_the_reference_backend(model, prompt, monkeypatch):
     """The float64 reference draw (backend="auto"'s last fallback on CUDA) is sync-free too."""
     calls = []
@@ -241,6 +257,19 @@ def test_graph_replay_equals_eager_step_on_cuda(model, prompt, mode, remasking, 
     agreement = float((cached == graphed).double().mean())
     record_property(f"graph_vs_cached_{mode}_{remasking}", json.dumps(agreement))
     assert agreement > 0.95  # same draws; only the head's GEMM rounding (more rows at once) differs
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_graph_replay_of_dream_settings_on_cuda(prompt, mode):
+    """A shifted model (chunks one position earlier) with top-p / top-k: the captured steps replay to the
+    eager steps' tokens (the truncation is the sync-free one in both)."""
+    from mdsample.models import shifted
+
+    m, p = shifted(Transformer.from_preset("tiny", seed=0, device="cuda").eval()), prompt.cuda()
+    kw = _internal(cache=mode, remasking="entropy", temperature=0.2, top_p=0.9, top_k=5)
+    eager = llada._generate(m, p, **dict(kw, graph_capture=False))
+    assert torch.equal(llada._generate(m, p, **kw), eager)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
