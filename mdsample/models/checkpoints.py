@@ -183,6 +183,9 @@ def llama_config(config: TransformerConfig):
     """An equally shaped ``transformers.LlamaConfig`` (causal LM), for comparisons with HF."""
     from transformers import LlamaConfig
 
+    if config.qkv_bias:
+        raise ValueError("a config with qkv_bias is Qwen2's layout, not Llama's (no q/k/v biases there)")
+
     return LlamaConfig(
         vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,

@@ -101,6 +101,7 @@ class TransformerConfig:
 # Published shapes, random weights. MDLM-small is a DiT (GELU MLP of 4 x 768); here it is the
 # same depth/width/heads with a SwiGLU MLP of the same 3072 width, which is what matters for
 # the cost of sampling. SMDM-1.1B is TinyLlama's shape; LLaDA-8B is LLaDA-8B-Base's config.
+# Dream-7B is Qwen2.5-7B's (Dream samples it shifted: mdsample.models.shifted).
 PRESETS: dict[str, dict] = {
     "tiny": dict(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                  intermediate_size=176, max_seq_len=256, mask_id=127, block_size=4),
@@ -110,11 +111,16 @@ PRESETS: dict[str, dict] = {
                     intermediate_size=5632, max_seq_len=2048, rope_theta=10000.0, mask_id=32000),
     "llada_8b": dict(vocab_size=126464, hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=32,
                      intermediate_size=12288, max_seq_len=4096, rope_theta=500000.0, mask_id=126336),
+    # Dream-v0-7B continues Qwen2.5-7B: its shape, q/k/v biases, mask 151666 (4096: a working
+    # context for the RoPE table and default cache, not a weight).
+    "dream_7b": dict(vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4,
+                     intermediate_size=18944, max_seq_len=4096, rope_theta=1000000.0, norm_eps=1e-6,
+                     qkv_bias=True, mask_id=151666),
 }
 
 
 def preset(name: str, **overrides) -> TransformerConfig:
-    """The config of a preset (``tiny``, ``mdlm_small``, ``smdm_1b``, ``llada_8b``) with overrides,
+    """The config of a preset (``tiny``, ``mdlm_small``, ``smdm_1b``, ``llada_8b``, ``dream_7b``) with overrides,
     e.g. ``preset("mdlm_small", attention="block_causal", block_size=4)``."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")

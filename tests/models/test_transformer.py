@@ -13,7 +13,8 @@ def tokens(b, n, seed=0, vocab=128):
     return torch.randint(0, vocab, (b, n), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("name, billions", [("mdlm_small", 0.19), ("smdm_1b", 1.10), ("llada_8b", 8.02)])
+@pytest.mark.parametrize("name, billions", [("mdlm_small", 0.19), ("smdm_1b", 1.10), ("llada_8b", 8.02),
+                                           ("dream_7b", 7.62)])
 def test_preset_shapes(name, billions):
     # Built on the meta device: the shape without the memory (LLaDA-8B is 32 GB in fp32).
     model = Transformer(preset(name), device="meta")
@@ -31,7 +32,10 @@ def test_published_shapes():
         (32, 4096, 32, 12288, 126464, 126336)
     m = preset("mdlm_small")
     assert (m.num_layers, m.hidden_size, m.num_heads, m.vocab_size) == (12, 768, 12, 50258)
-    assert set(PRESETS) == {"tiny", "mdlm_small", "smdm_1b", "llada_8b"}
+    d = preset("dream_7b")  # Qwen2.5-7B
+    assert (d.num_layers, d.hidden_size, d.num_heads, d.num_kv_heads, d.intermediate_size, d.vocab_size,
+            d.qkv_bias, d.mask_id) == (28, 3584, 28, 4, 18944, 152064, True, 151666)
+    assert set(PRESETS) == {"tiny", "mdlm_small", "smdm_1b", "llada_8b", "dream_7b"}
 
 
 @pytest.mark.parametrize("bad", [dict(attention="sliding"), dict(num_kv_heads=3), dict(hidden_size=66),
