@@ -182,14 +182,14 @@ class CachedRowForward(RowForward):
             c0 = max(self.start - shift, 0)
             chunk, cstart, kv_len = xin[:, c0:], c0, None
         elif self.static:
-            n = min(self.end - self.start + shift, total)
-            c0 = (self.block_start - shift).clamp(0, total - n) if shift else self.block_start
-            cols = c0 + torch.arange(n, device=x.device)
+            width = min(self.end - self.start + shift, total)
+            c0 = (self.block_start - shift).clamp(0, total - width) if shift else self.block_start
+            cols = c0 + torch.arange(width, device=x.device)
             chunk, cstart, kv_len = xin.gather(1, cols.expand(xin.shape[0], -1)), c0, total
         else:
-            n = min(self.end - self.start + shift, total)
-            c0 = min(max(self.start - shift, 0), total - n)
-            chunk, cstart, kv_len = xin[:, c0:c0 + n], c0, total
+            width = min(self.end - self.start + shift, total)
+            c0 = min(max(self.start - shift, 0), total - width)
+            chunk, cstart, kv_len = xin[:, c0:c0 + width], c0, total
         seq = seqs[row_seq]
         pos = (row_pos - shift).clamp_min(0) - cstart
         n = row_seq.numel()
