@@ -167,7 +167,8 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
             refresh_every = C.integer("refresh_every", refresh_every, low=1)
         if not backbone.has_cache:
             raise ValueError(f"cache={cache!r} needs a backbone offering a KV cache (new_cache); "
-                             f"{type(model).__name__} has none")
+                             f"{type(model).__name__} has none (a Hugging Face LLaDA / Llama / Qwen2 checkpoint: "
+                             "load it with mdsample.models.from_llada / from_llama / from_qwen2)")
         if backbone.attention not in (None, "bidirectional"):
             raise ValueError(f"cache={cache!r} is Fast-dLLM's cache for bidirectional models; the model's attention "
                              f"is {backbone.attention!r}")
