@@ -4,6 +4,7 @@ LLaDA sampling loops they (and benchmarks/bench_samplers.py) compare against. CP
 are smoke-test numbers only."""
 from __future__ import annotations
 
+import argparse
 import math
 import resource
 import time
@@ -160,6 +161,27 @@ def pick_device(name: str | None) -> torch.device:
 def build_model(preset: str, dtype: str, device) -> Transformer:
     """The random-init (seed 0) ``preset`` transformer in ``dtype`` (a torch dtype name), eval mode."""
     return Transformer.from_preset(preset, device=device, dtype=getattr(torch, dtype), seed=0).eval()
+
+
+def e2e_parser(description: str, **int_options) -> argparse.ArgumentParser:
+    """The options of every e2e script (--device, --preset, --dtype, --repeats, --skip-reference,
+    --no-write) and its own integer ones: ``name=None`` takes one value, ``name="+"`` a list."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--preset", default=None)
+    for name, nargs in int_options.items():
+        ap.add_argument(f"--{name}", type=int, default=None, **({"nargs": nargs} if nargs else {}))
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/ files")
+    return ap
+
+
+def describe_speed(r: dict) -> str:
+    """A result row in one line: tok/s, forwards, seconds, and a reference row's mdsample speedup."""
+    line = f"{r['method']}: {r['tokens_per_s']:.1f} tok/s, {r['forwards']} forwards, {r['seconds']:.3f} s"
+    return line + (f" (mdsample {r['mdsample_speedup']:.1f}x faster)" if "mdsample_speedup" in r else "")
 
 
 def parse_with_defaults(ap, argv, gpu_defaults: dict, cpu_defaults: dict):

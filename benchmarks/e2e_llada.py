@@ -26,7 +26,6 @@ or ``pytest benchmarks/e2e_llada.py --benchmark-only`` (pytest-benchmark).
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import sys
@@ -42,8 +41,8 @@ from mdsample.samplers.forward import CachedRowForward  # noqa: E402
 from mdsample.samplers.graph_step import BlockStep  # noqa: E402
 
 from benchmarks._e2e import (  # noqa: E402
-    Counting, build_model, cuda_event_ms, kernel_ms, measure, parse_with_defaults, pick_device, reference_llada,
-    run_and_report)
+    Counting, build_model, cuda_event_ms, e2e_parser, kernel_ms, measure, parse_with_defaults, pick_device,
+    reference_llada, run_and_report)
 from benchmarks._timing import RESULTS, device_name  # noqa: E402
 
 GPU_DEFAULTS = dict(preset="llada_8b", batch=1, prompt=64, gen=[256, 1024], block=32, tps=[1, 2, 4, 8],
@@ -202,19 +201,8 @@ def plot(rows, device, path):
 
 
 def parse(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--preset", default=None)
-    ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--prompt", type=int, default=None)
-    ap.add_argument("--gen", type=int, nargs="+", default=None)
-    ap.add_argument("--block", type=int, default=None)
-    ap.add_argument("--tps", type=int, nargs="+", default=None, help="tokens per step")
-    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--skip-reference", action="store_true")
+    ap = e2e_parser(__doc__.split("\n")[0], batch=None, prompt=None, gen="+", block=None, tps="+")
     ap.add_argument("--no-hf", action="store_true", help="skip Hugging Face generate (and the transformers import)")
-    ap.add_argument("--no-write", action="store_true", help="do not write JSON / PNG to benchmarks/results/")
     return parse_with_defaults(ap, argv, GPU_DEFAULTS, CPU_DEFAULTS)
 
 

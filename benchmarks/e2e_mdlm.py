@@ -14,7 +14,6 @@ or ``pytest benchmarks/e2e_mdlm.py --benchmark-only`` (pytest-benchmark).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -22,7 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mdsample  # noqa: E402
 
 from benchmarks._e2e import (  # noqa: E402
-    Counting, build_model, measure, parse_with_defaults, pick_device, reference_mdlm, run_and_report)
+    Counting, build_model, describe_speed, e2e_parser, measure, parse_with_defaults, pick_device, reference_mdlm,
+    run_and_report)
 
 GPU_DEFAULTS = dict(preset="mdlm_small", batch=16, length=1024, steps=1000, dtype="bfloat16")
 CPU_DEFAULTS = dict(preset="tiny", batch=2, length=64, steps=32, dtype="float32")
@@ -58,24 +58,12 @@ def run(args):
 
 
 def parse(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--preset", default=None)
-    ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--length", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--skip-reference", action="store_true")
-    ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/*.json")
+    ap = e2e_parser(__doc__.split("\n")[0], batch=None, length=None, steps=None)
     return parse_with_defaults(ap, argv, GPU_DEFAULTS, CPU_DEFAULTS)
 
 
 def main(argv=None) -> dict:
-    return run_and_report(parse(argv), run, "e2e-mdlm",
-                          lambda r: f"{r['method']}: {r['tokens_per_s']:.1f} tok/s, {r['forwards']} forwards, "
-                                    f"{r['seconds']:.3f} s" + (f" (mdsample {r['mdsample_speedup']:.1f}x faster)"
-                                                              if "mdsample_speedup" in r else ""))
+    return run_and_report(parse(argv), run, "e2e-mdlm", describe_speed)
 
 
 # ---------------------------------------------------------------- pytest-benchmark

@@ -25,6 +25,7 @@
 #  10. sanitizer-memcheck   compute-sanitizer memcheck (if present)      sanitizer_memcheck.log
 #  11. sanitizer-racecheck  compute-sanitizer racecheck                  sanitizer_racecheck.log
 #  12. tests-rest   the rest of tests/ (no -x: every failure listed)     tests_rest.log
+#  13. e2e-dream    e2e_dream.py (Dream-7B shape, no issue goal: last)   e2e_dream.log
 # Benchmark results written to benchmarks/results/ are copied to $OUT/results after
 # each benchmark step. summary.txt has one line per step: rc, seconds, log.
 set -u
@@ -247,5 +248,9 @@ if (( HAVE_PYTEST )); then
   # shellcheck disable=SC2086
   MDSAMPLE_TRITON_AUTOTUNE=0 step tests-rest 150 tests_rest.log "$PY" -m pytest tests -q -p no:cacheprovider $ignores --continue-on-collection-errors
 fi
+
+# ---- 13. Dream end to end (no issue goal names it: last, or GPU_CHECK_STEPS=e2e-dream) ------
+step e2e-dream 90 e2e_dream.log "$PY" benchmarks/e2e_dream.py
+collect_results
 
 note "gpu_check: done in $((SECONDS - START))s"

@@ -37,6 +37,14 @@ def test_e2e_llada_smoke():
     assert out["cpu_smoke"]
 
 
+def test_e2e_dream_smoke():
+    out = _load("e2e_dream").main(["--device", "cpu", "--prompt", "4", "--gen", "8", "--steps", "4", "--no-write"])
+    methods = [r["method"] for r in out["rows"]]
+    assert methods[0] == "mdsample.sample_dream (entropy)" and methods[-1] == "reference Dream loop (entropy)"
+    assert len(methods) == 4 and out["cpu_smoke"]
+    assert all(r["forwards"] > 0 for r in out["rows"])
+
+
 def test_rows_are_written_as_they_arrive(tmp_path, monkeypatch):
     """A run cut short (a time limit, an error) leaves the rows measured so far, marked incomplete."""
     import json
