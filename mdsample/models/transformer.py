@@ -358,7 +358,9 @@ class Transformer(nn.Module):
 
         ``attention_mask``: ``[B, L]`` (bool or int, 1 = real token) or None. Padding keys are
         hidden from every query; positions stay absolute (LLaDA's convention for left-padded
-        prompts); the outputs at padding positions are computed but meaningless.
+        prompts). RoPE attention sees only relative positions, so the real tokens compute what they
+        compute alone, which is also what Hugging Face's and Dream's real-token position count gives
+        (tested); the outputs at padding positions are computed but meaningless.
         """
         self._check_tokens(x)
         n = x.shape[1]

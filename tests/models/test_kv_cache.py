@@ -213,3 +213,21 @@ def test_padding_keys_are_hidden(attention):
         torch.testing.assert_close(got[real[:, 8:]], h[:, 8:][real[:, 8:]], **TOL)
     with pytest.raises(ValueError, match="attention_mask"):
         model.hidden(x, am[:2])
+
+
+@torch.no_grad()
+def test_a_padded_row_computes_its_prompt_alone():
+    """RoPE attention depends on relative positions only: with its padding hidden, a left-padded row gives
+    what its tokens give alone (so absolute positions equal Hugging Face's / Dream's real-token count)."""
+    model = model_for("bidirectional")
+    x = tokens(2, 10, seed=6)
+    am = _padding(2, 10, [10, 6])
+    torch.testing.assert_close(model.hidden(x, am)[1, 4:], model.hidden(x[1:, 4:])[0], **TOL)
+    cache = model.new_cache(2, 12, attention_mask=am)
+    cache.hidden_block(x, 0)
+    cache.commit(0, 8)
+    alone = model.new_cache(1, 12)
+    alone.hidden_block(x[1:, 4:], 0)
+    alone.commit(0, 4)
+    torch.testing.assert_close(cache.hidden_block(x[:, 8:], 8, kv_len=10)[1],
+                               alone.hidden_block(x[1:, 8:], 4, kv_len=6)[0], **TOL)
