@@ -113,12 +113,16 @@ class MarkovOracle:
         lp = self.pi.log()[x[:, 0]] * (prompt == 0) + steps[:, max(prompt - 1, 0):].sum(1)
         return lp
 
-    def __call__(self, x, **kw):
+    def __call__(self, x, attention_mask=None, **kw):
         device, x = x.device, x.cpu()  # computed on the CPU, returned where the input lives
         q, length = x.shape
-        # Evidence per position: one-hot where observed, all ones where masked ([L] tensors [Q, vr], contiguous).
-        ev = F.one_hot(torch.where(x == self.mask_id, 0, x), self.vr).to(torch.float64)
-        ev = torch.where((x == self.mask_id).unsqueeze(-1), 1.0, ev).unbind(1)
+        # Evidence per position: one-hot where observed, all ones where masked or padding (padding is
+        # marginalised out: a chain padded on the right has the conditionals of the shorter chain).
+        unseen = x == self.mask_id
+        if attention_mask is not None:
+            unseen |= attention_mask.cpu() == 0
+        ev = F.one_hot(torch.where(unseen, 0, x.clamp(0, self.vr - 1)), self.vr).to(torch.float64)
+        ev = torch.where(unseen.unsqueeze(-1), 1.0, ev).unbind(1)
         fwd = [self.pi * ev[0]]
         fwd[0] = fwd[0] / fwd[0].sum(1, keepdim=True)
         for i in range(1, length):

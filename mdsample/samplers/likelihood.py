@@ -173,7 +173,8 @@ def _chunk_values(fwd: RowForward, xs, xt, ans_rows, w, sigma, nll_kw) -> torch.
 
 def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode="stratified",
                cfg_scale=0.0, schedule="loglinear", seed=0, mask_id=None, masking="bernoulli", eps=1e-3,
-               subs=True, time_conditioned=False, backend="auto", progress=False) -> LikelihoodEstimate:
+               subs=True, time_conditioned=False, attention_mask=None, backend="auto",
+               progress=False) -> LikelihoodEstimate:
     """Monte Carlo ELBO estimate of ``log p(x)`` (or ``log p(answer | prompt)``) per sequence.
 
     Args:
@@ -195,6 +196,9 @@ def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode
         eps: lower end of the timesteps, in (0, 1) (Bernoulli masking).
         subs: exclude the mask token from the model's softmax (MDLM SUBS); False = LLaDA / SMDM.
         time_conditioned: pass ``sigma = -log alpha_t`` (float32 ``[n]``) to the model.
+        attention_mask: ``[B, L]`` (bool or int, 1 = real token) for a batch of sequences of different
+            lengths, padded anywhere: padding is never masked nor scored, and reaches the model as
+            this mask (``prompt_len`` counts positions, padding included). None: every token is real.
         backend: backend of the ops ("auto", "cpu", "triton", "reference", ...).
         progress: show a tqdm bar over the model calls (``ceil(B * mc_samples / batch_size)``).
 
@@ -221,10 +225,21 @@ def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode
         raise ValueError("cfg_scale > 0 needs prompt_len: the unconditional input masks the prompt")
     if masking == "count" and time_conditioned:
         raise ValueError("time_conditioned needs masking='bernoulli' (exact-count masking has no time)")
-    if bool((x == mask_id).any()):
+    real = None
+    if attention_mask is not None:
+        real = C.V.as_tensor("attention_mask", attention_mask)
+        if real.shape != x.shape or real.device != device:
+            raise ValueError(f"attention_mask must be [B, L] = {tuple(x.shape)} on {device}; got "
+                             f"{tuple(real.shape)} on {real.device}")
+        real = real != 0
+    if bool(((x == mask_id) if real is None else (x == mask_id) & real).any()):
         raise ValueError(f"x must not contain mask_id ({mask_id}): its tokens are the clean data being scored")
 
     answer = torch.arange(length, device=device) >= prompt.unsqueeze(1)  # [B, L]
+    if real is not None:
+        answer &= real
+        if batch and not bool(answer.any(1).all()):
+            raise ValueError("every sequence needs a real answer token (attention_mask and prompt_len leave none)")
     n_answer = answer.sum(1)
     offsets = torch.arange(batch, dtype=torch.int64, device=device)
     if masking == "bernoulli":
@@ -253,6 +268,7 @@ def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode
             q = torch.arange(start, min(start + chunk, pairs), device=device)
             bs, js = q // n, q % n  # (sequence, draw) of each input row
             xs, ans_rows = x.index_select(0, bs), answer.index_select(0, bs)
+            am = None if real is None else real.index_select(0, bs)
             keys = dict(mask_id=mask_id, maskable=ans_rows, seed=seed, offset=js,
                         positions=bs.unsqueeze(1) * length + tok, backend=backend)
             sigma = None
@@ -262,7 +278,7 @@ def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode
                     sigma = sched.sigma(t[bs, js]).to(torch.float32)
             else:
                 xt = forward_mask(xs, count=k[bs, js], **keys)
-            fwd = RowForward(backbone, mask_id=mask_id, cfg_scale=cfg, uncond_mask=~ans_rows)
+            fwd = RowForward(backbone, mask_id=mask_id, cfg_scale=cfg, uncond_mask=~ans_rows, attention_mask=am)
             values[bs, js] = _chunk_values(fwd, xs, xt, ans_rows, weight[bs, js], sigma, nll_kw)
             bar.step()
     return LikelihoodEstimate(-values.mean(1), _stderr(values, order_key, mode), n_answer)
