@@ -140,14 +140,22 @@ class CachedRowForward(RowForward):
         self.refresh_every = refresh_every
         self.total = total
         self.batch_size = batch_size
-        am = self.attention_mask
-        if am is not None and self.cfg:
-            am = torch.cat([am, am], 0)
-        self.cache = backbone.new_cache(batch_size * (2 if self.cfg else 1), total, attention_mask=am)
+        self.cache = backbone.new_cache(batch_size * (2 if self.cfg else 1), total,
+                                        attention_mask=self._cache_mask(self.attention_mask))
         self.start, self.end, self.calls_in_block = 0, total, 0
         self.refreshes = 0
         self.static = False
         self.block_start: Optional[torch.Tensor] = None
+
+    def _cache_mask(self, attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """``attention_mask`` ``[B, L]`` for the cache, which holds the doubled CFG batch (both halves share it)."""
+        return attention_mask if attention_mask is None or not self.cfg else torch.cat([attention_mask] * 2, 0)
+
+    def set_padding(self, attention_mask: torch.Tensor) -> None:
+        """A new call's padded-batch mask ``[B, L]`` (1 = real token) in this cache (``StepGraphs``
+        restarts): the cache's key mask, which a captured graph reads in place."""
+        self.attention_mask = attention_mask
+        self.cache.set_key_mask(self._cache_mask(attention_mask))
 
     def begin_block(self, x: torch.Tensor, start: int, end: int, *, static: bool = False) -> None:
         """Start block ``[start, end)``; ``static=True``: fixed-shape calls (class docstring)."""

@@ -165,8 +165,7 @@ class BlockStep:
         self.fwd.uncond_mask.copy_(uncond_mask)
         self.seed.fill_(seed)
         if attention_mask is not None:
-            self.fwd.attention_mask.copy_(attention_mask)
-            self.fwd.cache.set_key_mask(torch.cat([attention_mask] * (2 if self.fwd.cfg else 1), 0))
+            self.fwd.set_padding(attention_mask)
 
     def schedule(self) -> list[int]:
         """Host copy of each step's transfer count (the same for every sequence, module docstring).
