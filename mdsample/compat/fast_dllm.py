@@ -16,22 +16,17 @@ commits nothing for any sequence runs no forward here.
 """
 from __future__ import annotations
 
-from ..samplers.llada import _generate
-from ._seed import call_key
+from .llada import llada_call
 
 __all__ = ["generate", "generate_with_prefix_cache", "generate_with_dual_cache"]
 
 
 def _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor, *,
          cache, seed, backend):
-    if remasking not in ("low_confidence", "random"):
-        raise ValueError(f"remasking must be 'low_confidence' or 'random' (Fast-dLLM); got {remasking!r}")
-    key = call_key(seed, temperature != 0 or remasking == "random")
     calls = {}
-    x = _generate(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
-                  temperature=temperature, cfg_scale=0.0, remasking=remasking, mask_id=mask_id, threshold=threshold,
-                  factor=factor, attention_mask=None, seed=key, backend=backend, progress=False, cache=cache,
-                  calls_out=calls)
+    x = llada_call(model, prompt, "Fast-dLLM", steps=steps, gen_length=gen_length, block_length=block_length,
+                   temperature=temperature, cfg_scale=0.0, remasking=remasking, mask_id=mask_id, threshold=threshold,
+                   factor=factor, attention_mask=None, seed=seed, backend=backend, cache=cache, calls_out=calls)
     return x, calls["forwards"]
 
 

@@ -60,6 +60,15 @@ def get_num_transfer_tokens(mask_index, steps):
     return transfer_counts(V.as_tensor("mask_index", mask_index), int(steps))
 
 
+def llada_call(model, prompt, upstream: str, *, remasking, temperature, seed, **kw):
+    """:func:`mdsample.samplers.llada._generate` behind a drop-in of ``upstream`` (LLaDA, Fast-dLLM): their two
+    remasking rules only, and the Philox key as :func:`call_key` gives it (random only when the call is)."""
+    if remasking not in ("low_confidence", "random"):
+        raise ValueError(f"remasking must be 'low_confidence' or 'random' ({upstream}); got {remasking!r}")
+    key = call_key(seed, temperature != 0 or remasking == "random")
+    return _generate(model, prompt, remasking=remasking, temperature=temperature, seed=key, progress=False, **kw)
+
+
 def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, block_length=128, temperature=0.,
              cfg_scale=0., remasking='low_confidence', mask_id=126336, logits_eos_inf=False,
              confidence_eos_eot_inf=False, *, seed=None, backend="auto"):
@@ -69,15 +78,11 @@ def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, bloc
     EOT (126348) from the confidence softmax (upstream's flags). ``seed`` None draws the
     Philox key from the torch global RNG. See :func:`mdsample.generate` for the rest.
     """
-    if remasking not in ("low_confidence", "random"):
-        raise ValueError(f"remasking must be 'low_confidence' or 'random' (LLaDA); got {remasking!r}")
-    needs_key = temperature != 0 or remasking == "random"
-    key = call_key(seed, needs_key)
-    return _generate(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
-                     temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,
-                     threshold=None, factor=None, attention_mask=attention_mask, seed=key, backend=backend,
-                     progress=False, logits_exclude=(EOS_ID,) if logits_eos_inf else (),
-                     confidence_exclude=(EOT_ID,) if confidence_eos_eot_inf else ())
+    return llada_call(model, prompt, "LLaDA", steps=steps, gen_length=gen_length, block_length=block_length,
+                      temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,
+                      threshold=None, factor=None, attention_mask=attention_mask, seed=seed, backend=backend,
+                      logits_exclude=(EOS_ID,) if logits_eos_inf else (),
+                      confidence_exclude=(EOT_ID,) if confidence_eos_eot_inf else ())
 
 
 def get_log_likelihood(model, prompt, answer, mc_num=128, batch_size=16, cfg_scale=0., mask_id=126336, *, seed=None,
