@@ -87,9 +87,9 @@ def _excluded_mass(logits, guidance, scale, tokens, logprob, ids: Sequence[int])
 @torch.no_grad()
 def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cfg_scale, remasking, mask_id,
               threshold, factor, attention_mask, seed, backend, progress, cache=None, refresh_every=None,
-              cuda_graph=False, eos_id=None, top_p=None, top_k=None, logits_exclude: Sequence[int] = (), confidence_exclude: Sequence[int] = (),
-              graph_capture: Optional[bool] = None, static_steps: Optional[bool] = None,
-              calls_out: Optional[dict] = None):
+              cuda_graph=False, eos_id=None, top_p=None, top_k=None, logits_exclude: Sequence[int] = (),
+              confidence_exclude: Sequence[int] = (), graph_capture: Optional[bool] = None,
+              static_steps: Optional[bool] = None, calls_out: Optional[dict] = None):
     # calls_out (compat's nfe): receives "forwards", the model calls made (replayed graphs run none).
     # graph_capture (tests, benchmarks): None = capture the cuda_graph steps on CUDA tensors; False =
     # run them eagerly even there (the replay's reference); True on CPU tensors is an error.
@@ -223,8 +223,8 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
                 else:
                     if i == per_block:
                         break
-                    need = counts[:, i] > 0
-                cand = (x == mask_id) & (col < end) & (need & ~done).unsqueeze(1)  # done rows: not forwarded
+                    need = (counts[:, i] > 0) & ~done  # done rows (eos_id): not forwarded
+                cand = (x == mask_id) & (col < end) & need.unsqueeze(1)
                 need = cand.any(1)
                 committed = 0
                 if bool(need.any()):
