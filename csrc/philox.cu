@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include "mdsample/cuda_launch.h"
+#include "mdsample/per_row.h"
 #include "mdsample/philox.h"
 #include "uniforms.h"
 
@@ -27,12 +28,7 @@ __global__ void philox_kernel(uint32_t* out, int64_t n, const uint32_t* counters
 
 __global__ void uniforms_kernel(const UniformArgs a) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= a.n) return;
-  const uint64_t seed = uint64_t(a.seed ? *a.seed : a.seed_val);
-  const uint64_t offset = uint64_t(a.offset ? *a.offset : a.offset_val);
-  const Philox4 w = draw_words(seed, offset, uint64_t(a.position[i]), a.domain);
-  a.out[i] = uniform52(w.w[0], w.w[1]);
-  a.out[a.n + i] = uniform52(w.w[2], w.w[3]);
+  if (i < a.n) write_uniform_pair(a, i);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // philox.cu runs the same header on the device.
 #include <stdint.h>
 
+#include "mdsample/per_row.h"
 #include "mdsample/philox.h"
 #include "uniforms.h"
 
@@ -18,15 +19,9 @@ void philox_host(uint32_t* out, int64_t n, const uint32_t* counters, const uint3
 }
 
 void uniforms_cpu(const UniformArgs& a) {
-  const uint64_t seed = uint64_t(a.seed ? *a.seed : a.seed_val);
-  const uint64_t offset = uint64_t(a.offset ? *a.offset : a.offset_val);
   // Threads only where the work outweighs waking them (~20 ns a position).
 #pragma omp parallel for schedule(static) if (a.n >= (1 << 16))
-  for (int64_t i = 0; i < a.n; ++i) {
-    const Philox4 w = draw_words(seed, offset, uint64_t(a.position[i]), a.domain);
-    a.out[i] = uniform52(w.w[0], w.w[1]);
-    a.out[a.n + i] = uniform52(w.w[2], w.w[3]);
-  }
+  for (int64_t i = 0; i < a.n; ++i) write_uniform_pair(a, i);
 }
 
 }  // namespace mdsample

@@ -23,6 +23,17 @@ MDS_HD Philox4 row_words(const Args& a, int64_t r, uint32_t domain) {
                     uint64_t(per_row(a.position, r, r)), domain);
 }
 
+// Position i of a uniforms launch `a` (a UniformArgs, uniforms.h: one seed and one offset, each a
+// value or a pointer to one): its two centred uniforms, words 0-1 into out[i] and words 2-3 into
+// out[n + i]. The CPU loop and the CUDA kernel both run this.
+template <class Args>
+MDS_HD void write_uniform_pair(const Args& a, int64_t i) {
+  const Philox4 w = draw_words(uint64_t(per_row(a.seed, a.seed_val, 0)), uint64_t(per_row(a.offset, a.offset_val, 0)),
+                               uint64_t(a.position[i]), a.domain);
+  a.out[i] = uniform52(w.w[0], w.w[1]);
+  a.out[a.n + i] = uniform52(w.w[2], w.w[3]);
+}
+
 // Whether row r of a sampling launch is drawn, and what it returns when it is
 // not: an inactive row (`active`) returns its fallback (-1 without one); in
 // unmask_step mode (`x`) a row is drawn only when x[r] is the mask and its
