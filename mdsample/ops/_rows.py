@@ -24,7 +24,6 @@ from ._launch import DTYPE_CODE, ptr
 from ._validate import full_rows, row_offsets
 
 
-
 @dataclasses.dataclass
 class RowDraw:
     logits: torch.Tensor              # [..., V]

@@ -65,7 +65,6 @@ def positions_fit(batch: int, length: int) -> None:
         raise ValueError(f"batch * length = {batch * length} exceeds 2^48 Philox positions")
 
 
-
 def prompt_canvas(prompt, attention_mask, gen_length: int, mask_id: int):
     """``[prompt | mask * gen_length]`` of a checked prompt, and its extended attention mask.
 
