@@ -199,10 +199,12 @@ def total_variation(a: dict, b: dict) -> float:
     return 0.5 * sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in keys)
 
 
-def reference_truncate(row: torch.Tensor, T: float, top_p, top_k, mask_id: int) -> torch.Tensor:
-    """Dream's top-p then top-k on one float64 row [V] (mask removed first), by sorting a Python list."""
+def reference_truncate(row: torch.Tensor, T: float, top_p, top_k, mask_id) -> torch.Tensor:
+    """Dream's top-p then top-k on one float64 row [V] (the mask removed first; None: no mask), by sorting a
+    Python list."""
     row = row.clone()
-    row[mask_id] = -math.inf
+    if mask_id is not None:
+        row[mask_id] = -math.inf
     if top_p is not None:
         scaled = row / T if T > 0 else row
         p = torch.softmax(scaled, 0).tolist()
