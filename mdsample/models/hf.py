@@ -21,27 +21,16 @@ default ``"2d"`` passes the ``[B, L]`` mask as is.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Optional
 
 import torch
 
-from .protocol import hidden_of, logits_of
+from .protocol import accepts_keyword, hidden_of, logits_of
 from .shift import shift_rows
 
 __all__ = ["HFBackbone", "HFRowBackbone", "hf_backbone", "MASK_FORMATS"]
 
 MASK_FORMATS = ("2d", "dream")
-
-
-def _accepts(fn: Any, name: str) -> bool:
-    """Whether ``fn`` (a module's forward) takes keyword ``name`` (by name or through ``**kwargs``)."""
-    fn = getattr(fn, "forward", fn)
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 class HFBackbone:
@@ -72,7 +61,7 @@ class HFBackbone:
         vocab = getattr(config, "vocab_size", None)
         self.vocab_size = vocab if isinstance(vocab, int) else None
         # Sampling never reuses the model's own KV cache; building one each call only costs time.
-        self._extra = {"use_cache": False} if _accepts(model, "use_cache") else {}
+        self._extra = {"use_cache": False} if accepts_keyword(model, "use_cache") else {}
 
     @property
     def device(self) -> Optional[torch.device]:
@@ -105,7 +94,7 @@ class HFRowBackbone(HFBackbone):
         if not (callable(body) and callable(lm_head)):
             raise TypeError("HFRowBackbone needs a model with a callable .model (body) and .lm_head")
         self.body, self.lm_head = body, lm_head
-        self._body_extra = {"use_cache": False} if _accepts(body, "use_cache") else {}
+        self._body_extra = {"use_cache": False} if accepts_keyword(body, "use_cache") else {}
         self.softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
 
     def hidden(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:

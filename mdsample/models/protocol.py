@@ -39,6 +39,7 @@ detects it, and samplers reach the cache only through ``Backbone.new_cache`` /
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional, Protocol, runtime_checkable
 
 import torch
@@ -106,6 +107,16 @@ def _first_tensor(out: Any, attr: str, what: str) -> torch.Tensor:
             f"or a tuple starting with it; got {type(out).__name__}"
         )
     return value
+
+
+def accepts_keyword(fn: Any, name: str) -> bool:
+    """Whether ``fn`` (a module's forward) takes keyword ``name`` (by name or through ``**kwargs``)."""
+    fn = getattr(fn, "forward", fn)
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def logits_of(out: Any) -> torch.Tensor:
@@ -186,12 +197,11 @@ class Backbone:
             raise TypeError(f"{type(self.model).__name__} offers no KV cache (no new_cache method)")
         if attention_mask is None:
             cache = self.model.new_cache(batch_size, max_len)
+        elif accepts_keyword(self.model.new_cache, "attention_mask"):
+            cache = self.model.new_cache(batch_size, max_len, attention_mask=attention_mask)
         else:
-            try:
-                cache = self.model.new_cache(batch_size, max_len, attention_mask=attention_mask)
-            except TypeError as exc:
-                raise TypeError(f"{type(self.model).__name__}.new_cache does not take attention_mask: a padded "
-                                "batch cannot use its KV cache") from exc
+            raise TypeError(f"{type(self.model).__name__}.new_cache does not take attention_mask: a padded "
+                            "batch cannot use its KV cache")
         missing = [m for m in _CACHE_METHODS if not callable(getattr(cache, m, None))]
         if missing:
             raise TypeError(f"model.new_cache() returned {type(cache).__name__}, which lacks {', '.join(missing)}")
