@@ -199,7 +199,7 @@ class CachedRowForward(RowForward):
             c0 = min(max(self.start - shift, 0), total - width)
             chunk, cstart, kv_len = xin[:, c0:c0 + width], c0, total
         seq = seqs[row_seq]
-        pos = (row_pos - shift).clamp_min(0) - cstart
+        pos = ((row_pos - shift).clamp_min(0) if shift else row_pos) - cstart
         n = row_seq.numel()
         if self.cfg:
             seq = torch.cat([seq, seq + b])
