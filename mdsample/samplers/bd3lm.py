@@ -34,12 +34,21 @@ forward rewrites them from the window's start (still exact: the uncached path fe
 window). Where upstream's shift keeps BOS is not stated in ALGORITHMS.md; here BOS leaves the
 window with the first block.
 
-Not implemented (documented differences): the low-entropy resampling (a rejection of samples
-whose last 256 tokens have unigram entropy < 4, which changes the output distribution; a caller
-can apply it to the returned tokens) and time conditioning (``sigma``).
+Generation settings of BD3-LM's paper, both off by default (each changes the output law away from
+the model's): ``top_p`` (its nucleus rule, which drops the token crossing p; samplers/truncation.py)
+and ``min_entropy=4.0`` (samplers/low_entropy.py: a sequence whose last 256 tokens fall below 4 nats
+of unigram entropy after a block is drawn again, or with ``eos_id`` ended before them). Upstream
+samples one sequence at a time and redraws it whole; here the batch runs together, a rejected
+row keeps running to the end of the attempt (its later blocks unused) unless every row is
+rejected, and the rejected rows are redrawn together with the next attempt's key. With
+``eos_id`` and the check, a sequence ends at the earlier of its first EOS and the cut (upstream's
+cut wins when both fire in the same block).
+
+Not implemented (documented difference): time conditioning (``sigma``).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -49,7 +58,9 @@ from ..ops.sampling import sample_categorical
 from . import _checks as C
 from ._random import DOMAIN_REVEAL, seed_value, uniforms
 from .eos import fill_after_eos, finished
+from .low_entropy import attempt_seed, unigram_entropy
 from .progress import Progress
+from .truncation import truncate, truncation_args
 
 __all__ = ["sample_bd3lm"]
 
@@ -105,8 +116,12 @@ def sample_bd3lm(
     steps_per_block=None,
     first_hitting=None,
     temperature=1.0,
+    top_p=None,
     eos_id=None,
     bos_id=None,
+    min_entropy=None,
+    entropy_window=256,
+    max_attempts=100,
     seed=0,
     backend="auto",
     use_cache=True,
@@ -129,8 +144,19 @@ def sample_bd3lm(
         first_hitting: first-hitting sampler (one reveal per forward); default True unless
             ``steps_per_block`` is given.
         temperature: >= 0 of the token draws (0 = argmax).
+        top_p: BD3-LM's nucleus (``sampling.nucleus_p``) in (0, 1], None or 1 = off: a token is
+            drawn from the tokens, by descending probability of ``softmax(l / T)`` without the
+            mask, whose cumulative probability is <= top_p (the most likely always), renormalised.
         eos_id: stop after the block where every sequence has produced it (variable length).
         bos_id: if given, position 0 holds it (BD3-LM's BOS).
+        min_entropy: BD3-LM's low-entropy check (upstream: 4.0; None = off, the model's own law):
+            after each block ending past ``entropy_window`` positions, a sequence whose last
+            ``entropy_window`` tokens have unigram entropy (nats) below it is, without ``eos_id``,
+            rejected and drawn again (with a fresh Philox key per attempt), and with ``eos_id``
+            ended before that window (the rest set to ``eos_id``), as upstream does.
+        entropy_window: tokens the check looks at (upstream: 256), >= 1.
+        max_attempts: draws per sequence at most (>= 1); a sequence failing them all is returned as
+            drawn last, with a warning.
         seed: int Philox key.
         backend: sampling-op backend.
         use_cache: True = exact block-causal KV cache; False = a full forward of the prefix
@@ -157,8 +183,12 @@ def sample_bd3lm(
     if not first_hitting and steps_per_block is None:
         raise ValueError("the ancestral sampler (first_hitting=False) needs steps_per_block")
     temperature = C.real("temperature", temperature, low=0.0)
+    top_p, _ = truncation_args(top_p, None)
     eos_id = None if eos_id is None else C.integer("eos_id", eos_id, low=0)
     bos_id = None if bos_id is None else C.integer("bos_id", bos_id, low=0)
+    min_entropy = None if min_entropy is None else C.real("min_entropy", min_entropy, low=0.0)
+    entropy_window = C.integer("entropy_window", entropy_window, low=1)
+    max_attempts = C.integer("max_attempts", max_attempts, low=1)
     seed = seed_value("seed", seed)
     use_cache = C.flag("use_cache", use_cache)
     progress = C.flag("progress", progress)
@@ -185,22 +215,30 @@ def sample_bd3lm(
         C.check_vocab("model", backbone.vocab_size, mask_id)
 
     device = backbone.device or torch.device("cpu")
-    x = torch.full((batch, length), mask_id, dtype=torch.int64, device=device)
-    if bos_id is not None:
-        x[:, 0] = bos_id
-    pos_ids = (torch.arange(batch, device=device).unsqueeze(1) * length
-               + torch.arange(length, device=device).unsqueeze(0))
-    rows = _BlockRows(backbone, batch, length, bs, window, use_cache)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    end = length
     n_blocks = length // bs
 
     def block_steps(blk: int) -> int:  # first-hitting: one step per masked position of the block
         n_masked = bs - (1 if (blk == 0 and bos_id is not None) else 0)
         return n_masked if first_hitting else steps_per_block
 
-    bar = Progress(progress, sum(map(block_steps, range(n_blocks))), "bd3lm", backbone, baseline_per_step=batch)
-    try:
+    steps_per_draw = sum(map(block_steps, range(n_blocks)))
+
+    def draw(key: int, seqs: torch.Tensor, last: bool):
+        """One attempt for the sequences ``seqs`` (int64 ``[b]``, their row ids: the Philox positions).
+
+        Returns the canvas ``[b, length]``, its used length (with ``eos_id``: the end of the block
+        where every row was finished), and the rows the low-entropy check rejected (fixed length)
+        as bool ``[b]``. An attempt whose rows are all rejected stops early, unless it is the ``last``.
+        """
+        b = seqs.numel()
+        x = torch.full((b, length), mask_id, dtype=torch.int64, device=device)
+        if bos_id is not None:
+            x[:, 0] = bos_id
+        pos_ids = seqs.unsqueeze(1) * length + torch.arange(length, device=device).unsqueeze(0)
+        rows = _BlockRows(backbone, b, length, bs, window, use_cache)
+        done = torch.zeros(b, dtype=torch.bool, device=device)
+        rejected = torch.zeros(b, dtype=torch.bool, device=device)
+        cut = torch.full((b, 1), length, dtype=torch.int64, device=device)  # variable length: ends before a low-entropy window
         for blk in range(n_blocks):
             s, e = blk * bs, (blk + 1) * bs
             rows.begin_block(s)
@@ -209,12 +247,12 @@ def sample_bd3lm(
                 offset = (blk << _BLOCK_SHIFT) + i
                 block = x[:, s:e]
                 masked = block == mask_id
-                u, _ = uniforms(seed, offset, pos_ids[:, s:e], DOMAIN_REVEAL)
+                u, _ = uniforms(key, offset, pos_ids[:, s:e], DOMAIN_REVEAL)
                 if first_hitting:
                     # one uniformly chosen masked position per sequence: the argmax of iid uniforms
                     pick = torch.where(masked, u, -1.0).argmax(1)
                     reveal = torch.zeros_like(masked)
-                    reveal[torch.arange(batch, device=device), pick] = True
+                    reveal[torch.arange(b, device=device), pick] = True
                     reveal &= masked
                 else:
                     t, t_next = 1.0 - i / n_steps, 1.0 - (i + 1) / n_steps
@@ -222,19 +260,51 @@ def sample_bd3lm(
                     reveal = masked & (u < p)
                 r_seq, r_pos = reveal.nonzero(as_tuple=True)
                 if r_seq.numel() == 0:
-                    bar.step()
+                    bar.step(baseline=b)
                     continue
                 logits = rows.rows(x, r_seq, r_pos)
-                tok = sample_categorical(logits, temperature=temperature, seed=seed, offset=offset,
+                if top_p is not None:
+                    logits = truncate(logits, temperature=temperature, top_p=top_p, top_k=None, exclude=mask_id,
+                                      rule="bd3lm")
+                tok = sample_categorical(logits, temperature=temperature, seed=key, offset=offset,
                                          positions=pos_ids[r_seq, s + r_pos], exclude=mask_id, backend=backend)
                 x[r_seq, s + r_pos] = tok
-                bar.step(tokens=r_seq.numel())
+                bar.step(tokens=r_seq.numel(), baseline=b)
             if eos_id is not None:
                 done |= finished(x, s, e, eos_id)
-                if bool(done.all()):
-                    end = e
-                    break
+            if min_entropy is not None and e > entropy_window:
+                low = ~done & ~rejected & (unigram_entropy(x[:, e - entropy_window:e]) < min_entropy)
+                if eos_id is None:
+                    rejected |= low
+                else:
+                    cut[low] = e - entropy_window
+                    done |= low
+            if eos_id is not None:
+                stop = bool(done.all())
+            else:
+                stop = min_entropy is not None and not last and bool(rejected.all())
+            if stop:  # the bar's total loses the blocks not run
+                bar.add_total(-sum(map(block_steps, range(blk + 1, n_blocks))))
+                break
+        if eos_id is not None and min_entropy is not None:
+            x.masked_fill_(torch.arange(length, device=device) >= cut, eos_id)
+        return x, (e if eos_id is not None else length), rejected
+
+    bar = Progress(progress, steps_per_draw, "bd3lm", backbone)
+    try:
+        x, end, rejected = draw(seed, torch.arange(batch, device=device), max_attempts == 1)
+        retry = rejected.nonzero().squeeze(1)
+        for attempt in range(1, max_attempts):
+            if retry.numel() == 0:
+                break
+            bar.add_total(steps_per_draw)
+            x_retry, _, rejected = draw(attempt_seed(seed, attempt), retry, attempt == max_attempts - 1)
+            x[retry] = x_retry
+            retry = retry[rejected]
     finally:
         bar.close()
+    if retry.numel():
+        warnings.warn(f"{retry.numel()} of {batch} sequences failed the low-entropy check (min_entropy={min_entropy}) "
+                      f"in all {max_attempts} attempts; they are returned as drawn last", RuntimeWarning, stacklevel=2)
     x = x[:, :end]
     return x if eos_id is None else fill_after_eos(x, eos_id)

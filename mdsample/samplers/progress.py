@@ -46,6 +46,12 @@ class Progress:
         self.bar.update(n)
         self.bar.set_postfix_str(self.summary(), refresh=False)
 
+    def add_total(self, n: int) -> None:
+        """Add ``n`` (may be < 0) steps to the total: work found or skipped while sampling (a redraw, an early stop)."""
+        if self.bar is not None and self.bar.total is not None:
+            self.bar.total += n
+            self.bar.refresh()
+
     def summary(self) -> str:
         """``forwards N[, saved S (P%)][, T tok/s]``: the parts without a baseline or tokens left out."""
         ran = (self.backbone.sequences - self.start_sequences) if self.backbone is not None else 0

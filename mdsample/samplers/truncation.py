@@ -10,7 +10,9 @@ statistics of) the truncated distribution at the same temperature. Upstream fill
 - top-k keeps every token whose logit is >= the k-th largest (ties at the k-th value
   all stay, as upstream's ``logits < topk(...)[..., -1]`` test keeps them);
 - top-p keeps, in descending order of probability, each token whose preceding
-  cumulative probability is <= p (so the first token always stays). Among equal
+  cumulative probability is <= p (Dream's rule, ``rule="dream"``: the token that crosses p
+  stays) or whose own cumulative probability is <= p (BD3-LM's ``_nucleus_sample``,
+  ``rule="bd3lm"``: the crossing token goes); the first token always stays. Among equal
   logits the lower token id comes first (upstream's ``torch.sort`` leaves that order
   unspecified, so which of several tied boundary tokens it keeps is arbitrary).
 
@@ -43,7 +45,8 @@ def truncation_args(top_p, top_k) -> tuple[Optional[float], Optional[int]]:
     return top_p, top_k
 
 
-def _nucleus(scaled: torch.Tensor, top_p: float, first: int = 64, *, sync_free: bool = False) -> torch.Tensor:
+def _nucleus(scaled: torch.Tensor, top_p: float, first: int = 64, *, sync_free: bool = False,
+             rule: str = "dream") -> torch.Tensor:
     """Bool ``[N, V]``: the top-p set of ``softmax(scaled)`` (float32 ``[N, V]``), as a full stable sort gives it.
 
     The nucleus is usually a few tokens, so it is found among the ``first`` largest logits
@@ -51,6 +54,8 @@ def _nucleus(scaled: torch.Tensor, top_p: float, first: int = 64, *, sync_free: 
     set is then ``scaled >= last kept logit``, except in rows where logits tie with it beyond the
     nucleus: there the lower ids among the tied stay (a stable sort's order). ``sync_free``
     (CUDA-graph steps): one pass over the whole row and the tie rule everywhere, no host reads.
+    ``rule``: "dream" or "bd3lm" (module docstring); either way a window whose last cumulative
+    probability is <= p may hold only part of the nucleus, so the widening test is the same.
     """
     vocab = scaled.shape[1]
     if sync_free:
@@ -63,8 +68,12 @@ def _nucleus(scaled: torch.Tensor, top_p: float, first: int = 64, *, sync_free: 
         sub, sub_p = (scaled, probs) if rows is None else (scaled[rows], probs[rows])
         top = torch.topk(sub, k, dim=1)  # values descending
         cum = sub_p.gather(1, top.indices).cumsum(1)
-        # sorted position j stays iff j == 0 or cum[j - 1] <= top_p (a prefix: cum is nondecreasing)
-        n = 1 + (cum[:, :-1] <= top_p).sum(1)
+        # sorted position j stays iff j == 0 or cum[j - 1] <= top_p ("dream") / cum[j] <= top_p ("bd3lm"):
+        # a prefix either way, since cum is nondecreasing
+        if rule == "dream":
+            n = 1 + (cum[:, :-1] <= top_p).sum(1)
+        else:
+            n = (cum <= top_p).sum(1).clamp_(min=1)
         val = top.values.gather(1, (n - 1).unsqueeze(1))
         if rows is None:
             kept.copy_(n)
@@ -97,7 +106,7 @@ def _stable_prefix(row: torch.Tensor, last: torch.Tensor, kept: torch.Tensor) ->
 
 
 def truncate(logits: torch.Tensor, *, temperature: float, top_p: Optional[float], top_k: Optional[int],
-             exclude: Optional[int] = None, sync_free: bool = False) -> torch.Tensor:
+             exclude: Optional[int] = None, sync_free: bool = False, rule: str = "dream") -> torch.Tensor:
     """Logits ``[N, V]`` with the tokens outside the top-p / top-k set at ``-inf`` (a new tensor).
 
     Args:
@@ -106,6 +115,7 @@ def truncate(logits: torch.Tensor, *, temperature: float, top_p: Optional[float]
         top_p: float in (0, 1) or None; top_k: int >= 1 or None (from :func:`truncation_args`).
         exclude: a token id set to ``-inf`` first (the mask token), or None.
         sync_free: no host reads (the fixed-shape, graph-captured steps); the same set.
+        rule: which tokens top-p keeps, "dream" or "bd3lm" (module docstring).
     """
     out = logits.clone()
     if exclude is not None:
@@ -114,7 +124,7 @@ def truncate(logits: torch.Tensor, *, temperature: float, top_p: Optional[float]
         scaled = out.to(torch.float32)
         if temperature > 0:
             scaled = scaled / temperature
-        out.masked_fill_(~_nucleus(scaled, top_p, sync_free=sync_free), -torch.inf)
+        out.masked_fill_(~_nucleus(scaled, top_p, sync_free=sync_free, rule=rule), -torch.inf)
     if top_k is not None and top_k < out.shape[1] and out.numel():
         kth = torch.topk(out, top_k, dim=1).values[:, -1:]
         out.masked_fill_(out < kth, -torch.inf)

@@ -199,9 +199,10 @@ def total_variation(a: dict, b: dict) -> float:
     return 0.5 * sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in keys)
 
 
-def reference_truncate(row: torch.Tensor, T: float, top_p, top_k, mask_id) -> torch.Tensor:
+def reference_truncate(row: torch.Tensor, T: float, top_p, top_k, mask_id, rule: str = "dream") -> torch.Tensor:
     """Dream's top-p then top-k on one float64 row [V] (the mask removed first; None: no mask), by sorting a
-    Python list."""
+    Python list. ``rule="bd3lm"``: BD3-LM's nucleus, a token stays iff its own cumulative mass is <= top_p (the
+    first always); Dream's keeps it iff the mass before it is."""
     row = row.clone()
     if mask_id is not None:
         row[mask_id] = -math.inf
@@ -211,7 +212,7 @@ def reference_truncate(row: torch.Tensor, T: float, top_p, top_k, mask_id) -> to
         order = sorted(range(row.numel()), key=lambda v: (-float(scaled[v]), v))
         cum, keep = 0.0, set()
         for v in order:
-            if cum > top_p:
+            if keep and (cum if rule == "dream" else cum + p[v]) > top_p:
                 break
             keep.add(v)
             cum += p[v]

@@ -1,4 +1,7 @@
 """BD3-LM block diffusion: the exact block-causal KV cache equals the uncached computation."""
+import itertools
+import math
+
 import pytest
 import torch
 
@@ -159,3 +162,198 @@ def test_argument_errors():
         mdsample.sample_bd3lm(Transformer.from_preset("tiny"), batch_size=1, length=16, block_size=4, mask_id=MASK)
     with pytest.raises(ValueError, match="shifted"):
         mdsample.sample_bd3lm(mdsample.models.shifted(m), batch_size=1, length=16, block_size=4, mask_id=MASK)
+
+
+# --- The sampler's law on an oracle with a known joint, BD3-LM's nucleus and low-entropy check ---
+
+ALPHA = 1e-3  # per chi-square test; fixed seeds, so each test is deterministic
+
+
+class _PrefixOracle:
+    """A block-causal view of a JointOracle: a prefix ``x[:, :e]`` is scored as the full sequence with the
+    positions after it masked, i.e. by the exact conditionals given the revealed prefix."""
+
+    def __init__(self, oracle):
+        self.oracle, self.vocab_size = oracle, oracle.V
+
+    def __call__(self, x):
+        pad = torch.full((x.shape[0], self.oracle.L - x.shape[1]), self.oracle.mask_id, dtype=x.dtype)
+        return self.oracle(torch.cat([x, pad], 1))[:, : x.shape[1]]
+
+
+def _keep_bd3lm(probs, top_p):
+    """BD3-LM's nucleus of a float64 probability list, renormalised (ties by lower id)."""
+    order = sorted(range(len(probs)), key=lambda v: (-probs[v], v))
+    keep, cum = [], 0.0
+    for v in order:
+        cum += probs[v]
+        if keep and cum > top_p:
+            break
+        keep.append(v)
+    z = sum(probs[v] for v in keep)
+    return {v: probs[v] / z for v in keep}
+
+
+def _walk_law(oracle, block_size, top_p, steps):
+    """Exact law of BD3-LM on the oracle, by walking every reveal. First-hitting (``steps`` None): each masked
+    position of the block is next with equal probability. Ancestral: at step i of S each masked position of the
+    block is revealed independently with prob 1/(S - i) (= (t - s)/t on t = 1 - i/S). Revealed tokens are drawn
+    independently from the (nucleus-truncated) exact conditionals given the positions revealed before the step."""
+    law = {}
+
+    def dist(state, i):
+        cond = oracle.cond_lists[tuple(state)][i]
+        return _keep_bd3lm(cond, top_p) if top_p is not None else dict(enumerate(cond))
+
+    def fill(before, partial, reveal, p, then):  # every token of a step drawn given the state before it
+        if not reveal:
+            return then(partial, p)
+        for v, q in dist(before, reveal[0]).items():
+            nxt = list(partial)
+            nxt[reveal[0]] = v
+            fill(before, nxt, reveal[1:], p * q, then)
+
+    def walk(state, p, step):
+        masked = [i for i, a in enumerate(state) if a == oracle.mask_id]
+        if not masked:
+            law[tuple(state)] = law.get(tuple(state), 0.0) + p
+            return
+        start = masked[0] // block_size * block_size  # the current block: the first with a masked position
+        here = [i for i in masked if i < start + block_size]
+        if steps is None:
+            for i in here:
+                fill(state, state, [i], p / len(here), lambda st, pp: walk(st, pp, 0))
+            return
+        r = 1.0 / (steps - step)
+        last = step == steps - 1
+        for chosen in itertools.product((False, True), repeat=len(here)):
+            sel = [i for i, c in zip(here, chosen) if c]
+            w = r ** len(sel) * (1 - r) ** (len(here) - len(sel))
+            if w == 0.0:
+                continue
+            done_block = len(sel) == len(here)
+            fill(state, state, sel, p * w, lambda st, pp: walk(st, pp, 0 if done_block or last else step + 1))
+
+    walk([oracle.mask_id] * oracle.L, 1.0, 0)
+    return law
+
+
+def _oracle(vocab, length, seed):
+    from sampler_oracles import JointOracle, random_joint
+
+    return JointOracle(random_joint(vocab, length, seed))
+
+
+@pytest.mark.parametrize("top_p", [None, 0.6])
+@pytest.mark.parametrize("steps", [None, 2])
+def test_law_is_the_joint_or_its_nucleus_walk(top_p, steps):
+    """T = 1 on an oracle of exact conditionals: without top-p any reveal order gives the joint (first-hitting
+    and ancestral); with top-p the law is the walk over first-hitting's uniformly random orders, each token
+    from BD3-LM's nucleus of its conditional. Chi-square, P(false alarm) = ALPHA."""
+    from sampler_oracles import chi_square_pvalue, count_rows
+
+    oracle = _oracle(3, 4, seed=11)
+    for cond in oracle.cond_lists.values():  # the nucleus is well posed: no cumulative mass within 1e-6 of p
+        for row in cond:
+            c = torch.tensor(sorted(row, reverse=True)).cumsum(0)
+            assert top_p is None or bool(((c - top_p).abs() > 1e-6).all())
+    out = mdsample.sample_bd3lm(_PrefixOracle(oracle), batch_size=20000, length=4, block_size=2, mask_id=oracle.mask_id,
+                                steps_per_block=steps, top_p=top_p, seed=3, use_cache=False, backend="cpu")
+    law = _walk_law(oracle, 2, top_p, steps)
+    assert abs(sum(law.values()) - 1.0) < 1e-9
+    if top_p is None and steps is None:  # exact conditionals one at a time: the joint itself
+        assert max(abs(law[k] - p) for k, p in oracle.joint_probs().items()) < 1e-12
+    assert chi_square_pvalue(count_rows(out), law) > ALPHA
+
+
+def test_the_nucleus_law_is_not_the_joint():
+    """The walk above is a different law (the test would see a sampler that ignores top_p)."""
+    oracle = _oracle(3, 4, seed=11)
+    law, joint = _walk_law(oracle, 2, 0.6, None), oracle.joint_probs()
+    assert sum(abs(law.get(k, 0.0) - p) for k, p in joint.items()) > 0.3
+
+
+def test_low_entropy_rejection_law():
+    """Length 6, blocks of 2, window 2, min_entropy 0.5: the check runs after the blocks ending at 4 and 6 (not
+    2: only past the window) and rejects equal neighbours, so the law is the joint given x2 != x3 and x4 != x5
+    (chi-square, P(false alarm) = ALPHA), and no returned row breaks it (a check at the last block only would
+    return rows with x2 == x3)."""
+    from sampler_oracles import chi_square_pvalue, count_rows
+
+    oracle = _oracle(2, 6, seed=4)
+    out = mdsample.sample_bd3lm(_PrefixOracle(oracle), batch_size=12000, length=6, block_size=2, mask_id=oracle.mask_id,
+                                min_entropy=0.5, entropy_window=2, seed=8, use_cache=False, backend="cpu")
+    assert ((out[:, 2] != out[:, 3]) & (out[:, 4] != out[:, 5])).all()
+    joint = {s: p for s, p in oracle.joint_probs().items() if s[2] != s[3] and s[4] != s[5]}
+    z = sum(joint.values())
+    assert chi_square_pvalue(count_rows(out), {s: p / z for s, p in joint.items()}) > ALPHA
+    assert (out[:, 0] == out[:, 1]).any()  # the first block is never checked
+
+
+def test_unigram_entropy_matches_unique_counts():
+    from mdsample.samplers.low_entropy import unigram_entropy
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 7, (50, 33), generator=g)
+    x[0] = 4  # one token: 0 nats
+    got = unigram_entropy(x)
+    for r in range(x.shape[0]):
+        _, c = torch.unique(x[r], return_counts=True)
+        p = c.double() / c.sum()
+        assert abs(float(got[r]) - float(-(p * p.log()).sum())) < 1e-12
+    assert float(got[0]) == 0.0
+    assert abs(float(unigram_entropy(torch.arange(256).unsqueeze(0))[0]) - math.log(256)) < 1e-12
+
+
+def _repetitive(bs, token=7, boost=30.0):
+    return _EosLoving(_model(bs), eos=token, boost=boost)  # every draw is `token`: entropy 0
+
+
+def test_low_entropy_with_eos_ends_the_sequence_before_the_window():
+    """Variable length: a sequence failing the check after the block ending at e is cut at e - window (upstream's
+    truncation), the rest EOS; every row fails at e = 12, so the run stops there."""
+    kw = dict(batch_size=3, length=32, block_size=4, mask_id=MASK, eos_id=3, min_entropy=1.0, entropy_window=8, seed=0)
+    for use_cache in (True, False):
+        out = mdsample.sample_bd3lm(_repetitive(4), use_cache=use_cache, **kw)
+        assert out.shape == (3, 12)
+        assert (out[:, :4] == 7).all() and (out[:, 4:] == 3).all()
+
+
+def test_rows_failing_every_attempt_warn_and_come_back_whole(capsys):
+    kw = dict(batch_size=2, length=16, block_size=4, mask_id=MASK, min_entropy=1.0, entropy_window=8, seed=0,
+              max_attempts=3, progress=True)
+    with pytest.warns(RuntimeWarning, match="2 of 2 sequences failed the low-entropy check.*all 3 attempts"):
+        out = mdsample.sample_bd3lm(_repetitive(4), **kw)
+    assert out.shape == (2, 16) and (out == 7).all()
+    # attempts 1 and 2 stop after the block ending at 12 (every row rejected), the last runs to the end
+    assert "40/40" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_redraws_are_batch_invariant_and_cached_equals_uncached(use_cache):
+    """A redrawn row depends only on its index, the seed and its attempt: rows of a batch of 2 equal the first
+    two of a batch of 5, with and without the cache (both with the nucleus), and some rows were redrawn."""
+    m = _model(4)
+    kw = dict(length=24, block_size=4, mask_id=MASK, top_p=0.9, min_entropy=2.45, entropy_window=12, seed=6,
+              temperature=0.7)
+    five = mdsample.sample_bd3lm(m, batch_size=5, use_cache=use_cache, **kw)
+    two = mdsample.sample_bd3lm(m, batch_size=2, use_cache=use_cache, **kw)
+    assert torch.equal(five[:2], two)
+    assert torch.equal(five, mdsample.sample_bd3lm(m, batch_size=5, use_cache=not use_cache, **kw))
+    from mdsample.samplers.low_entropy import unigram_entropy
+
+    for e in (16, 20, 24):
+        assert (unigram_entropy(five[:, e - 12:e]) >= 2.45).all()  # 12 distinct tokens: log 12 = 2.48
+    plain = mdsample.sample_bd3lm(m, batch_size=5, **{**kw, "min_entropy": None})
+    assert not torch.equal(plain, five)
+
+
+def test_low_entropy_and_nucleus_argument_errors():
+    m = _model(4)
+    kw = dict(batch_size=1, length=16, block_size=4, mask_id=MASK)
+    for bad, err in ((dict(min_entropy=-1.0), ValueError), (dict(entropy_window=0), ValueError),
+                     (dict(max_attempts=0), ValueError), (dict(top_p=0.0), ValueError), (dict(top_p=1.5), ValueError),
+                     (dict(min_entropy="4"), TypeError), (dict(entropy_window=2.0), TypeError)):
+        name = next(iter(bad))
+        with pytest.raises(err, match=name):
+            mdsample.sample_bd3lm(m, **kw, **bad)

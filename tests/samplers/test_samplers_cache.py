@@ -252,13 +252,3 @@ def test_truncation_in_the_fixed_shape_steps(setup, mode, trunc):
     ref = mdsample.generate(m, prompt, **kw)
     assert torch.equal(mdsample.generate(m, prompt, cache=mode, refresh_every=1, **kw), ref)
     assert not torch.equal(ref, mdsample.generate(m, prompt, remasking="entropy", **_kw(0.2)))
-
-
-def test_sync_free_nucleus_is_the_same_set():
-    from mdsample.samplers.truncation import _nucleus
-
-    g = torch.Generator().manual_seed(1)
-    x = torch.cat([torch.randn(20, 300, generator=g) * s for s in (0.3, 3.0)] +
-                  [torch.randint(-2, 2, (20, 300), generator=g).float()])
-    for top_p in (0.3, 0.9):
-        assert torch.equal(_nucleus(x, top_p, sync_free=True), _nucleus(x, top_p))

@@ -16,7 +16,6 @@ import torch
 import mdsample
 from mdsample.samplers._random import DOMAIN_REVEAL, uniforms
 from mdsample.samplers.dream import _sample_dream
-from mdsample.samplers.truncation import _nucleus, truncate
 from sampler_oracles import (HeadOracle, ancestral_distribution, chi_square_pvalue, count_rows, random_joint,
                              reference_truncate)
 from test_samplers_generate import MASK, PAD, V, LogitsOnly, TinyLM, prompts
@@ -95,44 +94,6 @@ def test_algorithms_and_truncation_actually_differ():
     model, p = TinyLM(), prompts()
     outs = {tuple(mdsample.sample_dream(model, p, mask_id=MASK, seed=3, **c).flatten().tolist()) for c in CASES}
     assert len(outs) >= 6
-
-
-def _near_boundary(row, T, top_p):
-    r = row.clone()
-    r[MASK] = -math.inf
-    cum = torch.softmax(r / T if T > 0 else r, 0).sort(descending=True).values.cumsum(0)
-    return bool(((cum - top_p).abs() < 1e-5).any())
-
-
-def test_truncate_matches_a_sorted_list_with_ties():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randint(-3, 3, (40, V), generator=g).double() * 0.7  # many ties
-    logits[:20] += torch.randn(20, V, generator=g, dtype=torch.float64)
-    for T in (0.0, 0.5, 1.3):
-        for top_p, top_k in ((0.3, None), (0.77, None), (0.95, 4), (None, 1), (None, 5), (0.6, 2)):
-            got = truncate(logits, temperature=T, top_p=top_p, top_k=top_k, exclude=MASK)
-            for r in range(logits.shape[0]):
-                want = reference_truncate(logits[r], T, top_p, top_k, MASK)
-                if top_p is not None:  # well posed only away from exact float boundaries
-                    assert not _near_boundary(logits[r], T, top_p)
-                assert torch.equal(torch.isinf(got[r]), torch.isinf(want)), (T, top_p, top_k, r)
-                assert torch.equal(got[r][~torch.isinf(got[r])], logits[r][~torch.isinf(want)])
-
-
-def test_nucleus_search_widens_to_the_full_sort_set():
-    """The top-k search starts small and widens only where the nucleus is not inside yet: any start gives
-    the full sort's set (flat rows need several widenings; tied rows exercise the boundary rule)."""
-    g = torch.Generator().manual_seed(3)
-    x = torch.cat([torch.randn(30, 700, generator=g) * 0.3,                      # flat: a wide nucleus
-                   torch.randn(30, 700, generator=g) * 8,                        # peaked
-                   torch.randint(-2, 2, (30, 700), generator=g).float()])         # ties
-    for top_p in (0.5, 0.9):
-        full = _nucleus(x, top_p, first=700)
-        for first in (1, 3, 20):
-            assert torch.equal(_nucleus(x, top_p, first=first), full), (top_p, first)
-        for r in (0, 31, 65, 89):  # and the full sort's set is the sorted-list rule
-            want = torch.isfinite(reference_truncate(x[r].double(), 0.0, top_p, None, None))
-            assert torch.equal(full[r], want), (top_p, r)
 
 
 def _dream_reveal_probs(steps, eps=1e-3):
