@@ -329,3 +329,24 @@ def reference_dream(model, prompt, max_new_tokens, steps, mask_id, *, alg="entro
             rows = torch.arange(B, device=x.device).unsqueeze(1)
             x[rows, idx] = full[rows, idx]
     return x
+
+
+@torch.no_grad()
+def reference_bd3lm(model, batch, length, block_size, mask_id, *, dtype=torch.float64):
+    """BD3-LM's first-hitting ``_semi_ar_sampler`` as published without a KV cache: every step a full
+    forward of the prefix and the block (``x[:, :block_end]``, logits for all of it), float64 SUBS
+    probabilities of the block's positions, a Gumbel race over ``[B, block, V]`` in float64, then one
+    uniformly chosen masked position per sequence takes its token. Torch's global RNG, as upstream."""
+    x = torch.full((batch, length), mask_id, dtype=torch.long)
+    rows = torch.arange(batch)
+    for s in range(0, length, block_size):
+        e = s + block_size
+        for _ in range(block_size):
+            logits = model(x[:, :e])[:, s:].to(dtype)
+            logits[..., mask_id] = -math.inf
+            p_x0 = logits.softmax(-1)
+            u = torch.rand_like(p_x0)
+            tok = (p_x0 / (1e-10 - (u + 1e-10).log())).argmax(-1)
+            pick = torch.multinomial((x[:, s:e] == mask_id).to(dtype), 1).squeeze(1)
+            x[rows, s + pick] = tok[rows, pick]
+    return x

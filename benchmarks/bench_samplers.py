@@ -11,8 +11,12 @@ same settings it runs
 - Dream as published (``diffusion_generate``: a full forward every step, a sort for top-p)
   and ``mdsample.sample_dream`` (masked rows only; "origin": revealed rows only, no forward
   for a step that reveals nothing), with Dream's demo settings (T 0.2, top-p 0.95, entropy);
+- BD3-LM as published without its cache (first-hitting: every step a forward of the whole prefix
+  and block, float64 Gumbel over the block) and ``mdsample.sample_bd3lm`` (the exact block-causal
+  KV cache: each step feeds the block only), on a block-causal ``mdsample.models.Transformer``;
 
-on one tiny bidirectional transformer offering ``hidden``/``head``, and writes
+on one tiny bidirectional transformer offering ``hidden``/``head`` (BD3-LM: the tiny block-causal
+preset), and writes
 ``benchmarks/results/cpu-samplers-<date>.json``. Wall times are CPU times on whatever
 machine ran this (labelled as such), never a GPU claim.
 
@@ -34,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mdsample  # noqa: E402
 from mdsample import _backends  # noqa: E402
 
-from benchmarks._e2e import reference_dream, reference_llada, reference_mdlm  # noqa: E402
+from benchmarks._e2e import Counting, reference_bd3lm, reference_dream, reference_llada, reference_mdlm  # noqa: E402
 from benchmarks._timing import cpu_model, git_commit  # noqa: E402
 
 
@@ -213,6 +217,31 @@ def run(quick: bool, threads: int):
                 "wall_vs_published_cpu": ratio(t_ours3, t_ref3),
             },
         }
+
+    # ---- BD3-LM: L = 1024, block 16, first-hitting (one forward per token) ----
+    L4, BS4, B4 = (128, 16, 2) if quick else (1024, 16, 4)
+    model4 = mdsample.models.Transformer.from_preset("tiny", attention="block_causal", block_size=BS4, vocab_size=V2,
+                                                     mask_id=mask2, max_seq_len=L4, seed=2).eval()
+    ref4 = Counting(model4)
+    torch.manual_seed(0)
+    _, t_ref4 = timed(lambda: reference_bd3lm(ref4, B4, L4, BS4, mask2))
+    runs4 = {}
+    for name, use_cache in (("mdsample_cached", True), ("mdsample_uncached", False)):
+        c = Counting(model4)
+        _, t = timed(lambda: mdsample.sample_bd3lm(c, batch_size=B4, length=L4, block_size=BS4, mask_id=mask2,
+                                                   use_cache=use_cache, seed=0))
+        runs4[name] = {"forwards": c.forwards, "positions_fed": c.positions, "wall_s_cpu": t}
+    results["bd3lm"] = {
+        "settings": {"batch": B4, "length": L4, "block_size": BS4, "vocab": V2, "sampler": "first_hitting",
+                     "model": "tiny block_causal Transformer (64 wide, 2 layers)"},
+        "published_uncached": {"forwards": ref4.forwards, "positions_fed": ref4.positions, "wall_s_cpu": t_ref4},
+        **runs4,
+        "ratios": {
+            "positions_fed_vs_published": ratio(runs4["mdsample_cached"]["positions_fed"], ref4.positions),
+            "wall_vs_published_cpu": ratio(runs4["mdsample_cached"]["wall_s_cpu"], t_ref4),
+            "uncached_wall_vs_published_cpu": ratio(runs4["mdsample_uncached"]["wall_s_cpu"], t_ref4),
+        },
+    }
     return results
 
 
