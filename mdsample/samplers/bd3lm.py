@@ -8,11 +8,12 @@ The algorithm (BD3-LM ``_semi_ar_sampler``; ALGORITHMS.md):
    - first-hitting (default): each forward reveals exactly one masked position, chosen
      uniformly (``t <- t * u^(1 / n_masked)`` only fixes the time, which an unconditioned
      backbone does not read), its token drawn from ``p_x0`` without the mask token;
-   - ancestral (``steps_per_block=S``, ``first_hitting=False``): loglinear ``m_t = t`` on the
-     grid ``t_i = 1 - i / S``; a masked position is revealed with prob ``(t - s) / t`` (1 at
-     the last step: upstream's division by ``t = 0`` there is guarded), then its token drawn
-     from ``p_x0`` without the mask. A step revealing nothing runs no forward (exact: the
-     backbone is not time-conditioned, so its output would be unused).
+   - ancestral (``steps_per_block=S``, ``first_hitting=False``): loglinear ``m_t = t`` on
+     upstream's grid ``t_i = linspace(1, 0, S)[i]`` with the step ``dt = 1 / S`` (so
+     ``s = t - dt``): a masked position is revealed with prob ``dt / t_i`` (1 at the last step,
+     ``t = 0``: upstream's division by zero there is guarded), then its token drawn from
+     ``p_x0`` without the mask. A step revealing nothing runs no forward (exact: the backbone
+     is not time-conditioned, so its output would be unused).
 3. The model attends causally across blocks and bidirectionally inside: the K/V of finished
    blocks do not depend on later tokens, so they are cached exactly. The clean block's K/V
    are written by feeding it together with the next block's first step
@@ -65,6 +66,13 @@ from .truncation import truncate, truncation_args
 __all__ = ["sample_bd3lm"]
 
 _BLOCK_SHIFT = 32
+
+
+def _reveal_prob(i: int, steps: int) -> float:
+    """Reveal probability of ancestral step ``i`` of ``steps``: ``dt / t`` on upstream's ``t = linspace(1, 0, steps)``,
+    ``dt = 1 / steps`` (1 at ``t = 0``, where upstream divides by zero, and when ``dt >= t``)."""
+    t = 1.0 - i / (steps - 1) if steps > 1 else 1.0
+    return 1.0 if t <= 1.0 / steps else 1.0 / (steps * t)
 
 
 class _BlockRows:
@@ -121,7 +129,7 @@ def sample_bd3lm(
     bos_id=None,
     min_entropy=None,
     entropy_window=256,
-    max_attempts=100,
+    max_attempts=10,
     seed=0,
     backend="auto",
     use_cache=True,
@@ -147,7 +155,8 @@ def sample_bd3lm(
         top_p: BD3-LM's nucleus (``sampling.nucleus_p``) in (0, 1], None or 1 = off: a token is
             drawn from the tokens, by descending probability of ``softmax(l / T)`` without the
             mask, whose cumulative probability is <= top_p (the most likely always), renormalised.
-        eos_id: stop after the block where every sequence has produced it (variable length).
+        eos_id: stop after the block where every sequence has produced it (variable length); may equal
+            ``bos_id`` (GPT-2's tokenizer: the BOS at position 0 does not count, as upstream's "more than one EOS").
         bos_id: if given, position 0 holds it (BD3-LM's BOS).
         min_entropy: BD3-LM's low-entropy check (upstream: 4.0; None = off, the model's own law):
             after each block ending past ``entropy_window`` positions, a sequence whose last
@@ -155,8 +164,8 @@ def sample_bd3lm(
             rejected and drawn again (with a fresh Philox key per attempt), and with ``eos_id``
             ended before that window (the rest set to ``eos_id``), as upstream does.
         entropy_window: tokens the check looks at (upstream: 256), >= 1.
-        max_attempts: draws per sequence at most (>= 1); a sequence failing them all is returned as
-            drawn last, with a warning.
+        max_attempts: draws per sequence at most (>= 1; upstream: 10, then it raises); a sequence
+            failing them all is returned as drawn last, with a warning.
         seed: int Philox key.
         backend: sampling-op backend.
         use_cache: True = exact block-causal KV cache; False = a full forward of the prefix
@@ -222,6 +231,7 @@ def sample_bd3lm(
         return n_masked if first_hitting else steps_per_block
 
     steps_per_draw = sum(map(block_steps, range(n_blocks)))
+    first = 0 if bos_id is None else 1  # BOS is not an EOS, even as the same token (GPT-2's 50256 is both)
 
     def draw(key: int, seqs: torch.Tensor, last: bool):
         """One attempt for the sequences ``seqs`` (int64 ``[b]``, their row ids: the Philox positions).
@@ -255,8 +265,7 @@ def sample_bd3lm(
                     reveal[torch.arange(b, device=device), pick] = True
                     reveal &= masked
                 else:
-                    t, t_next = 1.0 - i / n_steps, 1.0 - (i + 1) / n_steps
-                    p = 1.0 if i == n_steps - 1 else (t - t_next) / t
+                    p = _reveal_prob(i, n_steps)
                     reveal = masked & (u < p)
                 r_seq, r_pos = reveal.nonzero(as_tuple=True)
                 if r_seq.numel() == 0:
@@ -271,7 +280,7 @@ def sample_bd3lm(
                 x[r_seq, s + r_pos] = tok
                 bar.step(tokens=r_seq.numel(), baseline=b)
             if eos_id is not None:
-                done |= finished(x, s, e, eos_id)
+                done |= finished(x, max(s, first), e, eos_id)
             if min_entropy is not None and e > entropy_window:
                 low = ~done & ~rejected & (unigram_entropy(x[:, e - entropy_window:e]) < min_entropy)
                 if eos_id is None:
@@ -305,6 +314,6 @@ def sample_bd3lm(
         bar.close()
     if retry.numel():
         warnings.warn(f"{retry.numel()} of {batch} sequences failed the low-entropy check (min_entropy={min_entropy}) "
-                      f"in all {max_attempts} attempts; they are returned as drawn last", RuntimeWarning, stacklevel=2)
+                      f"in all {max_attempts} attempts; they are returned as drawn last", RuntimeWarning, stacklevel=3)
     x = x[:, :end]
-    return x if eos_id is None else fill_after_eos(x, eos_id)
+    return x if eos_id is None else fill_after_eos(x, eos_id, start=first)

@@ -90,6 +90,19 @@ class JointOracle:
         return {s: p / z for s, p in probs.items()}
 
 
+class PrefixOracle:
+    """A block-causal view of a :class:`JointOracle`: a prefix ``x[:, :e]`` is scored as the full sequence with
+    the positions after it masked, i.e. by the exact conditionals given the revealed prefix (BD3-LM's samplers
+    feed the prefix up to the current block's end)."""
+
+    def __init__(self, oracle: JointOracle):
+        self.oracle, self.vocab_size = oracle, oracle.V
+
+    def __call__(self, x: torch.Tensor, **kw) -> torch.Tensor:
+        pad = torch.full((x.shape[0], self.oracle.L - x.shape[1]), self.oracle.mask_id, dtype=x.dtype)
+        return self.oracle(torch.cat([x, pad], 1))[:, : x.shape[1]]
+
+
 class HeadOracle(JointOracle):
     """The oracle offering ``hidden`` (the logits as a D = V hidden state) and an identity ``head``."""
 

@@ -7,6 +7,7 @@ import torch
 
 import mdsample
 from mdsample.models import Transformer
+from sampler_oracles import JointOracle, PrefixOracle, chi_square_pvalue, count_rows, random_joint
 
 MASK = 127
 
@@ -169,18 +170,6 @@ def test_argument_errors():
 ALPHA = 1e-3  # per chi-square test; fixed seeds, so each test is deterministic
 
 
-class _PrefixOracle:
-    """A block-causal view of a JointOracle: a prefix ``x[:, :e]`` is scored as the full sequence with the
-    positions after it masked, i.e. by the exact conditionals given the revealed prefix."""
-
-    def __init__(self, oracle):
-        self.oracle, self.vocab_size = oracle, oracle.V
-
-    def __call__(self, x):
-        pad = torch.full((x.shape[0], self.oracle.L - x.shape[1]), self.oracle.mask_id, dtype=x.dtype)
-        return self.oracle(torch.cat([x, pad], 1))[:, : x.shape[1]]
-
-
 def _keep_bd3lm(probs, top_p):
     """BD3-LM's nucleus of a float64 probability list, renormalised (ties by lower id)."""
     order = sorted(range(len(probs)), key=lambda v: (-probs[v], v))
@@ -197,7 +186,8 @@ def _keep_bd3lm(probs, top_p):
 def _walk_law(oracle, block_size, top_p, steps):
     """Exact law of BD3-LM on the oracle, by walking every reveal. First-hitting (``steps`` None): each masked
     position of the block is next with equal probability. Ancestral: at step i of S each masked position of the
-    block is revealed independently with prob 1/(S - i) (= (t - s)/t on t = 1 - i/S). Revealed tokens are drawn
+    block is revealed independently with prob dt / t_i on upstream's grid t = linspace(1, 0, S), dt = 1 / S (1 at
+    t = 0), written here as (S - 1) / (S (S - 1 - i)). Revealed tokens are drawn
     independently from the (nucleus-truncated) exact conditionals given the positions revealed before the step."""
     law = {}
 
@@ -224,8 +214,8 @@ def _walk_law(oracle, block_size, top_p, steps):
             for i in here:
                 fill(state, state, [i], p / len(here), lambda st, pp: walk(st, pp, 0))
             return
-        r = 1.0 / (steps - step)
         last = step == steps - 1
+        r = 1.0 if last or steps == 1 else min(1.0, (steps - 1) / (steps * (steps - 1 - step)))
         for chosen in itertools.product((False, True), repeat=len(here)):
             sel = [i for i, c in zip(here, chosen) if c]
             w = r ** len(sel) * (1 - r) ** (len(here) - len(sel))
@@ -239,25 +229,21 @@ def _walk_law(oracle, block_size, top_p, steps):
 
 
 def _oracle(vocab, length, seed):
-    from sampler_oracles import JointOracle, random_joint
-
     return JointOracle(random_joint(vocab, length, seed))
 
 
 @pytest.mark.parametrize("top_p", [None, 0.6])
-@pytest.mark.parametrize("steps", [None, 2])
+@pytest.mark.parametrize("steps", [None, 2, 4])
 def test_law_is_the_joint_or_its_nucleus_walk(top_p, steps):
     """T = 1 on an oracle of exact conditionals: without top-p any reveal order gives the joint (first-hitting
     and ancestral); with top-p the law is the walk over first-hitting's uniformly random orders, each token
     from BD3-LM's nucleus of its conditional. Chi-square, P(false alarm) = ALPHA."""
-    from sampler_oracles import chi_square_pvalue, count_rows
-
     oracle = _oracle(3, 4, seed=11)
     for cond in oracle.cond_lists.values():  # the nucleus is well posed: no cumulative mass within 1e-6 of p
         for row in cond:
             c = torch.tensor(sorted(row, reverse=True)).cumsum(0)
             assert top_p is None or bool(((c - top_p).abs() > 1e-6).all())
-    out = mdsample.sample_bd3lm(_PrefixOracle(oracle), batch_size=20000, length=4, block_size=2, mask_id=oracle.mask_id,
+    out = mdsample.sample_bd3lm(PrefixOracle(oracle), batch_size=20000, length=4, block_size=2, mask_id=oracle.mask_id,
                                 steps_per_block=steps, top_p=top_p, seed=3, use_cache=False, backend="cpu")
     law = _walk_law(oracle, 2, top_p, steps)
     assert abs(sum(law.values()) - 1.0) < 1e-9
@@ -278,11 +264,10 @@ def test_low_entropy_rejection_law():
     2: only past the window) and rejects equal neighbours, so the law is the joint given x2 != x3 and x4 != x5
     (chi-square, P(false alarm) = ALPHA), and no returned row breaks it (a check at the last block only would
     return rows with x2 == x3)."""
-    from sampler_oracles import chi_square_pvalue, count_rows
-
     oracle = _oracle(2, 6, seed=4)
-    out = mdsample.sample_bd3lm(_PrefixOracle(oracle), batch_size=12000, length=6, block_size=2, mask_id=oracle.mask_id,
-                                min_entropy=0.5, entropy_window=2, seed=8, use_cache=False, backend="cpu")
+    out = mdsample.sample_bd3lm(PrefixOracle(oracle), batch_size=12000, length=6, block_size=2, mask_id=oracle.mask_id,
+                                min_entropy=0.5, entropy_window=2, max_attempts=100, seed=8, use_cache=False,
+                                backend="cpu")
     assert ((out[:, 2] != out[:, 3]) & (out[:, 4] != out[:, 5])).all()
     joint = {s: p for s, p in oracle.joint_probs().items() if s[2] != s[3] and s[4] != s[5]}
     z = sum(joint.values())
@@ -335,7 +320,7 @@ def test_redraws_are_batch_invariant_and_cached_equals_uncached(use_cache):
     two of a batch of 5, with and without the cache (both with the nucleus), and some rows were redrawn."""
     m = _model(4)
     kw = dict(length=24, block_size=4, mask_id=MASK, top_p=0.9, min_entropy=2.45, entropy_window=12, seed=6,
-              temperature=0.7)
+              temperature=0.7, max_attempts=100)
     five = mdsample.sample_bd3lm(m, batch_size=5, use_cache=use_cache, **kw)
     two = mdsample.sample_bd3lm(m, batch_size=2, use_cache=use_cache, **kw)
     assert torch.equal(five[:2], two)
@@ -357,3 +342,19 @@ def test_low_entropy_and_nucleus_argument_errors():
         name = next(iter(bad))
         with pytest.raises(err, match=name):
             mdsample.sample_bd3lm(m, **kw, **bad)
+
+
+def test_bos_that_is_also_eos_does_not_end_the_sequence():
+    """GPT-2's tokenizer (BD3-LM's OWT models) has BOS = EOS: the BOS at position 0 is not an end of sequence, a
+    generated EOS is (upstream stops at more than one EOS)."""
+    m = _model(4)
+    kw = dict(batch_size=2, length=32, block_size=4, mask_id=MASK, bos_id=5, seed=0, temperature=1.0)
+    plain = mdsample.sample_bd3lm(m, **kw)
+    assert not (plain[:, 1:] == 5).any()  # this model and seed never draw token 5
+    assert torch.equal(mdsample.sample_bd3lm(m, eos_id=5, **kw), plain)
+    eos_happy = _EosLoving(m, eos=5, boost=4.0)
+    out = mdsample.sample_bd3lm(eos_happy, eos_id=5, **kw)
+    assert out.shape[1] < 32 and (out[:, 0] == 5).all()
+    for row in out:
+        first = 1 + int((row[1:] == 5).nonzero()[0, 0])
+        assert (row[first:] == 5).all() and not (row[1:first] == 5).any()
