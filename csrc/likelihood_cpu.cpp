@@ -98,7 +98,7 @@ float row_nll(const RowReader<T>& row, int64_t vocab, int64_t target, float* buf
     row.load(lo, n, buf);
     const float m = chunk_max(buf, n, &bad);
     const float s = m == -INFINITY ? 0.0f : chunk_sumexp(buf, n, 1.0f, m);
-    st = online_merge(st, OnlineStats{m, s, 0.0f, m, m});
+    st = online_merge(st, OnlineStats{m, s, 0.0f, m, m}, 1.0f);
     if (target >= lo && target < lo + n) target_score = buf[target - lo];
   }
   if (bad) return NAN;

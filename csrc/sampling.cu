@@ -269,13 +269,13 @@ __device__ __forceinline__ int64_t warp_max(int64_t v) {
 }
 // online_merge is symmetric in its arguments bit for bit, so a butterfly of it
 // leaves the same state in every lane.
-__device__ __forceinline__ OnlineStats warp_merge(OnlineStats s) {
+__device__ __forceinline__ OnlineStats warp_merge(OnlineStats s, float scale) {
 #pragma unroll
   for (int d = 16; d > 0; d >>= 1) {
     const OnlineStats o{__shfl_xor_sync(kAllLanes, s.m, d), __shfl_xor_sync(kAllLanes, s.s, d),
                         __shfl_xor_sync(kAllLanes, s.sx, d), __shfl_xor_sync(kAllLanes, s.top1, d),
                         __shfl_xor_sync(kAllLanes, s.top2, d)};
-    s = online_merge(s, o);
+    s = online_merge(s, o, scale);
   }
   return s;
 }
@@ -319,8 +319,8 @@ __device__ __forceinline__ LaneSums lane_sums(const float (&g)[kLen], float m, f
       const float es = kShared ? e : exp_nonpos(d);
       r.s += es;
       r.sx += es > 0.0f ? es * d : 0.0f;
-      r.ties += d == 0.0f;
-      r.second = (d < 0.0f && d > r.second) ? d : r.second;
+      r.ties += diff == 0.0f;
+      r.second = (diff < 0.0f && g[i] > r.second) ? g[i] : r.second;  // raw, as OnlineStats keeps it
     }
   }
   r.draw = (draw[0] + draw[1]) + (draw[2] + draw[3]);
@@ -382,9 +382,8 @@ __device__ __forceinline__ Summary reduce_part(const float (&g)[part_len<D>()], 
   }
   if (kStats && !r.bad && m > -INFINITY) {
     // chunk_stats of the CPU kernel: top2 is the max again on a tie.
-    const float ms = m * inv_ts;
     const int ties = warp_sum(ls.ties);
-    r.st = OnlineStats{ms, warp_sum(ls.s), warp_sum(ls.sx), ms, ties >= 2 ? ms : ms + warp_max(ls.second)};
+    r.st = OnlineStats{m, warp_sum(ls.s), warp_sum(ls.sx), m, ties >= 2 ? m : warp_max(ls.second)};
   }
   return r;
 }
@@ -392,14 +391,14 @@ __device__ __forceinline__ Summary reduce_part(const float (&g)[part_len<D>()], 
 // Merges part b (the later tokens) into a. The sums move to the joint max
 // (a sum with nothing in it stays out: its max may be -inf); ties keep a's index.
 template <bool kStats>
-__device__ __forceinline__ Summary merge_parts(Summary a, const Summary& b, float inv_t) {
+__device__ __forceinline__ Summary merge_parts(Summary a, const Summary& b, float inv_t, float inv_ts) {
   Summary r;
   r.m = fmaxf(a.m, b.m);
   r.bad = a.bad || b.bad;
   r.first = b.m > a.m ? b.first : a.first;
   r.sum = (a.sum > 0.0f ? a.sum * exp_nonpos((a.m - r.m) * inv_t) : 0.0f) +
           (b.sum > 0.0f ? b.sum * exp_nonpos((b.m - r.m) * inv_t) : 0.0f);
-  if (kStats) r.st = online_merge(a.st, b.st);
+  if (kStats) r.st = online_merge(a.st, b.st, inv_ts);
   return r;
 }
 
@@ -414,7 +413,7 @@ __device__ __forceinline__ void reduce_chunk(const Row<D, kGuided>& row, int64_t
     float g[part_len<D>()];
     load_part<D, kGuided>(row, c * kChunk, h, lane, g);
     const Summary part = reduce_part<D, kStats>(g, h, lane, greedy, inv_t, inv_ts);
-    chunk = h == 0 ? part : merge_parts<kStats>(chunk, part, inv_t);
+    chunk = h == 0 ? part : merge_parts<kStats>(chunk, part, inv_t, inv_ts);
   }
   if (lane == 0) {
     rec[kFieldMax * n_chunks + c] = chunk.bad ? NAN : chunk.m;
@@ -428,11 +427,10 @@ __device__ __forceinline__ void reduce_chunk(const Row<D, kGuided>& row, int64_t
 }
 
 // Online statistics of chunk c from its record (chunk_stats of the CPU kernel).
-__device__ __forceinline__ OnlineStats chunk_online(const float* table, int64_t n_chunks, int64_t c, float inv_ts) {
+__device__ __forceinline__ OnlineStats chunk_online(const float* table, int64_t n_chunks, int64_t c) {
   const float m = table[kFieldMax * n_chunks + c];
   if (!(m > -INFINITY)) return online_empty();  // no finite score (or a bad chunk: the row is NaN anyway)
-  const float ms = m * inv_ts;
-  return OnlineStats{ms, table[kFieldStSum * n_chunks + c], table[kFieldStSx * n_chunks + c], ms,
+  return OnlineStats{m, table[kFieldStSum * n_chunks + c], table[kFieldStSx * n_chunks + c], m,
                      table[kFieldStTop2 * n_chunks + c]};
 }
 
@@ -477,9 +475,8 @@ __global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(cons
 
   const float temp = per_row(a.temperature, a.temperature_val, r);
   const bool greedy = !(temp > 0.0f);
-  // Clamped so a subnormal temperature gives 0 * inv_t = 0 at the maximum, not NaN.
-  const float inv_t = greedy ? 0.0f : fminf(1.0f / temp, 3.0e38f);
-  const float inv_ts = kStats ? 1.0f / per_row(a.stats_temperature, a.stats_temperature_val, r) : 0.0f;
+  const float inv_t = greedy ? 0.0f : inv_temperature(temp);
+  const float inv_ts = kStats ? inv_temperature(per_row(a.stats_temperature, a.stats_temperature_val, r)) : 0.0f;
   Row<D, kGuided> row;
   row.logits = static_cast<const typename D::Raw*>(a.logits) + per_row(a.row_offsets, r * a.row_stride, r);
   row.guidance = kGuided ? static_cast<const typename D::Raw*>(a.guidance) +
@@ -524,7 +521,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(cons
       big_m = m;
       best_c = c;
     }
-    if (kStats) st = online_merge(st, chunk_online(table, n_chunks, c, inv_ts));
+    if (kStats) st = online_merge(st, chunk_online(table, n_chunks, c), inv_ts);
   }
   bad = __any_sync(kAllLanes, bad) != 0;
 #pragma unroll
@@ -536,7 +533,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(cons
       best_c = oc;
     }
   }
-  if (kStats) st = warp_merge(st);
+  if (kStats) st = warp_merge(st, inv_ts);
 
   int64_t token = -1;
   float g_token = -INFINITY;
@@ -634,12 +631,11 @@ __global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(cons
       if (token < 0) {
         for (int k = 0; k < 4; ++k) out[k] = NAN;
       } else {
-        const float lse = online_logsumexp(st);
-        const float logprob = g_token * inv_ts - lse;
-        out[0] = logprob;
-        out[1] = expf(logprob);
-        out[2] = expf(st.top1 - lse) - (st.top2 == -INFINITY ? 0.0f : expf(st.top2 - lse));
-        out[3] = online_entropy(st);
+        const RowStats fin = online_finish(st, g_token, inv_ts);
+        out[0] = fin.logprob;
+        out[1] = fin.prob;
+        out[2] = fin.margin;
+        out[3] = fin.entropy;
       }
     }
   }

@@ -35,7 +35,8 @@ struct Scratch {
   std::vector<double> chunk_weight;
 };
 
-// Softmax statistics of scores buf_i * scale over one chunk whose max score is gmax.
+// Softmax statistics of scores buf_i * scale over one chunk whose max score is gmax
+// (OnlineStats: in raw-score units).
 __attribute__((noinline)) OnlineStats chunk_stats(const float* buf, int64_t n, float scale, float gmax) {
   if (gmax == -INFINITY) return online_empty();
   float s = 0.0f, sx = 0.0f, second = -INFINITY;
@@ -46,11 +47,10 @@ __attribute__((noinline)) OnlineStats chunk_stats(const float* buf, int64_t n, f
     const float e = exp_nonpos(d);
     s += e;
     sx += e > 0.0f ? e * d : 0.0f;
-    ties += d == 0.0f;
-    second = (d < 0.0f && d > second) ? d : second;
+    ties += buf[i] == gmax;
+    second = (buf[i] < gmax && buf[i] > second) ? buf[i] : second;
   }
-  const float m = gmax * scale;
-  return OnlineStats{m, s, sx, m, ties >= 2 ? m : m + second};
+  return OnlineStats{gmax, s, sx, gmax, ties >= 2 ? gmax : second};
 }
 
 // First index whose running sum of w exceeds target; the last positive weight if
@@ -67,11 +67,11 @@ inline int64_t first_over(const W* w, int64_t n, double target) {
   return last_positive;
 }
 
-inline void write_stats(float* out, float logprob, float margin, float entropy) {
-  out[0] = logprob;
-  out[1] = expf(logprob);
-  out[2] = margin;
-  out[3] = entropy;
+inline void write_stats(float* out, const RowStats& st) {
+  out[0] = st.logprob;
+  out[1] = st.prob;
+  out[2] = st.margin;
+  out[3] = st.entropy;
 }
 
 inline void write_nan_stats(float* out) {
@@ -97,9 +97,8 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
       a.guidance_scale + 1.0f, a.exclude};
   const float temp = per_row(a.temperature, a.temperature_val, r);
   const bool greedy = !(temp > 0.0f);
-  // Clamped so a subnormal temperature gives 0 * inv_t = 0 at the maximum, not NaN.
-  const float inv_t = greedy ? 0.0f : fminf(1.0f / temp, 3.0e38f);
-  const float inv_ts = stats ? 1.0f / per_row(a.stats_temperature, a.stats_temperature_val, r) : 0.0f;
+  const float inv_t = greedy ? 0.0f : inv_temperature(temp);
+  const float inv_ts = stats ? inv_temperature(per_row(a.stats_temperature, a.stats_temperature_val, r)) : 0.0f;
   const int64_t n_chunks = (vocab + kChunk - 1) / kChunk;
   float* buf = sc.buf.data();
 
@@ -124,7 +123,7 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
       sc.chunk_maxima[c] = gmax;
       sc.chunk_sums[c] = gmax == -INFINITY ? 0.0f : chunk_sumexp(buf, n, inv_t, gmax);
     }
-    if (stats) st = online_merge(st, chunk_stats(buf, n, inv_ts, gmax));
+    if (stats) st = online_merge(st, chunk_stats(buf, n, inv_ts, gmax), inv_ts);
   }
 
   int64_t token = -1;
@@ -149,6 +148,12 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
       const double u1 = uniform52(words.w[0], words.w[1]);
       const double u2 = uniform52(words.w[2], words.w[3]);
       const int64_t c = first_over(sc.chunk_weight.data(), n_chunks, u1 * total);
+      // No chunk with weight (not for a finite max, whose chunk holds e^0 = 1): no token, never a read before the row.
+      if (c < 0) {
+        a.out[r] = -1;
+        if (stats) write_nan_stats(stats);
+        return;
+      }
       // Level 2: token inside chunk c, its weights summed again in double so
       // the draw inside it is exact to double precision.
       const int64_t lo = c * kChunk, n = vocab - lo < kChunk ? vocab - lo : kChunk;
@@ -168,10 +173,7 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
     if (token < 0) {
       write_nan_stats(stats);
     } else {
-      const float lse = online_logsumexp(st);
-      write_stats(stats, g_token * inv_ts - lse,
-                  expf(st.top1 - lse) - (st.top2 == -INFINITY ? 0.0f : expf(st.top2 - lse)),
-                  online_entropy(st));
+      write_stats(stats, online_finish(st, g_token, inv_ts));
     }
   }
 }

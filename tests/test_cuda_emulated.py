@@ -162,6 +162,18 @@ def test_tokens_and_stats_match_cpu_backend(lib, dtype, vocab):
             assert_agree(got, on_cpu(mdsample.sample_categorical, logits, **kw, **stats), scores, temperature, seed=7)
 
 
+def test_stats_stay_exact_at_tiny_temperatures(lib):
+    """The CUDA kernel keeps its statistics in raw-score units too (test_sample_categorical's rows), in both plans."""
+    from test_sample_categorical import TINY_TEMPERATURES, assert_stats_exact, tiny_temperature_rows
+
+    for t in TINY_TEMPERATURES:
+        logits = tiny_temperature_rows(t)
+        for device in (H100, ONE_SM):
+            got = emulated(lib, mdsample.sample_categorical, logits, temperature=t, seed=4, return_stats=True,
+                           device=device)
+            assert_stats_exact(got, logits, t)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_guidance_matches_cpu_backend(lib, dtype):
     """CFG with -inf on either side, the unconditional rows aligned unlike the conditional ones."""

@@ -183,6 +183,63 @@ def test_cross_backend_agreement_rate_and_near_ties(fast_backend, device):
         assert _near_tie(logits[r].cpu(), 1.0, 9, 1, r, int(got[r]), int(want[r])), f"row {r} disagrees without a near-tie"
 
 
+def stats64(logits, t_stats, tokens):
+    """float64 (logprob, margin, entropy) of softmax(l / t_stats) at each row's token: scores shifted by the max first."""
+    d = (logits.double() - logits.double().max(1, keepdim=True).values) / t_stats
+    logp = d.log_softmax(1)
+    p = logp.exp()
+    top = p.topk(2, 1).values
+    return (logp.gather(1, tokens.unsqueeze(1)).squeeze(1), top[:, 0] - top[:, 1],
+            -(p * logp.nan_to_num(neginf=0.0)).sum(1))
+
+
+def tiny_temperature_rows(t):
+    """float32 ``[4, 2 * CHUNK + 100]`` rows whose softmax at temperature ``t`` is far from one-hot: maxima tied or a
+    few ``t`` apart, in different 2048-token chunks, at scores 10 and 1e4."""
+    logits = torch.full((4, 2 * CHUNK + 100), -5.0)
+    logits[:, 3] = 10.0
+    logits[0, 2100] = 10.0                          # a tie in another chunk: p = 0.5 each
+    logits[1, 4100] = 10.0 - 2 * t                  # p = 1 / (1 + e^-2) (as rounded in float32)
+    logits[2, 2500] = 10.0 - 0.5 * t
+    logits[2, 7] = 10.0 - 0.25 * t
+    logits[3, 3] = 1e4                              # large scores: an ulp of 1e4 / T is far above 1
+    logits[3, 4150] = 1e4 - 3 * t
+    return logits
+
+
+def assert_stats_exact(out, logits, t):
+    logprob, margin, entropy = stats64(logits.cpu(), t, out.tokens.cpu())
+    for name, got, want in (("logprob", out.logprob, logprob), ("prob", out.prob, logprob.exp()),
+                            ("margin", out.margin, margin), ("entropy", out.entropy, entropy)):
+        got = got.cpu().double()
+        assert torch.isfinite(got).all(), name
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
+
+
+TINY_TEMPERATURES = [1e-3, 1e-5, 1e-7, 1e-39]
+
+
+@pytest.mark.parametrize("t", TINY_TEMPERATURES)
+def test_stats_stay_exact_at_tiny_temperatures(backend, device, t):
+    """At a tiny stats temperature the scaled scores l / T are huge (1e6 for l = 10, T = 1e-5) and their float32
+    rounding would swamp the differences that make the probabilities: stats are taken from differences to the
+    maximum, also across 2048-token chunks, and at a subnormal T (no NaN). Compared with float64 from the same
+    float32 logits."""
+    logits = tiny_temperature_rows(t).to(device)
+    assert_stats_exact(mdsample.sample_categorical(logits, temperature=t, seed=4, return_stats=True, backend=backend),
+                       logits, t)
+
+
+def test_temperature_near_float32_max_samples_uniformly(backend, device):
+    """T = 3e38: 1 / T is subnormal; -inf scores (the excluded token) stay -inf instead of -inf * 0 = NaN, so rows
+    are drawn (nearly uniform over the allowed tokens) and never return the excluded one."""
+    logits = torch.zeros(1, 4096, device=device).expand(_rows(backend, 512), 4096)
+    for t in (3e38, 1e38):
+        tok = mdsample.sample_categorical(logits, temperature=t, seed=3, exclude=0, backend=backend).cpu()
+        assert (tok > 0).all() and (tok < 4096).all()
+        assert 0.3 < float((tok < 2048).double().mean()) < 0.7
+
+
 def test_row_count_times_vocab_beyond_2_to_32(fast_backend, device):
     """An expanded [16400, 2^18] tensor (N*V > 2^32 elements, one row in memory): no index overflow."""
     if fast_backend not in ("cpu", "cuda"):
@@ -333,6 +390,9 @@ BAD_CALLS = [
     (dict(guidance=torch.zeros(3, 5, dtype=torch.float64)), ValueError, "guidance"),
     (dict(guidance_scale=2.0), ValueError, "guidance_scale"),
     (dict(guidance=torch.zeros(3, 5), guidance_scale=math.inf), ValueError, "guidance_scale"),
+    (dict(temperature=1e39), ValueError, "temperature.*float32"),
+    (dict(return_stats=True, stats_temperature=4e38), ValueError, "stats_temperature.*float32"),
+    (dict(guidance=torch.zeros(3, 5), guidance_scale=-1e39), ValueError, "guidance_scale.*float32"),
     (dict(stats_temperature=1.0), ValueError, "stats_temperature"),
     (dict(return_stats=True, stats_temperature=0.0), ValueError, "stats_temperature"),
     (dict(temperature=torch.ones(3, device="meta")), ValueError, "temperature.*same device"),

@@ -136,7 +136,7 @@ def guidance_input(guidance, guidance_scale, logits: torch.Tensor):
             f"guidance must match logits in shape and dtype ({tuple(logits.shape)}, {logits.dtype}); "
             f"got {tuple(guidance.shape)}, {guidance.dtype}"
         )
-    return guidance, finite_number("guidance_scale", guidance_scale)
+    return guidance, finite_number("guidance_scale", guidance_scale, fp32=True)
 
 
 def guidance_rows(guidance, guidance_scale, logits: torch.Tensor):
@@ -145,7 +145,12 @@ def guidance_rows(guidance, guidance_scale, logits: torch.Tensor):
     return guidance, None if guidance is None else row_offsets(guidance), scale
 
 
-def finite_number(name: str, value, *, low: float | None = None, low_inclusive: bool = True) -> float:
+FP32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def finite_number(name: str, value, *, low: float | None = None, low_inclusive: bool = True,
+                  fp32: bool = False) -> float:
+    """A real number as float; ``fp32``: also within float32's range (a kernel parameter: beyond it, inf)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
     v = float(value)
@@ -153,6 +158,9 @@ def finite_number(name: str, value, *, low: float | None = None, low_inclusive: 
         raise ValueError(f"{name} must be finite; got {value}")
     if low is not None and (v < low or (v == low and not low_inclusive)):
         raise ValueError(f"{name} must be {'>=' if low_inclusive else '>'} {low}; got {value}")
+    if fp32 and abs(v) > FP32_MAX:
+        raise ValueError(f"{name} must lie within float32's range (|{name}| <= {FP32_MAX:.6g}: the kernels compute "
+                         f"in float32); got {value}")
     return v
 
 

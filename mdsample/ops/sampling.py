@@ -45,7 +45,7 @@ def build_request(
         if check and n and not bool(((temp >= 0) & torch.isfinite(temp)).all()):
             raise ValueError("temperature must be finite and >= 0 in every row")
     else:
-        temp = V.finite_number("temperature", temperature, low=0.0)
+        temp = V.finite_number("temperature", temperature, low=0.0, fp32=True)
 
     position = None if positions is None else rows("positions", positions, torch.int64, "int")
     if check and positions is not None and n:
@@ -71,7 +71,7 @@ def build_request(
             if check and n and not bool(((stats_t > 0) & torch.isfinite(stats_t)).all()):
                 raise ValueError("stats_temperature must be finite and > 0 in every row")
         else:
-            stats_t = V.finite_number("stats_temperature", stats_temperature, low=0.0, low_inclusive=False)
+            stats_t = V.finite_number("stats_temperature", stats_temperature, low=0.0, low_inclusive=False, fp32=True)
 
     offsets, stride = V.row_layout(logits)
     return RowDraw(

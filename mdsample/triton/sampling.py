@@ -192,15 +192,22 @@ def _inv_temperatures(r, temperature_ptr, temperature_val, stats_temperature_ptr
                       HAS_STATS_TEMPERATURE_ARR: tl.constexpr):
     """1 / T for the draw (1 on argmax rows) and 1 / T_stats (1 without stats), both clamped to fp32 range.
 
-    Clamped so that a subnormal temperature gives 0 * inv_t = 0 for the maximum (not 0 * inf = NaN).
+    Clamped to the normal range (``inv_temperature`` of csrc/include/mdsample/online.h): a subnormal
+    temperature gives 0 * inv_t = 0 for the maximum (not 0 * inf = NaN), and one near the fp32 maximum
+    keeps -inf * inv_t = -inf (not -inf * 0 = NaN where denormals flush to zero).
     """
     temperature = _per_row(temperature_ptr, temperature_val, r, HAS_TEMPERATURE_ARR)
-    inv_t = tl.minimum(1.0 / tl.where(temperature > 0, temperature, 1.0), 3.0e38)
+    inv_t = _clamp_inv(1.0 / tl.where(temperature > 0, temperature, 1.0))
     inv_st = 1.0
     if STATS:
-        inv_st = tl.minimum(1.0 / _per_row(stats_temperature_ptr, stats_temperature_val, r,
-                                           HAS_STATS_TEMPERATURE_ARR), 3.0e38)
+        inv_st = _clamp_inv(1.0 / _per_row(stats_temperature_ptr, stats_temperature_val, r,
+                                           HAS_STATS_TEMPERATURE_ARR))
     return inv_t, inv_st
+
+
+@triton.jit
+def _clamp_inv(inv):
+    return tl.maximum(tl.minimum(inv, 3.0e38), 1.17549435e-38)
 
 
 @triton.jit

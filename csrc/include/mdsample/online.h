@@ -56,10 +56,13 @@ MDS_HD float guided_score(float c, float u, float w1) {
   return (c == -INFINITY || u == -INFINITY) ? -INFINITY : u + w1 * (c - u);
 }
 
-// Running softmax statistics of one row (or a slice of it) for scores b_i:
-//   m  = max b_i,  s = sum exp(b_i - m),  sx = sum exp(b_i - m) (b_i - m),
-//   top1 / top2 = the two largest scores (top2 may equal top1 on a tie).
-// logsumexp = m + log s; entropy = log s - sx / s.
+// Running softmax statistics of one row (or a slice of it) for scores b_i = g_i / T_s
+// (scale = 1 / T_s), kept in units of the raw scores g so that no score is ever scaled
+// on its own: at a tiny T_s, g / T_s is huge and its fp32 rounding (an ulp of 1e6 is
+// 0.06) would swamp the differences that make the probabilities.
+//   m = max g_i,  s = sum exp((g_i - m) scale),  sx = sum exp((g_i - m) scale) (g_i - m) scale,
+//   top1 / top2 = the two largest g_i (top2 equals top1 on a tie).
+// logsumexp of b = m scale + log s; entropy = log s - sx / s.
 struct OnlineStats {
   float m;
   float s;
@@ -72,18 +75,18 @@ MDS_HD OnlineStats online_empty() {
   return OnlineStats{-INFINITY, 0.0f, 0.0f, -INFINITY, -INFINITY};
 }
 
-MDS_HD OnlineStats online_merge(OnlineStats a, OnlineStats b) {
+MDS_HD OnlineStats online_merge(OnlineStats a, OnlineStats b, float scale) {
   OnlineStats r;
   r.m = a.m > b.m ? a.m : b.m;
   if (r.m == -INFINITY) return a;
   // Shifting a slice from its own max to the joint max multiplies its sum by
-  // e^d and adds d to every (b_i - m) term.
-  const float da = a.m - r.m, db = b.m - r.m;
+  // e^d and adds d to every scaled (g_i - m) term.
+  const float da = (a.m - r.m) * scale, db = (b.m - r.m) * scale;
   const float ea = a.s > 0.0f ? exp_nonpos(da) : 0.0f;
   const float eb = b.s > 0.0f ? exp_nonpos(db) : 0.0f;
   r.s = a.s * ea + b.s * eb;
-  r.sx = (a.s > 0.0f ? ea * (a.sx + da * a.s) : 0.0f) +
-         (b.s > 0.0f ? eb * (b.sx + db * b.s) : 0.0f);
+  // ea = 0 drops a slice whole: at a huge scale d may be -inf, and 0 * -inf is NaN.
+  r.sx = (ea > 0.0f ? ea * (a.sx + da * a.s) : 0.0f) + (eb > 0.0f ? eb * (b.sx + db * b.s) : 0.0f);
   const float hi = a.top1 > b.top1 ? a.top1 : b.top1;
   const float lo = a.top1 > b.top1 ? b.top1 : a.top1;
   float t2 = a.top2 > b.top2 ? a.top2 : b.top2;
@@ -92,7 +95,28 @@ MDS_HD OnlineStats online_merge(OnlineStats a, OnlineStats b) {
   return r;
 }
 
+// What the ops report for the drawn token of raw score g: log p, p, p1 - p2, entropy.
+struct RowStats {
+  float logprob, prob, margin, entropy;
+};
+
+MDS_HD RowStats online_finish(OnlineStats a, float g, float scale) {
+  const float log_s = logf(a.s);
+  const float logprob = (g - a.m) * scale - log_s;
+  // p1 - p2 = (1 - e^((top2 - top1) scale)) / s, top1 = m: no cancellation of two exps.
+  const float e2 = a.top2 == -INFINITY ? 0.0f : expf((a.top2 - a.m) * scale);
+  return RowStats{logprob, expf(logprob), (1.0f - e2) / a.s, log_s - a.sx / a.s};
+}
+
+// logsumexp of the raw scores (scale 1): masked_nll.
 MDS_HD float online_logsumexp(OnlineStats a) { return a.m + logf(a.s); }
-MDS_HD float online_entropy(OnlineStats a) { return logf(a.s) - a.sx / a.s; }
+
+// 1 / T in the kernels' fp32, for T > 0: clamped to the normal range, so that a subnormal T
+// gives 0 * inv = 0 at the maximum (not 0 * inf = NaN) and a T near the fp32 maximum keeps
+// -inf * inv = -inf (not -inf * 0 = NaN, where denormals flush to zero).
+MDS_HD float inv_temperature(float t) {
+  const float inv = 1.0f / t;
+  return inv > 3.0e38f ? 3.0e38f : (inv < 1.17549435e-38f ? 1.17549435e-38f : inv);
+}
 
 }  // namespace mdsample
