@@ -87,6 +87,11 @@ def test_bad_dlpack_input_names_the_argument():
         mdsample.sample_categorical(logits, temperature=np.ones((B, L), dtype=np.int64))
     with pytest.raises(ValueError, match="positions must broadcast"):
         mdsample.sample_categorical(logits, positions=np.arange(7))
+    # torch's from_dlpack aborts the process on negative strides: refused before it is called
+    with pytest.raises(ValueError, match="logits has negative strides"):
+        mdsample.sample_categorical(logits[::-1])
+    with pytest.raises(ValueError, match="temperature has negative strides"):
+        mdsample.sample_categorical(logits, temperature=np.ones(logits.shape[:-1], dtype=np.float32)[:, ::-1])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CuPy arrays need a GPU")

@@ -53,6 +53,15 @@ def token_ids(name: str, value, *, dims: tuple[int, ...], device=None) -> torch.
     return t.to(torch.int64)
 
 
+def tokens_in_vocab(name: str, tokens: torch.Tensor, vocab: Optional[int]) -> None:
+    """Every id of ``tokens`` (int64) must be a token of the model (``vocab`` None: unknown, not checked);
+    beyond it the model's embedding raises a bare IndexError."""
+    if vocab is not None and tokens.numel():
+        top = int(tokens.max())
+        if top >= vocab:
+            raise ValueError(f"{name} holds token id {top}, outside the model's vocabulary of size {vocab}")
+
+
 def check_vocab(name: str, vocab: int, mask_id: int, *, arg: str = "mask_id") -> None:
     """The model's vocabulary must contain the token ``mask_id`` (the argument ``arg``)."""
     if not 0 <= mask_id < vocab:

@@ -222,6 +222,9 @@ def sample_bd3lm(
                          "has none")
     if backbone.vocab_size is not None:
         C.check_vocab("model", backbone.vocab_size, mask_id)
+        for arg, tok in (("bos_id", bos_id), ("eos_id", eos_id)):
+            if tok is not None:
+                C.check_vocab("model", backbone.vocab_size, tok, arg=arg)
 
     device = backbone.device or torch.device("cpu")
     n_blocks = length // bs

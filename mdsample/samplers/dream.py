@@ -96,11 +96,12 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str; got {type(backend).__name__}")
 
-    x, am, _ = C.prompt_canvas(prompt, attention_mask, max_new_tokens, mask_id)
+    x, am, plen = C.prompt_canvas(prompt, attention_mask, max_new_tokens, mask_id)
     device, (batch, total) = x.device, x.shape
 
     backbone = Backbone(model)
     fwd = RowForward(backbone, mask_id=mask_id, attention_mask=am)
+    C.tokens_in_vocab("prompt", x[:, :plen], backbone.vocab_size)
     pos_ids = (torch.arange(batch, device=device).unsqueeze(1) * total
                + torch.arange(total, device=device).unsqueeze(0))
     ratio = _ratios(steps, eps)

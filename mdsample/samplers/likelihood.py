@@ -258,6 +258,7 @@ def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode
         order_key = unit
 
     backbone = Backbone(model, time_conditioned=time_conditioned)
+    C.tokens_in_vocab("x", x, backbone.vocab_size)
     nll_kw = dict(mask_id=mask_id, exclude=mask_id if subs else None, guidance_scale=cfg, backend=backend)
     values = torch.empty((batch, n), dtype=torch.float64, device=device)
     tok = torch.arange(length, device=device)
@@ -292,6 +293,9 @@ def perplexity(model, x, **kwargs) -> Perplexity:
     """
     est = likelihood(model, x, **kwargs)
     tokens = float(est.num_tokens.sum())
+    if tokens == 0:
+        raise ValueError(f"perplexity needs a scored token: x of shape {tuple(x.shape)} has none (empty, or all "
+                         "prompt / padding)")
     nll = float(-est.log_likelihood.sum()) / tokens
     ppl = math.exp(nll)
     se = ppl * float(est.stderr.pow(2).sum().sqrt()) / tokens

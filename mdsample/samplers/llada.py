@@ -28,6 +28,14 @@ Differences from upstream, all deliberate and documented:
   that never predicts the mask, the output is LLaDA's.
 - Ties in confidence go to the lower position (``torch.topk`` leaves the order unspecified).
 - Fast-dLLM's factor rule commits exactly the passing prefix (see remasking.py).
+- Confidences are the fused op's float32 statistics (Fast-dLLM compares a float64 softmax with
+  the threshold): a candidate within ~1e-7 of ``threshold`` (or of a factor bound) may be
+  decided the other way; reading every candidate row again in float64 would double the
+  sampling's memory traffic for that.
+- As upstream, masks inside the prompt are candidates too (every masked position before the
+  block's end is), competing for the counts of the block's own masks; a block may then end
+  with masks left, which the output keeps (a RuntimeWarning says how many). The cached modes
+  refuse such prompts.
 - Sequences are independent: a sequence whose step commits nothing (count 0, or its block
   already complete under a threshold/factor rule) is not forwarded; upstream forwards the
   whole batch every step. Its randomness is keyed by (seed, sequence, block, step).
@@ -46,6 +54,7 @@ the fixed-shape budget cannot know) and the compat layer's exclude lists run ste
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence
 
 import torch
@@ -155,6 +164,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
     if cfg_scale > 0 and not bool(is_prompt.any()):
         raise ValueError("cfg_scale > 0 needs a non-empty prompt: the unconditional input masks the prompt")
     backbone = Backbone(model)
+    C.tokens_in_vocab("prompt", x[:, :plen], backbone.vocab_size)
     if eos_id is not None and backbone.vocab_size is not None:
         C.check_vocab("model", backbone.vocab_size, eos_id, arg="eos_id")
     if cache is None:
@@ -242,7 +252,13 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         bar.close()
     if calls_out is not None:
         calls_out["forwards"] = backbone.calls
-    return x if eos_id is None else fill_after_eos(x, eos_id, plen)
+    out = x if eos_id is None else fill_after_eos(x, eos_id, plen)
+    left = int((out[:, plen:] == mask_id).sum())  # only masks in the prompt leave masks behind
+    if left:
+        warnings.warn(f"the prompt holds mask tokens, which compete with the blocks' masks for each step's commits "
+                      f"(as upstream LLaDA): {left} generated position(s) are still mask_id {mask_id}",
+                      RuntimeWarning, stacklevel=4)
+    return out
 
 
 def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar, eos_id=None) -> torch.Tensor:

@@ -273,6 +273,7 @@ def sample_mdlm(
             raise ValueError(f"prompt must be [P], [1, P] or [batch_size={batch_size}, P]; got {tuple(p.shape)}")
         if p.shape[1] > length:
             raise ValueError(f"prompt length {p.shape[1]} exceeds length {length}")
+        C.tokens_in_vocab("prompt", p, backbone.vocab_size)
         x_all[:, : p.shape[1]] = p
         is_prompt[:, : p.shape[1]] = p != mask_id
     if cfg_scale > 0 and not bool(is_prompt.any()):

@@ -1,0 +1,45 @@
+"""Token ids outside the model's vocabulary are refused by name (the embedding would raise a bare IndexError)."""
+import pytest
+import torch
+
+import mdsample
+from mdsample.models import Transformer
+
+M = Transformer.from_preset("tiny", seed=0).eval()                                        # V = 128, mask 127
+BD = Transformer.from_preset("tiny", attention="block_causal", block_size=4, seed=0).eval()
+
+CALLS = [
+    ("prompt.*id 200", lambda: mdsample.generate(M, torch.tensor([[1, 200, 3]]), steps=4, gen_length=4,
+                                                 block_length=4, mask_id=127)),
+    ("prompt.*id 200", lambda: mdsample.generate(M, torch.tensor([[1, 200, 3]]), steps=4, gen_length=4,
+                                                 block_length=4, mask_id=127, cache="dual")),
+    ("prompt.*id 200", lambda: mdsample.sample_dream(M, torch.tensor([[1, 200, 3]]), max_new_tokens=4, steps=4,
+                                                     mask_id=127)),
+    ("prompt.*id 300", lambda: mdsample.sample_mdlm(M, batch_size=1, length=8, steps=4, mask_id=127,
+                                                    prompt=torch.tensor([1, 300]))),
+    ("x holds token id 130", lambda: mdsample.likelihood(M, torch.tensor([[1, 2, 130]]), mc_samples=2)),
+    ("bos_id 200", lambda: mdsample.sample_bd3lm(BD, batch_size=1, length=8, block_size=4, mask_id=127, bos_id=200)),
+    ("eos_id 128", lambda: mdsample.sample_bd3lm(BD, batch_size=1, length=8, block_size=4, mask_id=127, eos_id=128)),
+    ("perplexity needs a scored token", lambda: mdsample.perplexity(M, torch.zeros(0, 8, dtype=torch.long),
+                                                                    mc_samples=2)),
+]
+
+
+@pytest.mark.parametrize("match,call", CALLS, ids=[f"{i}" for i in range(len(CALLS))])
+def test_out_of_vocabulary_ids_are_named(match, call):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_masks_in_the_prompt_compete_as_upstream_and_a_leftover_warns():
+    """LLaDA counts only the block's masks but lets the prompt's compete: a generated mask can be left, with a
+    warning naming how many; a prompt without masks never warns."""
+    prompt = torch.tensor([[1, 127, 3]])
+    with pytest.warns(RuntimeWarning, match=r"prompt holds mask tokens.*1 generated position"):
+        out = mdsample.generate(M, prompt, steps=8, gen_length=8, block_length=4, mask_id=127)
+    assert int((out[:, 3:] == 127).sum()) == 1 and (out[:, 1] != 127).all()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mdsample.generate(M, torch.tensor([[1, 2, 3]]), steps=8, gen_length=8, block_length=4, mask_id=127)
