@@ -319,6 +319,10 @@ def test_llada_get_log_likelihood_compat():
         llada.get_log_likelihood(MARKOV, prompt, answer[:0], **kw)
     with pytest.raises(ValueError, match="prompt"):
         llada.get_log_likelihood(MARKOV, CHAIN, answer, **kw)
+    # whole batches, as upstream: mc_num 10 with batch_size 4 draws 8
+    assert llada.get_log_likelihood(MARKOV, prompt, answer, seed=11, **{**kw, "mc_num": 10}) == got
+    with pytest.raises(ValueError, match="mc_num .* batch_size"):
+        llada.get_log_likelihood(MARKOV, prompt, answer, **{**kw, "mc_num": 3})
 
 
 def test_padded_batch_of_different_lengths():

@@ -144,8 +144,15 @@ def test_bad_rows_raise_naming_the_row_or_return_minus_one(fast_backend, device)
         mdsample.sample_categorical(logits, backend=fast_backend)
     only_masked = torch.full((1, 300), -math.inf, device=device)
     only_masked[0, 5] = 1.0
-    with pytest.raises(ValueError, match="no finite logit"):
+    with pytest.raises(ValueError, match="no finite logit outside `exclude`"):
         mdsample.sample_categorical(only_masked, exclude=5, backend=fast_backend)
+    with pytest.raises(ValueError, match=r"no finite logit \(row"):  # no `exclude` given: none named
+        mdsample.sample_categorical(torch.full((1, 300), -math.inf, device=device), backend=fast_backend)
+    uncond = _logits((2, 3, 300), seed=1, device=device)
+    uncond[0, 1, 4] = math.nan
+    with pytest.raises(ValueError, match=r"guidance\[0, 1\] contains NaN"):  # the side that holds it
+        mdsample.sample_categorical(_logits((2, 3, 300), device=device), guidance=uncond, guidance_scale=1.0,
+                                    backend=fast_backend)
 
 
 def _near_tie(logits_row, temperature, seed, offset, position, token_a, token_b, tol=1e-5):

@@ -11,6 +11,7 @@ import torch
 
 from ..ops import _validate as V
 from ..ops.sampling import sample_categorical
+from ..samplers import _checks as C
 from ..samplers.likelihood import likelihood
 from ..samplers.llada import _generate
 from ..samplers.remasking import transfer_counts
@@ -98,7 +99,8 @@ def get_log_likelihood(model, prompt, answer, mc_num=128, batch_size=16, cfg_sca
     LLaDA's estimator (mdsample.samplers.likelihood): exactly k answer tokens masked, k on
     LLaDA's shifted count lattice, weight ``l2 / k``, softmax over the full vocabulary. The
     lattice spans all ``mc_num`` draws (upstream restarts it in every batch of ``batch_size``),
-    and the masked rows are scored without a ``[n, L, V]`` log-softmax. For the estimate with
+    and the masked rows are scored without a ``[n, L, V]`` log-softmax. As upstream, the draws are
+    whole batches: ``(mc_num // batch_size) * batch_size`` of them (>= 1 batch). For the estimate with
     its standard error use :func:`mdsample.likelihood` with ``mode="shifted", masking="count",
     subs=False``.
     """
@@ -108,8 +110,13 @@ def get_log_likelihood(model, prompt, answer, mc_num=128, batch_size=16, cfg_sca
             raise ValueError(f"{name} must be 1-d token ids [l]; got shape {tuple(t.shape)}")
     if answer.numel() == 0:
         raise ValueError("answer must hold at least one token")
+    mc_num, batch_size = C.integer("mc_num", mc_num, low=1), C.integer("batch_size", batch_size, low=1)
+    if mc_num < batch_size:
+        raise ValueError(f"mc_num ({mc_num}) must be >= batch_size ({batch_size}): LLaDA draws whole batches "
+                         "(mc_num // batch_size of them)")
     x = torch.cat([prompt, answer.to(prompt.device)]).unsqueeze(0)
-    est = likelihood(model, x, prompt_len=prompt.numel(), mc_samples=mc_num, batch_size=batch_size, mode="shifted",
+    est = likelihood(model, x, prompt_len=prompt.numel(), mc_samples=mc_num // batch_size * batch_size,
+                     batch_size=batch_size, mode="shifted",
                      masking="count", cfg_scale=cfg_scale, mask_id=mask_id, subs=False,
                      seed=key_from_global_rng(seed), backend=backend)
     return float(est.log_likelihood[0])

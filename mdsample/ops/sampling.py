@@ -107,15 +107,16 @@ def raise_bad_rows(req: RowDraw, tokens: torch.Tensor, considered: torch.Tensor 
         return
     r = int(bad.nonzero()[0, 0])
     lead = req.logits.shape[:-1]
-    row = req.logits.reshape(-1, req.vocab)[r].double()
-    where = f"logits{list(V.unravel(r, lead))}" if lead else "logits"
-    if req.guidance is not None:  # a NaN or +inf on either side spoils the guided row
-        row = row + req.guidance.reshape(-1, req.vocab)[r].double().clamp_min(0.0)
-    if torch.isnan(row).any():
-        raise ValueError(f"{where} contains NaN (row {r} of {len(tokens)})")
-    if torch.isposinf(row).any():
-        raise ValueError(f"{where} contains +inf (row {r} of {len(tokens)})")
-    raise ValueError(f"{where} has no finite logit outside `exclude` (row {r} of {len(tokens)}): nothing to sample")
+    index = list(V.unravel(r, lead)) if lead else ""
+    sides = [("logits", req.logits)] + ([("guidance", req.guidance)] if req.guidance is not None else [])
+    for name, t in sides:  # a NaN or +inf on either side spoils the guided row
+        row = t.reshape(-1, req.vocab)[r]
+        if torch.isnan(row).any():
+            raise ValueError(f"{name}{index} contains NaN (row {r} of {len(tokens)})")
+        if torch.isposinf(row).any():
+            raise ValueError(f"{name}{index} contains +inf (row {r} of {len(tokens)})")
+    outside = " outside `exclude`" if req.exclude >= 0 else ""
+    raise ValueError(f"logits{index} has no finite logit{outside} (row {r} of {len(tokens)}): nothing to sample")
 
 
 def sample_categorical(

@@ -25,6 +25,10 @@ time-conditioned models; for the others this is "reveal a uniformly random order
 a window of W positions slides by ``stride``; each new window keeps the previous
 window's last ``W - stride`` positions (and the prompt) as its fixed prefix and samples
 its fresh masks with the sampler above; the output has ``length = W + k * stride``.
+Upstream runs each window's grid down to ``t = 0`` (its last step reveals every mask by a draw);
+here the window uses the call's ``eps`` and ``noise_removal`` like the unstrided sampler, so
+``eps=0`` gives upstream's behaviour (with the default ``eps`` about ``W * eps`` positions per
+window are filled by the greedy noise removal instead of a draw).
 
 ``cfg_scale = w > 0`` is SMDM's unsupervised classifier-free guidance: the unconditional
 input is the sequence with the prompt positions masked; the draw uses
