@@ -47,6 +47,19 @@ def test_backbone_checks_shapes_and_counts():
     assert device_of(lambda x: x) is None
 
 
+def test_time_conditioning_needs_a_model_taking_sigma():
+    """time_conditioned=True is refused by name for a model whose signature has no sigma (not the model's own
+    TypeError mid-sampling); **kwargs, or a signature Python cannot read, are let through."""
+    with pytest.raises(TypeError, match="time_conditioned=True.*takes no sigma"):
+        Backbone(lambda x: x, time_conditioned=True)
+    with pytest.raises(TypeError, match="Transformer.hidden takes no sigma"):
+        mdsample.sample_mdlm(mdsample.models.Transformer.from_preset("tiny"), batch_size=1, length=8, steps=2,
+                             mask_id=127, time_conditioned=True)
+    Backbone(lambda x, *, sigma: x, time_conditioned=True)
+    Backbone(lambda x, **kw: x, time_conditioned=True)
+    Backbone(torch.nn.Identity(), time_conditioned=False)
+
+
 def test_hf_row_adapter_matches_full_logits(llama):
     adapter = hf_backbone(llama)
     assert isinstance(adapter, HFRowBackbone) and adapter.max_length == 64 and adapter.vocab_size == 40
