@@ -20,7 +20,7 @@ preset), and writes
 ``benchmarks/results/cpu-samplers-<date>.json``. Wall times are CPU times on whatever
 machine ran this (labelled as such), never a GPU claim.
 
-Usage: ``python benchmarks/bench_samplers.py [--quick] [--threads N]``.
+Usage: ``python benchmarks/bench_samplers.py [--quick] [--threads N] [--only mdlm llada dream bd3lm]``.
 """
 from __future__ import annotations
 
@@ -121,7 +121,10 @@ def ratio(a, b):
     return a / b if b else None
 
 
-def run(quick: bool, threads: int):
+SECTIONS = ("mdlm", "llada", "dream", "bd3lm")
+
+
+def run(quick: bool, threads: int, only=SECTIONS):
     torch.set_num_threads(threads)
     torch.set_grad_enabled(False)
     results = {}
@@ -136,6 +139,24 @@ def run(quick: bool, threads: int):
     # ---- MDLM: L = 1024, steps = 1000 (MDLM's setting) ----
     L, steps, B, V = (128, 100, 4, 256) if quick else (1024, 1000, 4, 1024)
     mask_id = V - 1
+    if "mdlm" in only:
+        results["mdlm"] = _mdlm(L, steps, B, V, mask_id)
+    # The LLaDA setting's model and prompts serve the Dream and BD3-LM rows too.
+    P, G, BL, S, B2, V2 = (16, 64, 16, 64, 2, 256) if quick else (64, 256, 32, 256, 4, 1024)
+    mask2 = V2 - 1
+    model2 = TinyDiffusionLM(V2, max_len=P + G, head_scale=8.0, seed=1, mask_id=mask2).eval()
+    prompt = torch.randint(0, mask2, (B2, P), generator=torch.Generator().manual_seed(0))
+    if "llada" in only:
+        results["llada"] = _llada(model2, prompt, P, G, BL, S, B2, V2, mask2)
+    if "dream" in only:
+        for alg in ("entropy", "origin"):
+            results[f"dream_{alg}"] = _dream(model2, prompt, alg, P, G, S, B2, V2, mask2)
+    if "bd3lm" in only:
+        results["bd3lm"] = _bd3lm(quick, V2, mask2)
+    return results
+
+
+def _mdlm(L, steps, B, V, mask_id):
     model = TinyDiffusionLM(V, max_len=L, mask_id=mask_id).eval()
     ref = Counter(model, use_head=False)
     torch.manual_seed(0)
@@ -148,7 +169,7 @@ def run(quick: bool, threads: int):
     fh = Counter(model)
     _, t_fh = timed(lambda: mdsample.sample_mdlm(fh, batch_size=B, length=L, mask_id=mask_id, steps=steps, seed=0,
                                                  first_hitting=True))
-    results["mdlm"] = {
+    return {
         "settings": {"batch": B, "length": L, "steps": steps, "vocab": V, "schedule": "loglinear", "eps": 1e-5},
         "published_ddpm_cache": {**ref.counts(), "wall_s_cpu": t_ref},
         "mdsample_hidden_head": {**ours.counts(), "wall_s_cpu": t_ours},
@@ -164,11 +185,9 @@ def run(quick: bool, threads: int):
         "goal_met": bool(ours.rows <= 0.02 * ref.rows and ours.sequences < ref.sequences),
     }
 
-    # ---- LLaDA: prompt 64, gen 256, block 32, steps 256 (one token per step) ----
-    P, G, BL, S, B2, V2 = (16, 64, 16, 64, 2, 256) if quick else (64, 256, 32, 256, 4, 1024)
-    mask2 = V2 - 1
-    model2 = TinyDiffusionLM(V2, max_len=P + G, head_scale=8.0, seed=1, mask_id=mask2).eval()
-    prompt = torch.randint(0, mask2, (B2, P), generator=torch.Generator().manual_seed(0))
+
+def _llada(model2, prompt, P, G, BL, S, B2, V2, mask2):
+    """LLaDA: prompt 64, gen 256, block 32, steps 256 (one token per step)."""
     ref2 = Counter(model2, use_head=False)
     out_ref, t_ref2 = timed(lambda: llada_published(ref2, prompt, S, G, BL, mask2))
     ours2 = Counter(model2)
@@ -180,7 +199,7 @@ def run(quick: bool, threads: int):
     thr5 = Counter(model2)
     _, t_thr5 = timed(lambda: mdsample.generate(thr5, prompt, steps=S, gen_length=G, block_length=BL, mask_id=mask2,
                                                 threshold=0.5))
-    results["llada"] = {
+    return {
         "settings": {"batch": B2, "prompt": P, "gen_length": G, "block_length": BL, "steps": S, "vocab": V2,
                      "temperature": 0.0, "remasking": "low_confidence"},
         "published": {**ref2.counts(), "wall_s_cpu": t_ref2},
@@ -198,27 +217,30 @@ def run(quick: bool, threads: int):
         },
     }
 
-    # ---- Dream: prompt 64, 256 new tokens, 256 steps (Dream's demo: entropy, T 0.2, top-p 0.95) ----
-    for alg in ("entropy", "origin"):
-        ref3 = Counter(model2, use_head=False)
-        torch.manual_seed(0)
-        _, t_ref3 = timed(lambda: reference_dream(ref3, prompt, G, S, mask2, alg=alg, temperature=0.2, top_p=0.95))
-        ours3 = Counter(model2)
-        _, t_ours3 = timed(lambda: mdsample.sample_dream(ours3, prompt, max_new_tokens=G, steps=S, alg=alg,
-                                                         temperature=0.2, top_p=0.95, mask_id=mask2))
-        results[f"dream_{alg}"] = {
-            "settings": {"batch": B2, "prompt": P, "max_new_tokens": G, "steps": S, "vocab": V2, "alg": alg,
-                         "temperature": 0.2, "top_p": 0.95},
-            "published": {**ref3.counts(), "wall_s_cpu": t_ref3},
-            "mdsample": {**ours3.counts(), "wall_s_cpu": t_ours3},
-            "ratios": {
-                "logits_rows_vs_published": ratio(ours3.rows, ref3.rows),
-                "sequence_forwards_vs_published": ratio(ours3.sequences, ref3.sequences),
-                "wall_vs_published_cpu": ratio(t_ours3, t_ref3),
-            },
-        }
 
-    # ---- BD3-LM: L = 1024, block 16, first-hitting (one forward per token) ----
+def _dream(model2, prompt, alg, P, G, S, B2, V2, mask2):
+    """Dream: prompt 64, 256 new tokens, 256 steps (Dream's demo: entropy, T 0.2, top-p 0.95)."""
+    ref3 = Counter(model2, use_head=False)
+    torch.manual_seed(0)
+    _, t_ref3 = timed(lambda: reference_dream(ref3, prompt, G, S, mask2, alg=alg, temperature=0.2, top_p=0.95))
+    ours3 = Counter(model2)
+    _, t_ours3 = timed(lambda: mdsample.sample_dream(ours3, prompt, max_new_tokens=G, steps=S, alg=alg,
+                                                     temperature=0.2, top_p=0.95, mask_id=mask2))
+    return {
+        "settings": {"batch": B2, "prompt": P, "max_new_tokens": G, "steps": S, "vocab": V2, "alg": alg,
+                     "temperature": 0.2, "top_p": 0.95},
+        "published": {**ref3.counts(), "wall_s_cpu": t_ref3},
+        "mdsample": {**ours3.counts(), "wall_s_cpu": t_ours3},
+        "ratios": {
+            "logits_rows_vs_published": ratio(ours3.rows, ref3.rows),
+            "sequence_forwards_vs_published": ratio(ours3.sequences, ref3.sequences),
+            "wall_vs_published_cpu": ratio(t_ours3, t_ref3),
+        },
+    }
+
+
+def _bd3lm(quick, V2, mask2):
+    """BD3-LM: L = 1024, block 16, first-hitting (one forward per token)."""
     L4, BS4, B4 = (128, 16, 2) if quick else (1024, 16, 4)
     model4 = mdsample.models.Transformer.from_preset("tiny", attention="block_causal", block_size=BS4, vocab_size=V2,
                                                      mask_id=mask2, max_seq_len=L4, seed=2).eval()
@@ -231,7 +253,7 @@ def run(quick: bool, threads: int):
         _, t = timed(lambda: mdsample.sample_bd3lm(c, batch_size=B4, length=L4, block_size=BS4, mask_id=mask2,
                                                    use_cache=use_cache, seed=0))
         runs4[name] = {"forwards": c.forwards, "positions_fed": c.positions, "wall_s_cpu": t}
-    results["bd3lm"] = {
+    return {
         "settings": {"batch": B4, "length": L4, "block_size": BS4, "vocab": V2, "sampler": "first_hitting",
                      "model": "tiny block_causal Transformer (64 wide, 2 layers)"},
         "published_uncached": {"forwards": ref4.forwards, "positions_fed": ref4.positions, "wall_s_cpu": t_ref4},
@@ -242,7 +264,6 @@ def run(quick: bool, threads: int):
             "uncached_wall_vs_published_cpu": ratio(runs4["mdsample_uncached"]["wall_s_cpu"], t_ref4),
         },
     }
-    return results
 
 
 def main():
@@ -250,8 +271,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small settings (smoke run)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: stable on shared machines)")
     ap.add_argument("--out", default=None, help="output JSON path")
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run (default all)")
     args = ap.parse_args()
-    results = run(args.quick, args.threads)
+    results = run(args.quick, args.threads, args.only)
     record = {
         "benchmark": "bench_samplers",
         "device": "cpu",
@@ -264,10 +286,12 @@ def main():
         "threads": args.threads,
         "sampling_backend": _backends.resolve("auto", "cpu"),
         "quick": args.quick,
+        "sections": args.only,
         "results": results,
     }
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"cpu-samplers-{datetime.date.today().isoformat()}{'-quick' if args.quick else ''}.json")
+                                   f"cpu-samplers-{datetime.date.today().isoformat()}{'-quick' if args.quick else ''}"
+                                   f"{'' if set(args.only) == set(SECTIONS) else '-' + '-'.join(args.only)}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(record, f, indent=2)

@@ -62,10 +62,11 @@ DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 _RULE = {"maskgit_plus": "low_confidence", "topk_margin": "margin", "entropy": "entropy"}
 
 
-def _ratios(steps: int, eps: float) -> torch.Tensor:
-    """``1 - s/t`` of every step, float32 ``[steps]`` (upstream's tensor arithmetic)."""
-    ts = torch.linspace(1.0, eps, steps + 1, dtype=torch.float32)
-    return 1 - ts[1:] / ts[:-1]
+def _ratios(steps: int, eps: float, device) -> torch.Tensor:
+    """``1 - s/t`` of every step, float32 ``[steps]`` on the CPU: upstream's tensor arithmetic, its ``linspace`` on
+    the canvas' device as upstream (a device's linspace may round differently, which moves K at a boundary)."""
+    ts = torch.linspace(1.0, eps, steps + 1, dtype=torch.float32, device=device)
+    return (1 - ts[1:] / ts[:-1]).cpu()
 
 
 def _commit_count(n_masked: int, batch: int, ratio: torch.Tensor) -> int:
@@ -104,7 +105,7 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
     C.tokens_in_vocab("prompt", x[:, :plen], backbone.vocab_size)
     pos_ids = (torch.arange(batch, device=device).unsqueeze(1) * total
                + torch.arange(total, device=device).unsqueeze(0))
-    ratio = _ratios(steps, eps)
+    ratio = _ratios(steps, eps, device)
     bar = Progress(progress, steps, "sample_dream", backbone, baseline_per_step=batch)
 
     def draw(rows: torch.Tensor, r_seq, r_pos, seqs, offset, **kw):
