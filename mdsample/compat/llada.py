@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.protocol import Backbone
 from ..ops import _validate as V
 from ..ops.sampling import sample_categorical
 from ..samplers import _checks as C
@@ -58,7 +59,7 @@ def add_gumbel_noise(logits, temperature, *, seed=None, offset=0, backend="auto"
 
 def get_num_transfer_tokens(mask_index, steps):
     """LLaDA's ``get_num_transfer_tokens``: int64 ``[B, steps]`` from bool ``mask_index`` ``[B, L]``."""
-    return transfer_counts(V.as_tensor("mask_index", mask_index), int(steps))
+    return transfer_counts(V.as_tensor("mask_index", mask_index), C.integer("steps", steps, low=1))
 
 
 def llada_call(model, prompt, upstream: str, *, remasking, temperature, seed, **kw):
@@ -79,6 +80,11 @@ def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, bloc
     EOT (126348) from the confidence softmax (upstream's flags). ``seed`` None draws the
     Philox key from the torch global RNG. See :func:`mdsample.generate` for the rest.
     """
+    vocab = Backbone(model).vocab_size
+    for flag, on, tok in (("logits_eos_inf", logits_eos_inf, EOS_ID), ("confidence_eos_eot_inf", confidence_eos_eot_inf,
+                                                                       EOT_ID)):
+        if on and vocab is not None and tok >= vocab:
+            raise ValueError(f"{flag} removes LLaDA's token {tok}, which the model's vocabulary of size {vocab} lacks")
     return llada_call(model, prompt, "LLaDA", steps=steps, gen_length=gen_length, block_length=block_length,
                       temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,
                       threshold=None, factor=None, attention_mask=attention_mask, seed=seed, backend=backend,

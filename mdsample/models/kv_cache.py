@@ -59,7 +59,8 @@ class KVCache:
         model: the transformer whose K/V are cached (any attention mode).
         batch_size: rows ``B`` of every chunk fed to this cache.
         max_len: slots per row (default ``model.config.max_seq_len``; at most that).
-        device, dtype: of the storage (default: the model's).
+        device, dtype: of the storage: the model's (the default; others are refused, since attention
+            reads the cached keys and values beside the queries, in their device and dtype).
 
     Attributes:
         kv: ``[layers, 2, B, kv_heads, max_len, head_dim]`` post-RoPE keys (``[:, 0]``) and values.
@@ -75,11 +76,17 @@ class KVCache:
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
         if not isinstance(max_len, int) or not 0 < max_len <= cfg.max_seq_len:
             raise ValueError(f"max_len must be an int in [1, max_seq_len={cfg.max_seq_len}]; got {max_len!r}")
+        d = None if device is None else torch.device(device)
+        if d is not None and (d.type != model.device.type or d.index not in (None, model.device.index)):
+            raise ValueError(f"device must be the model's ({model.device}): attention reads the cache beside the "
+                             f"queries; got {device}")
+        if dtype is not None and dtype != model.dtype:
+            raise ValueError(f"dtype must be the model's ({model.dtype}): attention reads the cache beside the "
+                             f"queries; got {dtype}")
         self.model = model
         self.batch_size, self.max_len = batch_size, max_len
         self.kv = torch.zeros(cfg.num_layers, 2, batch_size, cfg.num_kv_heads, max_len, cfg.head_dim,
-                              device=model.device if device is None else device,
-                              dtype=model.dtype if dtype is None else dtype)
+                              device=model.device, dtype=model.dtype)
         self.length = 0
         self.filled = 0
         self.key_mask: Optional[torch.Tensor] = None

@@ -195,6 +195,9 @@ def sample_bd3lm(
     top_p, _ = truncation_args(top_p, None)
     eos_id = None if eos_id is None else C.integer("eos_id", eos_id, low=0)
     bos_id = None if bos_id is None else C.integer("bos_id", bos_id, low=0)
+    for name, tok in (("eos_id", eos_id), ("bos_id", bos_id)):
+        if tok == mask_id:
+            raise ValueError(f"{name} must differ from mask_id ({mask_id})")
     min_entropy = None if min_entropy is None else C.real("min_entropy", min_entropy, low=0.0)
     entropy_window = C.integer("entropy_window", entropy_window, low=1)
     max_attempts = C.integer("max_attempts", max_attempts, low=1)

@@ -242,6 +242,9 @@ def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode
             raise ValueError("every sequence needs a real answer token (attention_mask and prompt_len leave none)")
     n_answer = answer.sum(1)
     offsets = torch.arange(batch, dtype=torch.int64, device=device)
+    if masking == "count" and (not (isinstance(schedule, str) and schedule == "loglinear") or eps != 1e-3):
+        raise ValueError("schedule and eps apply to masking='bernoulli' only (exact-count masking has no time); "
+                         f"got schedule={schedule!r}, eps={eps!r}")
     if masking == "bernoulli":
         sched = get_schedule(schedule)
         eps = C.real("eps", eps, low=0.0, high=1.0, high_inclusive=False)

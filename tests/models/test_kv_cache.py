@@ -231,3 +231,13 @@ def test_a_padded_row_computes_its_prompt_alone():
     alone.commit(0, 4)
     torch.testing.assert_close(cache.hidden_block(x[:, 8:], 8, kv_len=10)[1],
                                alone.hidden_block(x[1:, 8:], 4, kv_len=6)[0], **TOL)
+
+
+def test_a_cache_in_another_dtype_or_device_is_refused():
+    """Attention reads the cache beside the queries: a bf16 cache of an fp32 model failed deep in SDPA."""
+    m = Transformer.from_preset("tiny")
+    m.new_cache(2, 8, dtype=torch.float32, device="cpu")
+    with pytest.raises(ValueError, match="dtype must be the model's"):
+        m.new_cache(2, 8, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="device must be the model's"):
+        m.new_cache(2, 8, device="meta")

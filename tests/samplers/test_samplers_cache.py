@@ -127,6 +127,10 @@ def test_fast_dllm_dropins_return_tokens_and_nfe(setup, fn, cache, rule):
     assert torch.equal(x, want)
     with pytest.raises(ValueError, match="remasking"):
         getattr(fast_dllm, fn)(m, prompt, 16, 32, 8, 0.0, "entropy", MASK)
+    p, am = _padded(prompt, [PLEN, 5, 2])  # a left-padded batch through the keyword-only attention_mask
+    x, _ = getattr(fast_dllm, fn)(m, p, 16, 32, 8, 0.0, "low_confidence", MASK, attention_mask=am, **rule)
+    assert torch.equal(x, mdsample.generate(m, p, attention_mask=am, steps=16, gen_length=32, block_length=8,
+                                            mask_id=MASK, cache=cache, **rule))
 
 
 def _padded(prompt, lens):

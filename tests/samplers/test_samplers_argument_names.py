@@ -1,4 +1,5 @@
-"""Token ids outside the model's vocabulary are refused by name (the embedding would raise a bare IndexError)."""
+"""Arguments the model cannot take are refused by name: token ids outside its vocabulary (its embedding would raise
+a bare IndexError), special tokens equal to the mask, canvases beyond its context, options the mode ignores."""
 import pytest
 import torch
 
@@ -22,7 +23,27 @@ CALLS = [
     ("eos_id 128", lambda: mdsample.sample_bd3lm(BD, batch_size=1, length=8, block_size=4, mask_id=127, eos_id=128)),
     ("perplexity needs a scored token", lambda: mdsample.perplexity(M, torch.zeros(0, 8, dtype=torch.long),
                                                                     mc_samples=2)),
+    # a BOS that is the mask token would be sampled over (and a mask left in block 0); an EOS that is could never
+    # be drawn
+    ("bos_id must differ from mask_id", lambda: mdsample.sample_bd3lm(BD, batch_size=1, length=8, block_size=4,
+                                                                      mask_id=127, bos_id=127)),
+    ("eos_id must differ from mask_id", lambda: mdsample.sample_bd3lm(BD, batch_size=1, length=8, block_size=4,
+                                                                      mask_id=127, eos_id=127)),
+    ("exceed the model's context", lambda: mdsample.generate(M, torch.zeros(1, 250, dtype=torch.long), steps=8,
+                                                             gen_length=8, block_length=8, mask_id=127,
+                                                             cache="dual")),
+    ("schedule and eps apply to masking='bernoulli'", lambda: mdsample.likelihood(
+        M, torch.ones(1, 8, dtype=torch.long), mc_samples=2, masking="count", schedule="cosine")),
+    ("logits_eos_inf removes LLaDA's token 126081", lambda: _compat_llada().generate(
+        M, torch.ones(1, 3, dtype=torch.long), steps=4, gen_length=4, block_length=4, mask_id=127,
+        logits_eos_inf=True)),
 ]
+
+
+def _compat_llada():
+    import mdsample.compat.llada as llada
+
+    return llada
 
 
 @pytest.mark.parametrize("match,call", CALLS, ids=[f"{i}" for i in range(len(CALLS))])
