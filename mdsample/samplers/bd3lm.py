@@ -26,7 +26,9 @@ The algorithm (BD3-LM ``_semi_ar_sampler``; ALGORITHMS.md):
 Randomness: reveal choices and token draws are Philox-keyed by (seed, sequence, position,
 block << 32 | step), so the cached and uncached paths (``use_cache=False``: a full
 forward of ``x[:, :block_end]`` per step) make the same draws; they return the same tokens
-up to floating-point ties.
+up to floating-point rounding: the two compute the same logits in a different order (cached
+keys vs a full forward), equal in float32 in the tests, while in bfloat16 the rounding of one
+forward (~0.04 in a logit) can move a draw near a boundary.
 
 Beyond the model's context the model sees the last ``max_length`` positions (whole blocks), the
 window shifting left by one block per new block (BD3-LM's 1024-token window with left shift):
