@@ -29,12 +29,20 @@ def sample_categorical(categorical_probs, *, seed=None, offset=0, positions=None
         backend: sampling-op backend.
 
     Returns:
-        int64 ``[...]`` indices. Raises ValueError for a row with no positive weight or NaN.
+        int64 ``[...]`` indices. Raises ValueError naming the row for a row with no positive weight,
+        a NaN or an infinite weight.
     """
     p = V.float_logits("categorical_probs", categorical_probs)
     work = p if p.dtype == torch.float64 else p.float()
     logits = torch.where(work > 0, work.log(), torch.where(torch.isnan(work), work, -torch.inf))
-    return _sample(logits, seed=key_from_global_rng(seed), offset=offset, positions=positions, backend=backend)
+    try:
+        return _sample(logits, seed=key_from_global_rng(seed), offset=offset, positions=positions, backend=backend)
+    except ValueError as exc:  # the op speaks of the log-weights it was given: say it of the caller's weights
+        msg = str(exc)
+        if not msg.startswith("logits"):
+            raise
+        msg = msg.replace("logits", "categorical_probs", 1).replace("has no finite logit", "has no positive weight")
+        raise ValueError(msg.replace("contains +inf", "contains an infinite weight")) from None
 
 
 _sample_categorical = sample_categorical

@@ -1,4 +1,5 @@
 """mdsample.compat drop-ins keep the upstream signatures and semantics (chi-square at ALPHA = 1e-3)."""
+import math
 import types
 
 import pytest
@@ -36,8 +37,12 @@ def test_mdlm_sample_categorical_negative_weights_never_win_and_global_rng():
     torch.manual_seed(0)
     assert torch.equal(a, mdlm._sample_categorical(w))  # torch.manual_seed reproduces, as upstream
     assert not torch.equal(a, mdlm.sample_categorical(w))  # and successive calls get fresh randomness
-    with pytest.raises(ValueError, match="nothing to sample|no finite"):
+    with pytest.raises(ValueError, match=r"categorical_probs\[0\] has no positive weight"):
         mdlm.sample_categorical(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"categorical_probs\[1\] contains NaN"):
+        mdlm.sample_categorical(torch.tensor([[1.0, 2.0], [1.0, math.nan]]))
+    with pytest.raises(ValueError, match=r"categorical_probs\[0\] contains an infinite weight"):
+        mdlm.sample_categorical(torch.tensor([[1.0, math.inf]]))
     with pytest.raises(TypeError, match="categorical_probs"):
         mdlm.sample_categorical(torch.ones(2, 3, dtype=torch.long))
 
