@@ -332,13 +332,15 @@ def reference_dream(model, prompt, max_new_tokens, steps, mask_id, *, alg="entro
 
 
 @torch.no_grad()
-def reference_bd3lm(model, batch, length, block_size, mask_id, *, dtype=torch.float64):
+def reference_bd3lm(model, batch, length, block_size, mask_id, *, dtype=torch.float64, device=None):
     """BD3-LM's first-hitting ``_semi_ar_sampler`` as published without a KV cache: every step a full
     forward of the prefix and the block (``x[:, :block_end]``, logits for all of it), float64 SUBS
     probabilities of the block's positions, a Gumbel race over ``[B, block, V]`` in float64, then one
-    uniformly chosen masked position per sequence takes its token. Torch's global RNG, as upstream."""
-    x = torch.full((batch, length), mask_id, dtype=torch.long)
-    rows = torch.arange(batch)
+    uniformly chosen masked position per sequence takes its token. Torch's global RNG, as upstream.
+    ``device``: of the canvas (default the model's ``device`` attribute, else the CPU)."""
+    device = device if device is not None else getattr(model, "device", None) or "cpu"
+    x = torch.full((batch, length), mask_id, dtype=torch.long, device=device)
+    rows = torch.arange(batch, device=device)
     for s in range(0, length, block_size):
         e = s + block_size
         for _ in range(block_size):

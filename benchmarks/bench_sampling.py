@@ -241,7 +241,10 @@ def main(argv=None) -> int:
         from benchmarks.plot_sampling import plot_sweep
 
         path = save(results, complete=True)
-        png = plot_sweep(json.loads(path.read_text()), path.with_suffix(".png"))
+        try:
+            png = plot_sweep(json.loads(path.read_text()), path.with_suffix(".png"))
+        except ImportError:  # the GPU machine may lack matplotlib: the JSON is what counts, plot it elsewhere
+            png = f"not drawn (no matplotlib): python benchmarks/plot_sampling.py {path}"
         print(f"results: {path}\nplot: {png}")
     return 0
 

@@ -42,8 +42,8 @@ def test_guarded_call_raises_inside_and_works_outside(name):
     call = GUARDED[name]
     t, m = _inputs()
     call(t, m)  # works outside
+    t, m = _inputs()  # before the guard: on CUDA, building a tensor from Python data is itself a blocking copy
     with no_host_sync():
-        t, m = _inputs()
         with pytest.raises(RuntimeError, match="host sync"):
             call(t, m)
     t, m = _inputs()
@@ -61,16 +61,21 @@ def test_cpu_of_cuda_tensor_raises():
 
 def test_non_syncing_calls_still_work_inside():
     """Python-int/slice/int-tensor indexing, torch.where(c, a, b), arithmetic, and
-    .cpu() of a CPU tensor are not syncs and must keep working."""
+    .cpu() of a CPU tensor are not syncs and must keep working. The index and value tensors are
+    built before the guard: on CUDA a tensor from Python data (``torch.tensor(..., device=)``, or
+    a Python number written into a tensor) is a blocking host-to-device copy, which the guard's
+    sync-debug mode rightly refuses."""
     t, m = _inputs()
+    idx30, idx1 = torch.tensor([3, 0], device=DEVICE), torch.tensor([1], device=DEVICE)
+    seven, nine = torch.tensor(7, device=DEVICE), torch.tensor([9], device=DEVICE)
     with no_host_sync():
         a = t[1]
         b = t[1:3]
-        c = t[torch.tensor([3, 0], device=DEVICE)]
+        c = t[idx30]
         d = torch.where(m, t, -t)
         t2 = t.clone()
-        t2[0] = 7
-        t2[torch.tensor([1], device=DEVICE)] = 9
+        t2[0] = seven
+        t2[idx1] = nine
         e = t.cpu() if not t.is_cuda else t
         f = t.view(2, 2)[:, 1]
     assert a.tolist() == 1 and b.tolist() == [1, 2] and c.tolist() == [3, 0]
