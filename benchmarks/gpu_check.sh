@@ -87,12 +87,19 @@ EOF
 
 # ---- 1. build ------------------------------------------------------------------
 export MDSAMPLE_BUILD_JOBS=${MDSAMPLE_BUILD_JOBS:-$(nproc)}
+# CMake finds nvcc on PATH (or CUDACXX); without it the build silently makes the CPU part only.
+if [ -z "${CUDACXX:-}" ] && ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export CUDACXX=/usr/local/cuda/bin/nvcc
+fi
 # A system Python marked externally managed (PEP 668) refuses the first install; this machine is ours.
 # (timeout runs programs, not shell functions: the fallback is spelled out for bash -c.)
 step build 240 build.log bash -c '"$0" -m pip install --no-build-isolation --no-deps -v -e . ||
   "$0" -m pip install --no-build-isolation --no-deps -v --break-system-packages -e .' "$PY"
 grep -E "ptxas|warning" "$OUT/build.log" 2>/dev/null | grep -v "SetuptoolsDeprecationWarning" | head -n 20 > "$OUT/build_warnings.txt"
 [ -s "$OUT/build_warnings.txt" ] && note "build: $(wc -l < "$OUT/build_warnings.txt") warning lines (build_warnings.txt)"
+# Every cuda test would skip, not fail, without the cuda backend: say it at the top of the summary.
+note "$("$PY" -c "from mdsample import _backends as b; print('cuda backend: ' + ('loaded' if b.available('cuda', 'cuda')
+else 'NOT LOADED (' + b.why_not('cuda', 'cuda') + '): cuda tests will skip'))" 2>&1 | tail -n 1)"
 
 # ---- 2. info -------------------------------------------------------------------
 step info 60 info.log "$PY" -m mdsample info
