@@ -223,3 +223,20 @@ def test_bad_input(change, exc, word):
     args.update(change)
     with pytest.raises(exc, match=word):
         mdsample.masked_nll(args.pop("logits"), args.pop("x0"), args.pop("x_t"), **args)
+
+
+def test_a_weight_shape_that_reads_both_ways_is_refused():
+    """[L] weights with B = L could mean one per sequence or one per position: refused, naming both spellings."""
+    logits = torch.randn(3, 3, 6)
+    x0 = torch.zeros(3, 3, dtype=torch.int64)
+    xt = torch.full((3, 3), 5)
+    with pytest.raises(ValueError, match=r"weight of shape \(3,\) reads as one per sequence or one per position"):
+        mdsample.masked_nll(logits, x0, xt, mask_id=5, weight=torch.tensor([1.0, 2.0, 3.0]))
+    w = torch.tensor([1.0, 2.0, 3.0])
+    per_seq = mdsample.masked_nll(logits, x0, xt, mask_id=5, weight=w.view(3, 1))
+    per_pos = mdsample.masked_nll(logits, x0, xt, mask_id=5, weight=w.view(1, 3))
+    plain = mdsample.masked_nll(logits, x0, xt, mask_id=5)
+    torch.testing.assert_close(per_seq, plain * w)
+    nll = torch.nn.functional.cross_entropy(logits.reshape(9, 6), x0.reshape(9), reduction="none").view(3, 3)
+    torch.testing.assert_close(per_pos, (nll * w).sum(1).to(per_pos.dtype), rtol=1e-5, atol=1e-5)
+    assert mdsample.masked_nll(logits[:2], x0[:2], xt[:2], mask_id=5, weight=w[:2]).shape == (2,)  # B != L: per sequence

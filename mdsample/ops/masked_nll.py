@@ -21,8 +21,19 @@ def _weights(weight, shape: torch.Size, device) -> torch.Tensor | None:
         return None if w == 1.0 else V.per_row("weight", w, shape, device, torch.float32, kind="float")
     w = V.as_tensor("weight", weight)
     if w.dim() > 0 and w.shape == shape[:-1]:
+        if shape[-1] > 1 and w.numel() > 1 and _broadcasts(w.shape, shape):
+            raise ValueError(f"weight of shape {tuple(w.shape)} reads as one per sequence or one per position of "
+                             f"{tuple(shape)}: pass {tuple(w.shape) + (1,)} (per sequence) or a shape ending in "
+                             f"{shape[-1]} with a 1 before it (per position)")
         w = w.unsqueeze(-1)  # one weight per sequence
     return V.per_row("weight", w, shape, device, torch.float32, kind="float")
+
+
+def _broadcasts(small: torch.Size, shape: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(small, shape) == shape
+    except RuntimeError:
+        return False
 
 
 def masked_nll(logits, x0, x_t, *, mask_id, weight=None, exclude=None, guidance=None, guidance_scale=0.0,
@@ -52,7 +63,8 @@ def masked_nll(logits, x0, x_t, *, mask_id, weight=None, exclude=None, guidance=
         x_t: integer ``[..., L]``: the noised tokens; rows equal to ``mask_id`` are scored.
         mask_id: the mask token id, in [0, V).
         weight: None (1), a float, a float tensor of shape ``[...]`` (one weight per
-            sequence, e.g. MDLM's ``1/t``) or broadcastable to ``[..., L]`` (per token).
+            sequence, e.g. MDLM's ``1/t``) or broadcastable to ``[..., L]`` (per token); a shape
+            that reads both ways (``[L]`` when B = L) is refused.
         exclude: token id dropped from the softmax (None: none).
         guidance: unconditional logits, same shape and dtype as ``logits``, or None.
         guidance_scale: CFG weight w (needs ``guidance``).
