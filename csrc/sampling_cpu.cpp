@@ -147,13 +147,8 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
       const Philox4 words = row_words(a, r, kDomainToken);
       const double u1 = uniform52(words.w[0], words.w[1]);
       const double u2 = uniform52(words.w[2], words.w[3]);
+      // c >= 0: the maximum's chunk weighs >= 1 (its e^0), and with 1/T clamped no weight is NaN.
       const int64_t c = first_over(sc.chunk_weight.data(), n_chunks, u1 * total);
-      // No chunk with weight (not for a finite max, whose chunk holds e^0 = 1): no token, never a read before the row.
-      if (c < 0) {
-        a.out[r] = -1;
-        if (stats) write_nan_stats(stats);
-        return;
-      }
       // Level 2: token inside chunk c, its weights summed again in double so
       // the draw inside it is exact to double precision.
       const int64_t lo = c * kChunk, n = vocab - lo < kChunk ? vocab - lo : kChunk;

@@ -115,6 +115,12 @@ def raise_bad_rows(req: RowDraw, tokens: torch.Tensor, considered: torch.Tensor 
             raise ValueError(f"{name}{index} contains NaN (row {r} of {len(tokens)})")
         if torch.isposinf(row).any():
             raise ValueError(f"{name}{index} contains +inf (row {r} of {len(tokens)})")
+    if req.guidance is not None:  # finite sides, but l_u + (w + 1)(l_c - l_u) beyond float32 (a huge w)
+        c, u = (t.reshape(-1, req.vocab)[r].float() for t in (req.logits, req.guidance))
+        guided = u + (req.guidance_scale + 1.0) * (c - u)
+        if not bool(torch.isfinite(guided[torch.isfinite(c) & torch.isfinite(u)]).all()):
+            raise ValueError(f"the guided scores of logits{index} overflow float32 (guidance_scale="
+                             f"{req.guidance_scale:g}; row {r} of {len(tokens)})")
     outside = " outside `exclude`" if req.exclude >= 0 else ""
     raise ValueError(f"logits{index} has no finite logit{outside} (row {r} of {len(tokens)}): nothing to sample")
 

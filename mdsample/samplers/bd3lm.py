@@ -287,8 +287,8 @@ def sample_bd3lm(
                                          positions=pos_ids[r_seq, s + r_pos], exclude=mask_id, backend=backend)
                 x[r_seq, s + r_pos] = tok
                 bar.step(tokens=r_seq.numel(), baseline=b)
-            if eos_id is not None:
-                done |= finished(x, max(s, first), e, eos_id)
+            # The check sees rows not finished before this block: a row whose first EOS is in this block is
+            # still cut when the check fails (it ends at the earlier of the two, by the final EOS fill).
             if min_entropy is not None and e > entropy_window:
                 low = ~done & ~rejected & (unigram_entropy(x[:, e - entropy_window:e]) < min_entropy)
                 if eos_id is None:
@@ -296,6 +296,8 @@ def sample_bd3lm(
                 else:
                     cut[low] = e - entropy_window
                     done |= low
+            if eos_id is not None:
+                done |= finished(x, max(s, first), e, eos_id)
             if eos_id is not None:
                 stop = bool(done.all())
             else:

@@ -178,7 +178,7 @@ def _chunk_values(fwd: RowForward, xs, xt, ans_rows, w, sigma, nll_kw) -> torch.
 
 
 def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode="stratified",
-               cfg_scale=0.0, schedule="loglinear", seed=0, mask_id=None, masking="bernoulli", eps=1e-3,
+               cfg_scale=0.0, schedule=None, seed=0, mask_id=None, masking="bernoulli", eps=None,
                subs=True, time_conditioned=False, attention_mask=None, backend="auto",
                progress=False) -> LikelihoodEstimate:
     """Monte Carlo ELBO estimate of ``log p(x)`` (or ``log p(answer | prompt)``) per sequence.
@@ -194,12 +194,12 @@ def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode
         mode: ``"stratified"``, ``"shifted"`` or ``"iid"`` timesteps / counts.
         cfg_scale: SMDM / LLaDA unsupervised CFG weight w >= 0 (needs ``prompt_len``): scores
             ``l_u + (w + 1)(l_c - l_u)`` with the prompt masked in the unconditional input.
-        schedule: ``"loglinear"``, ``"cosine"``, ``"cosine-mdlm"`` or a
+        schedule: ``"loglinear"`` (default), ``"cosine"``, ``"cosine-mdlm"`` or a
             :class:`mdsample.samplers.Schedule` (Bernoulli masking only).
         seed: int, the Philox key of all draws.
         mask_id: the mask token (default: ``model.mask_id`` / ``model.config.mask_id``).
         masking: ``"bernoulli"`` (MDLM / SMDM weights ``m'/m``) or ``"count"`` (LLaDA ``L/k``).
-        eps: lower end of the timesteps, in (0, 1) (Bernoulli masking).
+        eps: lower end of the timesteps, in (0, 1) (Bernoulli masking only; default 1e-3).
         subs: exclude the mask token from the model's softmax (MDLM SUBS); False = LLaDA / SMDM.
         time_conditioned: pass ``sigma = -log alpha_t`` (float32 ``[n]``) to the model.
         attention_mask: ``[B, L]`` (bool or int, 1 = real token) for a batch of sequences of different
@@ -248,12 +248,12 @@ def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode
             raise ValueError("every sequence needs a real answer token (attention_mask and prompt_len leave none)")
     n_answer = answer.sum(1)
     offsets = torch.arange(batch, dtype=torch.int64, device=device)
-    if masking == "count" and (not (isinstance(schedule, str) and schedule == "loglinear") or eps != 1e-3):
+    if masking == "count" and (schedule is not None or eps is not None):
         raise ValueError("schedule and eps apply to masking='bernoulli' only (exact-count masking has no time); "
                          f"got schedule={schedule!r}, eps={eps!r}")
     if masking == "bernoulli":
-        sched = get_schedule(schedule)
-        eps = C.real("eps", eps, low=0.0, high=1.0, high_inclusive=False)
+        sched = get_schedule("loglinear" if schedule is None else schedule)
+        eps = C.real("eps", 1e-3 if eps is None else eps, low=0.0, high=1.0, high_inclusive=False)
         if eps == 0.0:
             raise ValueError("eps must be > 0 with masking='bernoulli' (the weight m'/m diverges at t = 0)")
         t = lowdisc_timesteps(n, eps=eps, mode=mode, seed=seed, offset=offsets, backend=backend)  # [B, n]

@@ -117,6 +117,8 @@ def truncate(logits: torch.Tensor, *, temperature: float, top_p: Optional[float]
         sync_free: no host reads (the fixed-shape, graph-captured steps); the same set.
         rule: which tokens top-p keeps, "dream" or "bd3lm" (module docstring).
     """
+    if rule not in ("dream", "bd3lm"):
+        raise ValueError(f"rule must be 'dream' or 'bd3lm'; got {rule!r}")
     out = logits.clone()
     if exclude is not None:
         out[:, exclude] = -torch.inf

@@ -7,7 +7,7 @@ import torch
 
 import mdsample
 from mdsample.models import Transformer
-from sampler_oracles import JointOracle, PrefixOracle, chi_square_pvalue, count_rows, random_joint
+from sampler_oracles import JointOracle, PrefixOracle, chi_square_pvalue, count_rows, random_joint, reference_truncate
 
 MASK = 127
 
@@ -171,16 +171,10 @@ ALPHA = 1e-3  # per chi-square test; fixed seeds, so each test is deterministic
 
 
 def _keep_bd3lm(probs, top_p):
-    """BD3-LM's nucleus of a float64 probability list, renormalised (ties by lower id)."""
-    order = sorted(range(len(probs)), key=lambda v: (-probs[v], v))
-    keep, cum = [], 0.0
-    for v in order:
-        cum += probs[v]
-        if keep and cum > top_p:
-            break
-        keep.append(v)
-    z = sum(probs[v] for v in keep)
-    return {v: probs[v] / z for v in keep}
+    """BD3-LM's nucleus of a probability list (the sorted-list reference), renormalised: {token: probability}."""
+    kept = torch.softmax(reference_truncate(torch.tensor(probs, dtype=torch.float64).log(), 1.0, top_p, None, None,
+                                            rule="bd3lm"), 0)
+    return {v: float(q) for v, q in enumerate(kept) if q > 0}
 
 
 def _walk_law(oracle, block_size, top_p, steps):
@@ -302,6 +296,33 @@ def test_low_entropy_with_eos_ends_the_sequence_before_the_window():
         out = mdsample.sample_bd3lm(_repetitive(4), use_cache=use_cache, **kw)
         assert out.shape == (3, 12)
         assert (out[:, :4] == 7).all() and (out[:, 4:] == 3).all()
+
+
+class _SevensThenEos(torch.nn.Module):
+    """Draws 7 everywhere except EOS (3) at position 9: uncached only (it scores by position)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def forward(self, x):
+        out = torch.full((*x.shape, 128), -30.0)
+        out[..., 7] = 30.0
+        if x.shape[1] > 9:
+            out[:, 9, 7], out[:, 9, 3] = -30.0, 30.0
+        return out
+
+
+def test_a_cut_in_the_block_of_the_first_eos_still_applies():
+    """The check fails at the block ending at 12 (cut at 4) in the same block where the first EOS (9) appears:
+    the sequence ends at the earlier of the two, the cut."""
+    out = mdsample.sample_bd3lm(_SevensThenEos(_model(4)), batch_size=2, length=32, block_size=4, mask_id=MASK,
+                                eos_id=3, min_entropy=1.0, entropy_window=8, use_cache=False, seed=0)
+    assert out.shape == (2, 12)
+    assert (out[:, :4] == 7).all() and (out[:, 4:] == 3).all()
+    plain = mdsample.sample_bd3lm(_SevensThenEos(_model(4)), batch_size=2, length=32, block_size=4, mask_id=MASK,
+                                  eos_id=3, use_cache=False, seed=0)
+    assert (plain[:, :9] == 7).all() and (plain[:, 9:] == 3).all()  # without the check: the EOS ends it
 
 
 def test_rows_failing_every_attempt_warn_and_come_back_whole(capsys):
