@@ -13,5 +13,5 @@ def test_demo_runs(capsys):
     assert demo.main(["--rows", "4", "--vocab", "300"]) == 0
     out = capsys.readouterr().out
     assert "sample_mdlm: 4 x 64 tokens" in out
-    ours = "mdsample[cuda]" if torch.cuda.is_available() else "mdsample[cpu]"  # the demo runs on the GPU when there is one
+    ours = "mdsample[cuda]" if torch.cuda.is_available() else "mdsample[cpu]"  # the demo runs on a GPU if any
     assert ours in out and "mdlm_fp64" in out  # the table has our backend and the baseline

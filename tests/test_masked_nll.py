@@ -239,4 +239,5 @@ def test_a_weight_shape_that_reads_both_ways_is_refused():
     torch.testing.assert_close(per_seq, plain * w)
     nll = torch.nn.functional.cross_entropy(logits.reshape(9, 6), x0.reshape(9), reduction="none").view(3, 3)
     torch.testing.assert_close(per_pos, (nll * w).sum(1).to(per_pos.dtype), rtol=1e-5, atol=1e-5)
-    assert mdsample.masked_nll(logits[:2], x0[:2], xt[:2], mask_id=5, weight=w[:2]).shape == (2,)  # B != L: per sequence
+    # B != L: one weight per sequence, as before
+    assert mdsample.masked_nll(logits[:2], x0[:2], xt[:2], mask_id=5, weight=w[:2]).shape == (2,)

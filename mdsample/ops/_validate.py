@@ -18,8 +18,9 @@ def as_tensor(name: str, value) -> torch.Tensor:
         # torch aborts the process (not an exception) on a DLPack tensor with a negative stride
         strides = getattr(value, "strides", None)
         if strides is not None and any(st < 0 for st in strides):
-            raise ValueError(f"{name} has negative strides {tuple(strides)} (a reversed view), which DLPack cannot hand "
-                             f"to torch: pass a contiguous copy (numpy.ascontiguousarray / cupy.ascontiguousarray)")
+            raise ValueError(f"{name} has negative strides {tuple(strides)} (a reversed view), which DLPack "
+                             "cannot hand to torch: pass a contiguous copy (numpy.ascontiguousarray / "
+                             "cupy.ascontiguousarray)")
         return torch.from_dlpack(value)
     raise TypeError(f"{name} must be a torch.Tensor (or a DLPack array); got {type(value).__name__}")
 

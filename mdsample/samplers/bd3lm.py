@@ -256,7 +256,8 @@ def sample_bd3lm(
         rows = _BlockRows(backbone, b, length, bs, window, use_cache)
         done = torch.zeros(b, dtype=torch.bool, device=device)
         rejected = torch.zeros(b, dtype=torch.bool, device=device)
-        cut = torch.full((b, 1), length, dtype=torch.int64, device=device)  # variable length: ends before a low-entropy window
+        # variable length: where each row ends, before a window that failed the check
+        cut = torch.full((b, 1), length, dtype=torch.int64, device=device)
         for blk in range(n_blocks):
             s, e = blk * bs, (blk + 1) * bs
             rows.begin_block(s)
