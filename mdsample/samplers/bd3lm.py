@@ -203,6 +203,9 @@ def sample_bd3lm(
     min_entropy = None if min_entropy is None else C.real("min_entropy", min_entropy, low=0.0)
     entropy_window = C.integer("entropy_window", entropy_window, low=1)
     max_attempts = C.integer("max_attempts", max_attempts, low=1)
+    if min_entropy is not None and length <= entropy_window:
+        warnings.warn(f"min_entropy has no effect: the check runs after blocks ending past entropy_window "
+                      f"({entropy_window}) positions, and length is {length}", RuntimeWarning, stacklevel=3)
     seed = seed_value("seed", seed)
     use_cache = C.flag("use_cache", use_cache)
     progress = C.flag("progress", progress)

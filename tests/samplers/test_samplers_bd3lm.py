@@ -354,6 +354,14 @@ def test_redraws_are_batch_invariant_and_cached_equals_uncached(use_cache):
     assert not torch.equal(plain, five)
 
 
+def test_a_check_that_can_never_run_warns():
+    """Upstream checks only past 256 tokens: a shorter canvas with min_entropy gets the model's law, and a warning."""
+    with pytest.warns(RuntimeWarning, match=r"min_entropy has no effect.*entropy_window \(256\).*length is 16"):
+        out = mdsample.sample_bd3lm(_repetitive(4), batch_size=1, length=16, block_size=4, mask_id=MASK,
+                                    min_entropy=4.0)
+    assert (out == 7).all()
+
+
 def test_low_entropy_and_nucleus_argument_errors():
     m = _model(4)
     kw = dict(batch_size=1, length=16, block_size=4, mask_id=MASK)
