@@ -109,19 +109,14 @@ def _first_tensor(out: Any, attr: str, what: str) -> torch.Tensor:
     return value
 
 
-def _signature(fn: Any) -> Optional[inspect.Signature]:
-    """The signature of ``fn`` (a module: its forward), or None where Python cannot tell (builtins, C types)."""
+def accepts_keyword(fn: Any, name: str, *, unknown: bool = False) -> bool:
+    """Whether ``fn`` (a module's forward) takes keyword ``name`` (by name or through ``**kwargs``);
+    ``unknown`` where Python cannot read its signature (builtins, C types)."""
     try:
-        return inspect.signature(getattr(fn, "forward", fn))
+        params = inspect.signature(getattr(fn, "forward", fn)).parameters.values()
     except (TypeError, ValueError):
-        return None
-
-
-def accepts_keyword(fn: Any, name: str) -> bool:
-    """Whether ``fn`` (a module's forward) takes keyword ``name`` (by name or through ``**kwargs``)."""
-    sig = _signature(fn)
-    return sig is not None and any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD
-                                   for p in sig.parameters.values())
+        return unknown
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def logits_of(out: Any) -> torch.Tensor:
@@ -178,7 +173,7 @@ class Backbone:
         self.rows = 0
         if self.time_conditioned:
             fn = model.hidden if self.has_head else model
-            if _signature(fn) is not None and not accepts_keyword(fn, "sigma"):
+            if not accepts_keyword(fn, "sigma", unknown=True):
                 raise TypeError(f"time_conditioned=True passes sigma= to the model, but "
                                 f"{type(model).__name__}.{'hidden' if self.has_head else 'forward'} takes no sigma")
 

@@ -302,7 +302,6 @@ def sample_bd3lm(
                     done |= low
             if eos_id is not None:
                 done |= finished(x, max(s, first), e, eos_id)
-            if eos_id is not None:
                 stop = bool(done.all())
             else:
                 stop = min_entropy is not None and not last and bool(rejected.all())
