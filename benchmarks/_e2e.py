@@ -332,6 +332,46 @@ def reference_dream(model, prompt, max_new_tokens, steps, mask_id, *, alg="entro
 
 
 @torch.no_grad()
+def reference_smdm(model, prompt, length, steps, mask_id, *, alg="greedy", temperature=0.0, cfg_scale=0.0, eps=1e-5):
+    """SMDM's ``diff_sample`` as published: a full forward of the whole batch every step (a doubled batch with
+    CFG), the masked rows' float64 Gumbel-max draw over all V logits (``exp(l) / (-log u)^T``), and for
+    ``"greedy"`` a float64 softmax confidence and one top-k over the masked positions of the whole batch."""
+    B, P = prompt.shape
+    x = torch.full((B, length), mask_id, dtype=torch.long, device=prompt.device)
+    x[:, :P] = prompt
+    ts = torch.linspace(1, eps, steps + 1, device=prompt.device)
+    for i in range(steps):
+        t, s, last = ts[i], ts[i + 1], i == steps - 1
+        mask_index = x == mask_id
+        if cfg_scale > 0:
+            un_x = x.clone()
+            un_x[:, :P] = mask_id
+            both = model(torch.cat([x, un_x], 0))
+            cond, uncond = both[:B][mask_index], both[B:][mask_index]
+            logits = uncond + (cfg_scale + 1) * (cond - uncond)
+        else:
+            logits = model(x)[mask_index]
+        logits = logits.double()
+        if alg == "origin":
+            reveal = torch.rand(logits.shape[0], device=x.device) < (1.0 if last else 1 - s / t)
+            noise = (-torch.log(torch.rand_like(logits[reveal]))) ** temperature
+            x0 = torch.full((logits.shape[0],), mask_id, dtype=torch.long, device=x.device)
+            x0[reveal] = (logits[reveal].exp() / noise).argmax(-1)
+            x[mask_index] = x0
+            continue
+        x0 = (logits.exp() / (-torch.log(torch.rand_like(logits))) ** temperature).argmax(-1)
+        conf = torch.softmax(logits, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+        n = mask_index.sum()
+        k = int(n) if last else int(n * (1 - s / t))
+        if k > 0:
+            keep = torch.full_like(x0, mask_id)
+            idx = torch.topk(conf, k).indices
+            keep[idx] = x0[idx]
+            x[mask_index] = keep
+    return x
+
+
+@torch.no_grad()
 def reference_bd3lm(model, batch, length, block_size, mask_id, *, dtype=torch.float64, device=None):
     """BD3-LM's first-hitting ``_semi_ar_sampler`` as published without a KV cache: every step a full
     forward of the prefix and the block (``x[:, :block_end]``, logits for all of it), float64 SUBS

@@ -11,6 +11,9 @@ same settings it runs
 - Dream as published (``diffusion_generate``: a full forward every step, a sort for top-p)
   and ``mdsample.sample_dream`` (masked rows only; "origin": revealed rows only, no forward
   for a step that reveals nothing), with Dream's demo settings (T 0.2, top-p 0.95, entropy);
+- SMDM as published (``diff_sample``: a full forward of the doubled CFG batch every step, float64
+  Gumbel-max and softmax over the masked rows) and ``mdsample.sample_smdm`` ("greedy" with CFG
+  w = 2, SMDM's default; "origin": revealed rows only, no forward for a step that reveals nothing);
 - BD3-LM as published without its cache (first-hitting: every step a forward of the whole prefix
   and block, float64 Gumbel over the block) and ``mdsample.sample_bd3lm`` (the exact block-causal
   KV cache: each step feeds the block only), on a block-causal ``mdsample.models.Transformer``;
@@ -20,7 +23,7 @@ preset), and writes
 ``benchmarks/results/cpu-samplers-<date>.json``. Wall times are CPU times on whatever
 machine ran this (labelled as such), never a GPU claim.
 
-Usage: ``python benchmarks/bench_samplers.py [--quick] [--threads N] [--only mdlm llada dream bd3lm]``.
+Usage: ``python benchmarks/bench_samplers.py [--quick] [--threads N] [--only mdlm llada dream smdm bd3lm]``.
 """
 from __future__ import annotations
 
@@ -38,7 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mdsample  # noqa: E402
 from mdsample import _backends  # noqa: E402
 
-from benchmarks._e2e import Counting, reference_bd3lm, reference_dream, reference_llada, reference_mdlm  # noqa: E402
+from benchmarks._e2e import (Counting, reference_bd3lm, reference_dream, reference_llada, reference_mdlm,  # noqa: E402
+                             reference_smdm)
 from benchmarks._timing import cpu_model, git_commit  # noqa: E402
 
 
@@ -121,7 +125,7 @@ def ratio(a, b):
     return a / b if b else None
 
 
-SECTIONS = ("mdlm", "llada", "dream", "bd3lm")
+SECTIONS = ("mdlm", "llada", "dream", "smdm", "bd3lm")
 
 
 def run(quick: bool, threads: int, only=SECTIONS):
@@ -141,7 +145,7 @@ def run(quick: bool, threads: int, only=SECTIONS):
     mask_id = V - 1
     if "mdlm" in only:
         results["mdlm"] = _mdlm(L, steps, B, V, mask_id)
-    # The LLaDA setting's model and prompts serve the Dream and BD3-LM rows too.
+    # The LLaDA setting's model and prompts serve the Dream, SMDM and BD3-LM rows too.
     P, G, BL, S, B2, V2 = (16, 64, 16, 64, 2, 256) if quick else (64, 256, 32, 256, 4, 1024)
     mask2 = V2 - 1
     model2 = TinyDiffusionLM(V2, max_len=P + G, head_scale=8.0, seed=1, mask_id=mask2).eval()
@@ -151,6 +155,9 @@ def run(quick: bool, threads: int, only=SECTIONS):
     if "dream" in only:
         for alg in ("entropy", "origin"):
             results[f"dream_{alg}"] = _dream(model2, prompt, alg, P, G, S, B2, V2, mask2)
+    if "smdm" in only:
+        for alg in ("greedy", "origin"):
+            results[f"smdm_{alg}"] = _smdm(model2, prompt, alg, P, G, S, B2, V2, mask2)
     if "bd3lm" in only:
         results["bd3lm"] = _bd3lm(quick, V2, mask2)
     return results
@@ -235,6 +242,26 @@ def _dream(model2, prompt, alg, P, G, S, B2, V2, mask2):
             "logits_rows_vs_published": ratio(ours3.rows, ref3.rows),
             "sequence_forwards_vs_published": ratio(ours3.sequences, ref3.sequences),
             "wall_vs_published_cpu": ratio(t_ours3, t_ref3),
+        },
+    }
+
+
+def _smdm(model2, prompt, alg, P, G, S, B2, V2, mask2):
+    """SMDM: prompt 64, 256 generated tokens, 256 steps, CFG w = 2 (SMDM's default), T 0 (greedy) / 1 (origin)."""
+    kw = dict(alg=alg, temperature=0.0 if alg == "greedy" else 1.0, cfg_scale=2.0)
+    ref = Counter(model2, use_head=False)
+    torch.manual_seed(0)
+    _, t_ref = timed(lambda: reference_smdm(ref, prompt, P + G, S, mask2, **kw))
+    ours = Counter(model2)
+    _, t_ours = timed(lambda: mdsample.sample_smdm(ours, prompt, length=P + G, steps=S, mask_id=mask2, **kw))
+    return {
+        "settings": {"batch": B2, "prompt": P, "length": P + G, "steps": S, "vocab": V2, **kw},
+        "published": {**ref.counts(), "wall_s_cpu": t_ref},
+        "mdsample": {**ours.counts(), "wall_s_cpu": t_ours},
+        "ratios": {
+            "logits_rows_vs_published": ratio(ours.rows, ref.rows),
+            "sequence_forwards_vs_published": ratio(ours.sequences, ref.sequences),
+            "wall_vs_published_cpu": ratio(t_ours, t_ref),
         },
     }
 

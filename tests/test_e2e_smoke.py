@@ -15,6 +15,18 @@ def _load(name):
     return mod
 
 
+def _package_module(name):
+    """``benchmarks.<name>`` imported as a package module (it imports its siblings relative to the root)."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, ROOT)
+    try:
+        return importlib.import_module(f"benchmarks.{name}")
+    finally:
+        sys.path.pop(0)
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     saved = torch.get_num_threads()
@@ -48,15 +60,9 @@ def test_e2e_dream_smoke():
 def test_rows_are_written_as_they_arrive(tmp_path, monkeypatch):
     """A run cut short (a time limit, an error) leaves the rows measured so far, marked incomplete."""
     import json
-    import sys
     import types
 
-    sys.path.insert(0, ROOT)
-    try:
-        import benchmarks._e2e as e2e
-        import benchmarks._timing as timing
-    finally:
-        sys.path.pop(0)
+    e2e, timing = _package_module("_e2e"), _package_module("_timing")
     monkeypatch.setattr(e2e, "write_results", lambda *a, **k: timing.write_results(*a, **k, results_dir=tmp_path))
 
     def run(args):
@@ -88,6 +94,8 @@ def test_bench_samplers_quick_counts():
     for alg in ("entropy", "origin"):
         assert r[f"dream_{alg}"]["ratios"]["logits_rows_vs_published"] < 1.0
     assert r["dream_origin"]["ratios"]["sequence_forwards_vs_published"] < 1.0
+    for alg in ("greedy", "origin"):  # masked rows only, against full logits of the doubled batch
+        assert r[f"smdm_{alg}"]["ratios"]["logits_rows_vs_published"] < 0.5
     bd3 = r["bd3lm"]  # one forward per token either way; the cache feeds the block, not the prefix
     assert bd3["mdsample_cached"]["forwards"] == bd3["published_uncached"]["forwards"]
     assert bd3["mdsample_uncached"]["positions_fed"] == bd3["published_uncached"]["positions_fed"]
@@ -114,15 +122,9 @@ def test_published_bd3lm_loop_draws_the_joint():
 def test_published_dream_loop_is_dreams_algorithm():
     """At T = 0 without truncation, the benchmark's published Dream loop and sample_dream agree token for token
     on a model that never predicts the mask (so that mdsample's exclusion of it changes nothing)."""
-    import sys
-
     import mdsample
 
-    sys.path.insert(0, ROOT)
-    try:
-        from benchmarks._e2e import reference_dream
-    finally:
-        sys.path.pop(0)
+    reference_dream = _package_module("_e2e").reference_dream
     bench = _load("bench_samplers")
     model = bench.TinyDiffusionLM(64, max_len=24, head_scale=8.0, seed=2, mask_id=63).eval()
     prompt = torch.randint(0, 63, (3, 8), generator=torch.Generator().manual_seed(1))
@@ -132,3 +134,21 @@ def test_published_dream_loop_is_dreams_algorithm():
         want = reference_dream(model, prompt, 16, 8, 63, alg="entropy")
         got = mdsample.sample_dream(shifted, prompt, max_new_tokens=16, steps=8, alg="entropy", mask_id=63)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, 2.0])
+def test_published_smdm_loop_is_smdms_algorithm(cfg_scale):
+    """At T = 0 and batch 1 (where upstream's batch-pooled top-k is per sequence), the benchmark's published
+    SMDM greedy loop and sample_smdm agree token for token, on a model that never predicts the mask."""
+    import mdsample
+
+    reference_smdm = _package_module("_e2e").reference_smdm
+    bench = _load("bench_samplers")
+    model = bench.TinyDiffusionLM(64, max_len=24, head_scale=8.0, seed=2, mask_id=63).eval()
+    prompt = torch.randint(0, 63, (1, 8), generator=torch.Generator().manual_seed(1))
+    kw = dict(alg="greedy", temperature=0.0, cfg_scale=cfg_scale)
+    with torch.no_grad():
+        want = reference_smdm(model, prompt, 24, 8, 63, **kw)
+        got = mdsample.sample_smdm(model, prompt, length=24, steps=8, mask_id=63, **kw)
+    assert torch.equal(got, want)
+    assert not torch.equal(want, reference_smdm(model, prompt, 24, 8, 63, **{**kw, "cfg_scale": 2.0 - cfg_scale}))

@@ -76,8 +76,11 @@ def _commit_count(n_masked: int, batch: int, ratio: torch.Tensor) -> int:
 
 @torch.no_grad()
 def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temperature, top_p, top_k, eps, mask_id,
-                  attention_mask, seed, backend, progress, on_step: Optional[Callable[[torch.Tensor], None]] = None):
+                  attention_mask, seed, backend, progress, on_step: Optional[Callable[[torch.Tensor], None]] = None,
+                  cfg_scale: float = 0.0, confidence_temperature: Optional[float] = None, name: str = "sample_dream"):
     # on_step (compat's output_history): called with the canvas after every step.
+    # cfg_scale, confidence_temperature, name: SMDM's sampler (samplers/smdm.py), the loop Dream's derives from:
+    # unsupervised CFG, and confidences of softmax(l / confidence_temperature) instead of the draw's distribution.
     max_new_tokens = C.integer("max_new_tokens", max_new_tokens, low=1)
     steps = C.integer("steps", steps, low=1)
     alg = C.choice("alg", alg, DREAM_ALGS)
@@ -88,6 +91,9 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
     alg_temp = alg_temp or None  # 0 means top-K, as upstream
     temperature = C.real("temperature", temperature, low=0.0)
     top_p, top_k = truncation_args(top_p, top_k)
+    cfg_scale = C.real("cfg_scale", cfg_scale, low=0.0)
+    if cfg_scale > 0 and (top_p is not None or top_k is not None):
+        raise ValueError("top_p / top_k (Dream's truncation) do not combine with cfg_scale > 0")
     eps = C.real("eps", eps, low=0.0, high=1.0, high_inclusive=False)
     if eps == 0.0:
         raise ValueError("eps must be > 0 (the last time s = eps divides); got 0")
@@ -101,19 +107,24 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
     device, (batch, total) = x.device, x.shape
 
     backbone = Backbone(model)
-    fwd = RowForward(backbone, mask_id=mask_id, attention_mask=am)
+    is_prompt = torch.zeros((batch, total), dtype=torch.bool, device=device)
+    is_prompt[:, :plen] = x[:, :plen] != mask_id
+    if cfg_scale > 0 and not bool(is_prompt.any()):
+        raise ValueError("cfg_scale > 0 needs a non-empty prompt: the unconditional input masks the prompt")
+    fwd = RowForward(backbone, mask_id=mask_id, cfg_scale=cfg_scale, uncond_mask=is_prompt, attention_mask=am)
     C.tokens_in_vocab("prompt", x[:, :plen], backbone.vocab_size)
     pos_ids = (torch.arange(batch, device=device).unsqueeze(1) * total
                + torch.arange(total, device=device).unsqueeze(0))
     ratio = _ratios(steps, eps, device)
-    bar = Progress(progress, steps, "sample_dream", backbone, baseline_per_step=batch)
+    bar = Progress(progress, steps, name, backbone, baseline_per_step=batch * (2 if cfg_scale > 0 else 1))
 
     def draw(rows: torch.Tensor, r_seq, r_pos, seqs, offset, **kw):
-        logits, _ = fwd.rows(x, seqs, r_seq, r_pos)
+        logits, guidance = fwd.rows(x, seqs, r_seq, r_pos)
         if top_p is not None or top_k is not None:
             logits = truncate(logits, temperature=temperature, top_p=top_p, top_k=top_k, exclude=mask_id)
         return sample_categorical(logits, temperature=temperature, seed=seed, offset=offset,
-                                  positions=pos_ids[rows, r_pos], exclude=mask_id, backend=backend, **kw)
+                                  positions=pos_ids[rows, r_pos], exclude=mask_id, guidance=guidance,
+                                  guidance_scale=cfg_scale, backend=backend, **kw)
 
     try:
         for i in range(steps):
@@ -135,7 +146,7 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
                     x[rows, r_pos] = draw(rows, r_seq, r_pos, seqs, i)
                     committed = int(r_seq.numel())
                 else:
-                    res = draw(rows, r_seq, r_pos, seqs, i, return_stats=True)
+                    res = draw(rows, r_seq, r_pos, seqs, i, return_stats=True, stats_temperature=confidence_temperature)
                     conf = torch.full(sub.shape, -torch.inf, dtype=torch.float64, device=device)
                     conf[r_seq, r_pos] = confidence(res, _RULE[alg])
                     if alg_temp is not None:  # Gumbel-top-K = K draws without replacement
