@@ -1,8 +1,9 @@
 """Likelihood evaluation: masked_nll vs cross-entropy on materialised logits, end to end, variance.
 
-Standalone: ``python benchmarks/bench_likelihood.py [--quick] [--parts masked_nll,e2e,variance] [--threads N]``
+Standalone: ``python benchmarks/bench_likelihood.py [--quick] [--parts masked_nll,e2e,variance,chain_rule]
+[--threads N]``
 
-Three parts, in one run on whatever device is present (CPU here; the numbers are
+Four parts, in one run on whatever device is present (CPU here; the numbers are
 labelled with the device they come from, never quoted as GPU numbers):
 
 1. ``masked_nll`` on every backend present (cuda and triton on a GPU, cpu here)
@@ -23,6 +24,9 @@ labelled with the device they come from, never quoted as GPU numbers):
    replicates for each (masking, mode) on the oracle Markov chain of the tests (exact
    conditionals, context-dependent like text) and on a random-weight transformer
    (context-independent predictions: little for the lattices to remove).
+4. The chain-rule likelihood (SMDM's ``nll_type="chain_rule"``): SMDM's loop (per sequence, one input
+   per answer token with a triangle of masks, full logits, ``F.cross_entropy`` of the diagonal rows)
+   against ``mdsample.chain_rule_likelihood`` (hidden/head: one logits row per input). Same inputs.
 
 Writes ``benchmarks/results/<device>-likelihood-<date>.json`` (``cpu-...`` here, e.g. ``h100_80gb_hbm3-...``
 on a GPU; ``likelihood-quick`` with ``--quick``). ``--quick --parts masked_nll`` is the GPU check's call.
@@ -199,11 +203,29 @@ def wall_time(fn, device) -> float:
     return time.perf_counter() - t0
 
 
-def bench_end_to_end(device, *, batch, length, vocab, mc_samples, batch_size, runs):
+def round_robin(cases: dict, device, runs: int) -> dict:
+    """Wall times ``{name: [runs]}`` after a warm-up call each, the cases interleaved run by run: on a
+    shared machine slow drifts in load then hit every case alike."""
+    times = {name: [] for name in cases}
+    for fn in cases.values():
+        fn()
+    for _ in range(runs):
+        for name, fn in cases.items():
+            times[name].append(wall_time(fn, device))
+    return times
+
+
+def small_model_and_data(device, *, batch, length, vocab, seed):
+    """A 2-layer, 128-wide random-weight transformer (mask id V - 1) and ``[batch, length]`` random tokens."""
     model = Transformer.from_preset("tiny", vocab_size=vocab, hidden_size=128, num_layers=2, num_heads=4,
                                     num_kv_heads=2, intermediate_size=352, max_seq_len=max(length, 256),
                                     mask_id=vocab - 1, device=device).eval()
-    x = torch.randint(0, vocab - 1, (batch, length), generator=torch.Generator().manual_seed(1)).to(device)
+    x = torch.randint(0, vocab - 1, (batch, length), generator=torch.Generator().manual_seed(seed)).to(device)
+    return model, x
+
+
+def bench_end_to_end(device, *, batch, length, vocab, mc_samples, batch_size, runs):
+    model, x = small_model_and_data(device, batch=batch, length=length, vocab=vocab, seed=1)
     kw = dict(mc_samples=mc_samples, batch_size=batch_size, mask_id=vocab - 1)
     cases = {
         "upstream_loop_cross_entropy": lambda: upstream_loop(model, x, **kw),
@@ -211,13 +233,7 @@ def bench_end_to_end(device, *, batch, length, vocab, mc_samples, batch_size, ru
         "mdsample_likelihood_full_logits": lambda: mdsample.likelihood(FullLogits(model), x, subs=False,
                                                                        **kw).log_likelihood,
     }
-    # Round-robin repetitions: on a shared machine slow drifts in load then hit every case alike.
-    times = {name: [] for name in cases}
-    for fn in cases.values():
-        fn()  # warm-up
-    for _ in range(runs):
-        for name, fn in cases.items():
-            times[name].append(wall_time(fn, device))
+    times = round_robin(cases, device, runs)
     rows = []
     for name, fn in cases.items():
         est = fn()
@@ -255,7 +271,47 @@ def bench_variance(model, x_row, *, replicates, mc_samples, label, mask_id, trut
                 length=x_row.numel(), true_nll=truth, modes=out)
 
 
-PARTS = ("masked_nll", "e2e", "variance")
+# ---------------------------------------------------------------------------- 4. chain rule
+
+def upstream_chain_rule(model, x, *, prompt_len, batch_size, mask_id):
+    """SMDM's chain-rule evaluation: input i masks answer positions >= i; full logits; CE of row i's position i."""
+    out = []
+    with torch.no_grad():
+        for seq in x:
+            n = seq.numel() - prompt_len
+            inputs = seq.repeat(n, 1)
+            inputs[:, prompt_len:][torch.triu(torch.ones(n, n, dtype=torch.bool, device=x.device))] = mask_id
+            logits = torch.cat([model(inputs[i:i + batch_size]) for i in range(0, n, batch_size)])
+            rows = logits[torch.arange(n, device=x.device), prompt_len + torch.arange(n, device=x.device)]
+            out.append(-float(F.cross_entropy(rows.float(), seq[prompt_len:], reduction="sum")))
+    return torch.tensor(out)
+
+
+def bench_chain_rule(device, *, batch, length, prompt_len, vocab, batch_size, runs):
+    model, x = small_model_and_data(device, batch=batch, length=length, vocab=vocab, seed=3)
+    kw = dict(prompt_len=prompt_len, batch_size=batch_size, mask_id=vocab - 1)
+    cases = {
+        "upstream_chain_rule_cross_entropy": lambda: upstream_chain_rule(model, x, **kw),
+        "mdsample_chain_rule_hidden_head": lambda: mdsample.chain_rule_likelihood(model, x, subs=False,
+                                                                                  **kw).log_likelihood,
+    }
+    times = round_robin(cases, device, runs)
+    n = length - prompt_len
+    rows, ref = [], cases["upstream_chain_rule_cross_entropy"]().double()
+    for name, fn in cases.items():
+        est = fn().double().cpu()
+        rows.append(dict(op="chain_rule_likelihood", impl=name, batch=batch, length=length, prompt_len=prompt_len,
+                         vocab=vocab, batch_size=batch_size,
+                         logits_rows=batch * n * (length if "upstream" in name else 1),
+                         median_s=statistics.median(times[name]), times_s=times[name],
+                         max_abs_diff_vs_upstream_nats=float((est - ref.cpu()).abs().max()),
+                         extra_memory_bytes=extra_memory(fn, device)))
+    for r in rows:
+        r["speedup_vs_upstream_loop"] = rows[0]["median_s"] / r["median_s"]
+    return rows
+
+
+PARTS = ("masked_nll", "e2e", "variance", "chain_rule")
 
 
 def main():
@@ -298,6 +354,11 @@ def main():
         rows.append(bench_variance(small, x_row, replicates=50 if q else 200, mc_samples=16,
                                    label="random_transformer_L32_V4096", mask_id=4095))
 
+    if "chain_rule" in parts:
+        # SMDM's loop holds the full logits of a sequence's inputs: answer x length x V floats (1.6 GB here).
+        rows += bench_chain_rule(device, batch=2, length=64 if q else 128, prompt_len=16 if q else 32,
+                                 vocab=8192 if q else 32000, batch_size=16 if q else 32, runs=1 if q else 3)
+
     if copy_gbps is not None:
         print(f"[copy] device copy bandwidth {copy_gbps:.0f} GB/s (read + write)")
     for r in rows:
@@ -311,6 +372,10 @@ def main():
                   f"{r['median_s'] * 1e3:9.3f} ms {r['gbps_masked_rows']:8.1f} GB/s{pct}  "
                   f"extra {r['extra_memory_bytes'] / 2**20:9.2f} MiB  x{r['speedup_vs_cross_entropy_masked_rows']:.2f}"
                   f"  err {r['max_rel_err_vs_fp64']:.1e}")
+        elif r["op"] == "chain_rule_likelihood":
+            print(f"[chain_rule] {r['impl']:<34} {r['median_s']:8.3f} s  logits rows {r['logits_rows']}  "
+                  f"extra {r['extra_memory_bytes'] / 2**20:9.1f} MiB  x{r['speedup_vs_upstream_loop']:.2f}  "
+                  f"|diff| {r['max_abs_diff_vs_upstream_nats']:.1e} nats")
         else:
             print(f"[e2e] {r['impl']:<34} {r['median_s']:8.3f} s  passes {r['forward_passes']}  "
                   f"extra {r['extra_memory_bytes'] / 2**20:9.1f} MiB  x{r['speedup_vs_upstream_loop']:.2f}")

@@ -152,3 +152,12 @@ def test_published_smdm_loop_is_smdms_algorithm(cfg_scale):
         got = mdsample.sample_smdm(model, prompt, length=24, steps=8, mask_id=63, **kw)
     assert torch.equal(got, want)
     assert not torch.equal(want, reference_smdm(model, prompt, 24, 8, 63, **{**kw, "cfg_scale": 2.0 - cfg_scale}))
+
+
+def test_bench_likelihood_chain_rule_part():
+    """The chain-rule benchmark's two loops agree, and mdsample's computes one logits row per input."""
+    rows = _package_module("bench_likelihood").bench_chain_rule(torch.device("cpu"), batch=1, length=24, prompt_len=8,
+                                                                 vocab=256, batch_size=8, runs=1)
+    ups, ours = rows
+    assert ours["max_abs_diff_vs_upstream_nats"] < 1e-3 and ups["max_abs_diff_vs_upstream_nats"] == 0
+    assert ours["logits_rows"] * 24 == ups["logits_rows"] == 16 * 24

@@ -130,6 +130,32 @@ def _prompt_lengths(prompt_len, batch: int, length: int, device) -> torch.Tensor
     return p
 
 
+def _scored(x: torch.Tensor, prompt_len, attention_mask, mask_id: int, cfg: float):
+    """The checked answer positions of ``x`` ``[B, L]``: ``(answer bool [B, L], real bool [B, L] or None)``.
+
+    ``answer``: positions at or after the prompt that are real tokens (``attention_mask``); ``real``: the
+    attention mask as bool, None without one."""
+    (batch, length), device = x.shape, x.device
+    prompt = _prompt_lengths(prompt_len, batch, length, device)
+    if cfg > 0 and prompt_len is None:
+        raise ValueError("cfg_scale > 0 needs prompt_len: the unconditional input masks the prompt")
+    real = None
+    if attention_mask is not None:
+        real = C.V.as_tensor("attention_mask", attention_mask)
+        if real.shape != x.shape or real.device != device:
+            raise ValueError(f"attention_mask must be [B, L] = {tuple(x.shape)} on {device}; got "
+                             f"{tuple(real.shape)} on {real.device}")
+        real = real != 0
+    if bool(((x == mask_id) if real is None else (x == mask_id) & real).any()):
+        raise ValueError(f"x must not contain mask_id ({mask_id}): its tokens are the clean data being scored")
+    answer = torch.arange(length, device=device) >= prompt.unsqueeze(1)
+    if real is not None:
+        answer &= real
+        if batch and not bool(answer.any(1).all()):
+            raise ValueError("every sequence needs a real answer token (attention_mask and prompt_len leave none)")
+    return answer, real
+
+
 def _time_weight(schedule, t: torch.Tensor, eps: float) -> torch.Tensor:
     """``(1 - eps) m'(t) / m(t)`` (float64), the derivative by autograd so any differentiable schedule works."""
     tt = t.detach().clone().requires_grad_(True)
@@ -226,26 +252,9 @@ def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode
     progress = C.flag("progress", progress)
     seed = C.integer("seed", seed)
     C.positions_fit(batch, length)
-    prompt = _prompt_lengths(prompt_len, batch, length, device)
-    if cfg > 0 and prompt_len is None:
-        raise ValueError("cfg_scale > 0 needs prompt_len: the unconditional input masks the prompt")
     if masking == "count" and time_conditioned:
         raise ValueError("time_conditioned needs masking='bernoulli' (exact-count masking has no time)")
-    real = None
-    if attention_mask is not None:
-        real = C.V.as_tensor("attention_mask", attention_mask)
-        if real.shape != x.shape or real.device != device:
-            raise ValueError(f"attention_mask must be [B, L] = {tuple(x.shape)} on {device}; got "
-                             f"{tuple(real.shape)} on {real.device}")
-        real = real != 0
-    if bool(((x == mask_id) if real is None else (x == mask_id) & real).any()):
-        raise ValueError(f"x must not contain mask_id ({mask_id}): its tokens are the clean data being scored")
-
-    answer = torch.arange(length, device=device) >= prompt.unsqueeze(1)  # [B, L]
-    if real is not None:
-        answer &= real
-        if batch and not bool(answer.any(1).all()):
-            raise ValueError("every sequence needs a real answer token (attention_mask and prompt_len leave none)")
+    answer, real = _scored(x, prompt_len, attention_mask, mask_id, cfg)
     n_answer = answer.sum(1)
     offsets = torch.arange(batch, dtype=torch.int64, device=device)
     if masking == "count" and (schedule is not None or eps is not None):
