@@ -9,6 +9,8 @@ None means the prompt's device).
 """
 from __future__ import annotations
 
+import torch
+
 from ..samplers import _checks as C
 from ..samplers.smdm import sample_smdm
 from ._seed import call_key
@@ -36,7 +38,9 @@ def diff_sample(model, tokenizer=None, prompt=None, batch_size=1, alg="origin", 
     if prompt is None and cfg_scale:
         raise ValueError(f"cfg_scale={cfg_scale} guides by the prompt, and prompt is None: pass cfg_scale=0. for "
                          "unconditional samples")
-    if prompt is not None and device is not None:
+    if prompt is None and device is not None:  # no prompt tokens: an empty one puts the canvas on device
+        prompt = torch.zeros((C.integer("batch_size", batch_size, low=1), 0), dtype=torch.int64, device=device)
+    elif prompt is not None and device is not None:
         prompt = C.token_ids("prompt", prompt, dims=(2,), device=device)
     needs_key = temperature != 0 or alg == "origin"
     return sample_smdm(model, prompt, length=context_length, steps=steps, alg=alg, temperature=temperature,

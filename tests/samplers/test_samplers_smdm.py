@@ -248,3 +248,6 @@ def test_compat_diff_sample_is_upstreams_call():
         compat_smdm.diff_sample(model, None, None, context_length=6, dim=MASK)
     free = compat_smdm.diff_sample(model, None, None, batch_size=2, cfg_scale=0., context_length=6, dim=MASK, seed=1)
     assert free.shape == (2, 6) and bool((free != MASK).all())
+    placed = compat_smdm.diff_sample(model, None, None, batch_size=2, cfg_scale=0., context_length=6, dim=MASK,
+                                     seed=1, device="cpu")
+    assert torch.equal(placed, free)
