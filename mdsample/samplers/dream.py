@@ -69,19 +69,27 @@ def _ratios(steps: int, eps: float, device) -> torch.Tensor:
     return (1 - ts[1:] / ts[:-1]).cpu()
 
 
-def _commit_count(n_masked: int, batch: int, ratio: torch.Tensor) -> int:
-    """Dream's K: ``int(mean * (1 - s/t))``, in float32 like upstream's tensor arithmetic."""
-    return int(torch.tensor(n_masked, dtype=torch.int64) / batch * ratio)
+def _commit_counts(masked: torch.Tensor, ratio: torch.Tensor, *, per_row: bool) -> torch.Tensor:
+    """Commits per row, int64 ``[B]`` on ``masked``'s device, in float32 like upstream's tensor arithmetic:
+    Dream's ``int(mean masked * (1 - s/t))`` for every row, or (``per_row``, SMDM's at batch 1) each row's
+    ``int(n_b * (1 - s/t))``."""
+    n = masked.sum(1)
+    if per_row:
+        return (n.cpu() * ratio).to(torch.int64).to(masked.device)
+    k = int(n.sum().cpu() / masked.shape[0] * ratio)
+    return torch.full_like(n, k)
 
 
 @torch.no_grad()
 def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temperature, top_p, top_k, eps, mask_id,
                   attention_mask, seed, backend, progress, on_step: Optional[Callable[[torch.Tensor], None]] = None,
-                  cfg_scale: float = 0.0, confidence_temperature: Optional[float] = None, name: str = "sample_dream"):
+                  cfg_scale: float = 0.0, smdm: bool = False):
     # on_step (compat's output_history): called with the canvas after every step.
-    # cfg_scale, confidence_temperature, name: SMDM's sampler (samplers/smdm.py), the loop Dream's derives from:
-    # unsupervised CFG, and confidences of softmax(l / confidence_temperature) instead of the draw's distribution.
-    max_new_tokens = C.integer("max_new_tokens", max_new_tokens, low=1)
+    # cfg_scale, smdm: SMDM's sampler (samplers/smdm.py), the loop Dream's derives from: unsupervised CFG (the
+    # unconditional input masks every prompt position, as SMDM), confidences at T = 1 instead of the draw's
+    # temperature, and each row's own commit count.
+    # 0 only from SMDM's sampler, whose prompt may fill the canvas (its masks are then all there is to fill).
+    max_new_tokens = C.integer("max_new_tokens", max_new_tokens, low=0 if smdm else 1)
     steps = C.integer("steps", steps, low=1)
     alg = C.choice("alg", alg, DREAM_ALGS)
     if alg_temp is not None:
@@ -95,8 +103,6 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
     if cfg_scale > 0 and (top_p is not None or top_k is not None):
         raise ValueError("top_p / top_k (Dream's truncation) do not combine with cfg_scale > 0")
     eps = C.real("eps", eps, low=0.0, high=1.0, high_inclusive=False)
-    if eps == 0.0:
-        raise ValueError("eps must be > 0 (the last time s = eps divides); got 0")
     mask_id = C.integer("mask_id", mask_id, low=0)
     seed = seed_value("seed", seed)
     progress = C.flag("progress", progress)
@@ -108,15 +114,15 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
 
     backbone = Backbone(model)
     is_prompt = torch.zeros((batch, total), dtype=torch.bool, device=device)
-    is_prompt[:, :plen] = x[:, :plen] != mask_id
-    if cfg_scale > 0 and not bool(is_prompt.any()):
+    is_prompt[:, :plen] = True
+    if cfg_scale > 0 and plen == 0:
         raise ValueError("cfg_scale > 0 needs a non-empty prompt: the unconditional input masks the prompt")
     fwd = RowForward(backbone, mask_id=mask_id, cfg_scale=cfg_scale, uncond_mask=is_prompt, attention_mask=am)
     C.tokens_in_vocab("prompt", x[:, :plen], backbone.vocab_size)
     pos_ids = (torch.arange(batch, device=device).unsqueeze(1) * total
                + torch.arange(total, device=device).unsqueeze(0))
     ratio = _ratios(steps, eps, device)
-    bar = Progress(progress, steps, name, backbone, baseline_per_step=batch * (2 if cfg_scale > 0 else 1))
+    bar = Progress(progress, steps, "sample_smdm" if smdm else "sample_dream", backbone, baseline_per_step=batch * (2 if cfg_scale > 0 else 1))
 
     def draw(rows: torch.Tensor, r_seq, r_pos, seqs, offset, **kw):
         logits, guidance = fwd.rows(x, seqs, r_seq, r_pos)
@@ -134,7 +140,7 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
                 need = chosen.any(1)
             else:
                 masked = x == mask_id
-                k = total if last else _commit_count(int(masked.sum()), batch, ratio[i])
+                k = masked.sum(1) if last else _commit_counts(masked, ratio[i], per_row=smdm)
                 chosen, need = masked, masked.any(1) & (k > 0)
             seqs = need.nonzero().squeeze(1)
             committed = 0
@@ -146,7 +152,7 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
                     x[rows, r_pos] = draw(rows, r_seq, r_pos, seqs, i)
                     committed = int(r_seq.numel())
                 else:
-                    res = draw(rows, r_seq, r_pos, seqs, i, return_stats=True, stats_temperature=confidence_temperature)
+                    res = draw(rows, r_seq, r_pos, seqs, i, return_stats=True, stats_temperature=1.0 if smdm else None)
                     conf = torch.full(sub.shape, -torch.inf, dtype=torch.float64, device=device)
                     conf[r_seq, r_pos] = confidence(res, _RULE[alg])
                     if alg_temp is not None:  # Gumbel-top-K = K draws without replacement
@@ -154,7 +160,7 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
                         conf = conf / alg_temp - torch.log(-torch.log(u))
                     tok = torch.zeros(sub.shape, dtype=torch.int64, device=device)
                     tok[r_seq, r_pos] = res.tokens
-                    take = select(conf, sub, k=torch.full((seqs.numel(),), k, dtype=torch.int64, device=device))
+                    take = select(conf, sub, k=k.index_select(0, seqs))
                     x[seqs] = torch.where(take, tok, x.index_select(0, seqs))
                     committed = int(take.sum())
             bar.step(tokens=committed)
@@ -205,7 +211,7 @@ def sample_dream(
         top_p: nucleus mass in (0, 1], or None; top_k: int >= 1, or None. Applied after the
             temperature, to both the draw and the confidences (a sort over the masked rows;
             without them the fused op reads each row once).
-        eps: the last time, in (0, 1) (Dream's 1e-3).
+        eps: the last time, in [0, 1) (Dream's 1e-3).
         mask_id: the mask token id (Dream: 151666).
         attention_mask: ``[B, P]`` (bool or int, 1 = real token) for left-padded prompts, extended
             with ones over the generated part and passed to the model.

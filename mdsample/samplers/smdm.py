@@ -2,10 +2,11 @@
 
 The algorithm (SMDM's ``diff_sample``; ALGORITHMS.md):
 
-1. ``x = [prompt | mask]`` over the whole context (``length`` positions); times
+1. ``x = [prompt | mask]`` over the whole context (``length`` positions; mask tokens inside the
+   prompt, e.g. SMDM's padding, are filled too); times
    ``t_i = linspace(1, eps, steps + 1)`` (float32), step i goes from ``t = t_i`` to ``s = t_{i+1}``.
 2. Each step, one forward of the canvas (with ``cfg_scale = w > 0``: SMDM's unsupervised CFG,
-   the unconditional input masks the prompt, ``l_u + (w + 1)(l_c - l_u)``, one doubled batch);
+   the unconditional input masks every prompt position, ``l_u + (w + 1)(l_c - l_u)``, one doubled batch);
    ``x0`` from ``softmax(l / T)`` (SMDM's float64 Gumbel-max, argmax at T = 0), then
    - ``alg="origin"``: each masked position is revealed with probability ``1 - s / t`` (1 at the
      last step) and takes its ``x0``;
@@ -22,9 +23,10 @@ confidences and no truncation). Differences from upstream, deliberate and docume
   vocabulary includes the mask, so upstream can write the mask token back as a "revealed" token).
 - ``"greedy"`` with a batch: upstream pools the masked positions of the whole batch in one top-k
   of ``int(total masked * (1 - s / t))``, so a sequence's commits depend on the others'
-  confidences; here each sequence commits ``int(n * (1 - s / t))`` of its own (n the batch's mean
-  masked count, which is every sequence's count when the prompts have no mask tokens): the same
-  tokens at batch 1, and a batch-invariant output otherwise.
+  confidences; here each sequence commits ``int(n_b * (1 - s / t))`` of its own ``n_b`` masks: the
+  same tokens at batch 1, and a batch-invariant output otherwise (mask tokens in some prompts too).
+- Confidences are the fused op's float32 ``p(x0)`` (upstream: a float64 softmax), so two positions
+  whose confidences agree to ~1e-7 tie and the lower one goes first.
 - Ties in confidence go to the lower position; randomness is Philox keyed by
   (seed, step, b * length + i), not the torch global RNG; with ``"origin"`` only sequences with
   a revealed position are forwarded and, through ``hidden``/``head``, only revealed rows get logits.
@@ -67,7 +69,7 @@ def sample_smdm(
     Args:
         model: backbone ``model(x: int64 [B, L]) -> logits [B, L, V]`` (or ``.logits``), V including the
             mask token; with ``hidden``/``head`` only the masked (``"origin"``: revealed) rows get logits.
-        prompt: int tensor ``[B, P]`` (or ``[P]``) written at positions ``[0, P)``, P < ``length``; or
+        prompt: int tensor ``[B, P]`` (or ``[P]``) written at positions ``[0, P)``, P <= ``length``; or
             None: ``batch_size`` unconditional sequences (``cfg_scale`` must then be 0).
         length: total length L (SMDM's ``context_length``), prompt included.
         steps: denoising steps (int >= 1; SMDM's default 512).
@@ -75,7 +77,7 @@ def sample_smdm(
             most confident); upstream's spelling ``"greddy"`` is accepted.
         temperature: float >= 0 of the token draws (0 = argmax).
         cfg_scale: unsupervised CFG weight w >= 0 (needs a prompt).
-        eps: the last time, in (0, 1) (SMDM's 1e-5).
+        eps: the last time, in [0, 1) (SMDM's 1e-5).
         mask_id: the mask token id (SMDM: 32000, the last of V = 32001).
         batch_size: sequences to draw when ``prompt`` is None.
         seed: int Philox key.
@@ -94,10 +96,10 @@ def sample_smdm(
         prompt = torch.zeros((batch_size, 0), dtype=torch.int64, device=device_of(model) or torch.device("cpu"))
     prompt = C.token_ids("prompt", prompt, dims=(1, 2))
     plen = prompt.shape[-1]
-    if plen >= length:
-        raise ValueError(f"length ({length}) must exceed the prompt's length ({plen})")
+    if plen > length:
+        raise ValueError(f"length ({length}) must be at least the prompt's length ({plen})")
     return _sample_dream(model, prompt, max_new_tokens=length - plen, steps=steps, alg=_DREAM_ALG[alg], alg_temp=None,
                          temperature=temperature, top_p=None, top_k=None, eps=eps, mask_id=mask_id,
                          attention_mask=None, seed=seed, backend=backend, progress=progress, cfg_scale=cfg_scale,
-                         confidence_temperature=1.0, name="sample_smdm")
+                         smdm=True)
 

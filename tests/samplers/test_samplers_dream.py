@@ -232,7 +232,7 @@ def test_progress_bar(capsys):
     (dict(top_p=1.5), ValueError, "top_p"),
     (dict(top_k=0), ValueError, "top_k"),
     (dict(top_k=2.5), TypeError, "top_k"),
-    (dict(eps=0.0), ValueError, "eps"),
+    (dict(eps=-0.1), ValueError, "eps"),
     (dict(eps=1.0), ValueError, "eps"),
     (dict(temperature=-0.1), ValueError, "temperature"),
     (dict(attention_mask=torch.ones(2, 3)), ValueError, "attention_mask"),

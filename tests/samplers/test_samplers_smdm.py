@@ -77,6 +77,9 @@ CASES = [
     dict(steps=3, length=11, alg="origin", cfg_scale=1.5),
     dict(steps=4, length=12, alg="greedy", cfg_scale=2.0),
     dict(steps=4, length=12, alg="greedy", cfg_scale=0.7, temperature=0.5),
+    dict(steps=3, length=10, alg="origin", eps=0.5),  # the last step reveals every mask
+    dict(steps=3, length=10, alg="greedy", eps=0.5),
+    dict(steps=3, length=10, alg="greedy", eps=0.0),
 ]
 
 
@@ -87,6 +90,55 @@ def test_matches_reference_token_for_token(case, head):
     ref = reference_smdm(model, p, seed=3, **case)
     out = mdsample.sample_smdm(model if head else LogitsOnly(model), p, mask_id=MASK, seed=3, **case)
     assert torch.equal(out, ref)
+
+
+def _padded_prompts(B):
+    """Prompts holding mask tokens (SMDM's padding id is its mask id): filled, and masked for CFG."""
+    p = prompts(B=B)
+    p[0, 1] = MASK
+    if B > 1:
+        p[1, 3:] = MASK
+    return p
+
+
+@pytest.mark.parametrize("alg", ["origin", "greedy"])
+def test_mask_tokens_in_the_prompt(alg):
+    """The unconditional input masks every prompt position (revealed padding included, as SMDM), and with a
+    batch each sequence commits from its own mask count: the reference row by row, and batch-invariant."""
+    model, p = TinyLM(seed=1), _padded_prompts(3)
+    kw = dict(length=11, steps=4, alg=alg, temperature=0.8, cfg_scale=2.0)
+    for seed in range(4):
+        out = mdsample.sample_smdm(model, p, mask_id=MASK, seed=seed, **kw)
+        assert torch.equal(out, reference_smdm(model, p, seed=seed, **kw))
+        assert torch.equal(out[:2], mdsample.sample_smdm(model, p[:2], mask_id=MASK, seed=seed, **kw))
+        assert bool((out != MASK).all())
+
+
+def test_a_prompt_as_long_as_the_canvas_fills_its_masks():
+    model, p = TinyLM(seed=1), _padded_prompts(2)
+    out = mdsample.sample_smdm(model, p, length=p.shape[1], steps=2, alg="greedy", mask_id=MASK, seed=0)
+    keep = p != MASK
+    assert torch.equal(out[keep], p[keep]) and bool((out != MASK).all())
+
+
+def test_ties_go_to_the_lower_position():
+    """A model whose every row is the same: all confidences tie, so greedy commits left to right."""
+
+    class Same(torch.nn.Module):
+        vocab_size = V
+
+        def forward(self, x):
+            row = torch.linspace(0.0, 2.0, V, dtype=torch.float64)
+            return row.expand(*x.shape, V).clone()
+
+    seen = []
+    mdsample.samplers.dream._sample_dream(Same(), torch.zeros((1, 0), dtype=torch.long), max_new_tokens=6, steps=3,
+                                          alg="maskgit_plus", alg_temp=None, temperature=0.0, top_p=None, top_k=None,
+                                          eps=1e-5, mask_id=MASK, attention_mask=None, seed=0, backend="auto",
+                                          progress=False, smdm=True, on_step=lambda x: seen.append(x.clone()))
+    for canvas in seen:
+        filled = (canvas[0] != MASK).long()
+        assert torch.equal(filled, filled.sort(descending=True).values), canvas  # a prefix is filled
 
 
 def test_cases_exercise_different_orders():
@@ -209,11 +261,12 @@ def test_progress_bar(capsys):
 
 
 @pytest.mark.parametrize("kwargs,exc,name", [
-    (dict(length=5), ValueError, "length"),
+    (dict(length=4), ValueError, "length"),
     (dict(length=0), ValueError, "length"),
     (dict(steps=0), ValueError, "steps"),
     (dict(alg="maskgit_plus"), ValueError, "alg"),
-    (dict(eps=0.0), ValueError, "eps"),
+    (dict(eps=-0.1), ValueError, "eps"),
+    (dict(eps=1.0), ValueError, "eps"),
     (dict(temperature=-0.1), ValueError, "temperature"),
     (dict(cfg_scale=-1.0), ValueError, "cfg_scale"),
     (dict(mask_id=V), ValueError, "mask_id"),
@@ -246,6 +299,15 @@ def test_compat_diff_sample_is_upstreams_call():
     assert not torch.equal(a, compat_smdm.diff_sample(model, None, p, **kw))
     with pytest.raises(ValueError, match="cfg_scale"):  # upstream's default 2.0 needs a prompt
         compat_smdm.diff_sample(model, None, None, context_length=6, dim=MASK)
+    half = compat_smdm.diff_sample(model, None, p, alg="origin", eps=0.5, seed=9, **{**kw, "steps": 3})
+    assert torch.equal(half, mdsample.sample_smdm(model, p, length=11, steps=3, temperature=0.7, cfg_scale=1.0,
+                                                  eps=0.5, mask_id=MASK, seed=9))
+    with pytest.raises(ValueError, match="context_length"):
+        compat_smdm.diff_sample(model, None, p, **{**kw, "context_length": 4})
+    with pytest.raises(ValueError, match="dim"):
+        compat_smdm.diff_sample(model, None, p, **{**kw, "dim": 99})
+    with pytest.raises(ValueError, match="prompt"):
+        compat_smdm.diff_sample(model, None, p[0], **kw)
     free = compat_smdm.diff_sample(model, None, None, batch_size=2, cfg_scale=0., context_length=6, dim=MASK, seed=1)
     assert free.shape == (2, 6) and bool((free != MASK).all())
     placed = compat_smdm.diff_sample(model, None, None, batch_size=2, cfg_scale=0., context_length=6, dim=MASK,
