@@ -11,7 +11,14 @@ try:
     from . import _C  # type: ignore[attr-defined]
 except ImportError as exc:  # pure-Python install (MDSAMPLE_NO_EXT=1) or a failed build
     _C = None
-    _reasons["cpu"] = _reasons["cuda"] = f"mdsample._C did not import: {exc}"
+    import importlib.machinery
+
+    _here = os.path.dirname(os.path.abspath(__file__))
+    if any(os.path.exists(os.path.join(_here, "_C" + sfx)) for sfx in importlib.machinery.EXTENSION_SUFFIXES):
+        _reasons["cpu"] = _reasons["cuda"] = f"mdsample._C did not import: {exc}"
+    else:  # Python's own message would blame a circular import
+        _reasons["cpu"] = _reasons["cuda"] = ("mdsample._C is not in this install (a pure-Python build, "
+                                              "MDSAMPLE_NO_EXT=1: the reference and Triton backends only)")
 else:
     if not _C.has_cuda():
         _reasons["cuda"] = "mdsample._C was built without nvcc (no CUDA kernels compiled in)"

@@ -1,7 +1,9 @@
 """The wheels a packager builds: what they hold, their tags, and that they import and sample on their own.
 
-Each test copies the tracked files (what a clean clone has) to a scratch directory, runs
-``pip wheel`` there, installs the wheel into another scratch directory with ``pip install
+Each test copies the tracked files (what a clean clone has) to a scratch directory, builds the
+sdist there (PEP 517's ``build_sdist``, what ``python -m build --sdist`` calls) and checks that it
+holds what a build and the tests need, runs ``pip wheel`` on the unpacked sdist (so the wheel is
+the one a user building from the sdist gets), installs the wheel into another scratch directory with ``pip install
 --target`` and imports it in a fresh interpreter started with ``-S`` (no site processing, so
 the checkout's editable install cannot shadow the wheel; torch comes from this environment's
 site-packages, added by path). The compiled wheel is built with ``MDSAMPLE_NO_CUDA=1``: its
@@ -12,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import zipfile
 
 import pytest
@@ -32,7 +35,9 @@ logits = torch.randn(64, 1000, generator=torch.Generator().manual_seed(0)).to(to
 got = mdsample.sample_categorical(logits, seed=3, offset=1)
 want = mdsample.sample_categorical(logits, seed=3, offset=1, backend="reference")
 assert torch.equal(got, want), "wheel's auto backend disagrees with the reference"
-print("compiled" if _backends.available("cpu", "cpu") else "pure", mdsample.__version__)
+compiled = _backends.available("cpu", "cpu")
+assert compiled or "pure-Python" in _backends.why_not("cpu", "cpu"), _backends.why_not("cpu", "cpu")
+print("compiled" if compiled else "pure", mdsample.__version__)
 '''
 
 
@@ -45,6 +50,31 @@ def _tracked_copy(dest):
             shutil.copy2(src, os.path.join(dest, rel))
 
 
+# What the sdist must carry: the extension's build (CMake, sources, headers), the license, and the
+# tests with the helpers and benchmarks they import.
+_SDIST_NEEDS = ("CMakeLists.txt", "setup.py", "pyproject.toml", "LICENSE", "csrc/sampling.cu", "csrc/bindings.cpp",
+                "csrc/include/mdsample/philox.h", "tests/test_wheel.py", "tests/likelihood_oracles.py",
+                "tests/stats/__init__.py", "tests/cuda_emu/cuda_runtime.h", "benchmarks/_e2e.py",
+                "mdsample/ops/sampling.py")
+
+
+def _sdist(src, out, env):
+    """Builds the sdist of ``src`` into ``out``, checks its contents, and returns the unpacked tree."""
+    hook = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
+    done = subprocess.run([sys.executable, "-c", hook, str(out)], cwd=src, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    archive = out / done.stdout.split()[-1]
+    with tarfile.open(archive) as tar:
+        top = tar.getnames()[0].split("/")[0]
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+        missing = [n for n in _SDIST_NEEDS if n not in names]
+        assert not missing, f"the sdist lacks {missing}"
+        assert not [n for n in names if n.endswith((".so", ".pyc"))], "build products in the sdist"
+        tar.extractall(out)
+    return out / top
+
+
 def _build_and_install(tmp_path, env_extra):
     if subprocess.run(["git", "rev-parse"], cwd=ROOT, capture_output=True).returncode != 0:
         pytest.skip("not a git checkout: the tracked files are unknown")
@@ -52,8 +82,9 @@ def _build_and_install(tmp_path, env_extra):
     _tracked_copy(src)
     env = {**os.environ, **env_extra}
     env.pop("TRITON_INTERPRET", None)
+    unpacked = _sdist(src, tmp_path / "sdist", env)
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-w",
-                           str(wheels), str(src)], env=env, capture_output=True, text=True, timeout=1200)
+                           str(wheels), str(unpacked)], env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (wheel,) = wheels.glob("mdsample-*.whl")
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--target",
@@ -83,6 +114,7 @@ def _check_metadata(wheel, names, version):
     assert f"\nVersion: {version}\n" in meta
     requires = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
     assert any(r.startswith("torch") for r in requires) and any(r.startswith("numpy") for r in requires), requires
+    assert [n for n in names if ".dist-info/" in n and n.endswith("LICENSE")], "no license file in the wheel"
 
 
 def test_pure_python_wheel(tmp_path):
