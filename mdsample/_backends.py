@@ -20,6 +20,12 @@ except ImportError as exc:  # pure-Python install (MDSAMPLE_NO_EXT=1) or a faile
         _reasons["cpu"] = _reasons["cuda"] = ("mdsample._C is not in this install (a pure-Python build, "
                                               "MDSAMPLE_NO_EXT=1: the reference and Triton backends only)")
 else:
+    _isa = os.environ.get("MDSAMPLE_CPU_ISA")
+    if _isa and _isa not in ("base", "avx2", "avx512"):  # the C++ side takes an unknown name as "the best"
+        import warnings
+
+        warnings.warn(f"MDSAMPLE_CPU_ISA={_isa!r} is not one of base, avx2, avx512: ignored, the cpu backend uses "
+                      f"{_C.cpu_isa()}", RuntimeWarning, stacklevel=2)
     if not _C.has_cuda():
         _reasons["cuda"] = "mdsample._C was built without nvcc (no CUDA kernels compiled in)"
     elif not _C.cuda_kernels_ready():

@@ -91,3 +91,21 @@ def test_likelihood_ops_agree_across_builds(isas):
         for a, b in zip(got[:3], base[:3]):
             assert torch.equal(a, b), isa
         torch.testing.assert_close(got[3], base[3], rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("value,want,warns", [("base", "base", False), ("avx512-typo", None, True)])
+def test_environment_variable_caps_the_pick(isas, value, want, warns):
+    """MDSAMPLE_CPU_ISA is read once, at import; a name it does not know warns and means the best build."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import warnings; warnings.simplefilter('always')\n"
+             "with warnings.catch_warnings(record=True) as w:\n"
+             "    from mdsample import _backends\n"
+             "print(_backends.compiled_module().cpu_isa(), any('MDSAMPLE_CPU_ISA' in str(x.message) for x in w))")
+    out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "MDSAMPLE_CPU_ISA": value},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    isa, warned = out.stdout.split()
+    assert isa == (want or isas[-1]) and warned == str(warns)

@@ -177,6 +177,13 @@ def test_llama_options_outside_the_math_are_refused(transformers):
         from_llama(transformers.LlamaForCausalLM(cfg))
 
 
+def test_llama_rope_scaling_is_refused(transformers):
+    cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, rope_scaling={"rope_type": "linear", "factor": 2.0})
+    with pytest.raises(ValueError, match="rope_scaling"):
+        from_llama(transformers.LlamaForCausalLM(cfg))
+
+
 def test_qwen2_sliding_window_is_refused(transformers):
     cfg = transformers.Qwen2Config(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                    num_attention_heads=4, use_sliding_window=True)
