@@ -160,3 +160,18 @@ def test_bad_input_names_the_argument(kwargs, exc, word):
     args.update(kwargs)
     with pytest.raises(exc, match=word):
         mdsample.chain_rule_likelihood(Mixer(), args.pop("x"), **args)
+
+
+def test_smdm_eval_target_nll_ar_is_the_chain_rule():
+    from mdsample.compat import smdm
+
+    model = Mixer()
+    x = torch.randint(0, MASK, (1, 9), generator=torch.Generator().manual_seed(2))
+    for cfg in (0.0, 1.5):
+        got = smdm.eval_target_nll_ar(model, x[0, :3], x[0, 3:], batch_size=4, cfg=cfg, mask_id=MASK)
+        want = -float(naive_chain(model, x, prompt_len=3, cfg_scale=cfg, subs=False)[0])
+        assert isinstance(got, float) and abs(got - want) < 1e-4
+    with pytest.raises(ValueError, match="target"):
+        smdm.eval_target_nll_ar(model, x[0, :3], x[0, :0], mask_id=MASK)
+    with pytest.raises(ValueError, match="prefix"):
+        smdm.eval_target_nll_ar(model, x[:, :3], x[0, 3:], mask_id=MASK)

@@ -1,4 +1,8 @@
-"""Drop-in for SMDM's ``diff_sample(model, tokenizer, prompt, ...)`` (its conditional-generation evaluation).
+"""Drop-ins for SMDM's ``diff_sample(model, tokenizer, prompt, ...)`` (its conditional-generation evaluation)
+and for the two deterministic parts of its likelihood harness: ``eval_target_nll_ar`` (the chain-rule NLL of
+a target given a prefix) and ``suffix_greedy_prediction`` (whether greedy decoding reproduces the target,
+lm-eval's ``is_greedy``). Its Monte Carlo NLL is :func:`mdsample.likelihood` with ``mode="shifted"``,
+``subs=False`` (one lattice over all draws, where SMDM restarts it every mini-batch, and ``eps > 0``).
 
 ``x = smdm.diff_sample(model, tokenizer, prompt, alg="greddy", steps=256, temperature=0.,
 cfg_scale=2., context_length=1024)`` takes upstream's arguments and defaults and runs
@@ -15,10 +19,12 @@ import torch
 
 from ..models.protocol import device_of
 from ..samplers import _checks as C
+from ..samplers.chain_rule import chain_rule_likelihood
+from ..samplers.llada import _generate
 from ..samplers.smdm import sample_smdm
 from ._seed import call_key
 
-__all__ = ["diff_sample"]
+__all__ = ["diff_sample", "eval_target_nll_ar", "suffix_greedy_prediction"]
 
 
 def diff_sample(model, tokenizer=None, prompt=None, batch_size=1, alg="origin", steps=512, temperature=1.,
@@ -57,3 +63,44 @@ def diff_sample(model, tokenizer=None, prompt=None, batch_size=1, alg="origin", 
                            backend=backend)
     except (TypeError, ValueError) as exc:  # upstream calls the mask id dim
         raise type(exc)(re.sub(r"\bmask_id\b", "dim", str(exc))) from None
+
+
+def _pair(prefix, target):
+    """``(x [1, P + T], P)``: SMDM's 1-d prefix and target ids, checked, side by side."""
+    prefix = C.token_ids("prefix", prefix, dims=(1,))
+    target = C.token_ids("target", target, dims=(1,), device=prefix.device)
+    if target.numel() == 0:
+        raise ValueError("target must hold at least one token")
+    return torch.cat([prefix, target]).unsqueeze(0), prefix.numel()
+
+
+def eval_target_nll_ar(model, prefix, target, *, batch_size=32, cfg=0., mask_id=32000, backend="auto") -> float:
+    """SMDM's ``_eval_target_nll_ar``: ``-log p(target | prefix)`` by the left-to-right chain rule (float, nats).
+
+    Args:
+        model: ``model(x int64 [B, L]) -> logits [B, L, V]``, or any backbone (with ``hidden``/``head`` only the
+            scored rows get logits).
+        prefix, target: int 1-d token ids (``[P]``, ``[T]``, T >= 1).
+        batch_size: model inputs per call (the target's T inputs in ``ceil(T / batch_size)`` calls).
+        cfg: unsupervised CFG weight (the unconditional input masks the prefix).
+        mask_id: the mask token id (SMDM's 32000).
+    """
+    x, plen = _pair(prefix, target)
+    est = chain_rule_likelihood(model, x, prompt_len=plen, batch_size=batch_size,
+                                cfg_scale=cfg, mask_id=mask_id, subs=False, backend=backend)
+    return -float(est.log_likelihood[0])
+
+
+def suffix_greedy_prediction(model, prefix, target, *, cfg=0., mask_id=32000, backend="auto") -> bool:
+    """SMDM's ``suffix_greedy_prediction``: does greedy decoding of ``len(target)`` masks after ``prefix``, one
+    position per step (the most confident argmax), give exactly ``target``?
+
+    Args as :func:`eval_target_nll_ar`. Differences from upstream: the mask token is never decoded, ties in
+    confidence go to the lower position (samplers/llada.py).
+    """
+    x, plen = _pair(prefix, target)
+    n = x.shape[1] - plen
+    out = _generate(model, x[:, :plen], steps=n, gen_length=n, block_length=n, temperature=0.0, cfg_scale=cfg,
+                    remasking="low_confidence", mask_id=mask_id, threshold=None, factor=None, attention_mask=None,
+                    seed=0, backend=backend, progress=False)
+    return bool(torch.equal(out[0, -n:], x[0, -n:]))

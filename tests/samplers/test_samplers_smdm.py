@@ -313,3 +313,14 @@ def test_compat_diff_sample_is_upstreams_call():
     placed = compat_smdm.diff_sample(model, None, None, batch_size=2, cfg_scale=0., context_length=6, dim=MASK,
                                      seed=1, device="cpu")
     assert torch.equal(placed, free)
+
+
+def test_compat_suffix_greedy_prediction():
+    """True exactly for the target that greedy one-per-step decoding produces (and with CFG, its own)."""
+    model, p = TinyLM(seed=1), prompts(B=1)[0]
+    for cfg in (0.0, 1.0):
+        greedy = mdsample.generate(model, p, steps=4, gen_length=4, block_length=4, mask_id=MASK, cfg_scale=cfg)[0, 5:]
+        assert compat_smdm.suffix_greedy_prediction(model, p, greedy, cfg=cfg, mask_id=MASK)
+        other = greedy.clone()
+        other[2] = (other[2] + 1) % MASK
+        assert not compat_smdm.suffix_greedy_prediction(model, p, other, cfg=cfg, mask_id=MASK)
