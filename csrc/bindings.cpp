@@ -129,8 +129,6 @@ PYBIND11_MODULE(_C, m) {
      "use. For tests and bitwise reproducibility across machines (also: MDSAMPLE_CPU_ISA)");
   m.def("has_cuda", &mdsample::cuda_compiled, "Whether CUDA code was compiled into this build");
   m.def("cuda_archs", &mdsample::cuda_archs, "CUDA architectures compiled in (empty without nvcc)");
-  m.def("cuda_kernels_ready", [] { return mdsample::cuda_compiled(); },
-        "Whether the CUDA sampling kernels are in this build (they are whenever CUDA was compiled in)");
   py::list sample_fields;
 #define MDS_NAME(name) sample_fields.append(#name);
   MDS_SAMPLE_FIELDS(MDS_NAME)

@@ -28,8 +28,6 @@ else:
                       f"{_C.cpu_isa()}", RuntimeWarning, stacklevel=2)
     if not _C.has_cuda():
         _reasons["cuda"] = "mdsample._C was built without nvcc (no CUDA kernels compiled in)"
-    elif not _C.cuda_kernels_ready():
-        _reasons["cuda"] = "CUDA kernels of the sampling ops are not in this version yet (issue 3)"
 
 try:
     import triton  # noqa: F401
