@@ -78,9 +78,10 @@ def test_exact_on_an_enumerable_joint(prompt_len):
 
 
 def test_exact_on_a_padded_batch_of_markov_chains():
-    """Chains of lengths 20 and 32 right-padded in one batch, with prompts: each is its own exact log p."""
+    """Chains of lengths 20 and 32 right-padded in one batch, with prompts: each is its own exact log p. The
+    padding holds the mask id (SMDM pads with it): padding is not data, so that is allowed."""
     short, long_ = MARKOV.sample(1, 20, seed=1), MARKOV.sample(1, 32, seed=2)
-    x = torch.zeros(2, 32, dtype=torch.long)
+    x = torch.full((2, 32), MARKOV.mask_id, dtype=torch.long)
     x[0, :20], x[1] = short[0], long_[0]
     am = torch.ones(2, 32, dtype=torch.long)
     am[0, 20:] = 0
@@ -175,3 +176,9 @@ def test_smdm_eval_target_nll_ar_is_the_chain_rule():
         smdm.eval_target_nll_ar(model, x[0, :3], x[0, :0], mask_id=MASK)
     with pytest.raises(ValueError, match="prefix"):
         smdm.eval_target_nll_ar(model, x[:, :3], x[0, 3:], mask_id=MASK)
+    with pytest.raises(ValueError, match="prefix / target must not contain mask_id"):
+        smdm.eval_target_nll_ar(model, torch.tensor([1, MASK]), x[0, 3:], mask_id=MASK)
+    with pytest.raises(ValueError, match="cfg must"):
+        smdm.eval_target_nll_ar(model, x[0, :3], x[0, 3:], cfg=-1.0, mask_id=MASK)
+    alone = smdm.eval_target_nll_ar(model, x[0, :0], x[0], mask_id=MASK)  # no prefix: CFG is a no-op
+    assert smdm.eval_target_nll_ar(model, x[0, :0], x[0], cfg=1.0, mask_id=MASK) == alone

@@ -61,8 +61,20 @@ def diff_sample(model, tokenizer=None, prompt=None, batch_size=1, alg="origin", 
         return sample_smdm(model, prompt, length=context_length, steps=steps, alg=alg, temperature=temperature,
                            cfg_scale=cfg_scale, eps=eps, mask_id=dim, seed=call_key(seed, needs_key),
                            backend=backend)
-    except (TypeError, ValueError) as exc:  # upstream calls the mask id dim
-        raise type(exc)(re.sub(r"\bmask_id\b", "dim", str(exc))) from None
+    except (TypeError, ValueError) as exc:
+        raise _renamed(exc, {"mask_id": "dim"}) from None
+
+
+def _renamed(exc: Exception, names: dict) -> Exception:
+    """``exc`` with mdsample's argument names in its message replaced by upstream's (the caller's)."""
+    msg = str(exc)
+    for ours, theirs in names.items():
+        msg = re.sub(rf"\b{ours}\b", theirs, msg)
+    return type(exc)(msg)
+
+
+# The harness functions' names for what mdsample's functions call x, prompt and cfg_scale.
+_HARNESS_NAMES = {"x": "prefix / target", "prompt": "prefix", "cfg_scale": "cfg"}
 
 
 def _pair(prefix, target):
@@ -82,12 +94,15 @@ def eval_target_nll_ar(model, prefix, target, *, batch_size=32, cfg=0., mask_id=
             scored rows get logits).
         prefix, target: int 1-d token ids (``[P]``, ``[T]``, T >= 1).
         batch_size: model inputs per call (the target's T inputs in ``ceil(T / batch_size)`` calls).
-        cfg: unsupervised CFG weight (the unconditional input masks the prefix).
+        cfg: unsupervised CFG weight (the unconditional input masks the prefix; without a prefix it is a no-op).
         mask_id: the mask token id (SMDM's 32000).
     """
     x, plen = _pair(prefix, target)
-    est = chain_rule_likelihood(model, x, prompt_len=plen, batch_size=batch_size,
-                                cfg_scale=cfg, mask_id=mask_id, subs=False, backend=backend)
+    try:
+        est = chain_rule_likelihood(model, x, prompt_len=plen, batch_size=batch_size, cfg_scale=cfg if plen else 0.0,
+                                    mask_id=mask_id, subs=False, backend=backend)
+    except (TypeError, ValueError) as exc:
+        raise _renamed(exc, _HARNESS_NAMES) from None
     return -float(est.log_likelihood[0])
 
 
@@ -95,12 +110,17 @@ def suffix_greedy_prediction(model, prefix, target, *, cfg=0., mask_id=32000, ba
     """SMDM's ``suffix_greedy_prediction``: does greedy decoding of ``len(target)`` masks after ``prefix``, one
     position per step (the most confident argmax), give exactly ``target``?
 
-    Args as :func:`eval_target_nll_ar`. Differences from upstream: the mask token is never decoded, ties in
-    confidence go to the lower position (samplers/llada.py).
+    Args as :func:`eval_target_nll_ar` (without ``batch_size``: one forward per target token). Differences
+    from upstream: the mask token is never decoded and confidences are ``p(x0)`` of the softmax without it
+    (upstream's softmax includes it, so with a finite mask logit its order, hence its answer, can differ), and
+    ties in confidence go to the lower position (samplers/llada.py).
     """
     x, plen = _pair(prefix, target)
     n = x.shape[1] - plen
-    out = _generate(model, x[:, :plen], steps=n, gen_length=n, block_length=n, temperature=0.0, cfg_scale=cfg,
-                    remasking="low_confidence", mask_id=mask_id, threshold=None, factor=None, attention_mask=None,
-                    seed=0, backend=backend, progress=False)
+    try:
+        out = _generate(model, x[:, :plen], steps=n, gen_length=n, block_length=n, temperature=0.0,
+                        cfg_scale=cfg if plen else 0.0, remasking="low_confidence", mask_id=mask_id, threshold=None,
+                        factor=None, attention_mask=None, seed=0, backend=backend, progress=False)
+    except (TypeError, ValueError) as exc:
+        raise _renamed(exc, _HARNESS_NAMES) from None
     return bool(torch.equal(out[0, -n:], x[0, -n:]))

@@ -36,7 +36,7 @@ def chain_rule_likelihood(model, x, *, prompt_len=None, batch_size=16, cfg_scale
     Args:
         model: a backbone ``model(x [n, L]) -> logits [n, L, V]`` (or ``.logits``); with
             ``hidden``/``head`` only the scored rows' logits are computed.
-        x: integer ``[B, L]`` token ids, without ``mask_id``. Not modified.
+        x: integer ``[B, L]`` token ids, without ``mask_id`` except in padding. Not modified.
         prompt_len: None, int or integer ``[B]``: positions ``< prompt_len`` are the prompt
             (never masked, conditioned on); the rest are scored. In [0, L).
         batch_size: model inputs per call (each sequence has one per answer token).

@@ -89,6 +89,16 @@ def test_matches_reference_token_for_token(case, head):
     assert torch.equal(out, ref)
 
 
+@pytest.mark.parametrize("alg", ["maskgit_plus", "entropy"])
+def test_rows_with_different_mask_counts_share_the_mean_k(alg):
+    """Dream's K is the batch mean's, for every row (SMDM's sampler counts per row instead): rows whose
+    prompts hold mask tokens commit the mean's K, not their own."""
+    model, p = TinyLM(), prompts()
+    p[1, 1:] = MASK
+    kw = dict(max_new_tokens=6, steps=4, alg=alg, seed=3)
+    assert torch.equal(mdsample.sample_dream(model, p, mask_id=MASK, **kw), reference_dream(model, p, **kw))
+
+
 def test_algorithms_and_truncation_actually_differ():
     """The cases above exercise different commit orders and truncations (else matching them proves little)."""
     model, p = TinyLM(), prompts()

@@ -292,11 +292,12 @@ def test_compat_diff_sample_is_upstreams_call():
     want = mdsample.sample_smdm(model, p, length=11, steps=4, alg="greedy", temperature=0.7, cfg_scale=1.0,
                                 mask_id=MASK, seed=9)
     assert torch.equal(got, want)
-    torch.manual_seed(0)  # no seed: the key comes from the global RNG, as upstream's torch.rand
-    a = compat_smdm.diff_sample(model, None, p, **kw)
-    torch.manual_seed(0)
-    assert torch.equal(a, compat_smdm.diff_sample(model, None, p, **kw))
-    assert not torch.equal(a, compat_smdm.diff_sample(model, None, p, **kw))
+    for call in (kw, {**kw, "temperature": 0.0}):  # origin at T = 0 still draws its reveal coins
+        torch.manual_seed(0)  # no seed: the key comes from the global RNG, as upstream's torch.rand
+        a = compat_smdm.diff_sample(model, None, p, **call)
+        torch.manual_seed(0)
+        assert torch.equal(a, compat_smdm.diff_sample(model, None, p, **call))
+        assert not torch.equal(a, compat_smdm.diff_sample(model, None, p, **call))
     with pytest.raises(ValueError, match="cfg_scale"):  # upstream's default 2.0 needs a prompt
         compat_smdm.diff_sample(model, None, None, context_length=6, dim=MASK)
     half = compat_smdm.diff_sample(model, None, p, alg="origin", eps=0.5, seed=9, **{**kw, "steps": 3})
@@ -317,10 +318,19 @@ def test_compat_diff_sample_is_upstreams_call():
 
 def test_compat_suffix_greedy_prediction():
     """True exactly for the target that greedy one-per-step decoding produces (and with CFG, its own)."""
-    model, p = TinyLM(seed=1), prompts(B=1)[0]
-    for cfg in (0.0, 1.0):
+    model, p = TinyLM(seed=1), prompts(B=1, seed=0)[0]
+    decoded = {}
+    for cfg in (0.0, 3.0):
         greedy = mdsample.generate(model, p, steps=4, gen_length=4, block_length=4, mask_id=MASK, cfg_scale=cfg)[0, 5:]
+        decoded[cfg] = greedy
         assert compat_smdm.suffix_greedy_prediction(model, p, greedy, cfg=cfg, mask_id=MASK)
         other = greedy.clone()
         other[2] = (other[2] + 1) % MASK
         assert not compat_smdm.suffix_greedy_prediction(model, p, other, cfg=cfg, mask_id=MASK)
+    assert not torch.equal(decoded[0.0], decoded[3.0])  # so the cases above tell CFG from its absence
+    assert compat_smdm.suffix_greedy_prediction(model, p[:0], mdsample.generate(  # no prefix: CFG is a no-op
+        model, p[:0], steps=4, gen_length=4, block_length=4, mask_id=MASK)[0], cfg=1.0, mask_id=MASK)
+    with pytest.raises(ValueError, match="prefix"):
+        compat_smdm.suffix_greedy_prediction(model, p.view(1, -1), p[:2], mask_id=MASK)
+    with pytest.raises(ValueError, match="cfg"):
+        compat_smdm.suffix_greedy_prediction(model, p, p[:2], cfg=-1.0, mask_id=MASK)
