@@ -325,6 +325,31 @@ def test_llada_get_log_likelihood_compat():
         llada.get_log_likelihood(MARKOV, prompt, answer, **{**kw, "mc_num": 3})
 
 
+def test_smdm_eval_target_nll_mc_compat():
+    """SMDM's harness call: mdsample.likelihood's SMDM preset on prefix + target, and about the exact NLL."""
+    from mdsample.compat import smdm
+
+    prefix, target = CHAIN[0, :5], CHAIN[0, 5:]
+    kw = dict(mc_num=8, batch_size=4, mask_id=MARKOV.mask_id)
+    got = smdm.eval_target_nll_mc(MARKOV, prefix, target, seed=11, **kw)
+    want = mdsample.likelihood(MARKOV, CHAIN, prompt_len=5, mc_samples=8, batch_size=4, mode="shifted",
+                               masking="bernoulli", subs=False, mask_id=MARKOV.mask_id, seed=11)
+    assert isinstance(got, float) and got == -float(want.log_likelihood[0])
+    # Over independent keys the mean is the exact NLL, up to the O(eps) truncation of the Bernoulli form
+    # (4 standard errors: P(false alarm) ~ 6e-5; slack 2 eps nats per token, as test_padded_batch_...).
+    vals = torch.tensor([smdm.eval_target_nll_mc(MARKOV, prefix, target, seed=s, **kw) for s in range(300)])
+    truth = -float(MARKOV.log_prob(CHAIN, prompt=5)[0])
+    assert abs(float(vals.mean()) - truth) <= 4 * float(vals.std()) / math.sqrt(len(vals)) + 2e-3 * 27 * math.log(16)
+    torch.manual_seed(2)
+    a = smdm.eval_target_nll_mc(MARKOV, prefix, target, **kw)
+    torch.manual_seed(2)
+    assert a == smdm.eval_target_nll_mc(MARKOV, prefix, target, **kw)
+    with pytest.raises(ValueError, match="mc_num .* batch_size"):
+        smdm.eval_target_nll_mc(MARKOV, prefix, target, **{**kw, "mc_num": 6})
+    with pytest.raises(ValueError, match="cfg must"):
+        smdm.eval_target_nll_mc(MARKOV, prefix, target, cfg=-1.0, **kw)
+
+
 def test_padded_batch_of_different_lengths():
     """Right-padded chains of lengths 20 and 32 in one batch: padding is neither masked nor scored, and the
     estimates are unbiased for each chain's own log-likelihood (4 standard errors over 300 replicates each)."""

@@ -1,8 +1,7 @@
 """Drop-ins for SMDM's ``diff_sample(model, tokenizer, prompt, ...)`` (its conditional-generation evaluation)
-and for the two deterministic parts of its likelihood harness: ``eval_target_nll_ar`` (the chain-rule NLL of
-a target given a prefix) and ``suffix_greedy_prediction`` (whether greedy decoding reproduces the target,
-lm-eval's ``is_greedy``). Its Monte Carlo NLL is :func:`mdsample.likelihood` with ``mode="shifted"``,
-``subs=False`` (one lattice over all draws, where SMDM restarts it every mini-batch, and ``eps > 0``).
+and for its likelihood harness: ``eval_target_nll_mc`` (the Monte Carlo NLL bound of a target given a
+prefix), ``eval_target_nll_ar`` (the chain-rule NLL) and ``suffix_greedy_prediction`` (whether greedy
+decoding reproduces the target, lm-eval's ``is_greedy``).
 
 ``x = smdm.diff_sample(model, tokenizer, prompt, alg="greddy", steps=256, temperature=0.,
 cfg_scale=2., context_length=1024)`` takes upstream's arguments and defaults and runs
@@ -20,11 +19,12 @@ import torch
 from ..models.protocol import device_of
 from ..samplers import _checks as C
 from ..samplers.chain_rule import chain_rule_likelihood
+from ..samplers.likelihood import likelihood
 from ..samplers.llada import _generate
 from ..samplers.smdm import sample_smdm
-from ._seed import call_key
+from ._seed import call_key, key_from_global_rng
 
-__all__ = ["diff_sample", "eval_target_nll_ar", "suffix_greedy_prediction"]
+__all__ = ["diff_sample", "eval_target_nll_mc", "eval_target_nll_ar", "suffix_greedy_prediction"]
 
 
 def diff_sample(model, tokenizer=None, prompt=None, batch_size=1, alg="origin", steps=512, temperature=1.,
@@ -84,6 +84,37 @@ def _pair(prefix, target):
     if target.numel() == 0:
         raise ValueError("target must hold at least one token")
     return torch.cat([prefix, target]).unsqueeze(0), prefix.numel()
+
+
+def eval_target_nll_mc(model, prefix, target, *, mc_num=1024, batch_size=32, cfg=0., mask_id=32000, eps=1e-3,
+                       seed=None, backend="auto") -> float:
+    """SMDM's ``_eval_target_nll_mc``: the Monte Carlo bound of ``-log p(target | prefix)`` (float, nats).
+
+    SMDM's estimator (shifted lattice of mask rates, each target token masked with probability t, masked
+    cross-entropy over the full vocabulary weighted 1/t) is :func:`mdsample.likelihood`'s SMDM preset
+    (``mode="shifted"``, ``masking="bernoulli"``, ``subs=False``). Differences: one lattice over all
+    ``mc_num`` draws (SMDM restarts it every mini-batch of ``batch_size``: the same expectation, more
+    variance), and mask rates in ``[eps, 1]`` (SMDM's run down to 0, where the 1/t weight has infinite
+    variance; the truncation moves the expectation by O(eps)).
+
+    Args:
+        model, prefix, target, cfg, mask_id: as :func:`eval_target_nll_ar`.
+        mc_num: draws (a multiple of ``batch_size``, as upstream asserts); batch_size: draws per model call.
+        eps: the lowest mask rate, in (0, 1).
+        seed: Philox key; None draws one from the torch global RNG (upstream draws from it).
+    """
+    x, plen = _pair(prefix, target)
+    mc_num = C.integer("mc_num", mc_num, low=1)
+    batch_size = C.integer("batch_size", batch_size, low=1)
+    if mc_num % batch_size:
+        raise ValueError(f"mc_num ({mc_num}) must be a multiple of batch_size ({batch_size}), as upstream asserts")
+    try:
+        est = likelihood(model, x, prompt_len=plen or None, mc_samples=mc_num, batch_size=batch_size, mode="shifted",
+                         cfg_scale=cfg if plen else 0.0, masking="bernoulli", eps=eps, subs=False, mask_id=mask_id,
+                         seed=key_from_global_rng(seed), backend=backend)
+    except (TypeError, ValueError) as exc:
+        raise _renamed(exc, _HARNESS_NAMES) from None
+    return -float(est.log_likelihood[0])
 
 
 def eval_target_nll_ar(model, prefix, target, *, batch_size=32, cfg=0., mask_id=32000, backend="auto") -> float:
