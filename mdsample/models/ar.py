@@ -27,6 +27,15 @@ def _check(model: Transformer, prompt: torch.Tensor, max_new_tokens: int) -> Non
     if prompt.shape[1] + max_new_tokens > model.config.max_seq_len:
         raise ValueError(f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
                          f"max_seq_len ({model.config.max_seq_len})")
+    _check_tokens(prompt, model.config.vocab_size)
+
+
+def _check_tokens(prompt: torch.Tensor, vocab: int) -> None:
+    """Token ids in [0, vocab): one host read per call, before the loop (the embedding lookup would raise an
+    IndexError, on CUDA a device-side assert)."""
+    bad = (prompt < 0) | (prompt >= vocab)
+    if bool(bad.any()):
+        raise ValueError(f"prompt holds token id {int(prompt[bad][0])}, outside the model's vocabulary [0, {vocab})")
 
 
 def _draw(logits, temperature, seed, t, rows, backend):

@@ -139,6 +139,14 @@ def transformer_config_from_llama(config: Any, *, attention: str = "bidirectiona
     ``Qwen2Config``: the same fields, biases on q/k/v, no sliding window)."""
     params = getattr(config, "rope_parameters", None) or {}
     qwen2 = family == "Qwen2"
+    # Other families reuse these parameter names with other math (Granite's multipliers, Helium's interleaved
+    # RoPE, ...): only these model types, and Mistral only without its sliding window, are Transformer's.
+    kind = str(getattr(config, "model_type", family)).lower()
+    allowed = ("qwen2", "dream") if qwen2 else ("llama", "mistral")
+    if kind not in allowed:
+        raise ValueError(f"{family} layout: config has model_type={kind!r}, whose math may differ from "
+                         f"{family}'s; from_{family.lower()} takes model_type in {allowed}")
+    _require(config, family, sliding_window=lambda v: v is None or kind not in ("mistral",))
     _require(config, family, hidden_act="silu",
              rope_scaling=lambda v: v is None or v.get("rope_type", v.get("type")) == "default",
              head_dim=lambda v: v is None or v == config.hidden_size // config.num_attention_heads,

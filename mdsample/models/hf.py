@@ -95,7 +95,12 @@ class HFRowBackbone(HFBackbone):
             raise TypeError("HFRowBackbone needs a model with a callable .model (body) and .lm_head")
         self.body, self.lm_head = body, lm_head
         self._body_extra = {"use_cache": False} if accepts_keyword(body, "use_cache") else {}
-        self.softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+        config = getattr(model, "config", None)
+        # What models apply after lm_head in their forward, which the row path must apply too: Gemma-2's
+        # soft-capping, Granite's logits_scaling (a divisor), Cohere's logit_scale (a factor).
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        self.scale = 1.0 / float(getattr(config, "logits_scaling", None) or 1.0) * float(
+            getattr(config, "logit_scale", None) or 1.0)
 
     def hidden(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Last hidden states ``[B, L, D]`` of ``x`` ``[B, L]`` (shifted like the logits)."""
@@ -105,6 +110,8 @@ class HFRowBackbone(HFBackbone):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, V]`` of hidden rows ``h`` ``[N, D]``."""
         logits = self.lm_head(h)
+        if self.scale != 1.0:
+            logits = logits * self.scale
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits

@@ -107,6 +107,7 @@ class KVCache:
         if self.key_mask is None:
             self.key_mask = torch.ones(self.batch_size, self.max_len, dtype=torch.bool, device=self.kv.device)
         self.key_mask[:, :n].copy_(attention_mask != 0)
+        self.key_mask[:, n:] = True  # a longer mask set before must not leave its padding behind
 
     def reset(self) -> None:
         """Forget everything (the storage is kept; stale slots are never read before rewritten)."""

@@ -42,6 +42,16 @@ def test_refuses_non_causal_model():
         generate_ar(Transformer(preset("tiny")), prompt(1, 3), 4)
 
 
+def test_refuses_token_ids_outside_the_vocabulary():
+    model = causal_tiny()
+    vocab = model.config.vocab_size
+    for bad in (vocab, -1):
+        x = prompt(2, 3)
+        x[1, 2] = bad
+        with pytest.raises(ValueError, match=f"token id {bad}"):
+            generate_ar(model, x, 2)
+
+
 @torch.no_grad()
 def test_greedy_equals_hf_llama_generate_with_kv_cache():
     transformers = pytest.importorskip("transformers")
@@ -60,13 +70,15 @@ def test_greedy_equals_hf_llama_generate_with_kv_cache():
 
 
 def test_decode_loop_makes_no_host_sync(monkeypatch, no_host_sync):
-    """Per-token work stays on the device: the only host read is the final bad-row check."""
+    """Per-token work stays on the device: the only host reads are the prompt's token check before the loop
+    and the final bad-row check."""
     import mdsample.models.ar as ar
 
     model = causal_tiny()
     x = prompt(2, 5)
     want = generate_ar(model, x, 8, temperature=1.0, seed=3)
     monkeypatch.setattr(ar, "_finish", lambda out: out)
+    monkeypatch.setattr(ar, "_check_tokens", lambda prompt, vocab: None)
     with no_host_sync():
         got = generate_ar(model, x, 8, temperature=1.0, seed=3)
     assert torch.equal(got, want)

@@ -184,6 +184,50 @@ def test_llama_rope_scaling_is_refused(transformers):
         from_llama(transformers.LlamaForCausalLM(cfg))
 
 
+def _small(config_cls, **over):
+    return config_cls(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, max_position_embeddings=64, **over)
+
+
+@pytest.mark.parametrize("family,over", [("GraniteForCausalLM", dict(logits_scaling=8.0, embedding_multiplier=2.0)),
+                                         ("HeliumForCausalLM", dict(head_dim=8)),
+                                         ("MistralForCausalLM", dict(sliding_window=4, num_key_value_heads=2))])
+def test_other_families_in_llamas_layout_are_refused(transformers, family, over):
+    """Same parameter names, other math (multipliers, interleaved RoPE, a sliding window): refused by name."""
+    cls = getattr(transformers, family, None)
+    if cls is None:
+        pytest.skip(f"transformers has no {family}")
+    hf = cls(_small(getattr(transformers, family.replace("ForCausalLM", "Config")), **over))
+    with pytest.raises(ValueError, match="model_type|sliding_window"):
+        from_llama(hf)
+
+
+@torch.no_grad()
+def test_mistral_without_sliding_window_is_llama(transformers):
+    torch.manual_seed(0)
+    hf = transformers.MistralForCausalLM(_small(transformers.MistralConfig, sliding_window=None,
+                                                num_key_value_heads=2)).double().eval()
+    x = _tokens(V=40)
+    torch.testing.assert_close(from_llama(hf, attention="causal")(x), hf(x).logits, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("family,over", [("GraniteForCausalLM", dict(logits_scaling=8.0)),
+                                         ("CohereForCausalLM", dict(logit_scale=0.0625))])
+@torch.no_grad()
+def test_row_logits_keep_the_models_logit_scaling(transformers, family, over):
+    """hf_backbone's row path applies what the model's forward applies after lm_head."""
+    cls = getattr(transformers, family, None)
+    if cls is None:
+        pytest.skip(f"transformers has no {family}")
+    torch.manual_seed(0)
+    hf = cls(_small(getattr(transformers, family.replace("ForCausalLM", "Config")), **over)).double().eval()
+    b = mdsample.models.Backbone(mdsample.models.hf_backbone(hf))
+    x = _tokens(V=40)
+    full = hf(input_ids=x).logits
+    seq, pos = torch.tensor([0, 1, 2]), torch.tensor([3, 0, 10])
+    torch.testing.assert_close(b.logits_at(x, seq, pos), full[seq, pos], rtol=1e-6, atol=1e-6)
+
+
 def test_qwen2_sliding_window_is_refused(transformers):
     cfg = transformers.Qwen2Config(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                    num_attention_heads=4, use_sliding_window=True)

@@ -233,6 +233,18 @@ def test_a_padded_row_computes_its_prompt_alone():
                                alone.hidden_block(x[1:, 8:], 4, kv_len=6)[0], **TOL)
 
 
+@torch.no_grad()
+def test_a_shorter_key_mask_replaces_a_longer_one():
+    """set_key_mask again with fewer columns: the slots past it are real, not the earlier mask's padding."""
+    model = model_for("bidirectional")
+    x = tokens(2, 8, seed=7)
+    cache = model.new_cache(2, 12, attention_mask=torch.tensor([[1] * 12, [1] * 4 + [0] * 8]))
+    cache.set_key_mask(torch.ones(2, 6, dtype=torch.long))
+    fresh = model.new_cache(2, 12, attention_mask=torch.ones(2, 6, dtype=torch.long))
+    torch.testing.assert_close(cache.hidden_block(x, 0), fresh.hidden_block(x, 0), **TOL)
+    torch.testing.assert_close(fresh.hidden_block(x, 0), model.hidden(x), **TOL)
+
+
 def test_a_cache_in_another_dtype_or_device_is_refused():
     """Attention reads the cache beside the queries: a bf16 cache of an fp32 model failed deep in SDPA."""
     m = Transformer.from_preset("tiny")
