@@ -373,3 +373,9 @@ def test_padded_batch_of_different_lengths():
         mdsample.likelihood(MARKOV, x, attention_mask=am[:1], mask_id=MARKOV.mask_id)
     with pytest.raises(ValueError, match="real answer token"):
         mdsample.likelihood(MARKOV, x, attention_mask=am, prompt_len=torch.tensor([25, 3]), mask_id=MARKOV.mask_id)
+
+
+def test_prompt_len_as_a_list_says_to_pass_a_tensor():
+    with pytest.raises(TypeError, match="integer tensor"):
+        mdsample.likelihood(MARKOV, MARKOV.sample(2, 6, seed=0), prompt_len=[1, 2], mask_id=MARKOV.mask_id,
+                            mc_samples=2)

@@ -40,6 +40,7 @@ detects it, and samplers reach the cache only through ``Backbone.new_cache`` /
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any, Optional, Protocol, runtime_checkable
 
 import torch
@@ -53,6 +54,7 @@ __all__ = [
     "logits_of",
     "hidden_of",
     "device_of",
+    "declared_mask_id",
 ]
 
 
@@ -119,9 +121,29 @@ def accepts_keyword(fn: Any, name: str, *, unknown: bool = False) -> bool:
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
+def declared_mask_id(model: Any) -> Optional[int]:
+    """The mask token a model declares (``mask_id``, ``config.mask_id`` or ``config.mask_token_id``), or None."""
+    config = getattr(model, "config", None)
+    for value in (getattr(model, "mask_id", None), getattr(config, "mask_id", None),
+                  getattr(config, "mask_token_id", None)):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _warn_if_dropout_active(model: Any) -> None:
+    """Sampling or scoring a module left in training mode with dropout in it draws from a perturbed model."""
+    if isinstance(model, torch.nn.Module) and model.training and any(
+            isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 and m.training for m in model.modules()):
+        warnings.warn(f"{type(model).__name__} is in training mode with active dropout: its outputs are random; "
+                      "call model.eval() before sampling or scoring", RuntimeWarning, stacklevel=4)
+
+
 def logits_of(out: Any) -> torch.Tensor:
-    """The logits tensor of a model output (tensor, ``.logits``, ``{"logits": ...}`` or tuple)."""
-    return _first_tensor(out, "logits", "logits")
+    """The logits tensor of a model output (tensor, ``.logits``, ``{"logits": ...}`` or tuple), with a
+    unit-stride last dim (the ops read rows; a transposed model output is copied once here)."""
+    t = _first_tensor(out, "logits", "logits")
+    return t if t.dim() == 0 or t.stride(-1) == 1 else t.contiguous()
 
 
 def hidden_of(out: Any) -> torch.Tensor:
@@ -171,6 +193,7 @@ class Backbone:
         self.calls = 0
         self.sequences = 0
         self.rows = 0
+        _warn_if_dropout_active(model)
         if self.time_conditioned:
             fn = model.hidden if self.has_head else model
             if not accepts_keyword(fn, "sigma", unknown=True):
@@ -241,9 +264,14 @@ class Backbone:
 
     @property
     def max_length(self) -> Optional[int]:
-        """The model's context window if it declares one (``model.max_length``), else None."""
-        value = getattr(self.model, "max_length", None)
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        """The model's context window if it declares one (``model.max_length``, or a Hugging Face config's
+        ``max_position_embeddings``), else None."""
+        for value in (getattr(self.model, "max_length", None),
+                      getattr(getattr(self.model, "config", None), "max_position_embeddings", None)):
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return None
+
 
     @property
     def vocab_size(self) -> Optional[int]:

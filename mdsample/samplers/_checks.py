@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from ..models.protocol import declared_mask_id
 from ..ops import _validate as V
 
 
@@ -99,3 +100,29 @@ def prompt_canvas(prompt, attention_mask, gen_length: int, mask_id: int):
     if am.device != device:
         raise ValueError(f"attention_mask is on {am.device} but the prompt is on {device}")
     return x, torch.cat([am, torch.ones((batch, gen_length), dtype=am.dtype, device=device)], 1), plen
+
+
+def mask_token(model, mask_id, fallback: int) -> int:
+    """The mask id to use: the caller's; else the one the model declares; else ``fallback`` (the upstream
+    project's constant, e.g. LLaDA's 126336), checked as an id >= 0."""
+    if mask_id is None:
+        declared = declared_mask_id(model)
+        mask_id = fallback if declared is None else declared
+    return integer("mask_id", mask_id, low=0)
+
+
+def unmask_padding(x: torch.Tensor, attention_mask: Optional[torch.Tensor], mask_id: int):
+    """Padding that holds ``mask_id`` (SMDM pads with it) swapped for a stand-in token, so that no sampler takes
+    it for a position to fill: ``(x, where)``, ``where`` bool ``[B, L]`` or None. Padding is hidden from the
+    model by ``attention_mask``, so the stand-in changes no logit; :func:`restore_padding` puts it back."""
+    if attention_mask is None:
+        return x, None
+    where = (attention_mask == 0) & (x == mask_id)
+    if not bool(where.any()):
+        return x, None
+    return x.masked_fill(where, 1 if mask_id == 0 else 0), where
+
+
+def restore_padding(out: torch.Tensor, where: Optional[torch.Tensor], mask_id: int) -> torch.Tensor:
+    """``out`` with the padding :func:`unmask_padding` swapped holding ``mask_id`` again."""
+    return out if where is None else out.masked_fill(where, mask_id)

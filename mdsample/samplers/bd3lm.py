@@ -51,6 +51,7 @@ Not implemented (documented difference): time conditioning (``sigma``).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Optional
 
@@ -206,6 +207,9 @@ def sample_bd3lm(
     if min_entropy is not None and length <= entropy_window:
         warnings.warn(f"min_entropy has no effect: the check runs after blocks ending past entropy_window "
                       f"({entropy_window}) positions, and length is {length}", RuntimeWarning, stacklevel=3)
+    if min_entropy is not None and min_entropy > math.log(entropy_window):
+        raise ValueError(f"min_entropy={min_entropy} can never pass: {entropy_window} tokens have at most "
+                         f"log({entropy_window}) = {math.log(entropy_window):.3f} nats of unigram entropy")
     seed = seed_value("seed", seed)
     use_cache = C.flag("use_cache", use_cache)
     progress = C.flag("progress", progress)

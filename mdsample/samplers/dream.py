@@ -59,6 +59,7 @@ from .truncation import truncate, truncation_args
 __all__ = ["sample_dream", "DREAM_ALGS"]
 
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+DREAM_MASK_ID, SMDM_MASK_ID = 151666, 32000  # the mask_id defaults when the model declares none
 _RULE = {"maskgit_plus": "low_confidence", "topk_margin": "margin", "entropy": "entropy"}
 
 
@@ -103,13 +104,14 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
     if cfg_scale > 0 and (top_p is not None or top_k is not None):
         raise ValueError("top_p / top_k (Dream's truncation) do not combine with cfg_scale > 0")
     eps = C.real("eps", eps, low=0.0, high=1.0, high_inclusive=False)
-    mask_id = C.integer("mask_id", mask_id, low=0)
+    mask_id = C.mask_token(model, mask_id, SMDM_MASK_ID if smdm else DREAM_MASK_ID)
     seed = seed_value("seed", seed)
     progress = C.flag("progress", progress)
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str; got {type(backend).__name__}")
 
     x, am, plen = C.prompt_canvas(prompt, attention_mask, max_new_tokens, mask_id)
+    x, padding = C.unmask_padding(x, am, mask_id)
     device, (batch, total) = x.device, x.shape
 
     backbone = Backbone(model)
@@ -119,6 +121,9 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
         raise ValueError("cfg_scale > 0 needs a non-empty prompt: the unconditional input masks the prompt")
     fwd = RowForward(backbone, mask_id=mask_id, cfg_scale=cfg_scale, uncond_mask=is_prompt, attention_mask=am)
     C.tokens_in_vocab("prompt", x[:, :plen], backbone.vocab_size)
+    if backbone.max_length is not None and total > backbone.max_length:
+        raise ValueError(f"prompt ({plen}) + {'generated' if smdm else 'max_new_tokens'} ({max_new_tokens}) = "
+                         f"{total} positions exceed the model's context ({backbone.max_length})")
     pos_ids = (torch.arange(batch, device=device).unsqueeze(1) * total
                + torch.arange(total, device=device).unsqueeze(0))
     ratio = _ratios(steps, eps, device)
@@ -165,10 +170,10 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
                     committed = int(take.sum())
             bar.step(tokens=committed)
             if on_step is not None:
-                on_step(x)
+                on_step(C.restore_padding(x, padding, mask_id))
     finally:
         bar.close()
-    return x
+    return C.restore_padding(x, padding, mask_id)
 
 
 def sample_dream(
@@ -183,7 +188,7 @@ def sample_dream(
     top_p=None,
     top_k=None,
     eps=1e-3,
-    mask_id=151666,
+    mask_id=None,
     attention_mask=None,
     seed=0,
     backend="auto",
@@ -212,7 +217,8 @@ def sample_dream(
             temperature, to both the draw and the confidences (a sort over the masked rows;
             without them the fused op reads each row once).
         eps: the last time, in [0, 1) (Dream's 1e-3).
-        mask_id: the mask token id (Dream: 151666).
+        mask_id: the mask token id; None: the model's (``mask_id``, ``config.mask_id`` or
+            ``config.mask_token_id``), else Dream's 151666.
         attention_mask: ``[B, P]`` (bool or int, 1 = real token) for left-padded prompts, extended
             with ones over the generated part and passed to the model.
         seed: int Philox key.

@@ -123,6 +123,9 @@ def _prompt_lengths(prompt_len, batch: int, length: int, device) -> torch.Tensor
         if prompt_len.dim() > 1 or (prompt_len.dim() == 1 and prompt_len.numel() != batch):
             raise ValueError(f"prompt_len must be an int or a [B] = [{batch}] tensor; got {tuple(prompt_len.shape)}")
         p = prompt_len.to(device=device, dtype=torch.int64).expand(batch).clone()
+    elif isinstance(prompt_len, (list, tuple)):
+        raise TypeError(f"prompt_len must be an int or an integer tensor [B]; got a {type(prompt_len).__name__} "
+                        "(pass torch.tensor(...) for per-sequence prompt lengths)")
     else:
         p = torch.full((batch,), C.integer("prompt_len", prompt_len, low=0), dtype=torch.int64, device=device)
     if batch and bool(((p < 0) | (p >= length)).any()):

@@ -74,6 +74,7 @@ __all__ = ["generate", "REMASKING"]
 
 REMASKING = ("low_confidence", "random", "entropy", "margin")
 _BLOCK_SHIFT = 32  # Philox offset = block << 32 | step within the block
+LLADA_MASK_ID = 126336  # the mask_id default when the model declares none
 
 
 def _excluded_mass(logits, guidance, scale, tokens, logprob, ids: Sequence[int]) -> torch.Tensor:
@@ -116,7 +117,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
     temperature = C.real("temperature", temperature, low=0.0)
     cfg_scale = C.real("cfg_scale", cfg_scale, low=0.0)
     remasking = C.choice("remasking", remasking, REMASKING)
-    mask_id = C.integer("mask_id", mask_id, low=0)
+    mask_id = C.mask_token(model, mask_id, LLADA_MASK_ID)
     if threshold is not None and factor is not None:
         raise ValueError("give threshold or factor, not both")
     if threshold is not None:
@@ -157,6 +158,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         raise ValueError("the fixed-shape steps need a cache and no exclude lists")
 
     x, am, plen = C.prompt_canvas(prompt, attention_mask, gen_length, mask_id)
+    x, padding = C.unmask_padding(x, am, mask_id)
     device, (batch, total) = x.device, x.shape
 
     is_prompt = torch.zeros((batch, total), dtype=torch.bool, device=device)
@@ -216,7 +218,8 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         out = _generate_static(step, x, plen=plen, num_blocks=num_blocks, bar=bar, eos_id=eos_id)
         if calls_out is not None:
             calls_out["forwards"] = backbone.calls
-        return out.clone() if graphs is not None else out  # the kept canvas is the next call's
+        out = out.clone() if graphs is not None else out  # the kept canvas is the next call's
+        return C.restore_padding(out, padding, mask_id)
     done = torch.zeros(batch, dtype=torch.bool, device=device)  # rows past an EOS (eos_id)
     try:
         for blk in range(num_blocks):
@@ -261,7 +264,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         warnings.warn(f"the prompt holds mask tokens, which compete with the blocks' masks for each step's commits "
                       f"(as upstream LLaDA): {left} generated position(s) are still mask_id {mask_id}",
                       RuntimeWarning, stacklevel=4)
-    return out
+    return C.restore_padding(out, padding, mask_id)
 
 
 def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar, eos_id=None) -> torch.Tensor:
@@ -359,7 +362,7 @@ def generate(
     temperature=0.0,
     cfg_scale=0.0,
     remasking="low_confidence",
-    mask_id=126336,
+    mask_id=None,
     threshold=None,
     factor=None,
     attention_mask=None,
@@ -387,7 +390,8 @@ def generate(
         temperature: float >= 0 of the ``x0`` draw (0 = argmax).
         cfg_scale: unsupervised CFG weight w >= 0 (needs a prompt).
         remasking: "low_confidence", "random", "entropy" or "margin".
-        mask_id: the mask token id (LLaDA: 126336).
+        mask_id: the mask token id; None: the model's (``mask_id``, ``config.mask_id`` or
+            ``config.mask_token_id``), else LLaDA's 126336.
         threshold: Fast-dLLM confidence threshold tau (float) or None.
         factor: Fast-dLLM factor f > 0 or None (not both with threshold).
         attention_mask: ``[B, P]`` (bool or int, 1 = real token) for left-padded prompts,

@@ -284,6 +284,10 @@ def sample_mdlm(
         raise ValueError("cfg_scale > 0 needs a prompt: SMDM's unconditional input masks the prompt positions")
 
     starts, window = _windows(length, stride, backbone.max_length)
+    if backbone.max_length is not None and window > backbone.max_length:
+        what = "length" if stride is None else "the window"
+        raise ValueError(f"{what} ({window}) exceeds the model's context ({backbone.max_length}): give a shorter "
+                         f"{what}, or stride= for MDLM's semi-AR windows")
     mult = 2 if cfg_scale > 0 else 1
     bar = Progress(progress, None if first_hitting else len(starts) * steps, "mdlm", backbone,
                    baseline_per_step=batch_size * mult)

@@ -56,7 +56,7 @@ def sample_smdm(
     temperature=1.0,
     cfg_scale=0.0,
     eps=1e-5,
-    mask_id=32000,
+    mask_id=None,
     batch_size=1,
     seed=0,
     backend="auto",
@@ -78,7 +78,8 @@ def sample_smdm(
         temperature: float >= 0 of the token draws (0 = argmax).
         cfg_scale: unsupervised CFG weight w >= 0 (needs a prompt).
         eps: the last time, in [0, 1) (SMDM's 1e-5).
-        mask_id: the mask token id (SMDM: 32000, the last of V = 32001).
+        mask_id: the mask token id; None: the model's (``mask_id``, ``config.mask_id`` or
+            ``config.mask_token_id``), else SMDM's 32000 (the last of V = 32001).
         batch_size: sequences to draw when ``prompt`` is None.
         seed: int Philox key.
         backend: sampling-op backend ("auto", "cuda", "triton", "cpu", "reference").

@@ -387,3 +387,11 @@ def test_bos_that_is_also_eos_does_not_end_the_sequence():
     for row in out:
         first = 1 + int((row[1:] == 5).nonzero()[0, 0])
         assert (row[first:] == 5).all() and not (row[1:first] == 5).any()
+
+
+def test_a_min_entropy_the_window_cannot_reach_is_refused():
+    """16 tokens hold at most log 16 = 2.77 nats: min_entropy 4 would fail every attempt."""
+    model = mdsample.models.Transformer.from_preset("tiny", attention="block_causal", block_size=4, seed=0)
+    with pytest.raises(ValueError, match="min_entropy=4.0 can never pass"):
+        mdsample.sample_bd3lm(model, batch_size=1, length=32, block_size=4, mask_id=127, min_entropy=4.0,
+                              entropy_window=16)

@@ -120,3 +120,77 @@ def test_models_without_the_split_get_a_logits_adapter():
     assert out.shape == (1, 7)
     with pytest.raises(TypeError, match="lm_head"):
         HFRowBackbone(bert)
+
+
+def _left_padded(pad):
+    """Two prompts, the second left-padded by 3 with ``pad``, and their attention mask."""
+    from test_samplers_generate import MASK
+    g = torch.Generator().manual_seed(8)
+    p = torch.randint(1, MASK, (2, 5), generator=g)
+    am = torch.ones(2, 5, dtype=torch.long)
+    p[1, :3], am[1, :3] = pad, 0
+    return p, am
+
+
+@pytest.mark.parametrize("call", ["generate", "generate_cached", "sample_dream", "sample_smdm"])
+def test_padding_that_holds_the_mask_id_is_left_alone(call):
+    """SMDM pads with its mask id: padding (attention_mask 0) is not filled, comes back as given, and the
+    tokens equal a run padded with another id."""
+    from test_samplers_generate import MASK, TinyLM
+    model = TinyLM(seed=2)
+    runs = {
+        "generate": lambda p, am: mdsample.generate(model, p, attention_mask=am, steps=4, gen_length=4, block_length=4,
+                                                    mask_id=MASK, temperature=1.0),
+        "generate_cached": lambda p, am: mdsample.generate(
+            mdsample.models.Transformer.from_preset("tiny", vocab_size=12, mask_id=MASK, seed=1), p, attention_mask=am,
+            steps=4, gen_length=4, block_length=4, temperature=1.0, cache="dual"),
+        "sample_dream": lambda p, am: mdsample.sample_dream(model, p, attention_mask=am, max_new_tokens=4, steps=4,
+                                                            mask_id=MASK, temperature=1.0, alg="entropy"),
+        "sample_smdm": lambda p, am: mdsample.sample_smdm(model, p, length=9, steps=4, mask_id=MASK, alg="greedy"),
+    }
+    p_mask, am = _left_padded(MASK)
+    p_zero, _ = _left_padded(0)
+    if call == "sample_smdm":  # SMDM has no attention mask: its padding is part of the canvas, and filled
+        out = runs[call](p_mask, None)
+        assert bool((out != MASK).all())
+        return
+    out, ref = runs[call](p_mask, am), runs[call](p_zero, am)
+    assert torch.equal(out[1, :3], p_mask[1, :3]) and bool((out[:, 5:] != MASK).all())
+    assert torch.equal(out[:, 3:], ref[:, 3:]) and torch.equal(out[0], ref[0])
+
+
+def test_the_models_own_mask_id_is_the_default():
+    """generate / sample_dream / sample_smdm without mask_id use the one the model declares."""
+    model = mdsample.models.Transformer.from_preset("tiny", vocab_size=40, mask_id=33, seed=1)
+    p = torch.randint(0, 33, (1, 3), generator=torch.Generator().manual_seed(0))
+    outs = [mdsample.generate(model, p, steps=2, gen_length=4, block_length=4),
+            mdsample.sample_dream(model, p, max_new_tokens=4, steps=2, alg="entropy"),
+            mdsample.sample_smdm(model, p, length=7, steps=2, alg="greedy")]
+    for out, named in zip(outs, [mdsample.generate(model, p, steps=2, gen_length=4, block_length=4, mask_id=33),
+                                 mdsample.sample_dream(model, p, max_new_tokens=4, steps=2, alg="entropy", mask_id=33),
+                                 mdsample.sample_smdm(model, p, length=7, steps=2, alg="greedy", mask_id=33)]):
+        assert torch.equal(out, named)
+    with pytest.raises(ValueError, match="mask_id"):  # no declared id: the upstream constant, outside V = 12
+        mdsample.generate(lambda x: torch.zeros(*x.shape, 12), p, steps=2, gen_length=4, block_length=4)
+
+
+def test_a_transposed_logits_output_is_read_as_logits():
+    """A model whose logits are not unit-stride in V (a transposed view) samples like its contiguous copy."""
+    from test_samplers_generate import MASK, TinyLM
+    model = TinyLM()
+    view = lambda x, **kw: model(x, **kw).transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731
+    view.vocab_size = model.vocab_size
+    for fn in (lambda m: mdsample.sample_mdlm(m, batch_size=2, length=6, steps=3, mask_id=MASK),
+               lambda m: mdsample.likelihood(m, torch.ones(2, 6, dtype=torch.long), mc_samples=2,
+                                             mask_id=MASK).log_likelihood):
+        assert torch.equal(fn(view), fn(lambda x, **kw: model(x, **kw)))
+
+
+def test_dropout_left_active_warns():
+    drop = torch.nn.Sequential(torch.nn.Embedding(12, 12), torch.nn.Dropout(0.5))
+    with pytest.warns(RuntimeWarning, match="eval"):
+        mdsample.sample_mdlm(drop, batch_size=1, length=4, steps=2, mask_id=11)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mdsample.sample_mdlm(drop.eval(), batch_size=1, length=4, steps=2, mask_id=11)
