@@ -121,6 +121,16 @@ def accepts_keyword(fn: Any, name: str, *, unknown: bool = False) -> bool:
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
+def _requires_sigma(fn: Any) -> bool:
+    """Whether ``fn`` (a module's forward) has a ``sigma`` parameter without a default."""
+    try:
+        params = inspect.signature(getattr(fn, "forward", fn)).parameters
+    except (TypeError, ValueError):
+        return False
+    p = params.get("sigma")
+    return p is not None and p.default is inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD
+
+
 def declared_mask_id(model: Any) -> Optional[int]:
     """The mask token a model declares (``mask_id``, ``config.mask_id`` or ``config.mask_token_id``), or None."""
     config = getattr(model, "config", None)
@@ -194,6 +204,9 @@ class Backbone:
         self.sequences = 0
         self.rows = 0
         _warn_if_dropout_active(model)
+        if not self.time_conditioned and _requires_sigma(model.hidden if self.has_head else model):
+            raise TypeError(f"{type(model).__name__} requires sigma (a time-conditioned model): pass "
+                            "time_conditioned=True so that the sampler gives it sigma = -log alpha_t")
         if self.time_conditioned:
             fn = model.hidden if self.has_head else model
             if not accepts_keyword(fn, "sigma", unknown=True):

@@ -56,6 +56,9 @@ def test_time_conditioning_needs_a_model_taking_sigma():
         mdsample.sample_mdlm(mdsample.models.Transformer.from_preset("tiny"), batch_size=1, length=8, steps=2,
                              mask_id=127, time_conditioned=True)
     Backbone(lambda x, *, sigma: x, time_conditioned=True)
+    with pytest.raises(TypeError, match="requires sigma.*time_conditioned=True"):  # the converse, named up front
+        Backbone(lambda x, *, sigma: x)
+    Backbone(lambda x, sigma=None: x)  # an optional sigma is the model's business
     Backbone(lambda x, **kw: x, time_conditioned=True)
     Backbone(torch.nn.Identity(), time_conditioned=False)
 
