@@ -111,23 +111,27 @@ def _first_tensor(out: Any, attr: str, what: str) -> torch.Tensor:
     return value
 
 
+def _parameters(fn: Any):
+    """The parameters of ``fn`` (a module's forward), or None where Python cannot read its signature
+    (builtins, C types)."""
+    try:
+        return inspect.signature(getattr(fn, "forward", fn)).parameters
+    except (TypeError, ValueError):
+        return None
+
+
 def accepts_keyword(fn: Any, name: str, *, unknown: bool = False) -> bool:
     """Whether ``fn`` (a module's forward) takes keyword ``name`` (by name or through ``**kwargs``);
     ``unknown`` where Python cannot read its signature (builtins, C types)."""
-    try:
-        params = inspect.signature(getattr(fn, "forward", fn)).parameters.values()
-    except (TypeError, ValueError):
+    params = _parameters(fn)
+    if params is None:
         return unknown
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _requires_sigma(fn: Any) -> bool:
     """Whether ``fn`` (a module's forward) has a ``sigma`` parameter without a default."""
-    try:
-        params = inspect.signature(getattr(fn, "forward", fn)).parameters
-    except (TypeError, ValueError):
-        return False
-    p = params.get("sigma")
+    p = (_parameters(fn) or {}).get("sigma")
     return p is not None and p.default is inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD
 
 
