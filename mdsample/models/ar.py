@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..ops import _validate as V
 from ..ops.sampling import sample_categorical
 from .transformer import Transformer
 
@@ -27,15 +28,7 @@ def _check(model: Transformer, prompt: torch.Tensor, max_new_tokens: int) -> Non
     if prompt.shape[1] + max_new_tokens > model.config.max_seq_len:
         raise ValueError(f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
                          f"max_seq_len ({model.config.max_seq_len})")
-    _check_tokens(prompt, model.config.vocab_size)
-
-
-def _check_tokens(prompt: torch.Tensor, vocab: int) -> None:
-    """Token ids in [0, vocab): one host read per call, before the loop (the embedding lookup would raise an
-    IndexError, on CUDA a device-side assert)."""
-    bad = (prompt < 0) | (prompt >= vocab)
-    if bool(bad.any()):
-        raise ValueError(f"prompt holds token id {int(prompt[bad][0])}, outside the model's vocabulary [0, {vocab})")
+    V.tokens_in_vocab("prompt", prompt, model.config.vocab_size)  # one host read, before the loop
 
 
 def _draw(logits, temperature, seed, t, rows, backend):

@@ -129,6 +129,18 @@ def row_layout(t: torch.Tensor) -> tuple[torch.Tensor | None, int]:
     return (row_offsets(t), 0) if stride is None else (None, stride)
 
 
+def tokens_in_vocab(name: str, tokens: torch.Tensor, vocab: int | None) -> None:
+    """Every id of ``tokens`` (integer) must be a token of the model, in ``[0, vocab)`` (``vocab`` None:
+    unknown, not checked); outside it the model's embedding raises a bare IndexError (on CUDA a device-side
+    assert). One host read."""
+    if vocab is None or not tokens.numel():
+        return
+    bad = (tokens < 0) | (tokens >= vocab)
+    if bool(bad.any()):
+        raise ValueError(f"{name} holds token id {int(tokens[bad][0])}, outside the model's vocabulary of size "
+                         f"{vocab}")
+
+
 def guidance_input(guidance, guidance_scale, logits: torch.Tensor):
     """Validated CFG inputs: (unconditional logits or None, scale w)."""
     if guidance is None:

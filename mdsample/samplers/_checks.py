@@ -54,13 +54,7 @@ def token_ids(name: str, value, *, dims: tuple[int, ...], device=None) -> torch.
     return t.to(torch.int64)
 
 
-def tokens_in_vocab(name: str, tokens: torch.Tensor, vocab: Optional[int]) -> None:
-    """Every id of ``tokens`` (int64) must be a token of the model (``vocab`` None: unknown, not checked);
-    beyond it the model's embedding raises a bare IndexError."""
-    if vocab is not None and tokens.numel():
-        top = int(tokens.max())
-        if top >= vocab:
-            raise ValueError(f"{name} holds token id {top}, outside the model's vocabulary of size {vocab}")
+tokens_in_vocab = V.tokens_in_vocab  # shared with the models layer (models/ar.py)
 
 
 def check_vocab(name: str, vocab: int, mask_id: int, *, arg: str = "mask_id") -> None:
