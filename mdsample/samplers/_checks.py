@@ -96,6 +96,16 @@ def prompt_canvas(prompt, attention_mask, gen_length: int, mask_id: int):
     return x, torch.cat([am, torch.ones((batch, gen_length), dtype=am.dtype, device=device)], 1), plen
 
 
+def canvas_fits(backbone, x: torch.Tensor, plen: int, new: str, n_new: int) -> None:
+    """A ``[prompt | new]`` canvas ``x`` ``[B, P + n_new]`` against the model: prompt ids in its vocabulary,
+    and no more positions than its context (``new``: the argument that sets ``n_new``)."""
+    tokens_in_vocab("prompt", x[:, :plen], backbone.vocab_size)
+    total = x.shape[1]
+    if backbone.max_length is not None and total > backbone.max_length:
+        raise ValueError(f"prompt ({plen}) + {new} ({n_new}) = {total} positions exceed the model's context "
+                         f"({backbone.max_length})")
+
+
 def mask_token(model, mask_id, fallback: int) -> int:
     """The mask id to use: the caller's; else the one the model declares; else ``fallback`` (the upstream
     project's constant, e.g. LLaDA's 126336), checked as an id >= 0."""

@@ -120,14 +120,12 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
     if cfg_scale > 0 and plen == 0:
         raise ValueError("cfg_scale > 0 needs a non-empty prompt: the unconditional input masks the prompt")
     fwd = RowForward(backbone, mask_id=mask_id, cfg_scale=cfg_scale, uncond_mask=is_prompt, attention_mask=am)
-    C.tokens_in_vocab("prompt", x[:, :plen], backbone.vocab_size)
-    if backbone.max_length is not None and total > backbone.max_length:
-        raise ValueError(f"prompt ({plen}) + {'generated' if smdm else 'max_new_tokens'} ({max_new_tokens}) = "
-                         f"{total} positions exceed the model's context ({backbone.max_length})")
+    C.canvas_fits(backbone, x, plen, "generated" if smdm else "max_new_tokens", max_new_tokens)
     pos_ids = (torch.arange(batch, device=device).unsqueeze(1) * total
                + torch.arange(total, device=device).unsqueeze(0))
     ratio = _ratios(steps, eps, device)
-    bar = Progress(progress, steps, "sample_smdm" if smdm else "sample_dream", backbone, baseline_per_step=batch * (2 if cfg_scale > 0 else 1))
+    bar = Progress(progress, steps, "sample_smdm" if smdm else "sample_dream", backbone,
+                   baseline_per_step=batch * (2 if cfg_scale > 0 else 1))
 
     def draw(rows: torch.Tensor, r_seq, r_pos, seqs, offset, **kw):
         logits, guidance = fwd.rows(x, seqs, r_seq, r_pos)

@@ -166,10 +166,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
     if cfg_scale > 0 and not bool(is_prompt.any()):
         raise ValueError("cfg_scale > 0 needs a non-empty prompt: the unconditional input masks the prompt")
     backbone = Backbone(model)
-    C.tokens_in_vocab("prompt", x[:, :plen], backbone.vocab_size)
-    if backbone.max_length is not None and total > backbone.max_length:
-        raise ValueError(f"prompt ({plen}) + gen_length ({gen_length}) = {total} positions exceed the model's context "
-                         f"({backbone.max_length})")
+    C.canvas_fits(backbone, x, plen, "gen_length", gen_length)
     if eos_id is not None and backbone.vocab_size is not None:
         C.check_vocab("model", backbone.vocab_size, eos_id, arg="eos_id")
     if cache is None:
