@@ -12,6 +12,7 @@ None means the prompt's device).
 """
 from __future__ import annotations
 
+import contextlib
 import re
 
 import torch
@@ -57,20 +58,22 @@ def diff_sample(model, tokenizer=None, prompt=None, batch_size=1, alg="origin", 
     if prompt.shape[1] > context_length:
         raise ValueError(f"context_length ({context_length}) must be at least the prompt's width ({prompt.shape[1]})")
     needs_key = temperature != 0 or alg == "origin"
-    try:
+    with _upstream_names({"mask_id": "dim"}):
         return sample_smdm(model, prompt, length=context_length, steps=steps, alg=alg, temperature=temperature,
                            cfg_scale=cfg_scale, eps=eps, mask_id=dim, seed=call_key(seed, needs_key),
                            backend=backend)
+
+
+@contextlib.contextmanager
+def _upstream_names(names: dict):
+    """Argument errors raised inside, with mdsample's argument names replaced by upstream's (the caller's)."""
+    try:
+        yield
     except (TypeError, ValueError) as exc:
-        raise _renamed(exc, {"mask_id": "dim"}) from None
-
-
-def _renamed(exc: Exception, names: dict) -> Exception:
-    """``exc`` with mdsample's argument names in its message replaced by upstream's (the caller's)."""
-    msg = str(exc)
-    for ours, theirs in names.items():
-        msg = re.sub(rf"\b{ours}\b", theirs, msg)
-    return type(exc)(msg)
+        msg = str(exc)
+        for ours, theirs in names.items():
+            msg = re.sub(rf"\b{ours}\b", theirs, msg)
+        raise type(exc)(msg) from None
 
 
 # The harness functions' names for what mdsample's functions call x, prompt and cfg_scale.
@@ -108,12 +111,10 @@ def eval_target_nll_mc(model, prefix, target, *, mc_num=1024, batch_size=32, cfg
     batch_size = C.integer("batch_size", batch_size, low=1)
     if mc_num % batch_size:
         raise ValueError(f"mc_num ({mc_num}) must be a multiple of batch_size ({batch_size}), as upstream asserts")
-    try:
+    with _upstream_names(_HARNESS_NAMES):
         est = likelihood(model, x, prompt_len=plen or None, mc_samples=mc_num, batch_size=batch_size, mode="shifted",
                          cfg_scale=cfg if plen else 0.0, masking="bernoulli", eps=eps, subs=False, mask_id=mask_id,
                          seed=key_from_global_rng(seed), backend=backend)
-    except (TypeError, ValueError) as exc:
-        raise _renamed(exc, _HARNESS_NAMES) from None
     return -float(est.log_likelihood[0])
 
 
@@ -129,11 +130,9 @@ def eval_target_nll_ar(model, prefix, target, *, batch_size=32, cfg=0., mask_id=
         mask_id: the mask token id (SMDM's 32000).
     """
     x, plen = _pair(prefix, target)
-    try:
+    with _upstream_names(_HARNESS_NAMES):
         est = chain_rule_likelihood(model, x, prompt_len=plen, batch_size=batch_size, cfg_scale=cfg if plen else 0.0,
                                     mask_id=mask_id, subs=False, backend=backend)
-    except (TypeError, ValueError) as exc:
-        raise _renamed(exc, _HARNESS_NAMES) from None
     return -float(est.log_likelihood[0])
 
 
@@ -148,10 +147,8 @@ def suffix_greedy_prediction(model, prefix, target, *, cfg=0., mask_id=32000, ba
     """
     x, plen = _pair(prefix, target)
     n = x.shape[1] - plen
-    try:
+    with _upstream_names(_HARNESS_NAMES):
         out = _generate(model, x[:, :plen], steps=n, gen_length=n, block_length=n, temperature=0.0,
                         cfg_scale=cfg if plen else 0.0, remasking="low_confidence", mask_id=mask_id, threshold=None,
                         factor=None, attention_mask=None, seed=0, backend=backend, progress=False)
-    except (TypeError, ValueError) as exc:
-        raise _renamed(exc, _HARNESS_NAMES) from None
     return bool(torch.equal(out[0, -n:], x[0, -n:]))
