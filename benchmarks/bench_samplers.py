@@ -225,45 +225,40 @@ def _llada(model2, prompt, P, G, BL, S, B2, V2, mask2):
     }
 
 
-def _dream(model2, prompt, alg, P, G, S, B2, V2, mask2):
-    """Dream: prompt 64, 256 new tokens, 256 steps (Dream's demo: entropy, T 0.2, top-p 0.95)."""
-    ref3 = Counter(model2, use_head=False)
+def _race(model, settings, published, ours):
+    """The published loop (full logits, torch's RNG seeded at 0) against mdsample's sampler on ``model``:
+    each callable takes the counting model; counts, CPU walls and their ratios."""
+    ref = Counter(model, use_head=False)
     torch.manual_seed(0)
-    _, t_ref3 = timed(lambda: reference_dream(ref3, prompt, G, S, mask2, alg=alg, temperature=0.2, top_p=0.95))
-    ours3 = Counter(model2)
-    _, t_ours3 = timed(lambda: mdsample.sample_dream(ours3, prompt, max_new_tokens=G, steps=S, alg=alg,
-                                                     temperature=0.2, top_p=0.95, mask_id=mask2))
+    _, t_ref = timed(lambda: published(ref))
+    mine = Counter(model)
+    _, t_ours = timed(lambda: ours(mine))
     return {
-        "settings": {"batch": B2, "prompt": P, "max_new_tokens": G, "steps": S, "vocab": V2, "alg": alg,
-                     "temperature": 0.2, "top_p": 0.95},
-        "published": {**ref3.counts(), "wall_s_cpu": t_ref3},
-        "mdsample": {**ours3.counts(), "wall_s_cpu": t_ours3},
+        "settings": settings,
+        "published": {**ref.counts(), "wall_s_cpu": t_ref},
+        "mdsample": {**mine.counts(), "wall_s_cpu": t_ours},
         "ratios": {
-            "logits_rows_vs_published": ratio(ours3.rows, ref3.rows),
-            "sequence_forwards_vs_published": ratio(ours3.sequences, ref3.sequences),
-            "wall_vs_published_cpu": ratio(t_ours3, t_ref3),
+            "logits_rows_vs_published": ratio(mine.rows, ref.rows),
+            "sequence_forwards_vs_published": ratio(mine.sequences, ref.sequences),
+            "wall_vs_published_cpu": ratio(t_ours, t_ref),
         },
     }
+
+
+def _dream(model2, prompt, alg, P, G, S, B2, V2, mask2):
+    """Dream: prompt 64, 256 new tokens, 256 steps (Dream's demo: entropy, T 0.2, top-p 0.95)."""
+    kw = dict(alg=alg, temperature=0.2, top_p=0.95)
+    return _race(model2, {"batch": B2, "prompt": P, "max_new_tokens": G, "steps": S, "vocab": V2, **kw},
+                 lambda m: reference_dream(m, prompt, G, S, mask2, **kw),
+                 lambda m: mdsample.sample_dream(m, prompt, max_new_tokens=G, steps=S, mask_id=mask2, **kw))
 
 
 def _smdm(model2, prompt, alg, P, G, S, B2, V2, mask2):
     """SMDM: prompt 64, 256 generated tokens, 256 steps, CFG w = 2 (SMDM's default), T 0 (greedy) / 1 (origin)."""
     kw = dict(alg=alg, temperature=0.0 if alg == "greedy" else 1.0, cfg_scale=2.0)
-    ref = Counter(model2, use_head=False)
-    torch.manual_seed(0)
-    _, t_ref = timed(lambda: reference_smdm(ref, prompt, P + G, S, mask2, **kw))
-    ours = Counter(model2)
-    _, t_ours = timed(lambda: mdsample.sample_smdm(ours, prompt, length=P + G, steps=S, mask_id=mask2, **kw))
-    return {
-        "settings": {"batch": B2, "prompt": P, "length": P + G, "steps": S, "vocab": V2, **kw},
-        "published": {**ref.counts(), "wall_s_cpu": t_ref},
-        "mdsample": {**ours.counts(), "wall_s_cpu": t_ours},
-        "ratios": {
-            "logits_rows_vs_published": ratio(ours.rows, ref.rows),
-            "sequence_forwards_vs_published": ratio(ours.sequences, ref.sequences),
-            "wall_vs_published_cpu": ratio(t_ours, t_ref),
-        },
-    }
+    return _race(model2, {"batch": B2, "prompt": P, "length": P + G, "steps": S, "vocab": V2, **kw},
+                 lambda m: reference_smdm(m, prompt, P + G, S, mask2, **kw),
+                 lambda m: mdsample.sample_smdm(m, prompt, length=P + G, steps=S, mask_id=mask2, **kw))
 
 
 def _bd3lm(quick, V2, mask2):
