@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.protocol import Backbone
+from ..models.protocol import declared_vocab_size
 from ..ops import _validate as V
 from ..ops.sampling import sample_categorical
 from ..samplers import _checks as C
@@ -80,7 +80,7 @@ def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, bloc
     EOT (126348) from the confidence softmax (upstream's flags). ``seed`` None draws the
     Philox key from the torch global RNG. See :func:`mdsample.generate` for the rest.
     """
-    vocab = Backbone(model).vocab_size
+    vocab = declared_vocab_size(model)  # not a Backbone: generate builds the one of this call
     for flag, on, tok in (("logits_eos_inf", logits_eos_inf, EOS_ID), ("confidence_eos_eot_inf", confidence_eos_eot_inf,
                                                                        EOT_ID)):
         if on and vocab is not None and tok >= vocab:

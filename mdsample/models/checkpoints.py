@@ -146,8 +146,7 @@ def transformer_config_from_llama(config: Any, *, attention: str = "bidirectiona
     if kind not in allowed:
         raise ValueError(f"{family} layout: config has model_type={kind!r}, whose math may differ from "
                          f"{family}'s; from_{family.lower()} takes model_type in {allowed}")
-    _require(config, family, sliding_window=lambda v: v is None or kind not in ("mistral",))
-    _require(config, family, hidden_act="silu",
+    _require(config, family, sliding_window=lambda v: v is None or kind != "mistral", hidden_act="silu",
              rope_scaling=lambda v: v is None or v.get("rope_type", v.get("type")) == "default",
              head_dim=lambda v: v is None or v == config.hidden_size // config.num_attention_heads,
              **(dict(use_sliding_window=False) if qwen2 else dict(attention_bias=False, mlp_bias=False)))

@@ -55,6 +55,7 @@ __all__ = [
     "hidden_of",
     "device_of",
     "declared_mask_id",
+    "declared_vocab_size",
 ]
 
 
@@ -135,14 +136,25 @@ def _requires_sigma(fn: Any) -> bool:
     return p is not None and p.default is inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD
 
 
-def declared_mask_id(model: Any) -> Optional[int]:
-    """The mask token a model declares (``mask_id``, ``config.mask_id`` or ``config.mask_token_id``), or None."""
+def _declared_int(model: Any, *names: str) -> Optional[int]:
+    """The first int among ``model.<name>`` / ``model.config.<name>`` (``names`` may say ``config.``)."""
     config = getattr(model, "config", None)
-    for value in (getattr(model, "mask_id", None), getattr(config, "mask_id", None),
-                  getattr(config, "mask_token_id", None)):
+    for name in names:
+        owner, attr = (config, name[len("config."):]) if name.startswith("config.") else (model, name)
+        value = getattr(owner, attr, None)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
+
+
+def declared_vocab_size(model: Any) -> Optional[int]:
+    """The output vocabulary a model declares (``vocab_size`` or ``config.vocab_size``), or None."""
+    return _declared_int(model, "vocab_size", "config.vocab_size")
+
+
+def declared_mask_id(model: Any) -> Optional[int]:
+    """The mask token a model declares (``mask_id``, ``config.mask_id`` or ``config.mask_token_id``), or None."""
+    return _declared_int(model, "mask_id", "config.mask_id", "config.mask_token_id")
 
 
 def _warn_if_dropout_active(model: Any) -> None:
@@ -283,21 +295,13 @@ class Backbone:
     def max_length(self) -> Optional[int]:
         """The model's context window if it declares one (``model.max_length``, or a Hugging Face config's
         ``max_position_embeddings``), else None."""
-        for value in (getattr(self.model, "max_length", None),
-                      getattr(getattr(self.model, "config", None), "max_position_embeddings", None)):
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-        return None
+        return _declared_int(self.model, "max_length", "config.max_position_embeddings")
 
 
     @property
     def vocab_size(self) -> Optional[int]:
         """The model's output vocabulary if it declares one (``vocab_size`` or ``config.vocab_size``)."""
-        for value in (getattr(self.model, "vocab_size", None),
-                      getattr(getattr(self.model, "config", None), "vocab_size", None)):
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-        return None
+        return declared_vocab_size(self.model)
 
     @property
     def device(self) -> Optional[torch.device]:
