@@ -297,6 +297,29 @@ def test_bad_input(kwargs, exc, word):
         mdsample.likelihood(args.pop("model"), args.pop("x"), **args)
 
 
+class _HFStyle:
+    """MARKOV behind an HF-style wrapper: the mask id declared only as ``config.mask_token_id`` (Dream's
+    spelling), and no ``mask_id`` attribute."""
+
+    def __init__(self):
+        self.config = type("Config", (), {"mask_token_id": MARKOV.mask_id, "vocab_size": MARKOV.V})()
+
+    def __call__(self, x, **kw):
+        return MARKOV(x, **kw)
+
+
+@pytest.mark.parametrize("estimator", ["likelihood", "chain_rule_likelihood"])
+def test_mask_id_defaults_to_the_declared_one(estimator):
+    """Both estimators take the mask id a model declares in any of the spellings the samplers read; before,
+    ``config.mask_token_id`` was refused here while the samplers used it."""
+    fn = getattr(mdsample, estimator)
+    x, kw = MARKOV.sample(2, 6, seed=1), dict(prompt_len=2, batch_size=8)
+    if estimator == "likelihood":
+        kw.update(mc_samples=3, seed=5)
+    want = fn(MARKOV, x, mask_id=MARKOV.mask_id, **kw).log_likelihood
+    torch.testing.assert_close(fn(_HFStyle(), x, **kw).log_likelihood, want, rtol=0, atol=0)
+
+
 def test_llada_get_log_likelihood_compat():
     """LLaDA's signature and estimator: mdsample.likelihood's LLaDA preset, unbiased for log p(answer | prompt)."""
     from mdsample.compat import llada

@@ -106,12 +106,15 @@ def canvas_fits(backbone, x: torch.Tensor, plen: int, new: str, n_new: int) -> N
                          f"({backbone.max_length})")
 
 
-def mask_token(model, mask_id, fallback: int) -> int:
+def mask_token(model, mask_id, fallback: Optional[int]) -> int:
     """The mask id to use: the caller's; else the one the model declares; else ``fallback`` (the upstream
-    project's constant, e.g. LLaDA's 126336), checked as an id >= 0."""
+    project's constant, e.g. LLaDA's 126336; None: the caller must give one), checked as an id >= 0."""
     if mask_id is None:
         declared = declared_mask_id(model)
         mask_id = fallback if declared is None else declared
+        if mask_id is None:
+            raise ValueError("mask_id is required: the model declares none (mask_id, config.mask_id or "
+                             "config.mask_token_id)")
     return integer("mask_id", mask_id, low=0)
 
 

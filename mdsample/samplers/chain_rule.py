@@ -23,7 +23,7 @@ import torch
 from ..models.protocol import Backbone
 from . import _checks as C
 from .forward import RowForward
-from .likelihood import LikelihoodEstimate, _chunk_values, _mask_id, _scored
+from .likelihood import LikelihoodEstimate, _chunk_values, _scored
 from .progress import Progress
 
 __all__ = ["chain_rule_likelihood"]
@@ -42,7 +42,7 @@ def chain_rule_likelihood(model, x, *, prompt_len=None, batch_size=16, cfg_scale
         batch_size: model inputs per call (each sequence has one per answer token).
         cfg_scale: SMDM / LLaDA unsupervised CFG weight w >= 0 (needs ``prompt_len``): scores
             ``l_u + (w + 1)(l_c - l_u)`` with the prompt masked in the unconditional input.
-        mask_id: the mask token (default: ``model.mask_id`` / ``model.config.mask_id``).
+        mask_id: the mask token (default: the model's ``mask_id`` / ``config.mask_id`` / ``config.mask_token_id``).
         subs: exclude the mask token from the model's softmax (MDLM SUBS); False = SMDM's code.
         attention_mask: ``[B, L]`` (bool or int, 1 = real token): padding is never masked nor
             scored and reaches the model as this mask. None: every token is real.
@@ -56,7 +56,7 @@ def chain_rule_likelihood(model, x, *, prompt_len=None, batch_size=16, cfg_scale
     x = C.token_ids("x", x, dims=(2,))
     batch, length = x.shape
     device = x.device
-    mask_id = _mask_id(model, mask_id)
+    mask_id = C.mask_token(model, mask_id, None)
     chunk = C.integer("batch_size", batch_size, low=1)
     cfg = C.real("cfg_scale", cfg_scale, low=0.0)
     subs = C.flag("subs", subs)

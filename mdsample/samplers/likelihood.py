@@ -104,16 +104,6 @@ class Perplexity(NamedTuple):
     nll_per_token: float
 
 
-def _mask_id(model, mask_id) -> int:
-    if mask_id is None:
-        for owner in (model, getattr(model, "config", None)):
-            value = getattr(owner, "mask_id", None)
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-        raise ValueError("mask_id is required (the model declares no mask_id)")
-    return C.integer("mask_id", mask_id, low=0)
-
-
 def _prompt_lengths(prompt_len, batch: int, length: int, device) -> torch.Tensor:
     if prompt_len is None:
         return torch.zeros(batch, dtype=torch.int64, device=device)
@@ -226,7 +216,7 @@ def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode
         schedule: ``"loglinear"`` (default), ``"cosine"``, ``"cosine-mdlm"`` or a
             :class:`mdsample.samplers.Schedule` (Bernoulli masking only).
         seed: int, the Philox key of all draws.
-        mask_id: the mask token (default: ``model.mask_id`` / ``model.config.mask_id``).
+        mask_id: the mask token (default: the model's ``mask_id`` / ``config.mask_id`` / ``config.mask_token_id``).
         masking: ``"bernoulli"`` (MDLM / SMDM weights ``m'/m``) or ``"count"`` (LLaDA ``L/k``).
         eps: lower end of the timesteps, in (0, 1) (Bernoulli masking only; default 1e-3).
         subs: exclude the mask token from the model's softmax (MDLM SUBS); False = LLaDA / SMDM.
@@ -244,7 +234,7 @@ def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode
     x = C.token_ids("x", x, dims=(2,))
     batch, length = x.shape
     device = x.device
-    mask_id = _mask_id(model, mask_id)
+    mask_id = C.mask_token(model, mask_id, None)
     n = C.integer("mc_samples", mc_samples, low=1)
     chunk = C.integer("batch_size", batch_size, low=1)
     mode = C.choice("mode", mode, MODES)
