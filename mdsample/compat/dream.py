@@ -119,7 +119,7 @@ def diffusion_generate(model, inputs, generation_config=None, *, attention_mask=
                       alg_temp=opts["alg_temp"], temperature=opts["temperature"], top_p=opts["top_p"],
                       top_k=opts["top_k"], eps=opts["eps"], mask_id=opts["mask_token_id"],
                       attention_mask=attention_mask, seed=key, backend=backend, progress=False,
-                      on_step=None if history is None else (lambda canvas: history.append(canvas.clone())))
+                      on_step=None if history is None else (lambda step, canvas: history.append(canvas)))
     if opts["return_dict_in_generate"]:
         return DreamOutput(sequences=x, history=None if history is None else tuple(history))
     return x

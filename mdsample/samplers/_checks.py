@@ -106,6 +106,14 @@ def canvas_fits(backbone, x: torch.Tensor, plen: int, new: str, n_new: int) -> N
                          f"({backbone.max_length})")
 
 
+def step_hook(on_step):
+    """A sampler's ``on_step``: None or a callable ``on_step(step, x)``."""
+    if on_step is not None and not callable(on_step):
+        raise TypeError(f"on_step must be None or a callable on_step(step: int, x: Tensor); got "
+                        f"{type(on_step).__name__}")
+    return on_step
+
+
 def mask_token(model, mask_id, fallback: Optional[int]) -> int:
     """The mask id to use: the caller's; else the one the model declares; else ``fallback`` (the upstream
     project's constant, e.g. LLaDA's 126336; None: the caller must give one), checked as an id >= 0."""

@@ -137,6 +137,7 @@ def sample_bd3lm(
     backend="auto",
     use_cache=True,
     progress=False,
+    on_step=None,
 ):
     """Sample ``batch_size`` sequences from a block diffusion (BD3-LM) model, block by block.
 
@@ -174,6 +175,9 @@ def sample_bd3lm(
         use_cache: True = exact block-causal KV cache; False = a full forward of the prefix
             and block per step (the uncached computation, same draws).
         progress: show a tqdm bar over the steps (forwards run vs one per sequence and step).
+        on_step: None, or a callable ``on_step(step, x)`` run after every step, with its number (from 1,
+            redraws included) and a copy of the batch's canvas (int64 ``[B, length]``, still-masked positions
+            hold ``mask_id``; a redraw shows its rows being drawn again), before ``eos_id``'s fill.
 
     Returns:
         int64 ``[B, L']`` with ``L' <= length`` (shorter when all sequences hit EOS early);
@@ -213,6 +217,7 @@ def sample_bd3lm(
     seed = seed_value("seed", seed)
     use_cache = C.flag("use_cache", use_cache)
     progress = C.flag("progress", progress)
+    on_step = C.step_hook(on_step)
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str; got {type(backend).__name__}")
     C.positions_fit(batch, length)
@@ -248,12 +253,13 @@ def sample_bd3lm(
     steps_per_draw = sum(map(block_steps, range(n_blocks)))
     first = 0 if bos_id is None else 1  # BOS is not an EOS, even as the same token (GPT-2's 50256 is both)
 
-    def draw(key: int, seqs: torch.Tensor, last: bool):
+    def draw(key: int, seqs: torch.Tensor, last: bool, whole=lambda x: x):
         """One attempt for the sequences ``seqs`` (int64 ``[b]``, their row ids: the Philox positions).
 
         Returns the canvas ``[b, length]``, its used length (with ``eos_id``: the end of the block
         where every row was finished), and the rows the low-entropy check rejected (fixed length)
         as bool ``[b]``. An attempt whose rows are all rejected stops early, unless it is the ``last``.
+        ``whole(x)``: the batch's canvas with these rows' ``x`` in it (what on_step sees).
         """
         b = seqs.numel()
         x = torch.full((b, length), mask_id, dtype=torch.int64, device=device)
@@ -285,7 +291,7 @@ def sample_bd3lm(
                     reveal = masked & (u < p)
                 r_seq, r_pos = reveal.nonzero(as_tuple=True)
                 if r_seq.numel() == 0:
-                    bar.step(baseline=b)
+                    bar.step(baseline=b, canvas=lambda: whole(x))
                     continue
                 logits = rows.rows(x, r_seq, r_pos)
                 if top_p is not None:
@@ -294,7 +300,7 @@ def sample_bd3lm(
                 tok = sample_categorical(logits, temperature=temperature, seed=key, offset=offset,
                                          positions=pos_ids[r_seq, s + r_pos], exclude=mask_id, backend=backend)
                 x[r_seq, s + r_pos] = tok
-                bar.step(tokens=r_seq.numel(), baseline=b)
+                bar.step(tokens=r_seq.numel(), baseline=b, canvas=lambda: whole(x))
             # The check sees rows not finished before this block: a row whose first EOS is in this block is
             # still cut when the check fails (it ends at the earlier of the two, by the final EOS fill).
             if min_entropy is not None and e > entropy_window:
@@ -316,7 +322,7 @@ def sample_bd3lm(
             x.masked_fill_(torch.arange(length, device=device) >= cut, eos_id)
         return x, (e if eos_id is not None else length), rejected
 
-    bar = Progress(progress, steps_per_draw, "bd3lm", backbone)
+    bar = Progress(progress, steps_per_draw, "bd3lm", backbone, on_step=on_step)
     try:
         x, end, rejected = draw(seed, torch.arange(batch, device=device), max_attempts == 1)
         retry = rejected.nonzero().squeeze(1)
@@ -324,7 +330,8 @@ def sample_bd3lm(
             if retry.numel() == 0:
                 break
             bar.add_total(steps_per_draw)
-            x_retry, _, rejected = draw(attempt_seed(seed, attempt), retry, attempt == max_attempts - 1)
+            x_retry, _, rejected = draw(attempt_seed(seed, attempt), retry, attempt == max_attempts - 1,
+                                        whole=lambda sub, rows=retry: x.index_copy(0, rows, sub))
             x[retry] = x_retry
             retry = retry[rejected]
     finally:

@@ -43,8 +43,6 @@ sequence's output depends only on (seed, b).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
-
 import torch
 
 from ..models.protocol import Backbone
@@ -83,14 +81,14 @@ def _commit_counts(masked: torch.Tensor, ratio: torch.Tensor, *, per_row: bool) 
 
 @torch.no_grad()
 def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temperature, top_p, top_k, eps, mask_id,
-                  attention_mask, seed, backend, progress, on_step: Optional[Callable[[torch.Tensor], None]] = None,
-                  cfg_scale: float = 0.0, smdm: bool = False):
-    # on_step (compat's output_history): called with the canvas after every step.
+                  attention_mask, seed, backend, progress, on_step=None, cfg_scale: float = 0.0,
+                  smdm: bool = False):
     # cfg_scale, smdm: SMDM's sampler (samplers/smdm.py), the loop Dream's derives from: unsupervised CFG (the
     # unconditional input masks every prompt position, as SMDM), confidences at T = 1 instead of the draw's
     # temperature, and each row's own commit count.
     # 0 only from SMDM's sampler, whose prompt may fill the canvas (its masks are then all there is to fill).
     max_new_tokens = C.integer("max_new_tokens", max_new_tokens, low=0 if smdm else 1)
+    on_step = C.step_hook(on_step)
     steps = C.integer("steps", steps, low=1)
     alg = C.choice("alg", alg, DREAM_ALGS)
     if alg_temp is not None:
@@ -125,7 +123,7 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
                + torch.arange(total, device=device).unsqueeze(0))
     ratio = _ratios(steps, eps, device)
     bar = Progress(progress, steps, "sample_smdm" if smdm else "sample_dream", backbone,
-                   baseline_per_step=batch * (2 if cfg_scale > 0 else 1))
+                   baseline_per_step=batch * (2 if cfg_scale > 0 else 1), on_step=on_step)
 
     def draw(rows: torch.Tensor, r_seq, r_pos, seqs, offset, **kw):
         logits, guidance = fwd.rows(x, seqs, r_seq, r_pos)
@@ -166,9 +164,7 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
                     take = select(conf, sub, k=k.index_select(0, seqs))
                     x[seqs] = torch.where(take, tok, x.index_select(0, seqs))
                     committed = int(take.sum())
-            bar.step(tokens=committed)
-            if on_step is not None:
-                on_step(C.restore_padding(x, padding, mask_id))
+            bar.step(tokens=committed, canvas=lambda: C.restore_padding(x, padding, mask_id))
     finally:
         bar.close()
     return C.restore_padding(x, padding, mask_id)
@@ -191,6 +187,7 @@ def sample_dream(
     seed=0,
     backend="auto",
     progress=False,
+    on_step=None,
 ):
     """Dream's ``diffusion_generate``: the whole generated part denoised at once, in confidence order.
 
@@ -222,10 +219,14 @@ def sample_dream(
         seed: int Philox key.
         backend: sampling-op backend.
         progress: show a tqdm bar.
+        on_step: None, or a callable ``on_step(step, x)`` run after every step, with its
+            number (from 1) and a copy of the canvas (int64 ``[B, L]``, still-masked positions hold the mask
+            id), e.g. to watch the denoising or keep its history.
 
     Returns:
         int64 ``[B, P + max_new_tokens]``: the prompt followed by the generated tokens.
     """
     return _sample_dream(model, prompt, max_new_tokens=max_new_tokens, steps=steps, alg=alg, alg_temp=alg_temp,
                          temperature=temperature, top_p=top_p, top_k=top_k, eps=eps, mask_id=mask_id,
-                         attention_mask=attention_mask, seed=seed, backend=backend, progress=progress)
+                         attention_mask=attention_mask, seed=seed, backend=backend, progress=progress,
+                         on_step=on_step)

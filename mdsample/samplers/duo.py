@@ -153,6 +153,7 @@ def sample_duo(
     eps=1e-5,
     time_conditioned=False,
     progress=False,
+    on_step=None,
 ):
     """Sample from a uniform-state (Duo) diffusion model with its exact ancestral posterior.
 
@@ -173,6 +174,9 @@ def sample_duo(
         eps: last time of the grid ``linspace(1, eps, steps + 1)``, in [0, 1).
         time_conditioned: pass ``sigma = -log alpha_t`` (float32 ``[B]``) to the model.
         progress: show a tqdm bar.
+        on_step: None, or a callable ``on_step(step, x)`` run after every step (and after the noise
+            removal), with its number (from 1) and a copy of the canvas (int64 ``[B, length]``), e.g. to
+            watch the denoising or keep its history.
 
     Returns:
         int64 ``[batch_size, length]`` tokens in ``[0, vocab_size)``.
@@ -188,6 +192,7 @@ def sample_duo(
     eps = C.real("eps", eps, low=0.0, high=1.0, high_inclusive=False)
     time_conditioned = C.flag("time_conditioned", time_conditioned)
     progress = C.flag("progress", progress)
+    on_step = C.step_hook(on_step)
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str; got {type(backend).__name__}")
     C.positions_fit(batch_size, length)
@@ -206,7 +211,7 @@ def sample_duo(
     def sigma_at(t):
         return sched.sigma(t).to(torch.float32).to(device).reshape(1)
 
-    bar = Progress(progress, steps, "duo", backbone, baseline_per_step=batch_size)
+    bar = Progress(progress, steps, "duo", backbone, baseline_per_step=batch_size, on_step=on_step)
     try:
         for k in range(steps):
             t, s = grid[k], grid[k + 1]
@@ -214,7 +219,7 @@ def sample_duo(
             new = duo_posterior_step(logits, x, alpha_t=float(sched.alpha(t)), alpha_s=float(sched.alpha(s)),
                                      temperature=temperature, seed=seed, offset=k, positions=pos, backend=backend)
             logits_of.changed(x, new)
-            bar.step(tokens=int((new != x).sum()))
+            bar.step(tokens=int((new != x).sum()), canvas=new)
             x = new
         if noise_removal != "none":
             logits = logits_of(x, sigma_at(grid[-1]))
@@ -224,7 +229,7 @@ def sample_duo(
                 x = duo_posterior_step(logits, x, alpha_t=float(sched.alpha(grid[-1])), alpha_s=1.0,
                                        temperature=temperature, seed=seed, offset=steps, positions=pos,
                                        backend=backend)
-            bar.step(0, baseline=batch_size)
+            bar.step(0, baseline=batch_size, canvas=x)
     finally:
         bar.close()
     return x

@@ -99,7 +99,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
               threshold, factor, attention_mask, seed, backend, progress, cache=None, refresh_every=None,
               cuda_graph=False, eos_id=None, top_p=None, top_k=None, logits_exclude: Sequence[int] = (),
               confidence_exclude: Sequence[int] = (), graph_capture: Optional[bool] = None,
-              static_steps: Optional[bool] = None, calls_out: Optional[dict] = None):
+              static_steps: Optional[bool] = None, calls_out: Optional[dict] = None, on_step=None):
     # calls_out (compat's nfe): receives "forwards", the model calls made (replayed graphs run none).
     # graph_capture (tests, benchmarks): None = capture the cuda_graph steps on CUDA tensors; False =
     # run them eagerly even there (the replay's reference); True on CPU tensors is an error.
@@ -126,6 +126,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         factor = C.real("factor", factor, low=0.0)
     seed = seed_value("seed", seed)
     progress = C.flag("progress", progress)
+    on_step = C.step_hook(on_step)
     top_p, top_k = truncation_args(top_p, top_k)
     if (top_p is not None or top_k is not None) and cfg_scale > 0:
         raise ValueError("top_p / top_k (Dream's truncation) do not combine with cfg_scale > 0")
@@ -203,7 +204,11 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
     col = torch.arange(total, device=device).unsqueeze(0)
     stats_t = 1.0 if remasking == "low_confidence" else None
     bar = Progress(progress, None if dynamic else num_blocks * per_block, "generate", backbone,
-                   baseline_per_step=batch * (2 if cfg_scale > 0 else 1))
+                   baseline_per_step=batch * (2 if cfg_scale > 0 else 1), on_step=on_step)
+
+    def canvas():  # what on_step sees: padding as given
+        return C.restore_padding(x, padding, mask_id)
+
     if static_steps:
         step = kept if kept is not None else BlockStep(
             fwd, x, block_length=block_length, per_block=per_block, remasking=remasking,
@@ -212,7 +217,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
             keep_graphs=graphs is not None, truncation=(top_p, top_k))
         if graphs is not None and kept is None:
             graphs.keep(model, settings, step)
-        out = _generate_static(step, x, plen=plen, num_blocks=num_blocks, bar=bar, eos_id=eos_id)
+        out = _generate_static(step, x, plen=plen, num_blocks=num_blocks, bar=bar, eos_id=eos_id, canvas=canvas)
         if calls_out is not None:
             calls_out["forwards"] = backbone.calls
         out = out.clone() if graphs is not None else out  # the kept canvas is the next call's
@@ -249,7 +254,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
                                       temperature=temperature, stats_t=stats_t, seed=seed, mask_id=mask_id,
                                       guidance_scale=guidance_scale, backend=backend, truncation=(top_p, top_k),
                                       logits_exclude=logits_exclude, confidence_exclude=confidence_exclude)
-                bar.step(tokens=committed)
+                bar.step(tokens=committed, canvas=canvas)
                 i += 1
     finally:
         bar.close()
@@ -264,7 +269,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
     return C.restore_padding(out, padding, mask_id)
 
 
-def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar, eos_id=None) -> torch.Tensor:
+def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar, eos_id=None, canvas=None) -> torch.Tensor:
     """The block loop of the fixed-shape steps (cached runs, replayed with ``cuda_graph=True``): no host
     sync until the final check (graph_step.py), except one per block (and per step past the budget)
     with a threshold / factor rule, and one per block with ``eos_id`` (the whole batch stops once
@@ -278,13 +283,13 @@ def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar, eos_id=None) 
             step.begin_block(start, start + bl, blk << _BLOCK_SHIFT)
             for i, k in enumerate(schedule):
                 step(i)
-                bar.step(tokens=x.shape[0] * k)
+                bar.step(tokens=x.shape[0] * k, canvas=canvas)
             if per_block > len(schedule):
                 bar.step(per_block - len(schedule))  # steps that commit nothing run no forward
             i = len(schedule)
             while step.dynamic and bool((x[:, start:start + bl] == step.mask_id).any()):
                 step(i)  # past the budget: the eager loop's rule, a step while masks remain
-                bar.step()
+                bar.step(canvas=canvas)
                 i += 1
             if step.dynamic:
                 bar.step(0, tokens=x.shape[0] * bl)
@@ -372,6 +377,7 @@ def generate(
     eos_id=None,
     top_p=None,
     top_k=None,
+    on_step=None,
 ):
     """LLaDA's ``generate`` (semi-AR remasking), with Dream's confidences and Fast-dLLM's rules.
 
@@ -396,6 +402,9 @@ def generate(
         seed: int Philox key; sequence b's randomness depends only on (seed, b).
         backend: sampling-op backend.
         progress: show a tqdm bar.
+        on_step: None, or a callable ``on_step(step, x)`` run after every step, with its number (from 1)
+            and a copy of the canvas (int64 ``[B, L]``, still-masked positions hold the mask id), e.g. to
+            watch the denoising or keep its history (before ``eos_id``'s fill).
         cache: None (exact, no cache), or Fast-dLLM's approximate KV cache for a bidirectional
             backbone offering ``new_cache``: ``"prefix"`` (a full forward at the block's first
             step, later steps feed block + suffix against the cached prefix K/V) or ``"dual"``
@@ -432,4 +441,4 @@ def generate(
                      temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,
                      threshold=threshold, factor=factor, attention_mask=attention_mask, seed=seed,
                      backend=backend, progress=progress, cache=cache, refresh_every=refresh_every,
-                     cuda_graph=cuda_graph, eos_id=eos_id, top_p=top_p, top_k=top_k)
+                     cuda_graph=cuda_graph, eos_id=eos_id, top_p=top_p, top_k=top_k, on_step=on_step)

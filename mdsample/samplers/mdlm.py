@@ -113,6 +113,7 @@ class _Run:
         self.temperature, self.cfg_scale, self.seed = temperature, cfg_scale, seed
         self.noise_removal, self.first_hitting = noise_removal, first_hitting
         self.backend, self.progress = backend, progress
+        self.canvas = None  # what on_step sees (set by sample_mdlm)
 
     def _sigma(self, t, n: int, device) -> Optional[torch.Tensor]:
         if not self.backbone.time_conditioned:
@@ -153,7 +154,7 @@ class _Run:
                 seqs = has.nonzero().squeeze(1)
                 self._draw(x, pos_ids, seqs, reveal, offset=base + k, temperature=self.temperature,
                            reveal_prob=p, sigma=self._sigma(t, seqs.numel(), x.device))
-            self.progress.step(tokens=n_tok)
+            self.progress.step(tokens=n_tok, canvas=self.canvas)
         if self.noise_removal == "none":
             return
         masked = x == self.mask_id
@@ -163,7 +164,7 @@ class _Run:
             temp = 0.0 if self.noise_removal == "greedy" else self.temperature
             self._draw(x, pos_ids, seqs, masked, offset=base + self.steps, temperature=temp, reveal_prob=1.0,
                        sigma=self._sigma(grid[-1], seqs.numel(), x.device))
-        self.progress.step(0, tokens=int(masked.sum()), baseline=self.progress.baseline_per_step)
+        self.progress.step(0, tokens=int(masked.sum()), baseline=self.progress.baseline_per_step, canvas=self.canvas)
 
     def first_hit(self, x: torch.Tensor, pos_ids: torch.Tensor, base: int) -> None:
         masked = x == self.mask_id
@@ -190,7 +191,7 @@ class _Run:
                 exclude=self.mask_id, guidance=guidance,
                 guidance_scale=self.cfg_scale if guidance is not None else 0.0, backend=self.backend,
             )
-            self.progress.step(tokens=seqs.numel(), baseline=self.progress.baseline_per_step)
+            self.progress.step(tokens=seqs.numel(), baseline=self.progress.baseline_per_step, canvas=self.canvas)
 
 
 @torch.no_grad()
@@ -213,6 +214,7 @@ def sample_mdlm(
     stride=None,
     backend="auto",
     progress=False,
+    on_step=None,
 ):
     """Sample ``batch_size`` sequences from a masked diffusion model with MDLM's ancestral sampler.
 
@@ -241,6 +243,9 @@ def sample_mdlm(
             semi-AR strides; ``length`` must be ``window + k * stride``.
         backend: sampling-op backend ("auto", "cuda", "triton", "cpu", "reference").
         progress: show a tqdm bar (steps, forward passes saved, tokens/s).
+        on_step: None, or a callable ``on_step(step, x)`` run after every step (and after the noise
+            removal), with its number (from 1) and a copy of the whole canvas (int64 ``[B, length]``,
+            still-masked positions hold ``mask_id``), e.g. to watch the denoising or keep its history.
 
     Returns:
         int64 ``[batch_size, length]`` token ids, on the prompt's device (else the model's).
@@ -261,6 +266,7 @@ def sample_mdlm(
     time_conditioned = C.flag("time_conditioned", time_conditioned)
     first_hitting = C.flag("first_hitting", first_hitting)
     progress = C.flag("progress", progress)
+    on_step = C.step_hook(on_step)
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str; got {type(backend).__name__}")
     C.positions_fit(batch_size, length)
@@ -290,7 +296,7 @@ def sample_mdlm(
                          f"{what}, or stride= for MDLM's semi-AR windows")
     mult = 2 if cfg_scale > 0 else 1
     bar = Progress(progress, None if first_hitting else len(starts) * steps, "mdlm", backbone,
-                   baseline_per_step=batch_size * mult)
+                   baseline_per_step=batch_size * mult, on_step=on_step)
     pos_all = (torch.arange(batch_size, device=device).unsqueeze(1) * length
                + torch.arange(length, device=device).unsqueeze(0))
     try:
@@ -301,6 +307,12 @@ def sample_mdlm(
             run = _Run(fwd, sched, mask_id=mask_id, steps=steps, eps=eps, temperature=temperature,
                        cfg_scale=cfg_scale, seed=seed, noise_removal=noise_removal, first_hitting=first_hitting,
                        backend=backend, progress=bar)
+
+            def canvas(x=x, a=a):  # the window written back: on_step sees the whole canvas
+                x_all[:, a:a + window] = x
+                return x_all
+
+            run.canvas = canvas
             pos = pos_all[:, a:a + window]
             if first_hitting:
                 run.first_hit(x, pos, w << _WINDOW_SHIFT)

@@ -1,4 +1,5 @@
-"""Progress bar of the samplers: steps, forward passes saved, tokens per second (tqdm).
+"""What the samplers report per step: a tqdm bar (steps, forward passes saved, tokens per
+second) and the ``on_step`` hook (the canvas after each step, for watching the denoising).
 
 ``saved`` compares the sequence-forwards the sampler ran with those of the published
 loop for the same settings (one forward of every sequence per step), so a user sees
@@ -7,11 +8,15 @@ what the shortcuts bought while sampling.
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Callable, Optional, Union
+
+import torch
+
+Canvas = Union[torch.Tensor, Callable[[], torch.Tensor]]
 
 
 class Progress:
-    """A tqdm bar over sampler steps, or a no-op when disabled.
+    """A tqdm bar over sampler steps (or none when disabled) and the sampler's ``on_step`` hook.
 
     Args:
         enabled: show the bar (``progress=True`` of a sampler).
@@ -19,10 +24,17 @@ class Progress:
         desc: bar label.
         backbone: the :class:`mdsample.models.Backbone` whose ``sequences`` counter is shown.
         baseline_per_step: sequence-forwards the published loop runs per step.
+        on_step: called as ``on_step(step, x)`` each time :meth:`step` is given the canvas: ``step``
+            counts those calls from 1, ``x`` is a copy of the canvas (int64 ``[B, L]``, the caller's to
+            keep; masked positions hold the mask id). The copy is made on the canvas' device, so the
+            hook adds no host sync unless it reads values.
     """
 
-    def __init__(self, enabled: bool, total: Optional[int], desc: str, backbone=None, baseline_per_step: int = 0):
+    def __init__(self, enabled: bool, total: Optional[int], desc: str, backbone=None, baseline_per_step: int = 0,
+                 on_step: Optional[Callable[[int, torch.Tensor], None]] = None):
         self.enabled = bool(enabled)
+        self.on_step = on_step
+        self.shown = 0
         self.backbone = backbone
         self.baseline_per_step = baseline_per_step
         self.baseline = 0
@@ -37,10 +49,16 @@ class Progress:
                 raise ImportError("progress=True needs tqdm: pip install tqdm (or mdsample[progress])") from exc
             self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
 
-    def step(self, n: int = 1, *, tokens: int = 0, baseline: Optional[int] = None) -> None:
-        """Advance ``n`` steps that committed ``tokens`` tokens; ``baseline`` overrides the published loop's forwards."""
+    def step(self, n: int = 1, *, tokens: int = 0, baseline: Optional[int] = None,
+             canvas: Optional[Canvas] = None) -> None:
+        """Advance ``n`` steps that committed ``tokens`` tokens; ``baseline`` overrides the published loop's forwards.
+        ``canvas``: the canvas after the step (or a function returning it, called only when there is a hook),
+        passed to ``on_step``; None for bookkeeping calls that changed no token."""
         self.tokens += tokens
         self.baseline += self.baseline_per_step * n if baseline is None else baseline
+        if self.on_step is not None and canvas is not None:
+            self.shown += 1
+            self.on_step(self.shown, (canvas() if callable(canvas) else canvas).clone())
         if self.bar is None:
             return
         self.bar.update(n)

@@ -61,6 +61,7 @@ def sample_smdm(
     seed=0,
     backend="auto",
     progress=False,
+    on_step=None,
 ):
     """SMDM's sampler: a prompt followed by masks up to ``length``, denoised over the whole canvas.
 
@@ -84,6 +85,9 @@ def sample_smdm(
         seed: int Philox key.
         backend: sampling-op backend ("auto", "cuda", "triton", "cpu", "reference").
         progress: show a tqdm bar.
+        on_step: None, or a callable ``on_step(step, x)`` run after every step, with its
+            number (from 1) and a copy of the canvas (int64 ``[B, L]``, still-masked positions hold the mask
+            id), e.g. to watch the denoising or keep its history.
 
     Returns:
         int64 ``[B, length]``: the prompt followed by the generated tokens.
@@ -101,6 +105,6 @@ def sample_smdm(
         raise ValueError(f"length ({length}) must be at least the prompt's length ({plen})")
     return _sample_dream(model, prompt, max_new_tokens=length - plen, steps=steps, alg=_DREAM_ALG[alg], alg_temp=None,
                          temperature=temperature, top_p=None, top_k=None, eps=eps, mask_id=mask_id,
-                         attention_mask=None, seed=seed, backend=backend, progress=progress, cfg_scale=cfg_scale,
-                         smdm=True)
+                         attention_mask=None, seed=seed, backend=backend, progress=progress, on_step=on_step,
+                         cfg_scale=cfg_scale, smdm=True)
 

@@ -142,7 +142,7 @@ def test_alg_temp_draws_positions_without_replacement():
     after_first = []
     _sample_dream(model, empty, max_new_tokens=n, steps=2, alg="maskgit_plus", alg_temp=alg_temp, temperature=0.0,
                   top_p=None, top_k=None, eps=1e-3, mask_id=MASK, attention_mask=None, seed=9, backend="auto",
-                  progress=False, on_step=lambda x: after_first.append(x.clone()) if not after_first else None)
+                  progress=False, on_step=lambda i, x: after_first.append(x) if not after_first else None)
     committed = after_first[0] != MASK
     assert bool((committed.sum(1) == 2).all())  # K = int(6 * (1 - 0.5005)) = 2
     logits = model(torch.full((1, n), MASK)).double()[0]

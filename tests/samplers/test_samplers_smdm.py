@@ -135,7 +135,7 @@ def test_ties_go_to_the_lower_position():
     mdsample.samplers.dream._sample_dream(Same(), torch.zeros((1, 0), dtype=torch.long), max_new_tokens=6, steps=3,
                                           alg="maskgit_plus", alg_temp=None, temperature=0.0, top_p=None, top_k=None,
                                           eps=1e-5, mask_id=MASK, attention_mask=None, seed=0, backend="auto",
-                                          progress=False, smdm=True, on_step=lambda x: seen.append(x.clone()))
+                                          progress=False, smdm=True, on_step=lambda i, x: seen.append(x))
     for canvas in seen:
         filled = (canvas[0] != MASK).long()
         assert torch.equal(filled, filled.sort(descending=True).values), canvas  # a prefix is filled
