@@ -4,10 +4,12 @@ Eager calls skip this layer and call the backend directly (DESIGN.md §2: the
 dispatcher costs microseconds per call); under compilation the public ops call
 ``torch.ops.mdsample.sample_rows``, whose fake implementation gives shapes only.
 """
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: torch 2.4's custom_op reads the annotations as
+# objects (string annotations are refused, "unsupported type torch.Tensor"), and only the typing
+# spelling Optional[...] is in its table of schema types.
 import dataclasses
 import math
+from typing import Optional
 
 import torch
 
@@ -21,28 +23,28 @@ _FIELDS = [f.name for f in dataclasses.fields(RowDraw)]
 @torch.library.custom_op("mdsample::sample_rows", mutates_args=())
 def _sample_rows(
     logits: torch.Tensor,
-    row_offsets: torch.Tensor | None,
+    row_offsets: Optional[torch.Tensor],
     row_stride: int,
-    temperature: torch.Tensor | None,
+    temperature: Optional[torch.Tensor],
     temperature_val: float,
-    seed: torch.Tensor | None,
+    seed: Optional[torch.Tensor],
     seed_val: int,
-    offset: torch.Tensor | None,
+    offset: Optional[torch.Tensor],
     offset_val: int,
-    position: torch.Tensor | None,
+    position: Optional[torch.Tensor],
     exclude: int,
-    guidance: torch.Tensor | None,
-    guidance_offsets: torch.Tensor | None,
+    guidance: Optional[torch.Tensor],
+    guidance_offsets: Optional[torch.Tensor],
     guidance_row_stride: int,
     guidance_scale: float,
-    active: torch.Tensor | None,
-    fallback: torch.Tensor | None,
-    x: torch.Tensor | None,
+    active: Optional[torch.Tensor],
+    fallback: Optional[torch.Tensor],
+    x: Optional[torch.Tensor],
     mask_id: int,
-    reveal_prob: torch.Tensor | None,
+    reveal_prob: Optional[torch.Tensor],
     reveal_prob_val: float,
     stats: bool,
-    stats_temperature: torch.Tensor | None,
+    stats_temperature: Optional[torch.Tensor],
     stats_temperature_val: float,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,10 +117,10 @@ def _forward_mask(
     mask_id: int,
     seed: torch.Tensor,
     offset: torch.Tensor,
-    position: torch.Tensor | None,
-    maskable: torch.Tensor | None,
-    prob: torch.Tensor | None,
-    count: torch.Tensor | None,
+    position: Optional[torch.Tensor],
+    maskable: Optional[torch.Tensor],
+    prob: Optional[torch.Tensor],
+    count: Optional[torch.Tensor],
     backend: str,
 ) -> torch.Tensor:
     return _lk.run_forward_mask(x0, mask_id=mask_id, seed=seed, offset=offset, position=position, maskable=maskable,
@@ -141,11 +143,11 @@ def _masked_nll(
     row_offsets: torch.Tensor,
     target: torch.Tensor,
     xt: torch.Tensor,
-    weight: torch.Tensor | None,
+    weight: Optional[torch.Tensor],
     mask_id: int,
     exclude: int,
-    guidance: torch.Tensor | None,
-    guidance_offsets: torch.Tensor | None,
+    guidance: Optional[torch.Tensor],
+    guidance_offsets: Optional[torch.Tensor],
     guidance_scale: float,
     n_seqs: int,
     length: int,
