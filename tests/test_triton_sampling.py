@@ -12,14 +12,15 @@ import math
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 
-import mdsample
-from mdsample import _backends
-from mdsample.reference.philox import DOMAIN_REVEAL, DOMAIN_TOKEN, MAX_POSITION, draw_words, uniform52
-from mdsample.reference.sampling import CHUNK
-from mdsample.triton.sampling import _philox_words, _uniform52
+triton = pytest.importorskip("triton", reason="triton is not installed (the optional mdsample[triton] extra)")
+import triton.language as tl  # noqa: E402
+
+import mdsample  # noqa: E402
+from mdsample import _backends  # noqa: E402
+from mdsample.reference.philox import DOMAIN_REVEAL, DOMAIN_TOKEN, MAX_POSITION, draw_words, uniform52  # noqa: E402
+from mdsample.reference.sampling import CHUNK  # noqa: E402
+from mdsample.triton.sampling import _philox_words, _uniform52  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = [

@@ -34,6 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# SDPA's enable_gqa came with torch 2.5; on 2.4 the kv heads are repeated instead (same values).
+_SDPA_GQA = torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)
+
 ATTENTION_MODES = ("bidirectional", "block_causal", "causal")
 
 
@@ -220,9 +223,14 @@ class Attention(nn.Module):
         if kv_hook is not None:
             # Keys are cached after RoPE: a cached key never needs rotating again.
             k, v = kv_hook(self.layer_idx, k, v)
-        # enable_gqa lets SDPA broadcast the kv heads instead of materialising repeat_interleave copies.
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                           enable_gqa=self.num_heads != self.num_kv_heads)
+        gqa = {}
+        if self.num_heads != self.num_kv_heads:
+            if _SDPA_GQA:  # SDPA broadcasts the kv heads instead of materialising repeat_interleave copies
+                gqa = dict(enable_gqa=True)
+            else:
+                k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+                v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, **gqa)
         return self.wo(o.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
 
 

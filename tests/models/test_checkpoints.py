@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import hf_or_skip
 import mdsample
 from mdsample.models import Transformer, from_llada, from_llama, llada_state_dict
 
@@ -142,7 +143,7 @@ def test_unknown_parameters_are_named():
 
 @pytest.fixture(scope="module")
 def transformers():
-    return pytest.importorskip("transformers")
+    return hf_or_skip.transformers()
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])

@@ -115,3 +115,17 @@ def test_config_is_frozen_and_replace_validates():
         cfg.hidden_size = 8
     with pytest.raises(ValueError):
         cfg.replace(attention="nope")
+
+
+@pytest.mark.parametrize("attention", ["bidirectional", "block_causal", "causal"])
+def test_grouped_query_attention_without_sdpa_enable_gqa(monkeypatch, attention):
+    """torch 2.4's SDPA has no ``enable_gqa``: the kv heads are then repeated, which must give the same
+    logits as SDPA's own broadcast (the tiny preset has 4 query heads on 2 kv heads)."""
+    import mdsample.models.transformer as tr
+
+    m = Transformer.from_preset("tiny", attention=attention, seed=0).double().eval()
+    assert m.config.num_heads != m.config.num_kv_heads
+    x = torch.randint(0, 127, (2, 12), generator=torch.Generator().manual_seed(0))
+    broadcast = m(x)
+    monkeypatch.setattr(tr, "_SDPA_GQA", False)
+    torch.testing.assert_close(m(x), broadcast, rtol=1e-12, atol=1e-12)

@@ -7,11 +7,14 @@ one thread), so these tests run torch single-threaded and restore the setting af
 import pytest
 import torch
 
+import hf_or_skip
+
 
 @pytest.fixture(scope="session")
 def llama():
     """A small random Hugging Face Llama (float64, V = 40): the stand-in for HF checkpoints."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    transformers = hf_or_skip.transformers()
+    LlamaConfig, LlamaForCausalLM = transformers.LlamaConfig, transformers.LlamaForCausalLM
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -4,10 +4,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import hf_or_skip
 import mdsample
 from mdsample.models import Backbone, HFBackbone, HFRowBackbone, device_of, hf_backbone, logits_of
 
-transformers = pytest.importorskip("transformers")
+transformers = hf_or_skip.transformers()
 
 
 def test_logits_of_accepts_the_usual_outputs():
