@@ -29,12 +29,32 @@ else:
     if not _C.has_cuda():
         _reasons["cuda"] = "mdsample._C was built without nvcc (no CUDA kernels compiled in)"
 
+# The oldest Triton the kernels are verified on: 3.4, 3.5, 3.6 and 3.9 pass the Triton tests under the
+# interpreter (3.6 and 3.9 also compile every kernel for sm_90). 3.0 - 3.3 fail them there (3.0 returns
+# wrong Philox words; 3.3's interpreter lacks an op they use), and 3.3 and older lack autotune's
+# cache_results. Untested means unpromised: older releases are refused, not tried.
+TRITON_MIN = (3, 4)
+
+
+def triton_too_old(version: str):
+    """Why a Triton of ``version`` (e.g. ``"3.6.0+git1234"``) is refused, or None when it is recent enough."""
+    release = tuple(int("".join(c for c in part if c.isdigit()) or 0) for part in version.split(".")[:2])
+    if release >= TRITON_MIN:
+        return None
+    least = ".".join(map(str, TRITON_MIN))
+    return (f"triton {version} is older than {least}, the oldest release mdsample's Triton kernels are tested on "
+            f"(pip install 'triton>={least}', or use the cuda backend)")
+
+
 try:
     import triton  # noqa: F401
     import triton.language  # noqa: F401
 except ImportError as exc:
     triton = None
     _reasons["triton"] = f"triton did not import: {exc}"
+else:
+    if triton_too_old(triton.__version__):
+        _reasons["triton"] = triton_too_old(triton.__version__)
 
 
 def triton_interpreted() -> bool:

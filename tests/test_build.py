@@ -84,3 +84,13 @@ def test_only_the_isa_builds_hold_avx_code():
         if vex.search(asm):
             leaks.append(parts[3])
     assert checked > 10 and not leaks, leaks[:10]
+
+
+def test_triton_older_than_the_tested_releases_is_refused():
+    """Triton 3.0 - 3.3 fail the Triton tests (the gate's comment says how): such an install gets a reason that
+    names its version and the fix, rather than kernels nobody has checked. Versions compare as numbers."""
+    for ok in ("3.4.0", "3.6.0", "3.6.0+git1a2b3c", "3.10.1", "4.0"):
+        assert _backends.triton_too_old(ok) is None, ok
+    for old in ("3.3.1", "3.0.0", "2.3.1"):
+        why = _backends.triton_too_old(old)
+        assert why is not None and old in why and "triton>=3.4" in why

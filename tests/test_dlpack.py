@@ -118,3 +118,33 @@ def test_cupy_arrays_match_torch(backend, dtype):
                                                   backend=backend, **t_kw))
     np.testing.assert_array_equal(cp.asnumpy(logits), host_logits.astype(dtype))
     np.testing.assert_array_equal(cp.asnumpy(x), host_x)
+
+
+def test_read_only_numpy_array_where_dlpack_refuses_it(monkeypatch):
+    """torch < 2.5 speaks unversioned DLPack, through which NumPy refuses to export a read-only array
+    (BufferError). Stood in for here: the array then comes in through from_numpy, still without a copy,
+    and samples as its torch twin does; a non-NumPy array's BufferError is not swallowed."""
+    from mdsample.ops import _validate
+
+    logits, _ = _host_arrays(np.float32)
+    logits.flags.writeable = False
+    real = torch.from_dlpack
+
+    def old_torch(value):
+        if isinstance(value, np.ndarray) and not value.flags.writeable:
+            raise BufferError("Cannot export readonly array since signalling readonly is unsupported by DLPack")
+        return real(value)
+
+    monkeypatch.setattr(torch, "from_dlpack", old_torch)
+    t = _validate.as_tensor("logits", logits)
+    assert t.data_ptr() == logits.ctypes.data and torch.equal(t, torch.tensor(logits))
+    kw = dict(exclude=MASK, seed=4, backend="reference")
+    assert torch.equal(mdsample.sample_categorical(logits, **kw), mdsample.sample_categorical(torch.tensor(logits), **kw))
+
+    class Foreign:
+        def __dlpack__(self, *a, **k):
+            raise BufferError("not exportable")
+
+    monkeypatch.setattr(torch, "from_dlpack", lambda v: v.__dlpack__())
+    with pytest.raises(BufferError):
+        _validate.as_tensor("logits", Foreign())

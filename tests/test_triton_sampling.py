@@ -13,21 +13,24 @@ import math
 import pytest
 import torch
 
-triton = pytest.importorskip("triton", reason="triton is not installed (the optional mdsample[triton] extra)")
-import triton.language as tl  # noqa: E402
-
-import mdsample  # noqa: E402
-from mdsample import _backends  # noqa: E402
-from mdsample.reference.philox import DOMAIN_REVEAL, DOMAIN_TOKEN, MAX_POSITION, draw_words, uniform52  # noqa: E402
-from mdsample.reference.sampling import CHUNK  # noqa: E402
-from mdsample.triton.sampling import _philox_words, _uniform52  # noqa: E402
+import mdsample
+from mdsample import _backends
+from mdsample.reference.philox import DOMAIN_REVEAL, DOMAIN_TOKEN, MAX_POSITION, draw_words, uniform52
+from mdsample.reference.sampling import CHUNK
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = [
-    pytest.mark.skipif(not _backends.available("triton", DEVICE), reason=_backends.why_not("triton", DEVICE)),
-    # The interpreter's numpy warns on -inf - -inf in lanes that a tl.where then discards.
-    pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
-]
+# Skipped before the kernels are imported: without triton, or with one older than the tested releases,
+# importing them fails (and says nothing of why the backend is off).
+if not _backends.available("triton", DEVICE):
+    pytest.skip(_backends.why_not("triton", DEVICE), allow_module_level=True)
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from mdsample.triton.sampling import _philox_words, _uniform52  # noqa: E402
+
+# The interpreter's numpy warns on -inf - -inf in lanes that a tl.where then discards.
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 V_CROSS = 2 * CHUNK + 5  # three chunks, the last one nearly empty

@@ -157,7 +157,12 @@ def key_padding_mask(attention_mask: torch.Tensor, batch: int, keys: int,
         raise ValueError(f"attention_mask must be [B={batch}, {keys}] (1 = real token); "
                          f"got {tuple(attention_mask.shape)}")
     real = (attention_mask[:, :keys] != 0)[:, None, None, :]
-    return real if mask is None else real & mask
+    out = real if mask is None else real & mask
+    # A padding query of a causal mode may see no key at all (left padding: keys before it are padding
+    # too). SDPA gives such a row NaN on torch 2.4 (0 from 2.5 on), and in the next layer 0 weight x NaN
+    # value is NaN for every real query: let those rows see every key. Their outputs are padding's, never
+    # read; a real query always sees itself, so no real row changes.
+    return out | ~out.any(-1, keepdim=True)
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:

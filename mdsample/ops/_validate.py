@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import torch
 
@@ -21,7 +22,16 @@ def as_tensor(name: str, value) -> torch.Tensor:
             raise ValueError(f"{name} has negative strides {tuple(strides)} (a reversed view), which DLPack "
                              "cannot hand to torch: pass a contiguous copy (numpy.ascontiguousarray / "
                              "cupy.ascontiguousarray)")
-        return torch.from_dlpack(value)
+        try:
+            return torch.from_dlpack(value)
+        except BufferError:
+            # torch < 2.5 speaks unversioned DLPack, which has no read-only flag, so NumPy will not export a
+            # read-only array through it; from_numpy shares the memory all the same (the ops never write).
+            if type(value).__module__ != "numpy":
+                raise
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+                return torch.from_numpy(value)
     raise TypeError(f"{name} must be a torch.Tensor (or a DLPack array); got {type(value).__name__}")
 
 

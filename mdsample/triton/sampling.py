@@ -62,7 +62,6 @@ and never read their logits, like inactive rows of ``sample_categorical``.
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 import struct
 
@@ -559,19 +558,10 @@ def _quick_bench(fn, quantiles):
     return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
 
 
-def _tuning_options() -> dict:
-    """The quick timer, and the on-disk cache of tuned configs, as this Triton spells them: Triton 3.0 / 3.1
-    (torch 2.4 / 2.5) take ``warmup`` / ``rep`` in ms and keep no cache; later ones take ``do_bench``."""
-    params = inspect.signature(triton.autotune).parameters
-    options = {"do_bench": _quick_bench} if "do_bench" in params else {"warmup": 5, "rep": 20}
-    if "cache_results" in params:
-        options["cache_results"] = True
-    return options
-
-
 _KEY = ["vocab", "rows_key"]  # plus the dtypes of the tensor arguments, which the autotuner adds
-_rows_tuned = triton.autotune(ROW_CONFIGS, key=_KEY, **_tuning_options())(_sample_rows_kernel)
-_chunks_tuned = triton.autotune(SPLIT_CONFIGS, key=_KEY, **_tuning_options())(_chunk_records_kernel)
+_rows_tuned = triton.autotune(ROW_CONFIGS, key=_KEY, do_bench=_quick_bench, cache_results=True)(_sample_rows_kernel)
+_chunks_tuned = triton.autotune(SPLIT_CONFIGS, key=_KEY, do_bench=_quick_bench, cache_results=True)(
+    _chunk_records_kernel)
 
 
 @functools.lru_cache(maxsize=None)
