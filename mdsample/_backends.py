@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 BACKENDS = ("cuda", "triton", "cpu", "reference")
 
@@ -38,8 +39,8 @@ TRITON_MIN = (3, 4)
 
 def triton_too_old(version: str):
     """Why a Triton of ``version`` (e.g. ``"3.6.0+git1234"``) is refused, or None when it is recent enough."""
-    release = tuple(int("".join(c for c in part if c.isdigit()) or 0) for part in version.split(".")[:2])
-    if release >= TRITON_MIN:
+    release = re.match(r"(\d+)\.(\d+)", version)
+    if release and (int(release[1]), int(release[2])) >= TRITON_MIN:
         return None
     least = ".".join(map(str, TRITON_MIN))
     return (f"triton {version} is older than {least}, the oldest release mdsample's Triton kernels are tested on "

@@ -91,6 +91,6 @@ def test_triton_older_than_the_tested_releases_is_refused():
     names its version and the fix, rather than kernels nobody has checked. Versions compare as numbers."""
     for ok in ("3.4.0", "3.6.0", "3.6.0+git1a2b3c", "3.10.1", "4.0"):
         assert _backends.triton_too_old(ok) is None, ok
-    for old in ("3.3.1", "3.0.0", "2.3.1"):
+    for old in ("3.3.1", "3.0.0", "2.3.1", "3.1+git12ab", "3.3rc1", "nightly"):
         why = _backends.triton_too_old(old)
         assert why is not None and old in why and "triton>=3.4" in why

@@ -30,7 +30,7 @@ This one primitive covers the semi-AR cache patterns:
 Host bookkeeping (``length`` = committed prefix, ``filled`` = end of written slots) is plain
 Python ints, so the step path does no device-to-host sync (.item(), .nonzero(), bool(t)).
 
-Padding: :meth:`KVCache.set_key_mask` hides a left-padded batch's padding keys from every query
+Padding: :meth:`KVCache.set_key_mask` hides a left-padded batch's padding keys from every real query
 (cached or fed), as :meth:`Transformer.hidden` does with ``attention_mask``.
 
 Graph-safe variant: pass ``start`` (and optionally ``kv_len``) as 0-dim int64 device tensors.
@@ -94,7 +94,7 @@ class KVCache:
     # ------------------------------------------------------------------ bookkeeping
 
     def set_key_mask(self, attention_mask: Optional[torch.Tensor]) -> None:
-        """Hide padding keys from every query: ``attention_mask`` ``[B, <= max_len]`` (1 = real token), or
+        """Hide padding keys from every real query: ``attention_mask`` ``[B, <= max_len]`` (1 = real token), or
         None for none. Copied into one persistent bool ``[B, max_len]`` buffer (slots past the mask count
         as real), so a captured CUDA graph reads the new mask when it is set again."""
         if attention_mask is None:

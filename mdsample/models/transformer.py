@@ -152,7 +152,8 @@ def attention_allowed(mode: str, block_size: int, q_pos: torch.Tensor, k_pos: to
 def key_padding_mask(attention_mask: torch.Tensor, batch: int, keys: int,
                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Bool ``[B, 1, n, S]``: ``mask`` (bool ``[n, S]``, or None = all allowed) with the padding keys of
-    ``attention_mask`` (``[B, >= S]``, 1 = real token; its first ``S`` columns are the keys) hidden."""
+    ``attention_mask`` (``[B, >= S]``, 1 = real token; its first ``S`` columns are the keys) hidden; a
+    query row left with no key (a padding query) sees every key instead, so that no row is NaN."""
     if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] < keys:
         raise ValueError(f"attention_mask must be [B={batch}, {keys}] (1 = real token); "
                          f"got {tuple(attention_mask.shape)}")
@@ -370,7 +371,7 @@ class Transformer(nn.Module):
         """Uncached forward: tokens ``[B, L]`` (positions 0..L-1) -> final-normed hidden ``[B, L, D]``.
 
         ``attention_mask``: ``[B, L]`` (bool or int, 1 = real token) or None. Padding keys are
-        hidden from every query; positions stay absolute (LLaDA's convention for left-padded
+        hidden from every real query; positions stay absolute (LLaDA's convention for left-padded
         prompts). RoPE attention sees only relative positions, so the real tokens compute what they
         compute alone, which is also what Hugging Face's and Dream's real-token position count gives
         (tested); the outputs at padding positions are computed but meaningless.

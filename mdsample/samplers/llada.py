@@ -284,8 +284,8 @@ def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar, eos_id=None, 
             for i, k in enumerate(schedule):
                 step(i)
                 bar.step(tokens=x.shape[0] * k, canvas=canvas)
-            if per_block > len(schedule):
-                bar.step(per_block - len(schedule))  # steps that commit nothing run no forward
+            for _ in range(per_block - len(schedule)):  # steps that commit nothing run no forward
+                bar.step(canvas=canvas)
             i = len(schedule)
             while step.dynamic and bool((x[:, start:start + bl] == step.mask_id).any()):
                 step(i)  # past the budget: the eager loop's rule, a step while masks remain

@@ -29,6 +29,13 @@ def _prompt(batch=2, length=3):
     return torch.randint(0, 100, (batch, length), generator=torch.Generator().manual_seed(1))
 
 
+def _padded_prompt():
+    """Row 0 left-padded with the mask id (SMDM's padding): the canvases must show it as given."""
+    p = _prompt()
+    p[0, 0] = MASK
+    return p
+
+
 # (name, call(model, on_step), model fixture, expected number of steps or None when data-dependent)
 CASES = [
     ("generate", lambda m, h: mdsample.generate(m, _prompt(), steps=4, gen_length=8, block_length=4,
@@ -42,8 +49,12 @@ CASES = [
         m, _prompt(), steps=2, gen_length=8, block_length=4, cache="prefix", threshold=0.5, cuda_graph=True,
         on_step=h), "bidirectional", None),
     ("generate-padded", lambda m, h: mdsample.generate(
-        m, _prompt(), attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]), steps=4, gen_length=4,
+        m, _padded_prompt(), attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]), steps=4, gen_length=4,
         block_length=4, on_step=h), "bidirectional", 4),
+    ("generate-dual-cache-idle-steps", lambda m, h: mdsample.generate(
+        m, _prompt(), steps=8, gen_length=4, block_length=4, cache="dual", on_step=h), "bidirectional", 8),
+    ("generate-idle-steps", lambda m, h: mdsample.generate(m, _prompt(), steps=8, gen_length=4, block_length=4,
+                                                           on_step=h), "bidirectional", 8),
     ("mdlm", lambda m, h: mdsample.sample_mdlm(m, batch_size=2, length=6, mask_id=MASK, steps=5, on_step=h),
      "bidirectional", 6),  # 5 steps + the noise removal
     ("mdlm-first-hitting", lambda m, h: mdsample.sample_mdlm(m, batch_size=2, length=6, mask_id=MASK, steps=5,
