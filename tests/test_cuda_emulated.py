@@ -25,8 +25,11 @@ from cuda_emu_build import EMU, ROOT, emulator_library as _library
 from test_sample_categorical import _near_tie
 
 import mdsample
+import requires
 from mdsample import _backends
 from mdsample.reference.sampling import CHUNK, guided_scores
+
+pytestmark = requires.cpu_backend  # the emulated kernel is checked against the cpu backend
 
 SOURCES = [ROOT / "csrc" / "sampling.cu", EMU / "selftest.cu", EMU / "cuda_emu.cpp", EMU / "sampling_entry.cpp"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]

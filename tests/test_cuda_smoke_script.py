@@ -6,9 +6,12 @@ import sys
 
 import pytest
 
+import requires
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@requires.cpu_backend
 @pytest.mark.parametrize("mode", ["--small", "--sanitize"])
 def test_smoke_script_passes_on_the_cpu_backend(mode):
     done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "cuda_smoke.py"), "--device", "cpu",

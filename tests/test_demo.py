@@ -6,9 +6,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+import requires  # noqa: E402
 from benchmarks import demo  # noqa: E402
 
 
+@requires.cpu_backend  # the table's fast row is the compiled backend
 def test_demo_runs(capsys):
     assert demo.main(["--rows", "4", "--vocab", "300"]) == 0
     out = capsys.readouterr().out

@@ -25,8 +25,10 @@ from test_likelihood_cuda import count_case, nll_case
 from test_masked_nll import truth
 
 import mdsample
+import requires
 from mdsample import _backends
 
+pytestmark = requires.cpu_backend  # the emulated kernels are checked against the cpu backend
 SOURCES = [ROOT / "csrc" / "likelihood.cu", ROOT / "csrc" / "philox.cu", EMU / "likelihood_entry.cpp",
            EMU / "cuda_emu.cpp"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]

@@ -153,6 +153,8 @@ def test_bad_rows_raise_naming_the_row_or_return_minus_one(fast_backend, device)
     with pytest.raises(ValueError, match=r"guidance\[0, 1\] contains NaN"):  # the side that holds it
         mdsample.sample_categorical(_logits((2, 3, 300), device=device), guidance=uncond, guidance_scale=1.0,
                                     backend=fast_backend)
+    if fast_backend == "reference":  # the stand-in of a pure-Python install combines in float64: no overflow
+        return
     with pytest.raises(ValueError, match=r"guided scores of logits\[0\] overflow float32"):  # both sides finite
         mdsample.sample_categorical(torch.tensor([[2.0, 0.0, 1.0]], device=device),
                                     guidance=torch.zeros(1, 3, device=device), guidance_scale=3e38, backend=fast_backend)

@@ -10,6 +10,7 @@ import torch
 
 from mdsample.ops.uniforms import philox_uniforms
 from mdsample.reference.philox import DOMAIN_FORWARD_MASK, DOMAIN_REVEAL, DOMAIN_TIMESTEP, DOMAIN_TOKEN
+import requires
 from sync_guard import no_host_sync  # tests/ is on sys.path (rootdir conftest)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -56,6 +57,7 @@ def test_tensor_keys_make_no_host_sync(fast_backend):
     assert torch.equal(got[0], philox_uniforms(pos, seed=5, offset=11, domain=DOMAIN_REVEAL, backend="reference")[0])
 
 
+@requires.cpu_backend
 def test_one_op_instead_of_hundreds():
     from torch.profiler import profile
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import hf_or_skip
+import requires
 from mdsample.models import Transformer, generate_ar, generate_ar_uncached, llama_config, llama_state_dict, preset
 
 
@@ -55,7 +55,7 @@ def test_refuses_token_ids_outside_the_vocabulary():
 
 @torch.no_grad()
 def test_greedy_equals_hf_llama_generate_with_kv_cache():
-    transformers = hf_or_skip.transformers()
+    transformers = requires.transformers()
     cfg = preset("tiny", attention="causal", vocab_size=256, mask_id=None)
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM(llama_config(cfg)).eval()

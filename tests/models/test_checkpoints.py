@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-import hf_or_skip
+import requires
 import mdsample
 from mdsample.models import Transformer, from_llada, from_llama, llada_state_dict
 
@@ -143,7 +143,7 @@ def test_unknown_parameters_are_named():
 
 @pytest.fixture(scope="module")
 def transformers():
-    return hf_or_skip.transformers()
+    return requires.transformers()
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])

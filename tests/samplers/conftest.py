@@ -7,13 +7,13 @@ one thread), so these tests run torch single-threaded and restore the setting af
 import pytest
 import torch
 
-import hf_or_skip
+import requires
 
 
 @pytest.fixture(scope="session")
 def llama():
     """A small random Hugging Face Llama (float64, V = 40): the stand-in for HF checkpoints."""
-    transformers = hf_or_skip.transformers()
+    transformers = requires.transformers()
     LlamaConfig, LlamaForCausalLM = transformers.LlamaConfig, transformers.LlamaForCausalLM
 
     torch.manual_seed(0)

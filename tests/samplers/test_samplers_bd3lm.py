@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import mdsample
+import requires
 from mdsample.models import Transformer
 from sampler_oracles import JointOracle, PrefixOracle, chi_square_pvalue, count_rows, random_joint, reference_truncate
 
@@ -227,6 +228,7 @@ def _oracle(vocab, length, seed):
 
 
 @pytest.mark.parametrize("top_p", [None, 0.6])
+@requires.cpu_backend
 @pytest.mark.parametrize("steps", [None, 2, 4])
 def test_law_is_the_joint_or_its_nucleus_walk(top_p, steps):
     """T = 1 on an oracle of exact conditionals: without top-p any reveal order gives the joint (first-hitting
@@ -253,6 +255,7 @@ def test_the_nucleus_law_is_not_the_joint():
     assert sum(abs(law.get(k, 0.0) - p) for k, p in joint.items()) > 0.3
 
 
+@requires.cpu_backend
 def test_low_entropy_rejection_law():
     """Length 6, blocks of 2, window 2, min_entropy 0.5: the check runs after the blocks ending at 4 and 6 (not
     2: only past the window) and rejects equal neighbours, so the law is the joint given x2 != x3 and x4 != x5

@@ -4,11 +4,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import hf_or_skip
+import requires
 import mdsample
 from mdsample.models import Backbone, HFBackbone, HFRowBackbone, device_of, hf_backbone, logits_of
 
-transformers = hf_or_skip.transformers()
+transformers = requires.transformers()
 
 
 def test_logits_of_accepts_the_usual_outputs():
