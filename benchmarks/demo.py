@@ -24,6 +24,12 @@ from mdsample.models import Transformer, preset  # noqa: E402
 from benchmarks import bench_sampling  # noqa: E402
 
 
+def denoising_strip(x: torch.Tensor, mask_id: int, block: int) -> str:
+    """One canvas row (int64 ``[n]``) as text: '.' for a mask, '#' for a token, '|' between blocks."""
+    cells = "".join("." if t == mask_id else "#" for t in x.tolist())
+    return "|".join(cells[i:i + block] for i in range(0, len(cells), block))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=None, help="microbenchmark rows (default: 256 on CPU, 4096 on GPU)")
@@ -41,12 +47,16 @@ def main(argv=None) -> int:
     print("  first sequence:", x[0, :24].tolist(), "...")
 
     prompt = torch.randint(0, cfg.mask_id, (2, 8), generator=torch.Generator().manual_seed(0)).to(device)
+    canvases = []
     t0 = time.perf_counter()
     with torch.no_grad():
         y = mdsample.generate(model, prompt, steps=32, gen_length=32, block_length=8, mask_id=cfg.mask_id,
-                              temperature=0.0, threshold=0.9)
+                              temperature=0.0, threshold=0.9, on_step=lambda step, x: canvases.append(x[0, 8:]))
     print(f"generate (LLaDA blocks + Fast-dLLM threshold): 2 x 32 new tokens in {time.perf_counter() - t0:.2f} s")
     print("  first answer:", y[0, 8:32].tolist(), "...")
+    print(f"  its denoising, from on_step ({len(canvases)} steps; '.' still masked, '#' revealed, '|' block edge):")
+    for step, x in enumerate(canvases, 1):
+        print(f"  {step:4d} {denoising_strip(x, cfg.mask_id, 8)}")
 
     t0 = time.perf_counter()
     with torch.no_grad():
