@@ -27,7 +27,9 @@ def as_tensor(name: str, value) -> torch.Tensor:
         except BufferError:
             # torch < 2.5 speaks unversioned DLPack, which has no read-only flag, so NumPy will not export a
             # read-only array through it; from_numpy shares the memory all the same (the ops never write).
-            if type(value).__module__ != "numpy":
+            import numpy
+
+            if not isinstance(value, numpy.ndarray):
                 raise
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
