@@ -34,8 +34,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# SDPA's enable_gqa came with torch 2.5; on 2.4 the kv heads are repeated instead (same values).
-_SDPA_GQA = torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)
+
+def _sdpa_broadcasts_kv_heads() -> bool:
+    """Whether SDPA takes ``enable_gqa`` (torch 2.5 on). Asked of SDPA itself, once: a version check would
+    send pre-release builds such as 2.5.0a0 down the slower path. Without it the kv heads are repeated."""
+    q, kv = torch.zeros(1, 2, 1, 1), torch.zeros(1, 1, 1, 1)
+    try:
+        F.scaled_dot_product_attention(q, kv, kv, enable_gqa=True)
+    except TypeError:
+        return False
+    return True
+
+
+_SDPA_GQA = _sdpa_broadcasts_kv_heads()
 
 ATTENTION_MODES = ("bidirectional", "block_causal", "causal")
 
