@@ -32,6 +32,8 @@ def info() -> str:
         where = [d for d in ("cpu", "cuda") if _backends.available(b, d)]
         if where:
             lines.append(f"  {b:<10} loaded, runs on {' and '.join(where)} tensors")
+            if b == "triton" and _backends.triton_interpreted() and "cpu" not in where:
+                lines.append(f"             not on cpu tensors: {_backends.why_not(b, 'cpu')}")
         else:
             device = "cuda" if b in ("cuda", "triton") else "cpu"
             lines.append(f"  {b:<10} missing: {_backends.why_not(b, device)}")

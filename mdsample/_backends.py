@@ -7,6 +7,7 @@ import re
 BACKENDS = ("cuda", "triton", "cpu", "reference")
 
 _reasons: dict[str, str] = {}
+_interpreter_reason = None  # set below when Triton's CPU interpreter cannot run the kernels
 
 try:
     from . import _C  # type: ignore[attr-defined]
@@ -37,14 +38,30 @@ else:
 TRITON_MIN = (3, 4)
 
 
+def _release(version: str) -> tuple:
+    """``"3.6.0+git1234"`` -> ``(3, 6)``; ``(0, 0)`` when it does not start with major.minor."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return (int(found[1]), int(found[2])) if found else (0, 0)
+
+
 def triton_too_old(version: str):
     """Why a Triton of ``version`` (e.g. ``"3.6.0+git1234"``) is refused, or None when it is recent enough."""
-    release = re.match(r"(\d+)\.(\d+)", version)
-    if release and (int(release[1]), int(release[2])) >= TRITON_MIN:
+    if _release(version) >= TRITON_MIN:
         return None
     least = ".".join(map(str, TRITON_MIN))
     return (f"triton {version} is older than {least}, the oldest release mdsample's Triton kernels are tested on "
             f"(pip install 'triton>={least}', or use the cuda backend)")
+
+
+def interpreter_broken(triton_version: str, numpy_version: str):
+    """Why Triton's CPU interpreter cannot run the kernels with these versions, or None. Triton 3.4 - 3.6 turn a
+    scalar argument into a 1-element array and take ``int()`` of it, which numpy 2.4 refuses (a TypeError in
+    every kernel; numpy 2.3 still warns); Triton 3.7 squeezes the array first. Measured with 3.6; 3.4 and 3.5
+    have the same line."""
+    if _release(triton_version) >= (3, 7) or _release(numpy_version) < (2, 4):
+        return None
+    return (f"triton {triton_version}'s interpreter (TRITON_INTERPRET=1) fails with numpy {numpy_version}: "
+            "pip install 'numpy<2.4' or 'triton>=3.7' to run the Triton kernels on the CPU")
 
 
 try:
@@ -56,6 +73,9 @@ except ImportError as exc:
 else:
     if triton_too_old(triton.__version__):
         _reasons["triton"] = triton_too_old(triton.__version__)
+    import numpy
+
+    _interpreter_reason = interpreter_broken(triton.__version__, numpy.__version__)
 
 
 def triton_interpreted() -> bool:
@@ -72,7 +92,7 @@ def available(backend: str, device_type: str) -> bool:
     if backend == "cuda":
         return device_type == "cuda"
     if backend == "triton":
-        return device_type == "cuda" or triton_interpreted()
+        return device_type == "cuda" or (triton_interpreted() and _interpreter_reason is None)
     return backend == "reference"
 
 
@@ -81,6 +101,8 @@ def why_not(backend: str, device_type: str) -> str:
     if backend in _reasons:
         return _reasons[backend]
     if backend == "triton" and device_type == "cpu":
+        if triton_interpreted() and _interpreter_reason is not None:
+            return _interpreter_reason
         return "triton runs CPU tensors only under TRITON_INTERPRET=1"
     return f"backend {backend!r} does not run on {device_type} tensors"
 

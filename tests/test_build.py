@@ -94,3 +94,26 @@ def test_triton_older_than_the_tested_releases_is_refused():
     for old in ("3.3.1", "3.0.0", "2.3.1", "3.1+git12ab", "3.3rc1", "nightly"):
         why = _backends.triton_too_old(old)
         assert why is not None and old in why and "triton>=3.4" in why
+
+
+def test_triton_interpreter_with_a_numpy_it_cannot_run_is_refused():
+    """Triton 3.4 - 3.6's interpreter breaks on numpy 2.4+ (every kernel raised a TypeError from deep inside
+    Triton): the backend is then off on CPU tensors with a reason that names both versions and the fixes."""
+    for triton_version, numpy_version in (("3.6.0", "2.3.5"), ("3.6.0", "2.2.6"), ("3.7.0", "2.5.5"), ("3.9.0", "2.4.6")):
+        assert _backends.interpreter_broken(triton_version, numpy_version) is None
+    why = _backends.interpreter_broken("3.6.0", "2.4.6")
+    assert why is not None and "3.6.0" in why and "2.4.6" in why and "numpy<2.4" in why and "triton>=3.7" in why
+
+
+def test_a_broken_interpreter_turns_triton_off_on_cpu_and_info_says_why(monkeypatch):
+    from mdsample.__main__ import info
+
+    if "triton" in _backends._reasons:
+        pytest.skip(_backends._reasons["triton"])
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_backends, "_interpreter_reason", "the interpreter cannot run here")
+    assert not _backends.available("triton", "cpu") and _backends.available("triton", "cuda")
+    assert _backends.why_not("triton", "cpu") == "the interpreter cannot run here"
+    assert "not on cpu tensors: the interpreter cannot run here" in info()
+    with pytest.raises(ValueError, match="the interpreter cannot run here"):
+        _backends.resolve("triton", "cpu")
