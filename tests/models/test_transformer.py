@@ -129,3 +129,19 @@ def test_grouped_query_attention_without_sdpa_enable_gqa(monkeypatch, attention)
     broadcast = m(x)
     monkeypatch.setattr(tr, "_SDPA_GQA", False)
     torch.testing.assert_close(m(x), broadcast, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("attention", ["causal", "block_causal"])
+def test_no_query_row_of_a_padded_mask_is_empty(attention):
+    """A left-padded causal batch has padding queries whose keys are all padding. Such an all-False SDPA row
+    is NaN on torch 2.4, and the next layer spreads it to every real row (0 weight x NaN value): every row
+    must keep a key, and the real rows must keep exactly the keys they had."""
+    from mdsample.models.transformer import attention_allowed, key_padding_mask
+
+    pos = torch.arange(8)
+    allowed = attention_allowed(attention, 4, pos, pos)
+    am = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1], [1] * 8])
+    mask = key_padding_mask(am, 2, 8, allowed)
+    assert mask.any(-1).all()
+    real = am.bool()
+    torch.testing.assert_close(mask[:, 0][real], (allowed & real[:, None, :])[real])
