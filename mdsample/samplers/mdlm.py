@@ -106,14 +106,14 @@ class _Run:
     """State shared by the windows of one sample_mdlm call."""
 
     def __init__(self, fwd: RowForward, schedule: Schedule, *, mask_id, steps, eps, temperature, cfg_scale,
-                 seed, noise_removal, first_hitting, backend, progress: Progress):
+                 seed, noise_removal, first_hitting, backend, progress: Progress, canvas):
         self.fwd, self.schedule = fwd, schedule
         self.backbone = fwd.backbone
         self.mask_id, self.steps, self.eps = mask_id, steps, eps
         self.temperature, self.cfg_scale, self.seed = temperature, cfg_scale, seed
         self.noise_removal, self.first_hitting = noise_removal, first_hitting
         self.backend, self.progress = backend, progress
-        self.canvas = None  # what on_step sees (set by sample_mdlm)
+        self.canvas = canvas  # what on_step sees: a function returning the whole canvas
 
     def _sigma(self, t, n: int, device) -> Optional[torch.Tensor]:
         if not self.backbone.time_conditioned:
@@ -304,15 +304,14 @@ def sample_mdlm(
             x = x_all[:, a:a + window].clone()
             fwd = RowForward(backbone, mask_id=mask_id, cfg_scale=cfg_scale,
                              uncond_mask=is_prompt[:, a:a + window].contiguous())
-            run = _Run(fwd, sched, mask_id=mask_id, steps=steps, eps=eps, temperature=temperature,
-                       cfg_scale=cfg_scale, seed=seed, noise_removal=noise_removal, first_hitting=first_hitting,
-                       backend=backend, progress=bar)
 
             def canvas(x=x, a=a):  # the window written back: on_step sees the whole canvas
                 x_all[:, a:a + window] = x
                 return x_all
 
-            run.canvas = canvas
+            run = _Run(fwd, sched, mask_id=mask_id, steps=steps, eps=eps, temperature=temperature,
+                       cfg_scale=cfg_scale, seed=seed, noise_removal=noise_removal, first_hitting=first_hitting,
+                       backend=backend, progress=bar, canvas=canvas)
             pos = pos_all[:, a:a + window]
             if first_hitting:
                 run.first_hit(x, pos, w << _WINDOW_SHIFT)
