@@ -71,8 +71,9 @@ except ImportError as exc:
     triton = None
     _reasons["triton"] = f"triton did not import: {exc}"
 else:
-    if triton_too_old(triton.__version__):
-        _reasons["triton"] = triton_too_old(triton.__version__)
+    _too_old = triton_too_old(triton.__version__)
+    if _too_old:
+        _reasons["triton"] = _too_old
     import numpy
 
     _interpreter_reason = interpreter_broken(triton.__version__, numpy.__version__)

@@ -220,11 +220,11 @@ class Backbone:
         self.sequences = 0
         self.rows = 0
         _warn_if_dropout_active(model)
-        if not self.time_conditioned and _requires_sigma(model.hidden if self.has_head else model):
+        fn = model.hidden if self.has_head else model  # what receives sigma
+        if not self.time_conditioned and _requires_sigma(fn):
             raise TypeError(f"{type(model).__name__} requires sigma (a time-conditioned model): pass "
                             "time_conditioned=True so that the sampler gives it sigma = -log alpha_t")
         if self.time_conditioned:
-            fn = model.hidden if self.has_head else model
             if not accepts_keyword(fn, "sigma", unknown=True):
                 raise TypeError(f"time_conditioned=True passes sigma= to the model, but "
                                 f"{type(model).__name__}.{'hidden' if self.has_head else 'forward'} takes no sigma")
@@ -296,7 +296,6 @@ class Backbone:
         """The model's context window if it declares one (``model.max_length``, or a Hugging Face config's
         ``max_position_embeddings``), else None."""
         return _declared_int(self.model, "max_length", "config.max_position_embeddings")
-
 
     @property
     def vocab_size(self) -> Optional[int]:
