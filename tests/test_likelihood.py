@@ -320,24 +320,34 @@ def test_mask_id_defaults_to_the_declared_one(estimator):
     torch.testing.assert_close(fn(_HFStyle(), x, **kw).log_likelihood, want, rtol=0, atol=0)
 
 
+def _assert_compat_is_the_preset(call, *, masking, sign, slack=0.0):
+    """A compat harness call ``call(seed) -> float`` on CHAIN's first row, prompt 5: at seed 11 exactly
+    mdsample.likelihood's preset (shifted lattice, subs off, ``masking``), times ``sign``; over 300 independent
+    keys its mean is ``sign * log p(answer | prompt)`` within 4 standard errors (P(false alarm) ~ 6e-5) plus
+    ``slack``; with seed None the key comes from torch's RNG, so reseeding torch repeats it. Returns the
+    seed-11 value."""
+    got = call(11)
+    want = mdsample.likelihood(MARKOV, CHAIN, prompt_len=5, mc_samples=8, batch_size=4, mode="shifted",
+                               masking=masking, subs=False, mask_id=MARKOV.mask_id, seed=11)
+    assert isinstance(got, float) and got == sign * float(want.log_likelihood[0])
+    vals = torch.tensor([call(s) for s in range(300)])
+    truth = sign * float(MARKOV.log_prob(CHAIN, prompt=5)[0])
+    assert abs(float(vals.mean()) - truth) <= 4 * float(vals.std()) / math.sqrt(len(vals)) + slack
+    torch.manual_seed(2)
+    a = call(None)
+    torch.manual_seed(2)
+    assert a == call(None)
+    return got
+
+
 def test_llada_get_log_likelihood_compat():
     """LLaDA's signature and estimator: mdsample.likelihood's LLaDA preset, unbiased for log p(answer | prompt)."""
     from mdsample.compat import llada
 
     prompt, answer = CHAIN[0, :5], CHAIN[0, 5:]
     kw = dict(mc_num=8, batch_size=4, mask_id=MARKOV.mask_id)
-    got = llada.get_log_likelihood(MARKOV, prompt, answer, seed=11, **kw)
-    want = mdsample.likelihood(MARKOV, CHAIN, prompt_len=5, mc_samples=8, batch_size=4, mode="shifted",
-                               masking="count", subs=False, mask_id=MARKOV.mask_id, seed=11)
-    assert isinstance(got, float) and got == float(want.log_likelihood[0])
-    # Over independent keys (P(false alarm) ~ 6e-5 at 4 standard errors), the mean is the exact value.
-    vals = torch.tensor([llada.get_log_likelihood(MARKOV, prompt, answer, seed=s, **kw) for s in range(300)])
-    truth = float(MARKOV.log_prob(CHAIN, prompt=5)[0])
-    assert abs(float(vals.mean()) - truth) <= 4 * float(vals.std()) / math.sqrt(len(vals))
-    torch.manual_seed(2)
-    a = llada.get_log_likelihood(MARKOV, prompt, answer, **kw)
-    torch.manual_seed(2)
-    assert a == llada.get_log_likelihood(MARKOV, prompt, answer, **kw)
+    got = _assert_compat_is_the_preset(lambda seed: llada.get_log_likelihood(MARKOV, prompt, answer, seed=seed, **kw),
+                                       masking="count", sign=1.0)
     with pytest.raises(ValueError, match="answer"):
         llada.get_log_likelihood(MARKOV, prompt, answer[:0], **kw)
     with pytest.raises(ValueError, match="prompt"):
@@ -349,24 +359,14 @@ def test_llada_get_log_likelihood_compat():
 
 
 def test_smdm_eval_target_nll_mc_compat():
-    """SMDM's harness call: mdsample.likelihood's SMDM preset on prefix + target, and about the exact NLL."""
+    """SMDM's harness call: mdsample.likelihood's SMDM preset on prefix + target, and about the exact NLL (up to
+    the O(eps) truncation of the Bernoulli form: slack 2 eps nats per token, as test_padded_batch_...)."""
     from mdsample.compat import smdm
 
     prefix, target = CHAIN[0, :5], CHAIN[0, 5:]
     kw = dict(mc_num=8, batch_size=4, mask_id=MARKOV.mask_id)
-    got = smdm.eval_target_nll_mc(MARKOV, prefix, target, seed=11, **kw)
-    want = mdsample.likelihood(MARKOV, CHAIN, prompt_len=5, mc_samples=8, batch_size=4, mode="shifted",
-                               masking="bernoulli", subs=False, mask_id=MARKOV.mask_id, seed=11)
-    assert isinstance(got, float) and got == -float(want.log_likelihood[0])
-    # Over independent keys the mean is the exact NLL, up to the O(eps) truncation of the Bernoulli form
-    # (4 standard errors: P(false alarm) ~ 6e-5; slack 2 eps nats per token, as test_padded_batch_...).
-    vals = torch.tensor([smdm.eval_target_nll_mc(MARKOV, prefix, target, seed=s, **kw) for s in range(300)])
-    truth = -float(MARKOV.log_prob(CHAIN, prompt=5)[0])
-    assert abs(float(vals.mean()) - truth) <= 4 * float(vals.std()) / math.sqrt(len(vals)) + 2e-3 * 27 * math.log(16)
-    torch.manual_seed(2)
-    a = smdm.eval_target_nll_mc(MARKOV, prefix, target, **kw)
-    torch.manual_seed(2)
-    assert a == smdm.eval_target_nll_mc(MARKOV, prefix, target, **kw)
+    _assert_compat_is_the_preset(lambda seed: smdm.eval_target_nll_mc(MARKOV, prefix, target, seed=seed, **kw),
+                                 masking="bernoulli", sign=-1.0, slack=2e-3 * 27 * math.log(16))
     with pytest.raises(ValueError, match="mc_num .* batch_size"):
         smdm.eval_target_nll_mc(MARKOV, prefix, target, **{**kw, "mc_num": 6})
     with pytest.raises(ValueError, match="cfg must"):
