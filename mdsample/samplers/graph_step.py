@@ -30,8 +30,9 @@ number of steps. ``generate`` runs a budget of ``steps / num_blocks`` steps per 
 looking, then checks once (one host sync per block) and continues step by step while masks
 remain. A step on a finished sequence commits nothing, and the next block starts with a
 refresh, so the budget's surplus steps change no token: the output is the eager sampler's.
-(dInfer's cutoff ``min(tau, max_conf - 1e-5)`` would also be sync-free, but it commits every
-candidate within 1e-5 of the top one; ``select`` keeps Fast-dLLM's top-1-plus-threshold rule.)
+dInfer's hierarchy rule (``low_threshold``) is fixed-shape too and runs the same way; its credit
+fusion (samplers/credit.py) keeps its state in static ``[B, block, block]`` buffers, so a
+replay reads and updates it in place.
 
 ``"random"`` remasking chooses the committed positions from Philox uniforms first, as the
 eager sampler does, and computes only the ``kmax`` rows per sequence that can be committed
@@ -56,6 +57,7 @@ import torch
 from ..ops.sampling import sample_categorical
 from ._random import DOMAIN_REVEAL, uniforms
 from .forward import CachedRowForward
+from .credit import Credit
 from .truncation import truncate
 from .remasking import confidence, select, transfer_counts
 
@@ -118,6 +120,8 @@ class BlockStep:
         keep_graphs: keep every block's graph (a :class:`StepGraphs` reuses them in later calls);
             False drops a ``"prefix"`` block's graph when the next block starts.
         truncation: ``(top_p, top_k)`` of the draw (samplers/truncation.py, its sync-free form), or Nones.
+        low_threshold: dInfer's hierarchy rule (:func:`.remasking.select`), or None.
+        credit: dInfer's credit fusion settings ``(alpha, gamma, beta)`` (samplers/credit.py), or None.
 
     Static buffers (what a replay reads): ``k`` int64 ``[B]`` (this step's transfer counts),
     ``offset`` int64 ``[]`` (Philox offset, bumped by each step), ``seed`` int64 ``[]``,
@@ -128,7 +132,8 @@ class BlockStep:
                  remasking: str, temperature: float, stats_temperature: Optional[float], seed: int, mask_id: int,
                  threshold: Optional[float] = None, factor: Optional[float] = None, guidance_scale: float = 0.0,
                  backend: str = "auto", capture: bool = False, keep_graphs: bool = False,
-                 truncation: tuple = (None, None)):
+                 truncation: tuple = (None, None), low_threshold: Optional[float] = None,
+                 credit: Optional[tuple] = None):
         if capture and x.device.type != "cuda":
             raise ValueError(f"CUDA-graph capture needs CUDA tensors; the canvas is on {x.device}")
         dev = x.device
@@ -137,9 +142,10 @@ class BlockStep:
         self.block_length, self.per_block = block_length, per_block
         self.remasking, self.temperature, self.stats_temperature = remasking, temperature, stats_temperature
         self.guidance_scale, self.backend, self.capture, self.keep_graphs = guidance_scale, backend, capture, keep_graphs
-        self.threshold, self.factor = threshold, factor
+        self.threshold, self.factor, self.low_threshold = threshold, factor, low_threshold
         self.top_p, self.top_k = truncation
-        self.dynamic = threshold is not None or factor is not None
+        self.dynamic = threshold is not None or factor is not None or low_threshold is not None
+        self.credit = None if credit is None else Credit(b, block_length, credit, dev)
         self.k = torch.zeros(b, dtype=torch.int64, device=dev)
         self.offset = torch.zeros((), dtype=torch.int64, device=dev)
         self.seed = torch.tensor(seed, dtype=torch.int64, device=dev)
@@ -152,6 +158,7 @@ class BlockStep:
         self.kmax = block_length if self.dynamic else -(-block_length // per_block)
         rows = block_length if remasking != "random" else self.kmax
         self._row_seq = self._everyone.repeat_interleave(rows)
+        self._row_col = self._j.repeat(b)  # block column of each row (all block rows: credit needs them)
         self.graphs: dict = {}
         self._pool = None
 
@@ -184,6 +191,8 @@ class BlockStep:
         self.fwd.begin_block(self.x, start, end, static=True)
         self.offset.fill_(offset)
         self.counts.copy_(transfer_counts(self.x[:, start:end] == self.mask_id, self.per_block))
+        if self.credit is not None:
+            self.credit.reset()
 
     def __call__(self, i: int) -> None:
         """Step ``i`` of the current block: a refresh runs eagerly, any other step replays its graph."""
@@ -243,13 +252,18 @@ class BlockStep:
         self.offset += 1
 
     def _select(self, conf, cand):
-        return select(conf, cand, k=None if self.dynamic else self.k, threshold=self.threshold, factor=self.factor)
+        return select(conf, cand, k=None if self.dynamic else self.k, threshold=self.threshold, factor=self.factor,
+                      low_threshold=self.low_threshold)
 
     def _draw(self, fwd, frame, refresh, positions, active, fallback, *, stats):
         logits, guidance = fwd.rows(self.x, self._everyone, self._row_seq, frame.reshape(-1), refresh=refresh)
         if self.top_p is not None or self.top_k is not None:
             logits = truncate(logits, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                               exclude=self.mask_id, sync_free=True)
+        if self.credit is not None:  # the argmax at T = 1, then the draw from the fused rows
+            top = sample_categorical(logits, temperature=0.0, exclude=self.mask_id, active=active.reshape(-1),
+                                     return_stats=True, stats_temperature=1.0, check=False, backend=self.backend)
+            logits = self.credit.fuse(logits, self._row_seq, self._row_col, top.tokens, top.prob, active.reshape(-1))
         out = sample_categorical(
             logits, temperature=self.temperature, seed=self.seed, offset=self.offset,
             positions=positions.reshape(-1), exclude=self.mask_id, active=active.reshape(-1),

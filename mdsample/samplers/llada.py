@@ -18,7 +18,11 @@ The algorithm (LLaDA ``generate.py``; ALGORITHMS.md):
    How many: LLaDA's count (default), or Fast-dLLM's ``threshold`` (top-1 plus every
    candidate with confidence >= tau) or ``factor`` (mdsample.samplers.remasking). With
    a threshold or factor a block runs until it has no masks (``steps`` then only fixes
-   the number of blocks, as in Fast-dLLM).
+   the number of blocks, as in Fast-dLLM). dInfer's decoders: ``low_threshold`` is its
+   hierarchy rule (the most confident of each run of adjacent candidates, if above
+   ``low_threshold``; every candidate above ``threshold``; the top-1), and ``credit`` its credit
+   fusion (samplers/credit.py: logits biased by the tokens a position kept predicting), with any
+   of the rules; both run until the block has no masks, as a threshold does.
 
 Differences from upstream, all deliberate and documented:
 
@@ -64,6 +68,7 @@ from ..ops.sampling import sample_categorical
 from . import _checks as C
 from ._random import DOMAIN_REVEAL, seed_value, uniforms
 from .forward import CACHE_MODES, CachedRowForward, RowForward
+from .credit import Credit, credit_settings
 from .eos import fill_after_eos, finished
 from .progress import Progress
 from .graph_step import BlockStep, StepGraphs
@@ -97,6 +102,7 @@ def _excluded_mass(logits, guidance, scale, tokens, logprob, ids: Sequence[int])
 @torch.no_grad()
 def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cfg_scale, remasking, mask_id,
               threshold, factor, attention_mask, seed, backend, progress, cache=None, refresh_every=None,
+              low_threshold=None, credit=None,
               cuda_graph=False, eos_id=None, top_p=None, top_k=None, logits_exclude: Sequence[int] = (),
               confidence_exclude: Sequence[int] = (), graph_capture: Optional[bool] = None,
               static_steps: Optional[bool] = None, calls_out: Optional[dict] = None, on_step=None):
@@ -124,12 +130,19 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         threshold = C.real("threshold", threshold)
     if factor is not None:
         factor = C.real("factor", factor, low=0.0)
+    if low_threshold is not None:
+        if factor is not None:
+            raise ValueError("low_threshold (dInfer's hierarchy rule) combines with threshold, not with factor")
+        low_threshold = C.real("low_threshold", low_threshold)
     seed = seed_value("seed", seed)
     progress = C.flag("progress", progress)
     on_step = C.step_hook(on_step)
     top_p, top_k = truncation_args(top_p, top_k)
     if (top_p is not None or top_k is not None) and cfg_scale > 0:
         raise ValueError("top_p / top_k (Dream's truncation) do not combine with cfg_scale > 0")
+    credit = credit_settings(credit)
+    if credit is not None and (remasking == "random" or cfg_scale > 0 or top_p is not None or top_k is not None):
+        raise ValueError("credit (dInfer's credit fusion) needs confidence remasking, cfg_scale 0 and no top_p / top_k")
     if eos_id is not None:
         eos_id = C.integer("eos_id", eos_id, low=0)
         if eos_id == mask_id:
@@ -146,7 +159,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
             raise ValueError("cuda_graph=True does not support logits_eos_inf / confidence_eos_eot_inf")
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str; got {type(backend).__name__}")
-    dynamic = threshold is not None or factor is not None
+    dynamic = threshold is not None or factor is not None or low_threshold is not None
     if static_steps is False and cuda_graph:
         raise ValueError("static_steps=False runs the step-by-step loop, which cannot be captured")
     # A cached run takes the fixed-shape, sync-free steps unless it needs what only the step-by-step
@@ -161,6 +174,8 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
     x, am, plen = C.prompt_canvas(prompt, attention_mask, gen_length, mask_id)
     x, padding = C.unmask_padding(x, am, mask_id)
     device, (batch, total) = x.device, x.shape
+    if credit is not None and bool((x[:, :plen] == mask_id).any()):
+        raise ValueError("credit needs prompts without mask tokens (credit is kept for the block's positions)")
 
     is_prompt = torch.zeros((batch, total), dtype=torch.bool, device=device)
     is_prompt[:, :plen] = x[:, :plen] != mask_id
@@ -189,7 +204,8 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
             raise ValueError(f"cache={cache!r} needs prompts without mask tokens (cached prefix rows get no logits)")
         capture = cuda_graph and device.type == "cuda" if graph_capture is None else graph_capture
         settings = (batch, plen, gen_length, block_length, per_block, cache, refresh_every, remasking, temperature,
-                    cfg_scale, threshold, factor, mask_id, backend, str(device), capture, am is not None, top_p, top_k)
+                    cfg_scale, threshold, factor, mask_id, backend, str(device), capture, am is not None, top_p, top_k,
+                    low_threshold, credit)
         kept = None if graphs is None else graphs.get(model, settings)
         if kept is not None:  # an earlier call's canvas, cache and graphs, restarted with this prompt
             kept.restart(x, is_prompt, seed, attention_mask=am)
@@ -214,7 +230,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
             fwd, x, block_length=block_length, per_block=per_block, remasking=remasking,
             temperature=temperature, stats_temperature=stats_t, seed=seed, mask_id=mask_id, threshold=threshold,
             factor=factor, guidance_scale=guidance_scale, backend=backend, capture=capture,
-            keep_graphs=graphs is not None, truncation=(top_p, top_k))
+            keep_graphs=graphs is not None, truncation=(top_p, top_k), low_threshold=low_threshold, credit=credit)
         if graphs is not None and kept is None:
             graphs.keep(model, settings, step)
         out = _generate_static(step, x, plen=plen, num_blocks=num_blocks, bar=bar, eos_id=eos_id, canvas=canvas)
@@ -223,6 +239,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         out = out.clone() if graphs is not None else out  # the kept canvas is the next call's
         return C.restore_padding(out, padding, mask_id)
     done = torch.zeros(batch, dtype=torch.bool, device=device)  # rows past an EOS (eos_id)
+    held = None if credit is None else Credit(batch, block_length, credit, device)
     try:
         for blk in range(num_blocks):
             start, end = plen + blk * block_length, plen + (blk + 1) * block_length
@@ -231,6 +248,8 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
                 if bool(done.all()):
                     break
             fwd.begin_block(x, start, end)
+            if held is not None:
+                held.reset()
             counts = transfer_counts(x[:, start:end] == mask_id, per_block)
             i = 0
             while True:
@@ -250,7 +269,8 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
                     offset = (blk << _BLOCK_SHIFT) + i
                     committed = _step(fwd, x, seqs, cand.index_select(0, seqs), pos_ids, offset,
                                       k=None if dynamic else counts.index_select(0, seqs)[:, i],
-                                      threshold=threshold, factor=factor, remasking=remasking,
+                                      threshold=threshold, factor=factor, low_threshold=low_threshold,
+                                      credit=held, block_start=start, remasking=remasking,
                                       temperature=temperature, stats_t=stats_t, seed=seed, mask_id=mask_id,
                                       guidance_scale=guidance_scale, backend=backend, truncation=(top_p, top_k),
                                       logits_exclude=logits_exclude, confidence_exclude=confidence_exclude)
@@ -304,8 +324,9 @@ def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar, eos_id=None, 
     return x
 
 
-def _step(fwd: RowForward, x, seqs, cand, pos_ids, offset, *, k, threshold, factor, remasking, temperature,
-          stats_t, seed, mask_id, guidance_scale, backend, truncation, logits_exclude, confidence_exclude) -> int:
+def _step(fwd: RowForward, x, seqs, cand, pos_ids, offset, *, k, threshold, factor, low_threshold, credit, block_start,
+          remasking, temperature, stats_t, seed, mask_id, guidance_scale, backend, truncation, logits_exclude,
+          confidence_exclude) -> int:
     """One denoising step for sequences ``seqs`` (candidates ``cand`` bool ``[n, L]``); updates ``x`` in place."""
     n, total = cand.shape
 
@@ -330,7 +351,7 @@ def _step(fwd: RowForward, x, seqs, cand, pos_ids, offset, *, k, threshold, fact
     if remasking == "random":
         # The committed set depends only on the uniforms: choose it first, then compute only its rows.
         u, _ = uniforms(seed, offset, pos_ids.index_select(0, seqs), DOMAIN_REVEAL)
-        chosen = select(u, cand, k=k, threshold=threshold, factor=factor)
+        chosen = select(u, cand, k=k, threshold=threshold, factor=factor, low_threshold=low_threshold)
         r_seq, r_pos, logits, guidance = rows_for(chosen)
         rows = seqs[r_seq]
         x[rows, r_pos] = draw(logits, guidance, pos_ids[rows, r_pos])
@@ -338,6 +359,11 @@ def _step(fwd: RowForward, x, seqs, cand, pos_ids, offset, *, k, threshold, fact
 
     r_seq, r_pos, logits, guidance = rows_for(cand)
     rows = seqs[r_seq]
+    if credit is not None:  # dInfer's credit: the argmax at T = 1 first, then the draw from the fused rows
+        top = sample_categorical(logits, temperature=0.0, exclude=mask_id, return_stats=True, stats_temperature=1.0,
+                                 backend=backend)
+        logits = credit.fuse(logits, rows, r_pos - block_start, top.tokens, top.prob,
+                             torch.ones_like(r_pos, dtype=torch.bool))
     res = draw(logits, guidance, pos_ids[rows, r_pos], return_stats=True, stats_temperature=stats_t)
     c = confidence(res, remasking)
     if remasking == "low_confidence" and confidence_exclude:
@@ -349,7 +375,7 @@ def _step(fwd: RowForward, x, seqs, cand, pos_ids, offset, *, k, threshold, fact
     conf[r_seq, r_pos] = c
     tok = torch.zeros((n, total), dtype=torch.int64, device=x.device)
     tok[r_seq, r_pos] = res.tokens
-    chosen = select(conf, cand, k=k, threshold=threshold, factor=factor)
+    chosen = select(conf, cand, k=k, threshold=threshold, factor=factor, low_threshold=low_threshold)
     x[seqs] = torch.where(chosen, tok, x.index_select(0, seqs))
     return int(chosen.sum())
 
@@ -378,6 +404,8 @@ def generate(
     top_p=None,
     top_k=None,
     on_step=None,
+    low_threshold=None,
+    credit=None,
 ):
     """LLaDA's ``generate`` (semi-AR remasking), with Dream's confidences and Fast-dLLM's rules.
 
@@ -397,6 +425,16 @@ def generate(
             ``config.mask_token_id``), else LLaDA's 126336.
         threshold: Fast-dLLM confidence threshold tau (float) or None.
         factor: Fast-dLLM factor f > 0 or None (not both with threshold).
+        low_threshold: dInfer's hierarchy decoder (float, e.g. its default 0.4) or None: each step
+            commits, in every run of adjacent masked positions of the block, the most confident one
+            if its confidence > low_threshold, every position with confidence > ``threshold`` (if
+            given; strictly, as dInfer), and the top-1. Not with ``factor``.
+        credit: dInfer's credit fusion: None, True (alpha 0.7, gamma 0.2, beta 0.8) or a dict with
+            any of ``alpha``, ``gamma``, ``beta`` (decay in [0, 1]); the draw and confidences are
+            those of the logits plus ``alpha * log(1 + credit)``, where a position's credit of token v
+            decays by beta per step and grows by ``p1 ** gamma`` at each step v is its argmax (p1 its
+            probability). Combines with any count rule; not with "random" remasking, ``cfg_scale``,
+            ``top_p`` / ``top_k``, or mask tokens in the prompt.
         attention_mask: ``[B, P]`` (bool or int, 1 = real token) for left-padded prompts,
             extended with ones over the generated part and passed to the model.
         seed: int Philox key; sequence b's randomness depends only on (seed, b).
@@ -441,4 +479,5 @@ def generate(
                      temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,
                      threshold=threshold, factor=factor, attention_mask=attention_mask, seed=seed,
                      backend=backend, progress=progress, cache=cache, refresh_every=refresh_every,
-                     cuda_graph=cuda_graph, eos_id=eos_id, top_p=top_p, top_k=top_k, on_step=on_step)
+                     cuda_graph=cuda_graph, eos_id=eos_id, top_p=top_p, top_k=top_k, on_step=on_step,
+                     low_threshold=low_threshold, credit=credit)

@@ -10,12 +10,20 @@ and commits a prefix of that ranking:
   ``c_(j) >= 1 - f / (j + 1)``. Upstream's loop also commits the least confident
   candidate whenever only that one fails (it cannot tell "stopped at the last" from
   "passed all"); mdsample commits exactly the passing prefix.
+- dInfer threshold (``near_top=d`` beside ``threshold``): every candidate with confidence >=
+  ``min(tau, c_(1) - d)`` (dInfer: d = 1e-5), so the top-1 and any within d of it too.
+- dInfer hierarchy (``low_threshold``): the candidates of a row fall into runs of adjacent
+  positions; the most confident of each run is committed if its confidence > ``low_threshold``,
+  and so is every candidate > ``threshold`` (if given), and the top-1 always. Upstream's
+  ``HierarchyDecoder`` commits every position tied with its run's maximum and takes batch 1;
+  mdsample takes the lowest tied position (its tie rule) and any batch.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["transfer_counts", "select", "confidence", "CONFIDENCES"]
 
@@ -57,16 +65,24 @@ def confidence(stats, rule: str) -> torch.Tensor:
 
 
 def select(conf: torch.Tensor, candidates: torch.Tensor, *, k: Optional[torch.Tensor] = None,
-           threshold: Optional[float] = None, factor: Optional[float] = None) -> torch.Tensor:
-    """Positions to commit, bool ``[B, L]``.
+           threshold: Optional[float] = None, factor: Optional[float] = None, near_top: Optional[float] = None,
+           low_threshold: Optional[float] = None) -> torch.Tensor:
+    """Positions to commit, bool ``[B, L]``; fixed shapes, no host sync (the module docstring states each rule).
 
     Args:
         conf: float64 ``[B, L]`` confidences (any value off the candidates; they are ignored).
         candidates: bool ``[B, L]``.
         k: int64 ``[B]``: commit the top k (LLaDA); or
-        threshold: float: Fast-dLLM threshold rule; or
-        factor: float: Fast-dLLM factor rule. Exactly one of k / threshold / factor.
+        threshold: float: Fast-dLLM threshold rule (dInfer's with ``near_top``); or
+        factor: float: Fast-dLLM factor rule; or
+        low_threshold: float: dInfer's hierarchy rule (``threshold`` optional beside it, then strict).
+        Exactly one of k / threshold / factor / low_threshold, except threshold with low_threshold.
+        near_top: float >= 0 with ``threshold``: dInfer's cutoff ``min(threshold, c_(1) - near_top)``.
     """
+    if low_threshold is not None:
+        if k is not None or factor is not None:
+            raise ValueError("low_threshold (hierarchy) combines with threshold only")
+        return _hierarchy(conf, candidates, low_threshold, threshold)
     conf = torch.where(candidates, conf, -torch.inf)
     order = torch.sort(conf, dim=1, descending=True, stable=True).indices
     ranked = conf.gather(1, order)
@@ -75,7 +91,8 @@ def select(conf: torch.Tensor, candidates: torch.Tensor, *, k: Optional[torch.Te
     if k is not None:
         take = rank < k.unsqueeze(1)
     elif threshold is not None:
-        take = (rank == 0) | (ranked >= threshold)
+        cut = threshold if near_top is None else torch.clamp(ranked[:, :1] - near_top, max=threshold)
+        take = (rank == 0) | (ranked >= cut)
     elif factor is not None:
         ok = (ranked >= 1.0 - factor / (rank + 2).to(conf.dtype)) | (rank == 0)
         take = ok.to(torch.int8).cumprod(1).bool()
@@ -83,3 +100,19 @@ def select(conf: torch.Tensor, candidates: torch.Tensor, *, k: Optional[torch.Te
         raise ValueError("select needs one of k, threshold or factor")
     take &= rank < n_cand
     return torch.zeros_like(candidates).scatter(1, order, take)
+
+
+def _hierarchy(conf: torch.Tensor, candidates: torch.Tensor, low: float, high: Optional[float]) -> torch.Tensor:
+    conf = torch.where(candidates, conf, -torch.inf)
+    b, n = conf.shape
+    pos = torch.arange(n, device=conf.device).expand(b, n)
+    starts = candidates & ~F.pad(candidates[:, :-1], (1, 0))
+    run = torch.where(candidates, starts.cumsum(1), 0)  # run id from 1; 0 collects the non-candidates
+    run_max = conf.new_full((b, n + 1), -torch.inf).scatter_reduce(1, run, conf, "amax")
+    at_max = candidates & (conf == run_max.gather(1, run))
+    first = pos.new_full((b, n + 1), n).scatter_reduce(1, run, torch.where(at_max, pos, n), "amin")
+    take = at_max & (pos == first.gather(1, run)) & (conf > low)
+    if high is not None:
+        take |= candidates & (conf > high)
+    top = conf.argmax(1, keepdim=True)  # the first maximum: ties to the lower position
+    return take | (candidates & (pos == top))

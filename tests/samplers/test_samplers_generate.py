@@ -66,8 +66,9 @@ class LogitsOnly:
 
 def reference_generate(model, prompt, *, steps, gen_length, block_length, cfg_scale=0.0, remasking="low_confidence",
                        mask_id=MASK, threshold=None, factor=None, attention_mask=None, fix_mask=True, seed=0,
-                       top_p=None, top_k=None):
-    """LLaDA generate (+ Dream confidences, Fast-dLLM threshold / factor) at temperature 0, step by step."""
+                       top_p=None, top_k=None, low_threshold=None, credit=None):
+    """LLaDA generate (+ Dream confidences, Fast-dLLM threshold / factor, dInfer's hierarchy rule and
+    credit fusion with upstream's dense [B, block, V] credit matrix) at temperature 0, step by step."""
     B, P = prompt.shape
     x = torch.full((B, P + gen_length), mask_id, dtype=torch.long)
     x[:, :P] = prompt
@@ -77,10 +78,14 @@ def reference_generate(model, prompt, *, steps, gen_length, block_length, cfg_sc
     prompt_index = x != mask_id
     num_blocks = gen_length // block_length
     spb = steps // num_blocks
-    dynamic = threshold is not None or factor is not None
+    dynamic = threshold is not None or factor is not None or low_threshold is not None
+    if credit is not None:
+        given = {**dict(alpha=0.7, gamma=0.2, beta=0.8), **({} if credit is True else credit)}
+        alpha, gamma, beta = given["alpha"], given["gamma"], given["beta"]
     for nb in range(num_blocks):
         s, e = P + nb * block_length, P + (nb + 1) * block_length
         m = (x[:, s:e] == mask_id).sum(1)
+        mat = torch.zeros(B, block_length, V, dtype=torch.float64)
         counts = [[int(m[j]) // spb + (1 if i < int(m[j]) % spb else 0) for i in range(spb)] for j in range(B)]
         i = 0
         while True:
@@ -104,6 +109,14 @@ def reference_generate(model, prompt, *, steps, gen_length, block_length, cfg_sc
             if top_p is not None or top_k is not None:  # Dream's truncation, row by row
                 logits = torch.stack([torch.stack([reference_truncate(r, 0.0, top_p, top_k, mask_id) for r in rows])
                                       for rows in logits])
+            if credit is not None:
+                mat *= beta
+                p1, v1 = torch.softmax(logits[:, s:e], -1).max(-1)
+                for j in range(B):
+                    for c in range(e - s):
+                        if int(x[j, s + c]) == mask_id:
+                            mat[j, c, v1[j, c]] += float(p1[j, c]) ** gamma
+                logits[:, s:e] = logits[:, s:e] + alpha * torch.log(mat + 1)
             x0 = logits.argmax(-1)
             p = torch.softmax(logits, -1)
             if remasking == "low_confidence":
@@ -123,7 +136,21 @@ def reference_generate(model, prompt, *, steps, gen_length, block_length, cfg_sc
                 cand.sort(key=lambda c: (-float(conf[j, c]), c))
                 if not cand:
                     continue
-                if threshold is not None:
+                if low_threshold is not None:  # dInfer's hierarchy: runs of adjacent candidates
+                    runs, prev = [], None
+                    for c in sorted(cand):
+                        if prev is None or c != prev + 1:
+                            runs.append([])
+                        runs[-1].append(c)
+                        prev = c
+                    take = {cand[0]}
+                    for r in runs:
+                        best = max(r, key=lambda c: (float(conf[j, c]), -c))
+                        if float(conf[j, best]) > low_threshold:
+                            take.add(best)
+                    if threshold is not None:
+                        take |= {c for c in cand if float(conf[j, c]) > threshold}
+                elif threshold is not None:
                     take = [cand[0]] + [c for c in cand[1:] if float(conf[j, c]) >= threshold]
                 elif factor is not None:
                     take = [cand[0]]
@@ -156,6 +183,12 @@ CASES = [
     dict(steps=8, gen_length=8, block_length=4, factor=2.0, remasking="entropy"),
     dict(steps=8, gen_length=8, block_length=4, remasking="entropy", top_p=0.7),
     dict(steps=6, gen_length=12, block_length=6, top_k=3, threshold=0.6),
+    dict(steps=6, gen_length=12, block_length=6, low_threshold=0.4),
+    dict(steps=6, gen_length=12, block_length=6, low_threshold=0.3, threshold=0.7),
+    dict(steps=6, gen_length=12, block_length=6, low_threshold=-1.5, remasking="entropy"),
+    dict(steps=6, gen_length=12, block_length=6, credit=True, threshold=0.6),
+    dict(steps=12, gen_length=12, block_length=6, credit=dict(alpha=4.0, gamma=1.0, beta=0.5), remasking="entropy"),
+    dict(steps=6, gen_length=12, block_length=6, credit=dict(alpha=2.0), low_threshold=0.4, remasking="margin"),
 ]
 
 

@@ -59,6 +59,10 @@ def test_static_step_equals_cached_generate(model, prompt, mode, temperature, re
     # Fast-dLLM rules: a budget of steps/num_blocks per block; too small (continued step by step) or too large
     dict(threshold=0.9, steps=4), dict(threshold=0.05, steps=32), dict(factor=1.0, steps=8),
     dict(threshold=0.3, remasking="random", steps=8),
+    # dInfer's hierarchy rule and credit fusion (its state in static buffers)
+    dict(low_threshold=0.4, steps=4), dict(low_threshold=0.2, threshold=0.8, steps=8),
+    dict(credit=True, threshold=0.3, steps=8), dict(credit=dict(alpha=3.0, beta=0.5), steps=16),
+    dict(credit=True, low_threshold=0.4, remasking="margin", steps=32),
 ])
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_static_step_equals_cached_generate_variants(model, prompt, mode, case):
@@ -100,19 +104,23 @@ def _guarded(fn, calls):
     return wrapped
 
 
-@pytest.mark.parametrize("rule", [{}, dict(threshold=0.05)])
-@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+SYNC_CASES = [dict(remasking=r, cfg_scale=1.0, **rule) for r in ("low_confidence", "random")
+              for rule in ({}, dict(threshold=0.05), dict(low_threshold=0.3))] + [dict(credit=True, threshold=0.3)]
+
+
+@pytest.mark.parametrize("case", SYNC_CASES, ids=[str(i) for i in range(len(SYNC_CASES))])
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
-def test_step_loop_makes_no_host_sync(model, prompt, mode, remasking, rule, monkeypatch):
+def test_step_loop_makes_no_host_sync(model, prompt, mode, case, monkeypatch):
     """Every block start and step, refreshes included, runs under the sync guard (CFG on: the doubled
-    batch). With a threshold, steps past the budget (4 per block) are guarded too."""
+    batch; dInfer's credit state). With a threshold, steps past the budget (4 per block) are guarded too."""
     calls = []
     monkeypatch.setattr(BlockStep, "__call__", _guarded(BlockStep.__call__, calls))
     monkeypatch.setattr(BlockStep, "begin_block", _guarded(BlockStep.begin_block, calls))
-    kw = _kw(cache=mode, remasking=remasking, cfg_scale=1.0, **rule)
+    kw = _kw(cache=mode, **case)
     out = mdsample.generate(model, prompt, cuda_graph=True, **kw)
     assert calls.count("begin_block") == 4
-    assert calls.count("__call__") == 16 if not rule else calls.count("__call__") >= 16
+    budget = calls.count("__call__")
+    assert budget >= 16 if "threshold" in case or "low_threshold" in case else budget == 16
     monkeypatch.undo()
     assert torch.equal(out, step_by_step(model, prompt, **kw))
 

@@ -65,3 +65,57 @@ def test_select_rules():
     c2 = torch.tensor([[0.99, 0.98, 0.1]], dtype=torch.float64)
     assert select(c2, torch.ones(1, 3, dtype=torch.bool), factor=0.5).tolist() == [[True, True, False]]
     assert not select(conf, torch.zeros_like(cand), threshold=0.0).any()
+
+
+def _hierarchy_reference(conf, cand, low, high):
+    """dInfer's hierarchy rule for one row, position by position (mdsample's tie rule: the lower position)."""
+    idx = [i for i in range(len(cand)) if cand[i]]
+    if not idx:
+        return set()
+    take = {max(idx, key=lambda i: (conf[i], -i))}  # the top-1
+    run = []
+    for i in idx + [None]:
+        if run and (i is None or i != run[-1] + 1):
+            best = max(run, key=lambda j: (conf[j], -j))
+            if conf[best] > low:
+                take.add(best)
+            run = []
+        if i is not None:
+            run.append(i)
+    if high is not None:
+        take |= {i for i in idx if conf[i] > high}
+    return take
+
+
+def test_select_hierarchy():
+    conf = torch.tensor([[0.5, 0.3, 0.9, 0.2, 0.6, 0.6, 0.1, 0.95]], dtype=torch.float64)
+    cand = torch.tensor([[1, 1, 0, 1, 1, 1, 0, 1]], dtype=torch.bool)
+    # runs {0, 1}, {3, 4, 5}, {7}: the best of each above 0.4 (the tie 0.6, 0.6 to position 4), and the top-1
+    assert select(conf, cand, low_threshold=0.4)[0].nonzero().flatten().tolist() == [0, 4, 7]
+    assert select(conf, cand, low_threshold=0.4, threshold=0.55)[0].nonzero().flatten().tolist() == [0, 4, 5, 7]
+    assert select(conf, cand, low_threshold=0.99)[0].nonzero().flatten().tolist() == [7]  # the top-1 always
+    assert select(conf, cand, low_threshold=0.6, threshold=0.95)[0].nonzero().flatten().tolist() == [7]  # strict
+    assert not select(conf, torch.zeros_like(cand), low_threshold=0.0).any()
+    with pytest.raises(ValueError, match="threshold only"):
+        select(conf, cand, low_threshold=0.4, factor=1.0)
+
+
+def test_select_hierarchy_matches_a_row_by_row_reference():
+    g = torch.Generator().manual_seed(0)
+    conf = torch.randint(0, 6, (64, 12), generator=g).double() / 5  # coarse values: many ties
+    cand = torch.rand(64, 12, generator=g) < 0.7
+    for low, high in [(0.4, None), (0.3, 0.7), (-1.0, None), (0.9, 0.5)]:
+        got = select(conf, cand, low_threshold=low, threshold=high)
+        for r in range(64):
+            want = _hierarchy_reference(conf[r].tolist(), cand[r].tolist(), low, high)
+            assert set(got[r].nonzero().flatten().tolist()) == want, (low, high, r)
+
+
+def test_select_dinfer_threshold_cutoff():
+    conf = torch.tensor([[0.5, 0.5 - 5e-6, 0.3, 0.5 - 2e-5, 0.95]], dtype=torch.float64)
+    cand = torch.tensor([[True, True, True, True, False]])
+    # Fast-dLLM: the top-1 only; dInfer: also every candidate within 1e-5 of it
+    assert select(conf, cand, threshold=0.9).tolist() == [[True, False, False, False, False]]
+    assert select(conf, cand, threshold=0.9, near_top=1e-5).tolist() == [[True, True, False, False, False]]
+    assert select(conf, cand, threshold=0.3, near_top=1e-5).tolist() == [[True, True, True, True, False]]
+    assert not select(conf, torch.zeros_like(cand), threshold=0.0, near_top=1e-5).any()

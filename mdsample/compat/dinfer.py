@@ -1,0 +1,182 @@
+"""Drop-ins for dInfer's parallel decoders (``dinfer.decoding.parallel_strategy``).
+
+A dInfer decoder turns the logits of the current block into commits:
+``decoder.decode(logits, block_start, block_end, x)`` with ``logits`` ``[B, block, V]`` (the
+block's rows) writes the committed tokens into the canvas ``x`` in place; dInfer's iteration
+loops call ``decoder.block_init(block, block_id)`` at each block start and read
+``decoder.mask_id`` / ``eos_id``. The classes here take upstream's constructor arguments and
+keep that interface, so a dInfer pipeline swaps the import. Upstream builds a float32 (or
+float64) softmax and a float64 Gumbel tensor over ``[B, block, V]`` per call (the credit
+decoder also a dense ``[B, block, V]`` matrix); here each masked row is read once by
+:func:`mdsample.sample_categorical` (token and ``p(x0)``), unmasked rows are not read, nothing
+syncs the host, and every batch size works (upstream's hierarchy decoder takes batch 1).
+
+Rules (samplers/remasking.py states them exactly): ``ThresholdParallelDecoder`` commits the
+masked positions with ``p(x0) >= min(threshold, max p(x0) - 1e-5)``; ``HierarchyDecoder``
+the most confident position of each run of adjacent masked positions if above
+``low_threshold``, every one above ``threshold``, and the top-1;
+``CreditThresholdParallelDecoder`` the threshold rule on logits fused with a decaying credit of
+the tokens each position kept predicting (samplers/credit.py).
+
+Randomness (``temperature > 0``): ``seed=None`` draws a Philox key from torch's global RNG at each
+call (upstream consumes that RNG too, so ``torch.manual_seed`` reproduces a run); an int key makes
+the n-th call of a decoder use Philox offset n. Position ``(b, p)`` of the canvas is draw
+``b * 2**32 + p``.
+
+Differences from upstream, deliberate: the mask token is never drawn (upstream drops a mask draw
+from the candidates); confidences are the fused op's float32 ``p(x0)`` whatever ``use_float64``
+says (a confidence within ~1e-7 of a threshold may be decided the other way); ties go to the lower
+position (the hierarchy decoder's run maximum, upstream: every tied position); ``remasking`` must
+be ``"low_confidence"``, the only rule upstream's threshold decoders compute (they ignore the
+argument).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..ops.sampling import sample_categorical
+from ..samplers import _checks as C
+from ..samplers.credit import Credit, credit_settings
+from ..samplers.remasking import select
+from ._seed import call_key
+
+__all__ = ["ThresholdParallelDecoder", "HierarchyDecoder", "CreditThresholdParallelDecoder"]
+
+LLADA_MASK_ID, LLADA_EOS_ID = 126336, 126081
+_NEAR_TOP = 1e-5  # dInfer's cutoff: min(threshold, max confidence - 1e-5)
+_ROW_STRIDE = 2 ** 32  # Philox position of canvas position (b, p): b * 2**32 + p
+
+
+class _BlockDecoder:
+    """What the three decoders share: arguments, the draw of a block's masked rows, the commit."""
+
+    def __init__(self, temperature, remasking, mask_id, eos_id, seed, backend):
+        self.temperature = C.real("temperature", temperature, low=0.0)
+        self.remasking = C.choice("remasking", remasking, ("low_confidence",))
+        self.mask_id = C.integer("mask_id", mask_id, low=0)
+        self.eos_id = eos_id
+        self.seed = None if seed is None else C.integer("seed", seed, low=0)
+        self.backend = backend
+        self.calls = 0
+
+    def block_init(self, block_x, block_id) -> None:
+        """dInfer's hook at each block start (the rules here keep no per-block state)."""
+
+    def decode(self, logits: torch.Tensor, block_start: int, block_end: int, x, iter_threshold=None) -> None:
+        """Commit tokens of the block ``[block_start, block_end)`` of ``x`` in place.
+
+        Args:
+            logits: ``[B, block_end - block_start, V]`` float16/bfloat16/float32/float64, the block's rows.
+            block_start, block_end: the block's positions in ``x``.
+            x: int64 ``[B, L]`` canvas (or anything indexable as ``x[:, a:b]``, such as dInfer's
+                ``TokenArray``); masked positions hold ``mask_id``.
+            iter_threshold: this call's threshold instead of the decoder's (dInfer's schedules).
+        """
+        block = x[:, block_start:block_end]
+        b, width = block.shape
+        if logits.dim() != 3 or tuple(logits.shape[:2]) != (b, width):
+            raise ValueError(f"logits must be [B, block_end - block_start, V] = [{b}, {width}, V]; "
+                             f"got {tuple(logits.shape)}")
+        masked = block == self.mask_id
+        threshold = self.threshold if iter_threshold is None else C.real("iter_threshold", iter_threshold)
+        logits = self._fuse(logits, masked, block_start, block_end)
+        positions = (torch.arange(b, device=block.device).unsqueeze(1) * _ROW_STRIDE
+                     + torch.arange(block_start, block_end, device=block.device))
+        res = sample_categorical(logits, temperature=self.temperature, seed=call_key(self.seed, self.temperature > 0),
+                                 offset=self.calls if self.seed is not None else 0, positions=positions,
+                                 exclude=self.mask_id, active=masked, return_stats=True, stats_temperature=1.0,
+                                 check=False, backend=self.backend)
+        self.calls += 1
+        chosen = self._choose(res.prob.to(torch.float64), masked & (res.tokens >= 0), threshold)
+        self._committed(chosen)
+        x[:, block_start:block_end] = torch.where(chosen, res.tokens, block)
+
+    def _fuse(self, logits, masked, block_start, block_end):
+        return logits
+
+    def _committed(self, chosen) -> None:
+        pass
+
+
+class ThresholdParallelDecoder(_BlockDecoder):
+    """dInfer's threshold decoder: commits every masked position with ``p(x0) >= min(threshold,
+    max p(x0) - 1e-5)`` (so at least the most confident); module docstring for the rest.
+
+    Args: upstream's (``temperature``, ``threshold``, ``remasking``, ``mask_id``, ``eos_id``,
+    ``use_float64``), plus keyword-only ``seed`` (None or int Philox key) and ``backend``.
+    """
+
+    def __init__(self, temperature, threshold, remasking='low_confidence', mask_id=LLADA_MASK_ID,
+                 eos_id=LLADA_EOS_ID, use_float64=False, *, seed=None, backend="auto"):
+        super().__init__(temperature, remasking, mask_id, eos_id, seed, backend)
+        self.threshold = C.real("threshold", threshold)
+        self.use_float64 = C.flag("use_float64", use_float64)
+
+    def _choose(self, conf, cand, threshold):
+        return select(conf, cand, threshold=threshold, near_top=_NEAR_TOP)
+
+
+class HierarchyDecoder(_BlockDecoder):
+    """dInfer's hierarchy decoder: per run of adjacent masked positions its most confident if
+    ``p(x0) > low_threshold``, every position with ``p(x0) > threshold`` (when not None), and the
+    most confident of the block.
+
+    Args: upstream's (``temperature``, ``remasking``, ``mask_id``, ``eos_id``, ``threshold``,
+    ``low_threshold``), plus keyword-only ``seed`` and ``backend``.
+    """
+
+    def __init__(self, temperature, remasking='low_confidence', mask_id=LLADA_MASK_ID, eos_id=LLADA_EOS_ID,
+                 threshold=None, low_threshold=0.4, *, seed=None, backend="auto"):
+        super().__init__(temperature, remasking, mask_id, eos_id, seed, backend)
+        self.threshold = None if threshold is None else C.real("threshold", threshold)
+        self.low_threshold = -torch.inf if low_threshold is None else C.real("low_threshold", low_threshold)
+
+    def _choose(self, conf, cand, threshold):
+        return select(conf, cand, low_threshold=self.low_threshold, threshold=threshold)
+
+
+class CreditThresholdParallelDecoder(ThresholdParallelDecoder):
+    """dInfer's credit decoder: the threshold rule on ``logits + credit_alpha * log(1 + credit)``,
+    where each masked position's credit of its argmax token grows by ``p1 ** boost_gamma`` per call
+    and every credit decays by ``decay_beta`` (samplers/credit.py; kept sparse, not ``[B, block, V]``).
+
+    Args: ``credit_alpha``, ``boost_gamma``, ``decay_beta`` and the threshold decoder's (keywords).
+    Each block (``block_start``, ``block_end``, batch) has its own credit, as upstream; a committed
+    position's credit is dropped, so a finished block leaves none behind (upstream drops all once
+    the canvas has no mask, which needs a host sync), and ``block_init`` drops all (upstream keeps
+    the credit of a block left unfinished, e.g. by an early stop, for the next generation).
+    """
+
+    def __init__(self, credit_alpha=0.7, boost_gamma=0.2, decay_beta=0.8, **kwargs):
+        super().__init__(**kwargs)
+        self.credit_alpha, self.boost_gamma, self.decay_beta = credit_settings(
+            {"alpha": credit_alpha, "gamma": boost_gamma, "beta": decay_beta})
+        self._states: dict = {}
+        self._state: Optional[Credit] = None  # the block of the current call
+
+    def block_init(self, block_x, block_id) -> None:
+        self._states.clear()
+
+    def _fuse(self, logits, masked, block_start, block_end):
+        b, width, vocab = logits.shape
+        key = (block_start, block_end, b, logits.device)
+        if key not in self._states:
+            self._states[key] = Credit(b, width, (self.credit_alpha, self.boost_gamma, self.decay_beta), logits.device)
+        self._state = self._states[key]
+        top = sample_categorical(logits, temperature=0.0, exclude=self.mask_id, active=masked, return_stats=True,
+                                 stats_temperature=1.0, check=False, backend=self.backend)
+        seq, col = self._rows(b, width, logits.device)
+        fused = self._state.fuse(logits.reshape(-1, vocab), seq, col, top.tokens.reshape(-1), top.prob.reshape(-1),
+                                 masked.reshape(-1))
+        return fused.view(b, width, vocab)
+
+    def _committed(self, chosen) -> None:
+        b, width = chosen.shape
+        seq, col = self._rows(b, width, chosen.device)
+        self._state.forget(seq, col, chosen.reshape(-1))
+
+    @staticmethod
+    def _rows(b, width, device):
+        return (torch.arange(b, device=device).repeat_interleave(width), torch.arange(width, device=device).repeat(b))

@@ -1,0 +1,104 @@
+"""dInfer's credit fusion (``CreditThresholdParallelDecoder``), kept sparse.
+
+Each decoding step of a block, dInfer updates a per-block credit matrix ``C`` float32
+``[B, block, V]`` and draws from the fused logits::
+
+    C <- beta * C
+    C[b, i, v1] += p1 ** gamma      for every masked position i, where v1 = argmax_v p(v) and
+                                    p1 = max_v p(v), p = softmax of this step's logits
+    l' = l + alpha * log(1 + C)
+
+(dInfer's defaults: alpha 0.7, gamma 0.2, beta 0.8); the token and its confidence are then
+those of ``softmax(l' / T)`` and ``softmax(l')``. A position gains one token per step and is
+masked for at most ``block`` steps of its block (every step commits at least one position
+of each sequence it forwards), so row ``(b, i)`` of ``C`` has at most ``block`` nonzeros:
+:class:`Credit` keeps those as (token, credit) slots, ``[B, block, block]``, and adds the
+bias to the rows being drawn only. Positions committed are cleared, so a finished block
+leaves an empty state (dInfer clears its matrices once the canvas has no mask left).
+
+Differences from dInfer, documented: ``v1``/``p1`` come from the distribution without the
+mask token (mdsample never draws it); the fused rows are float32 copies of the drawn rows
+(upstream: the whole ``[B, block, V]`` logits plus the dense matrix).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _checks as C
+
+__all__ = ["Credit", "credit_settings", "CREDIT_DEFAULTS"]
+
+CREDIT_DEFAULTS = {"alpha": 0.7, "gamma": 0.2, "beta": 0.8}  # dInfer's credit_alpha, boost_gamma, decay_beta
+
+
+def credit_settings(credit) -> Optional[tuple[float, float, float]]:
+    """``(alpha, gamma, beta)`` from a sampler's ``credit`` argument: None (off), True (dInfer's
+    defaults) or a mapping with any of the keys ``alpha``, ``gamma``, ``beta``."""
+    if credit is None or credit is False:
+        return None
+    if credit is True:
+        credit = {}
+    if not isinstance(credit, dict):
+        raise TypeError(f"credit must be None, True or a dict with keys alpha, gamma, beta; got {type(credit).__name__}")
+    unknown = set(credit) - set(CREDIT_DEFAULTS)
+    if unknown:
+        raise ValueError(f"credit takes the keys alpha, gamma, beta; got {sorted(unknown)}")
+    s = {**CREDIT_DEFAULTS, **credit}
+    return (C.real("credit['alpha']", s["alpha"], low=0.0), C.real("credit['gamma']", s["gamma"], low=0.0),
+            C.real("credit['beta']", s["beta"], low=0.0, high=1.0))
+
+
+class Credit:
+    """The credit of one block's positions, for ``batch`` sequences.
+
+    Args:
+        batch: sequences B.
+        block_length: positions per block (also the slots per position, module docstring).
+        settings: ``(alpha, gamma, beta)`` (:func:`credit_settings`).
+        device: where the state lives (the canvas's device).
+
+    State (static buffers, updated in place: a CUDA graph may replay :meth:`fuse`): ``tokens``
+    int64 ``[B, block, block]`` (-1 = empty slot) and ``credit`` float32 ``[B, block, block]``.
+    """
+
+    def __init__(self, batch: int, block_length: int, settings: tuple[float, float, float], device):
+        self.alpha, self.gamma, self.beta = settings
+        self.tokens = torch.full((batch, block_length, block_length), -1, dtype=torch.int64, device=device)
+        self.credit = torch.zeros((batch, block_length, block_length), dtype=torch.float32, device=device)
+
+    def reset(self) -> None:
+        """A new block: no credit anywhere."""
+        self.tokens.fill_(-1)
+        self.credit.zero_()
+
+    def fuse(self, logits: torch.Tensor, seq: torch.Tensor, col: torch.Tensor, top_token: torch.Tensor,
+             top_prob: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+        """One step: decay every credit, credit each updated row's top token, return the fused rows.
+
+        Args:
+            logits: ``[n, V]`` the rows to draw (any float dtype), of sequences ``seq`` int64 ``[n]``
+                at block columns ``col`` int64 ``[n]`` (distinct (seq, col) pairs).
+            top_token, top_prob: int64 / float ``[n]``: argmax and its probability under ``softmax(l)``.
+            update: bool ``[n]``: the rows whose position is masked (only those gain credit).
+
+        Returns:
+            float32 ``[n, V]``: ``logits + alpha * log1p(credit)`` at each row's credited tokens.
+        """
+        self.credit.mul_(self.beta)
+        slots = self.tokens[seq, col]                                          # [n, S]
+        match = slots == top_token.unsqueeze(1)
+        slot = torch.where(match.any(1), match.to(torch.int8).argmax(1), (slots < 0).to(torch.int8).argmax(1))
+        gain = torch.where(update, top_prob.to(torch.float32).clamp_min(0).pow(self.gamma), 0.0)
+        self.tokens[seq, col, slot] = torch.where(update, top_token, slots.gather(1, slot.unsqueeze(1)).squeeze(1))
+        self.credit[seq, col, slot] += gain
+        slots, credit = self.tokens[seq, col], self.credit[seq, col]
+        bias = torch.where(slots >= 0, self.alpha * torch.log1p(credit), 0.0)
+        return logits.to(torch.float32, copy=True).scatter_add_(1, slots.clamp_min(0), bias)
+
+    def forget(self, seq: torch.Tensor, col: torch.Tensor, committed: torch.Tensor) -> None:
+        """Clear the slots of rows ``(seq, col)`` (int64 ``[n]``) where ``committed`` (bool ``[n]``)."""
+        keep = (~committed).unsqueeze(1)
+        self.tokens[seq, col] = torch.where(keep, self.tokens[seq, col], -1)
+        self.credit[seq, col] = torch.where(keep, self.credit[seq, col], 0.0)

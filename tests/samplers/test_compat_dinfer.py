@@ -1,0 +1,242 @@
+"""mdsample.compat.dinfer's decoders against a float64 re-statement of dInfer's parallel_strategy rules.
+
+The reference below follows upstream's formulas (ALGORITHMS.md, dInfer section; samplers/credit.py)
+with dense tensors: a float64 softmax over [B, block, V], the argmax, upstream's cutoffs, and the
+credit decoder's dense [B, block, V] matrix, plus mdsample's documented choices (the mask token is
+never drawn, ties to the lower position). Chi-square tests use ALPHA = 1e-3, fixed seeds.
+"""
+import pytest
+import torch
+
+from mdsample.compat import dinfer
+from sampler_oracles import chi_square_pvalue
+from sync_guard import no_host_sync  # tests/ is on sys.path (rootdir conftest)
+
+ALPHA = 1e-3
+V, MASK, P, BLOCK = 9, 8, 3, 6
+
+
+class Reference:
+    """dInfer's three decoders at temperature 0, step by step in float64."""
+
+    def __init__(self, rule, threshold=None, low_threshold=None, credit=(0.7, 0.2, 0.8)):
+        self.rule, self.threshold, self.low, self.credit = rule, threshold, low_threshold, credit
+        self.mats = {}  # upstream: one credit matrix per block, all dropped once the canvas has no mask
+
+    def block_init(self, block, block_id):
+        pass
+
+    def decode(self, logits, start, end, x):
+        logits = logits.double().clone()
+        logits[..., MASK] = -torch.inf
+        masked = x[:, start:end] == MASK
+        if self.rule == "credit":
+            alpha, gamma, beta = self.credit
+            mat = self.mats.setdefault((start, end), torch.zeros(logits.shape, dtype=torch.float64))
+            mat *= beta
+            p1, v1 = torch.softmax(logits, -1).max(-1)
+            mat.scatter_add_(2, v1.unsqueeze(-1), (p1 ** gamma * masked).unsqueeze(-1))
+            logits = logits + alpha * torch.log(mat + 1)
+        x0 = logits.argmax(-1)
+        conf = torch.softmax(logits, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+        for b in range(x.shape[0]):
+            cand = [i for i in range(end - start) if masked[b, i]]
+            if not cand:
+                continue
+            c = [float(conf[b, i]) for i in range(end - start)]
+            top = max(cand, key=lambda i: (c[i], -i))
+            if self.rule in ("threshold", "credit"):
+                cut = min(self.threshold, c[top] - 1e-5)
+                take = {i for i in cand if c[i] >= cut}
+            else:
+                take, run = {top}, []
+                for i in cand + [None]:
+                    if run and (i is None or i != run[-1] + 1):
+                        best = max(run, key=lambda j: (c[j], -j))
+                        if self.low is None or c[best] > self.low:
+                            take.add(best)
+                        run = []
+                    if i is not None:
+                        run.append(i)
+                if self.threshold is not None:
+                    take |= {i for i in cand if c[i] > self.threshold}
+            for i in take:
+                x[b, start + i] = x0[b, i]
+        if not bool((x == MASK).any()):
+            self.mats.clear()
+
+
+def decoders(rule, **kw):
+    threshold, low = kw.get("threshold"), kw.get("low_threshold")
+    if rule == "threshold":
+        return dinfer.ThresholdParallelDecoder(0.0, threshold, mask_id=MASK), Reference(rule, threshold)
+    if rule == "hierarchy":
+        return (dinfer.HierarchyDecoder(0.0, mask_id=MASK, threshold=threshold, low_threshold=low),
+                Reference(rule, threshold, low))
+    alpha, gamma, beta = kw.get("credit", (0.7, 0.2, 0.8))
+    return (dinfer.CreditThresholdParallelDecoder(credit_alpha=alpha, boost_gamma=gamma, decay_beta=beta,
+                                                  temperature=0.0, threshold=threshold, mask_id=MASK),
+            Reference(rule, threshold, credit=(alpha, gamma, beta)))
+
+
+def canvas(batch, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.full((batch, P + 2 * BLOCK), MASK, dtype=torch.int64)
+    x[:, :P] = torch.randint(0, MASK, (batch, P), generator=g)
+    if batch > 1:
+        x[1, P + 2] = 4  # a sequence whose block starts partly decoded
+    return x
+
+
+def run_blocks(decoder, x, seed, dtype=torch.float32, scale=3.0):
+    """Both blocks, each decoded until no mask is left, with fresh random logits each call (a model stand-in)."""
+    g = torch.Generator().manual_seed(seed)
+    for blk in range(2):
+        start, end = P + blk * BLOCK, P + (blk + 1) * BLOCK
+        decoder.block_init(x[:, start:end], blk)
+        while bool((x[:, start:end] == MASK).any()):
+            logits = (torch.randn(x.shape[0], BLOCK, V, generator=g) * scale).to(dtype)
+            decoder.decode(logits, start, end, x)
+    return x
+
+
+CASES = [("threshold", dict(threshold=0.9)), ("threshold", dict(threshold=0.3)),
+         ("hierarchy", dict(low_threshold=0.4)), ("hierarchy", dict(low_threshold=0.2, threshold=0.7)),
+         ("hierarchy", dict(low_threshold=None, threshold=0.95)),
+         ("credit", dict(threshold=0.9)), ("credit", dict(threshold=0.6, credit=(3.0, 1.0, 0.5)))]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("rule,kw", CASES, ids=[f"{r}-{i}" for i, (r, _) in enumerate(CASES)])
+def test_decoders_match_the_reference_call_for_call(rule, kw, batch):
+    for seed in range(4):
+        ours, ref = decoders(rule, **kw)
+        got = run_blocks(ours, canvas(batch), seed)
+        want = run_blocks(ref, canvas(batch), seed)
+        assert torch.equal(got, want), (seed, got, want)
+
+
+def test_credit_changes_the_commits_and_is_per_block():
+    """The credit decoder is not the threshold decoder (the reference's credit is what it matches), and a
+    second generation reusing the decoder equals a fresh decoder's (no credit carried over)."""
+    x = [run_blocks(decoders(r, threshold=0.6, credit=(3.0, 1.0, 0.5))[0], canvas(3), seed=s)
+         for r in ("threshold", "credit") for s in range(4)]
+    assert any(not torch.equal(a, b) for a, b in zip(x[:4], x[4:]))
+    dec, _ = decoders("credit", threshold=0.6, credit=(3.0, 1.0, 0.5))
+    run_blocks(dec, canvas(3), seed=0)
+    assert torch.equal(run_blocks(dec, canvas(3), seed=1), x[5])
+
+
+def test_credit_of_each_block_apart_without_block_init():
+    """Blocks decoded in turn (A, B, A, B, ...) and a second generation on the same decoder, never calling
+    block_init: each block keeps its own credit and a finished one leaves none (as upstream's matrices)."""
+    def interleaved(dec, seed, scale):
+        x, g = canvas(2), torch.Generator().manual_seed(seed)
+        blocks = [(P, P + BLOCK), (P + BLOCK, P + 2 * BLOCK)]
+        while bool((x[:, P:] == MASK).any()):
+            for start, end in blocks:
+                if bool((x[:, start:end] == MASK).any()):
+                    dec.decode(torch.randn(2, BLOCK, V, generator=g) * scale, start, end, x)
+        return x
+    for threshold, scale in [(0.95, 1.5), (0.6, 3.0)]:
+        kw = dict(threshold=threshold, credit=(3.0, 1.0, 0.5))
+        for seed in range(3):
+            ours, ref = decoders("credit", **kw)
+            assert torch.equal(interleaved(ours, seed, scale), interleaved(ref, seed, scale))
+            again, _ = decoders("credit", **kw)
+            assert torch.equal(interleaved(ours, seed + 10, scale), interleaved(again, seed + 10, scale))
+
+
+def test_block_init_drops_an_unfinished_blocks_credit():
+    kw = dict(threshold=0.95, credit=(5.0, 1.0, 1.0))  # no decay: what an unfinished block leaves stays
+    used, fresh = decoders("credit", **kw)[0], decoders("credit", **kw)[0]
+    logits = torch.randn(2, BLOCK, V, generator=torch.Generator().manual_seed(7)) * 1.5
+    for _ in range(20):  # an unfinished block: credit piles up on the five positions left masked each time
+        used.decode(logits, P, P + BLOCK, canvas(2))
+    assert torch.equal(run_blocks(used, canvas(2), 0, scale=1.5), run_blocks(fresh, canvas(2), 0, scale=1.5))
+
+
+def test_bfloat16_logits_and_decoding_without_block_init():
+    """bf16 rows as a bf16 model gives them; a decoder never told of block starts (no block_init) still
+    keeps each block's credit apart, as upstream's per-block matrices do."""
+    for rule in ("threshold", "hierarchy", "credit"):
+        ours, ref = decoders(rule, threshold=0.7, low_threshold=0.4)
+        ours.block_init = lambda *a: None
+        want = run_blocks(ref, canvas(2), 5, dtype=torch.bfloat16)
+        assert torch.equal(run_blocks(ours, canvas(2), 5, dtype=torch.bfloat16), want)
+
+
+def test_temperature_draws_follow_the_tempered_softmax():
+    """One masked position is always committed (the top-1): over 4000 sequences its token follows
+    softmax(l / T) without the mask token (T = 0.7)."""
+    logits = torch.tensor([0.5, 2.0, -1.0, 1.0, 0.0, 1.5, -0.5, 0.2, 9.0])  # the mask (id 8) would win
+    n, temp = 4000, 0.7
+    for make in (lambda: dinfer.ThresholdParallelDecoder(temp, 0.9, mask_id=MASK, seed=11),
+                 lambda: dinfer.HierarchyDecoder(temp, mask_id=MASK, seed=11),
+                 lambda: dinfer.CreditThresholdParallelDecoder(temperature=temp, threshold=0.9, mask_id=MASK, seed=11)):
+        x = torch.zeros(n, 4, dtype=torch.int64)
+        x[:, 2] = MASK
+        make().decode(logits.expand(n, 1, V), 2, 3, x)
+        assert not (x[:, 2] == MASK).any()
+        p = torch.softmax(logits[:MASK].double() / temp, 0)  # credit adds the same bias to every row's argmax
+        if isinstance(make(), dinfer.CreditThresholdParallelDecoder):
+            fused = logits[:MASK].double().clone()
+            fused[1] += 0.7 * torch.log1p(torch.softmax(logits[:MASK].double(), 0).max() ** 0.2)
+            p = torch.softmax(fused / temp, 0)
+        counts = {(v,): int((x[:, 2] == v).sum()) for v in range(MASK)}
+        assert chi_square_pvalue(counts, {(v,): float(p[v]) for v in range(MASK)}) > ALPHA
+
+
+def test_randomness_keys():
+    """An int seed: reproducible, and each call of a decoder draws anew; None: torch's global RNG."""
+    def draw(dec, calls=2):
+        outs = []
+        for _ in range(calls):
+            x = torch.full((64, 1), MASK, dtype=torch.int64)
+            dec.decode(torch.zeros(64, 1, V), 0, 1, x)
+            outs.append(x)
+        return outs
+    a = draw(dinfer.ThresholdParallelDecoder(1.0, 0.9, mask_id=MASK, seed=3))
+    b = draw(dinfer.ThresholdParallelDecoder(1.0, 0.9, mask_id=MASK, seed=3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], a[1])
+    torch.manual_seed(0)
+    c = draw(dinfer.ThresholdParallelDecoder(1.0, 0.9, mask_id=MASK))
+    torch.manual_seed(0)
+    assert torch.equal(c[0], draw(dinfer.ThresholdParallelDecoder(1.0, 0.9, mask_id=MASK), 1)[0])
+    assert not torch.equal(c[0], c[1])
+
+
+@pytest.mark.parametrize("rule", ["threshold", "hierarchy", "credit"])
+def test_decode_makes_no_host_sync_and_reads_no_unmasked_row(rule):
+    ours, _ = decoders(rule, threshold=0.8, low_threshold=0.3)
+    ours.seed, ours.temperature = 5, 1.0
+    x = canvas(3)
+    x[:, P:P + 2] = 1  # decoded positions: their logits rows are NaN, and must not be read
+    logits = torch.randn(3, BLOCK, V, generator=torch.Generator().manual_seed(0))
+    logits[:, :2] = torch.nan
+    with no_host_sync():
+        ours.decode(logits, P, P + BLOCK, x)
+    assert (x[:, P:P + 2] == 1).all() and (x[:, P:P + BLOCK] != MASK).any()
+
+
+def test_decoder_arguments():
+    with pytest.raises(ValueError, match="remasking"):
+        dinfer.ThresholdParallelDecoder(0.0, 0.9, remasking="random")
+    with pytest.raises(ValueError, match="temperature"):
+        dinfer.HierarchyDecoder(-1.0)
+    with pytest.raises(ValueError, match=r"credit\['beta'\]"):
+        dinfer.CreditThresholdParallelDecoder(decay_beta=1.5, temperature=0.0, threshold=0.9)
+    dec = dinfer.ThresholdParallelDecoder(0.0, 0.9, mask_id=MASK)
+    assert (dec.mask_id, dec.eos_id) == (MASK, 126081)
+    with pytest.raises(ValueError, match=r"logits must be \[B, block_end - block_start, V\] = \[3, 6, V\]"):
+        dec.decode(torch.zeros(3, 5, V), P, P + BLOCK, canvas(3))
+
+
+def test_threshold_decoder_commits_every_tie_of_the_top():
+    """dInfer's cutoff min(tau, max - 1e-5): positions as confident as the top one all commit in one call
+    (Fast-dLLM's rule, the top-1 plus those >= tau, would commit one)."""
+    x = torch.full((1, BLOCK), MASK, dtype=torch.int64)
+    logits = torch.randn(1, 1, V, generator=torch.Generator().manual_seed(0)).expand(1, BLOCK, V).contiguous()
+    logits[0, 4] *= 0.2  # a flatter row: one position less sure than the five tied ones
+    dinfer.ThresholdParallelDecoder(0.0, 0.99, mask_id=MASK).decode(logits, 0, BLOCK, x)
+    assert (x[0] != MASK).tolist() == [True, True, True, True, False, True]
