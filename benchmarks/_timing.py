@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -93,6 +94,26 @@ def graph_time(fn, inputs: list, *, device: torch.device, runs: int = 20, max_gr
             fn(x)
         graphs.append(graph)
     return median_time(lambda g: g.replay(), graphs, device=device, runs=runs)
+
+
+def allocated_bytes(fn) -> int:
+    """Bytes torch allocates while ``fn`` runs (sum of allocations: >= the peak extra memory)."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return int(sum(max(e.self_cpu_memory_usage, 0) for e in prof.events()))
+
+
+def extra_memory(fn, device) -> int:
+    """Memory ``fn`` needs beyond its inputs: on a GPU the allocator's peak over what was allocated
+    before the call; on the CPU :func:`allocated_bytes` (an upper bound)."""
+    if device.type != "cuda":
+        return allocated_bytes(fn)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
 
 
 def copy_bandwidth(device: torch.device, nbytes: int | None = None) -> float:

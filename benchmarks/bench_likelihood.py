@@ -42,7 +42,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,7 +49,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import mdsample  # noqa: E402
 from benchmarks._timing import (  # noqa: E402
-    copy_bandwidth, device_name, median_time, rotating_inputs, write_results)
+    copy_bandwidth, device_name, extra_memory, median_time, rotating_inputs, write_results)
 from likelihood_oracles import MarkovOracle  # noqa: E402  (tests/likelihood_oracles.py)
 from mdsample import _backends  # noqa: E402
 from mdsample.models.transformer import Transformer  # noqa: E402
@@ -77,26 +76,6 @@ def naive_logsoftmax64(logits, x0, xt, mask_id):
     """float64 log_softmax of everything, gather (the reference formula)."""
     logp = logits.double().log_softmax(-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
     return (-logp * (xt == mask_id)).sum(-1)
-
-
-def allocated_bytes(fn) -> int:
-    """Bytes torch allocates while ``fn`` runs (sum of allocations: >= the peak extra memory)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    return int(sum(max(e.self_cpu_memory_usage, 0) for e in prof.events()))
-
-
-def extra_memory(fn, device) -> int:
-    """Memory ``fn`` needs beyond its inputs: on a GPU the allocator's peak over what was allocated
-    before the call; on the CPU :func:`allocated_bytes` (an upper bound)."""
-    if device.type != "cuda":
-        return allocated_bytes(fn)
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - before
 
 
 def truth_fp64(logits, x0, xt, mask_id):

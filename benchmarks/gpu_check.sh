@@ -26,6 +26,7 @@
 #  11. sanitizer-racecheck  compute-sanitizer racecheck                  sanitizer_racecheck.log
 #  12. tests-rest   the rest of tests/ (no -x: every failure listed)     tests_rest.log
 #  13. e2e-dream    e2e_dream.py (Dream-7B shape, no issue goal: last)   e2e_dream.log
+#  14. decoders     bench_decoders.py: dInfer's decoder steps vs formulas decoders.log
 # Benchmark results written to benchmarks/results/ are copied to $OUT/results after
 # each benchmark step. summary.txt has one line per step: rc, seconds, log.
 set -u
@@ -197,6 +198,10 @@ fi
 
 # ---- 13. Dream end to end (no issue goal names it: last, or GPU_CHECK_STEPS=e2e-dream) ------
 step e2e-dream 90 e2e_dream.log "$PY" benchmarks/e2e_dream.py
+collect_results
+
+# ---- 14. dInfer's decoders, one step at LLaDA's shapes (no issue goal) ---------------------
+step decoders 40 decoders.log "$PY" benchmarks/bench_decoders.py
 collect_results
 
 note "gpu_check: done in $((SECONDS - START))s"

@@ -161,3 +161,38 @@ def test_bench_likelihood_chain_rule_part():
                                                                  vocab=256, batch_size=8, runs=1)
     ups, ours = rows
     assert ours["max_abs_diff_vs_upstream_nats"] < 1e-3 and ups["max_abs_diff_vs_upstream_nats"] == 0
+
+
+def test_bench_decoders_baselines_are_the_decoders_rules():
+    """At T = 0 the benchmark's dInfer formulas (dense, float32 softmax) commit what mdsample's decoders
+    commit, step after step on a block that the decoder fills; then one tiny benchmark shape runs."""
+    from mdsample.compat import dinfer
+
+    naive = _package_module("naive")
+    g = torch.Generator().manual_seed(0)
+    for rule, tau in (("threshold", 0.5), ("hierarchy", 0.5), ("credit", 0.99)):
+        kw = dict(temperature=0.0, threshold=tau, mask_id=0)
+        dec = {"threshold": lambda: dinfer.ThresholdParallelDecoder(**kw),
+               "hierarchy": lambda: dinfer.HierarchyDecoder(low_threshold=0.3, **kw),
+               "credit": lambda: dinfer.CreditThresholdParallelDecoder(credit_alpha=2.0, **kw)}[rule]()
+        ours, ref = torch.zeros(2, 8, dtype=torch.int64), torch.zeros(2, 8, dtype=torch.int64)
+        dense = torch.zeros(2, 8, 50)
+        base = torch.randn(2, 8, 50, generator=g) * 2
+        while bool((ours == 0).any()):
+            logits = base + torch.randn(2, 8, 50, generator=g) * 1.5  # a model whose guesses drift step by step
+            logits[..., 0] = -torch.inf  # the mask token: never drawn by either
+            masked = ref == 0
+            if rule == "credit":
+                x0, commit = naive.dinfer_credit(logits, masked, dense, tau, 0.0, alpha=2.0)
+            elif rule == "hierarchy":
+                x0, commit = naive.dinfer_hierarchy(logits, masked, tau, 0.3, 0.0)
+            else:
+                x0, commit = naive.dinfer_threshold(logits, masked, tau, 0.0)
+            ref = torch.where(commit, x0, ref)
+            dec.decode(logits, 0, 8, ours)
+            assert torch.equal(ours, ref), rule
+    rows = _package_module("bench_decoders").bench(torch.device("cpu"), batch=1, block=4, vocab=64,
+                                                   dtype=torch.bfloat16, runs=1)
+    assert [(r["decoder"], r["impl"]) for r in rows] == [
+        (d, i) for d in ("threshold", "hierarchy", "credit") for i in ("mdsample", "dinfer_formula")]
+    assert all(r["median_s"] > 0 for r in rows)

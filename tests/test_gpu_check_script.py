@@ -13,7 +13,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
 STEPS = ["build", "info", "smoke", "sweep", "e2e-llada", "e2e-mdlm", "likelihood", "tests-ops", "tests-likelihood",
-         "sanitizer-memcheck", "sanitizer-racecheck", "tests-rest", "e2e-dream"]
+         "sanitizer-memcheck", "sanitizer-racecheck", "tests-rest", "e2e-dream", "decoders"]
 
 
 def test_script_parses():

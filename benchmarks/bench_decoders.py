@@ -1,0 +1,101 @@
+"""dInfer's decoder steps: mdsample.compat.dinfer against dInfer's formulas (benchmarks/naive.py).
+
+One decoding step of a fully masked block, the most rows a step reads: for each decoder
+(threshold, hierarchy, credit) at LLaDA's shapes (block 32, V 126464, bf16 logits, batch 1
+and 8, temperature 1), the median time of mdsample's decoder and of the naive dInfer step
+(float32 softmax and float64 Gumbel noise over ``[B, block, V]``; the credit decoder's dense
+``[B, block, V]`` float32 matrix), GB/s of logits read, and the memory each needs beyond its
+inputs (GPU: the allocator's peak; CPU: the sum of allocations, an upper bound).
+Writes ``benchmarks/results/<device>-decoders-<date>.json``; CPU rows are CPU measurements.
+
+Usage: ``python benchmarks/bench_decoders.py [--quick] [--vocab 126464] [--batches 1 8]``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import naive  # noqa: E402
+from benchmarks._timing import device_name, extra_memory, median_time, rotating_inputs, write_results  # noqa: E402
+from mdsample.compat import dinfer  # noqa: E402
+
+MASK, THRESHOLD, LOW_THRESHOLD, TEMPERATURE = 0, 0.9, 0.4, 1.0
+
+
+def _ours(rule: str):
+    kw = dict(temperature=TEMPERATURE, mask_id=MASK, seed=0)
+    if rule == "threshold":
+        return dinfer.ThresholdParallelDecoder(threshold=THRESHOLD, **kw)
+    if rule == "hierarchy":
+        return dinfer.HierarchyDecoder(threshold=THRESHOLD, low_threshold=LOW_THRESHOLD, **kw)
+    return dinfer.CreditThresholdParallelDecoder(threshold=THRESHOLD, **kw)
+
+
+def bench(device: torch.device, *, batch: int, block: int, vocab: int, dtype: torch.dtype, runs: int) -> list[dict]:
+    """Rows of one shape: each decoder, mdsample vs the naive step."""
+    g = torch.Generator(device=device).manual_seed(0)
+    make = lambda: (torch.randn(batch, block, vocab, generator=g, device=device) * 3).to(dtype)  # noqa: E731
+    inputs = rotating_inputs(make, batch * block * vocab * dtype.itemsize, device)
+    canvas = torch.full((batch, block), MASK, dtype=torch.int64, device=device)
+    masked = canvas == MASK
+    read = batch * block * vocab * dtype.itemsize
+    rows = []
+    for rule in ("threshold", "hierarchy", "credit"):
+        decoder = _ours(rule)
+
+        def ours(logits, decoder=decoder):
+            decoder.block_init(None, 0)  # each call: a fresh, fully masked block
+            decoder.decode(logits, 0, block, canvas.clone())
+
+        dense = torch.zeros(batch, block, vocab, dtype=torch.float32, device=device)
+
+        def upstream(logits, rule=rule, dense=dense):
+            if rule == "credit":
+                x0, commit = naive.dinfer_credit(logits, masked, dense, THRESHOLD, TEMPERATURE)
+            elif rule == "hierarchy":
+                x0, commit = naive.dinfer_hierarchy(logits, masked, THRESHOLD, LOW_THRESHOLD, TEMPERATURE)
+            else:
+                x0, commit = naive.dinfer_threshold(logits, masked, THRESHOLD, TEMPERATURE)
+            torch.where(commit, x0, canvas)
+
+        for impl, fn in (("mdsample", ours), ("dinfer_formula", upstream)):
+            t = median_time(fn, inputs, device=device, runs=runs)
+            rows.append(dict(decoder=rule, impl=impl, batch=batch, block=block, vocab=vocab, dtype=str(dtype),
+                             median_s=t, gbps_logits=read / t / 1e9,
+                             extra_memory_bytes=extra_memory(lambda: fn(inputs[0]), device)))
+        rows[-2]["speedup_vs_dinfer_formula"] = rows[-1]["median_s"] / rows[-2]["median_s"]
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="V 32000, batch 1, few runs (a smoke run)")
+    ap.add_argument("--vocab", type=int, default=126464)
+    ap.add_argument("--block", type=int, default=32)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--no-write", action="store_true", help="print only")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    vocab, batches, runs = (32000, [1], 3) if args.quick else (args.vocab, args.batches, args.runs)
+    rows = [r for b in batches for r in bench(device, batch=b, block=args.block, vocab=vocab,
+                                              dtype=torch.bfloat16, runs=runs)]
+    print(f"# {device_name(device)}: one step of a fully masked block, bf16 logits, T {TEMPERATURE}")
+    for r in rows:
+        speed = f"  x{r['speedup_vs_dinfer_formula']:.2f}" if "speedup_vs_dinfer_formula" in r else ""
+        print(f"{r['decoder']:9s} {r['impl']:14s} B {r['batch']:2d} V {r['vocab']:6d}  {r['median_s'] * 1e3:9.3f} ms  "
+              f"{r['gbps_logits']:7.2f} GB/s  extra {r['extra_memory_bytes'] / 2**20:8.1f} MiB{speed}")
+    if not args.no_write:
+        print("wrote", write_results("decoders", device, rows, extra={
+            "note": "one dInfer decoder step on a fully masked block; CPU rows are CPU measurements",
+            "extra_memory": "GPU: allocator peak beyond the inputs; CPU: sum of torch allocations (upper bound)"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
