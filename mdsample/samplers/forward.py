@@ -116,6 +116,10 @@ class CachedRowForward(RowForward):
       prefix K/V;
     - ``"dual"``: later calls feed only ``x[:, start:end]`` and attend to the whole canvas:
       the block's K/V rows are overwritten, the suffix K/V stay as of the last refresh.
+      ``vicinity=(p, a)`` (dInfer's vicinity refresh, ``prefix_look`` / ``after_look``) widens
+      the fed window to ``[start - p, end + a)``, whose K/V are then refreshed every call; at
+      the canvas' edges the window keeps its width and slides inside (dInfer cuts it), so every
+      block step feeds the same number of positions.
 
     With ``refresh_every=1`` every call is a full forward (the uncached computation). For a
     next-token-aligned backbone (``logits_shift`` 1, Dream) each non-refresh chunk starts one
@@ -132,11 +136,14 @@ class CachedRowForward(RowForward):
     """
 
     def __init__(self, backbone: Backbone, *, mode: str, total: int, batch_size: int,
-                 refresh_every: Optional[int] = None, **kw):
+                 refresh_every: Optional[int] = None, vicinity: tuple[int, int] = (0, 0), **kw):
         super().__init__(backbone, **kw)
         if mode not in CACHE_MODES:
             raise ValueError(f"cache must be None or one of {CACHE_MODES}; got {mode!r}")
+        if mode != "dual" and vicinity != (0, 0):
+            raise ValueError(f"vicinity widens the dual cache's window; cache={mode!r} feeds the suffix anyway")
         self.mode = mode
+        self.vicinity = vicinity
         self.refresh_every = refresh_every
         self.total = total
         self.batch_size = batch_size
@@ -189,15 +196,18 @@ class CachedRowForward(RowForward):
         elif self.mode == "prefix":
             c0 = max(self.start - shift, 0)
             chunk, cstart, kv_len = xin[:, c0:], c0, None
-        elif self.static:
-            width = min(self.end - self.start + shift, total)
-            c0 = (self.block_start - shift).clamp(0, total - width) if shift else self.block_start
-            cols = c0 + torch.arange(width, device=x.device)
-            chunk, cstart, kv_len = xin.gather(1, cols.expand(xin.shape[0], -1)), c0, total
         else:
-            width = min(self.end - self.start + shift, total)
-            c0 = min(max(self.start - shift, 0), total - width)
-            chunk, cstart, kv_len = xin[:, c0:c0 + width], c0, total
+            # dual: the block, the positions before it that a shifted model or the vicinity needs, the
+            # vicinity after it; a window of fixed width, slid to stay inside the canvas.
+            before, after = max(self.vicinity[0], shift), self.vicinity[1]
+            width = min(before + self.end - self.start + after, total)
+            if self.static:
+                c0 = (self.block_start - before).clamp(0, total - width)
+                cols = c0 + torch.arange(width, device=x.device)
+                chunk, cstart, kv_len = xin.gather(1, cols.expand(xin.shape[0], -1)), c0, total
+            else:
+                c0 = min(max(self.start - before, 0), total - width)
+                chunk, cstart, kv_len = xin[:, c0:c0 + width], c0, total
         seq = seqs[row_seq]
         pos = ((row_pos - shift).clamp_min(0) if shift else row_pos) - cstart
         n = row_seq.numel()

@@ -102,7 +102,7 @@ def _excluded_mass(logits, guidance, scale, tokens, logprob, ids: Sequence[int])
 @torch.no_grad()
 def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cfg_scale, remasking, mask_id,
               threshold, factor, attention_mask, seed, backend, progress, cache=None, refresh_every=None,
-              low_threshold=None, credit=None,
+              low_threshold=None, credit=None, vicinity=None,
               cuda_graph=False, eos_id=None, top_p=None, top_k=None, logits_exclude: Sequence[int] = (),
               confidence_exclude: Sequence[int] = (), graph_capture: Optional[bool] = None,
               static_steps: Optional[bool] = None, calls_out: Optional[dict] = None, on_step=None):
@@ -185,6 +185,13 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
     C.canvas_fits(backbone, x, plen, "gen_length", gen_length)
     if eos_id is not None and backbone.vocab_size is not None:
         C.check_vocab("model", backbone.vocab_size, eos_id, arg="eos_id")
+    if vicinity is not None:
+        if cache != "dual":
+            raise ValueError(f"vicinity (dInfer's vicinity refresh) widens the dual cache's window: give cache='dual' "
+                             f"(got cache={cache!r})")
+        if not isinstance(vicinity, (tuple, list)) or len(vicinity) != 2:
+            raise TypeError(f"vicinity must be a pair (prefix_look, after_look) of ints >= 0; got {vicinity!r}")
+        vicinity = (C.integer("vicinity[0]", vicinity[0], low=0), C.integer("vicinity[1]", vicinity[1], low=0))
     if cache is None:
         if refresh_every is not None:
             raise ValueError("refresh_every needs a cache mode (cache='prefix' or 'dual')")
@@ -205,13 +212,14 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         capture = cuda_graph and device.type == "cuda" if graph_capture is None else graph_capture
         settings = (batch, plen, gen_length, block_length, per_block, cache, refresh_every, remasking, temperature,
                     cfg_scale, threshold, factor, mask_id, backend, str(device), capture, am is not None, top_p, top_k,
-                    low_threshold, credit)
+                    low_threshold, credit, vicinity)
         kept = None if graphs is None else graphs.get(model, settings)
         if kept is not None:  # an earlier call's canvas, cache and graphs, restarted with this prompt
             kept.restart(x, is_prompt, seed, attention_mask=am)
             fwd, x, backbone = kept.fwd, kept.x, kept.fwd.backbone
         else:
             fwd = CachedRowForward(backbone, mode=cache, total=total, batch_size=batch, refresh_every=refresh_every,
+                                   vicinity=vicinity or (0, 0),
                                    mask_id=mask_id, cfg_scale=cfg_scale, uncond_mask=is_prompt, attention_mask=am)
     guidance_scale = cfg_scale if cfg_scale > 0 else 0.0
 
@@ -406,6 +414,7 @@ def generate(
     on_step=None,
     low_threshold=None,
     credit=None,
+    vicinity=None,
 ):
     """LLaDA's ``generate`` (semi-AR remasking), with Dream's confidences and Fast-dLLM's rules.
 
@@ -452,6 +461,10 @@ def generate(
             stopping once done). A padded batch hides its padding keys in the cache too (the model's
             ``new_cache`` must take ``attention_mask``). Not with prompts containing ``mask_id``;
             rows with no valid draw (NaN logits) raise after the last block.
+        vicinity: with ``cache="dual"``, dInfer's vicinity refresh: a pair ``(prefix_look, after_look)``
+            of ints >= 0; each block step then feeds ``[start - prefix_look, end + after_look)`` (its
+            K/V refreshed) instead of the block alone. Windows covering the canvas give the uncached
+            computation; at the canvas' edges the window slides to stay inside (dInfer shortens it).
         refresh_every: with a cache, also refresh (full forward) every this many forwards
             within a block; None = only at the block start (Fast-dLLM); 1 = every step,
             which is the uncached computation.
@@ -480,4 +493,4 @@ def generate(
                      threshold=threshold, factor=factor, attention_mask=attention_mask, seed=seed,
                      backend=backend, progress=progress, cache=cache, refresh_every=refresh_every,
                      cuda_graph=cuda_graph, eos_id=eos_id, top_p=top_p, top_k=top_k, on_step=on_step,
-                     low_threshold=low_threshold, credit=credit)
+                     low_threshold=low_threshold, credit=credit, vicinity=vicinity)

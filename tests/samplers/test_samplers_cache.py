@@ -256,3 +256,71 @@ def test_truncation_in_the_fixed_shape_steps(setup, mode, trunc):
     ref = mdsample.generate(m, prompt, **kw)
     assert torch.equal(mdsample.generate(m, prompt, cache=mode, refresh_every=1, **kw), ref)
     assert not torch.equal(ref, mdsample.generate(m, prompt, remasking="entropy", **_kw(0.2)))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("rule", [dict(), dict(threshold=0.3)], ids=["fixed", "threshold"])
+def test_vicinity_covering_the_canvas_is_exact(setup, temperature, rule):
+    """dInfer's vicinity refresh: a window covering the whole canvas refreshes every K/V at every step,
+    which is the uncached computation (fixed-shape steps and the step-by-step loop alike)."""
+    m, prompt = setup
+    kw = dict(_kw(temperature), **rule)
+    ref = mdsample.generate(m, prompt, **kw)
+    for static in (None, False):
+        if static is False and not rule:
+            continue  # the fixed schedule with a cache always takes the fixed-shape steps
+        out = llada._generate(m, prompt, cache="dual", vicinity=(64, 64), static_steps=static, **_internal_kw(kw))
+        assert torch.equal(out, ref), static
+    assert not torch.equal(mdsample.generate(m, prompt, cache="dual", **kw), ref)  # the plain dual cache is not
+
+
+@pytest.mark.parametrize("vicinity", [(0, 3), (5, 0), (2, 6), (20, 20)])
+def test_vicinity_windows_fixed_shape_equal_step_by_step(setup, vicinity):
+    """Windows cut at the canvas' start or end slide inside it, in both loops alike; (20, 20) covers all of it
+    from some blocks but not others."""
+    m, prompt = setup
+    kw = dict(_kw(1.0), threshold=0.3, steps=8)
+    step_by_step = llada._generate(m, prompt, cache="dual", vicinity=vicinity, static_steps=False,
+                                   **_internal_kw(kw))
+    assert torch.equal(mdsample.generate(m, prompt, cache="dual", vicinity=vicinity, **kw), step_by_step)
+    assert torch.equal(mdsample.generate(m, prompt, cache="dual", vicinity=vicinity, cuda_graph=True, **kw),
+                       step_by_step)
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("shift", [0, 1])
+@torch.no_grad()
+def test_vicinity_rows_equal_the_refresh_when_nothing_changed(setup, static, shift):
+    """As the plain dual cache: a vicinity call on an unchanged canvas gives the refresh's rows, and it feeds
+    the window (block plus looks, slid inside the canvas)."""
+    from mdsample.models import shifted
+    from mdsample.samplers.forward import CachedRowForward
+
+    m, prompt = setup
+    backbone = Backbone(shifted(m, shift))
+    x = torch.cat([prompt, torch.randint(0, MASK, (3, 24), generator=torch.Generator().manual_seed(2))], 1)
+    fwd = CachedRowForward(backbone, mode="dual", total=x.shape[1], batch_size=3, mask_id=MASK, vicinity=(3, 5))
+    fed, feed = [], backbone.cache_rows
+    backbone.cache_rows = lambda cache, chunk, start, *a, **k: fed.append((int(start), chunk.shape[1])) or feed(
+        cache, chunk, start, *a, **k)
+    everyone = torch.arange(3)
+    for start in range(PLEN, PLEN + 24, 8):
+        fwd.begin_block(x, start, start + 8, static=static)
+        r_seq = torch.arange(3).repeat_interleave(8)
+        r_pos = torch.arange(start, start + 8).repeat(3)
+        full, _ = fwd.rows(x, everyone, r_seq, r_pos, refresh=True)
+        cached, _ = fwd.rows(x, everyone, r_seq, r_pos, refresh=False)
+        assert fed[-1] == (min(start - 3, x.shape[1] - 16), 16)  # 3 + 8 + 5 positions, slid inside the canvas
+        torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-4)
+
+
+def test_vicinity_arguments(setup):
+    m, prompt = setup
+    with pytest.raises(ValueError, match="cache='dual'"):
+        mdsample.generate(m, prompt, cache="prefix", vicinity=(2, 2), **_kw(0.0))
+    with pytest.raises(ValueError, match="cache='dual'"):
+        mdsample.generate(m, prompt, vicinity=(2, 2), **_kw(0.0))
+    with pytest.raises(TypeError, match="pair"):
+        mdsample.generate(m, prompt, cache="dual", vicinity=4, **_kw(0.0))
+    with pytest.raises(ValueError, match=r"vicinity\[1\] must be >= 0"):
+        mdsample.generate(m, prompt, cache="dual", vicinity=(2, -1), **_kw(0.0))
