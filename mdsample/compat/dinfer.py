@@ -8,12 +8,13 @@ loops call ``decoder.block_init(block, block_id)`` at each block start and read
 keep that interface, so a dInfer pipeline swaps the import. Upstream builds a float32 (or
 float64) softmax and a float64 Gumbel tensor over ``[B, block, V]`` per call (the credit
 decoder also a dense ``[B, block, V]`` matrix); here each masked row is read once by
-:func:`mdsample.sample_categorical` (token and ``p(x0)``), unmasked rows are not read, nothing
-syncs the host, and every batch size works (upstream's hierarchy decoder takes batch 1).
+:func:`mdsample.sample_categorical` (token and ``log p(x0)``), unmasked rows are not read (the
+credit decoder copies the block's rows to float32 to fuse them), nothing syncs the host, and
+every batch size works (upstream's hierarchy decoder takes batch 1).
 
 Rules (samplers/remasking.py states them exactly): ``ThresholdParallelDecoder`` commits the
 masked positions with ``p(x0) >= min(threshold, max p(x0) - 1e-5)``; ``HierarchyDecoder``
-the most confident position of each run of adjacent masked positions if above
+the most confident positions (all tied) of each run of adjacent masked positions if above
 ``low_threshold``, every one above ``threshold``, and the top-1;
 ``CreditThresholdParallelDecoder`` the threshold rule on logits fused with a decaying credit of
 the tokens each position kept predicting (samplers/credit.py).
@@ -23,15 +24,22 @@ call (upstream consumes that RNG too, so ``torch.manual_seed`` reproduces a run)
 the n-th call of a decoder use Philox offset n. Position ``(b, p)`` of the canvas is draw
 ``b * 2**32 + p``.
 
-Differences from upstream, deliberate: the mask token is never drawn (upstream drops a mask draw
-from the candidates); confidences are the fused op's float32 ``p(x0)`` whatever ``use_float64``
-says (a confidence within ~1e-7 of a threshold may be decided the other way); ties go to the lower
-position (the hierarchy decoder's run maximum, upstream: every tied position); ``remasking`` must
-be ``"low_confidence"``, the only rule upstream's threshold decoders compute (they ignore the
-argument).
+Confidences are upstream's: ``p(x0)`` under the softmax over all V tokens, the mask included
+(recovered from the op's ``log p(x0)`` and two gathered logits), in float32 for the threshold and
+credit decoders and in the logits' dtype for the hierarchy decoder (upstream's ``log_softmax`` /
+``exp`` of bf16 logits round to bf16), compared with thresholds rounded to that dtype, as torch's
+comparison with a Python float does.
+
+Differences from upstream, deliberate: the mask token is never drawn (upstream drops a position
+whose draw is the mask from this call's candidates; here it draws its best other token); float32
+where ``use_float64=True`` asks for float64 (a confidence within ~1e-7 of a threshold may be
+decided the other way); ``remasking`` must be ``"low_confidence"``, the only rule upstream's
+decoders compute (they ignore the argument).
 """
 from __future__ import annotations
 
+import math
+import struct
 from typing import Optional
 
 import torch
@@ -61,6 +69,8 @@ class _BlockDecoder:
         self.backend = backend
         self.calls = 0
 
+    conf_dtype = torch.float32  # the dtype upstream computes the confidences in (None: the logits')
+
     def block_init(self, block_x, block_id) -> None:
         """dInfer's hook at each block start (the rules here keep no per-block state)."""
 
@@ -79,8 +89,15 @@ class _BlockDecoder:
         if logits.dim() != 3 or tuple(logits.shape[:2]) != (b, width):
             raise ValueError(f"logits must be [B, block_end - block_start, V] = [{b}, {width}, V]; "
                              f"got {tuple(logits.shape)}")
+        if width == 0:
+            return
         masked = block == self.mask_id
-        threshold = self.threshold if iter_threshold is None else C.real("iter_threshold", iter_threshold)
+        if iter_threshold is None:
+            threshold = self.threshold
+        else:  # dInfer's schedules pass floats or 0-d tensors
+            threshold = C.real("iter_threshold", float(iter_threshold) if torch.is_tensor(iter_threshold)
+                               else iter_threshold)
+        dtype = self.conf_dtype or logits.dtype
         logits = self._fuse(logits, masked, block_start, block_end)
         positions = (torch.arange(b, device=block.device).unsqueeze(1) * _ROW_STRIDE
                      + torch.arange(block_start, block_end, device=block.device))
@@ -89,7 +106,8 @@ class _BlockDecoder:
                                  exclude=self.mask_id, active=masked, return_stats=True, stats_temperature=1.0,
                                  check=False, backend=self.backend)
         self.calls += 1
-        chosen = self._choose(res.prob.to(torch.float64), masked & (res.tokens >= 0), threshold)
+        conf = _upstream_confidence(logits, res, self.mask_id, dtype)
+        chosen = self._choose(conf, masked & (res.tokens >= 0), _rounded(threshold, dtype), dtype)
         self._committed(chosen)
         x[:, block_start:block_end] = torch.where(chosen, res.tokens, block)
 
@@ -113,8 +131,10 @@ class ThresholdParallelDecoder(_BlockDecoder):
         super().__init__(temperature, remasking, mask_id, eos_id, seed, backend)
         self.threshold = C.real("threshold", threshold)
         self.use_float64 = C.flag("use_float64", use_float64)
+        if use_float64:  # thresholds compared unrounded; the confidences stay float32-precise (module docstring)
+            self.conf_dtype = torch.float64
 
-    def _choose(self, conf, cand, threshold):
+    def _choose(self, conf, cand, threshold, dtype):
         return select(conf, cand, threshold=threshold, near_top=_NEAR_TOP)
 
 
@@ -131,10 +151,13 @@ class HierarchyDecoder(_BlockDecoder):
                  threshold=None, low_threshold=0.4, *, seed=None, backend="auto"):
         super().__init__(temperature, remasking, mask_id, eos_id, seed, backend)
         self.threshold = None if threshold is None else C.real("threshold", threshold)
-        self.low_threshold = -torch.inf if low_threshold is None else C.real("low_threshold", low_threshold)
+        self.low_threshold = None if low_threshold is None else C.real("low_threshold", low_threshold)
 
-    def _choose(self, conf, cand, threshold):
-        return select(conf, cand, low_threshold=self.low_threshold, threshold=threshold)
+    conf_dtype = None  # upstream: log_softmax and exp in the logits' dtype
+
+    def _choose(self, conf, cand, threshold, dtype):
+        low = -torch.inf if self.low_threshold is None else _rounded(self.low_threshold, dtype)
+        return select(conf, cand, low_threshold=low, threshold=threshold)
 
 
 class CreditThresholdParallelDecoder(ThresholdParallelDecoder):
@@ -160,7 +183,7 @@ class CreditThresholdParallelDecoder(ThresholdParallelDecoder):
         self._states.clear()
 
     def _fuse(self, logits, masked, block_start, block_end):
-        b, width, vocab = logits.shape
+        b, width, _ = logits.shape
         key = (block_start, block_end, b, logits.device)
         if key not in self._states:
             self._states[key] = Credit(b, width, (self.credit_alpha, self.boost_gamma, self.decay_beta), logits.device)
@@ -168,9 +191,8 @@ class CreditThresholdParallelDecoder(ThresholdParallelDecoder):
         top = sample_categorical(logits, temperature=0.0, exclude=self.mask_id, active=masked, return_stats=True,
                                  stats_temperature=1.0, check=False, backend=self.backend)
         seq, col = self._rows(b, width, logits.device)
-        fused = self._state.fuse(logits.reshape(-1, vocab), seq, col, top.tokens.reshape(-1), top.prob.reshape(-1),
-                                 masked.reshape(-1))
-        return fused.view(b, width, vocab)
+        p1 = _upstream_confidence(logits, top, self.mask_id, torch.float32).float()  # upstream's softmax has the mask
+        return self._state.fuse(logits, seq, col, top.tokens.reshape(-1), p1.reshape(-1), masked.reshape(-1))
 
     def _committed(self, chosen) -> None:
         b, width = chosen.shape
@@ -180,3 +202,29 @@ class CreditThresholdParallelDecoder(ThresholdParallelDecoder):
     @staticmethod
     def _rows(b, width, device):
         return (torch.arange(b, device=device).repeat_interleave(width), torch.arange(width, device=device).repeat(b))
+
+
+def _upstream_confidence(logits, res, mask_id: int, dtype: torch.dtype) -> torch.Tensor:
+    """float64 ``[B, block]``: ``p(x0)`` under the softmax over all V (the op's excludes the mask), as upstream
+    computes it in ``dtype`` (float32: ``softmax(l.float())``; bf16 / fp16: ``log_softmax(l).exp()`` in it)."""
+    tokens = res.tokens.clamp_min(0).unsqueeze(-1)
+    at_x0 = logits.gather(-1, tokens).squeeze(-1).float()
+    log_norm = torch.logaddexp(at_x0 - res.logprob, logits[..., mask_id].float())  # the mask back in
+    logp = at_x0 - log_norm
+    conf = logp.exp() if dtype in (torch.float32, torch.float64) else logp.to(dtype).exp()
+    return conf.to(torch.float64)
+
+
+def _rounded(threshold, dtype: torch.dtype):
+    """``threshold`` as torch compares a ``dtype`` tensor with a Python float: rounded to ``dtype`` (to nearest,
+    ties to even), computed on the host without a tensor."""
+    if threshold is None or dtype == torch.float64 or not math.isfinite(threshold):
+        return threshold
+    if dtype == torch.float16:
+        return struct.unpack("<e", struct.pack("<e", threshold))[0]
+    single = struct.unpack("<f", struct.pack("<f", threshold))[0]
+    if dtype != torch.bfloat16:
+        return single
+    bits = struct.unpack("<I", struct.pack("<f", single))[0]
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return struct.unpack("<f", struct.pack("<I", bits))[0]

@@ -14,7 +14,9 @@ masked for at most ``block`` steps of its block (every step commits at least one
 of each sequence it forwards), so row ``(b, i)`` of ``C`` has at most ``block`` nonzeros:
 :class:`Credit` keeps those as (token, credit) slots, ``[B, block, block]``, and adds the
 bias to the rows being drawn only. Positions committed are cleared, so a finished block
-leaves an empty state (dInfer clears its matrices once the canvas has no mask left).
+leaves an empty state (dInfer clears its matrices once the canvas has no mask left). A
+position that stays masked longer than that (only a block decoded again on a restarted
+canvas without a reset) drops its least credited token for a new one.
 
 Differences from dInfer, documented: ``v1``/``p1`` come from the distribution without the
 mask token (mdsample never draws it); the fused rows are float32 copies of the drawn rows
@@ -78,24 +80,31 @@ class Credit:
         """One step: decay every credit, credit each updated row's top token, return the fused rows.
 
         Args:
-            logits: ``[n, V]`` the rows to draw (any float dtype), of sequences ``seq`` int64 ``[n]``
-                at block columns ``col`` int64 ``[n]`` (distinct (seq, col) pairs).
+            logits: ``[n, V]`` (or ``[..., V]`` with n rows) the rows to draw (any float dtype), of
+                sequences ``seq`` int64 ``[n]`` at block columns ``col`` int64 ``[n]`` (distinct pairs).
             top_token, top_prob: int64 / float ``[n]``: argmax and its probability under ``softmax(l)``.
             update: bool ``[n]``: the rows whose position is masked (only those gain credit).
 
         Returns:
-            float32 ``[n, V]``: ``logits + alpha * log1p(credit)`` at each row's credited tokens.
+            float32, the shape of ``logits``: ``logits + alpha * log1p(credit)`` at each row's credited tokens.
         """
         self.credit.mul_(self.beta)
-        slots = self.tokens[seq, col]                                          # [n, S]
+        update = update & (top_token >= 0)  # a row with no valid draw (-1) credits nothing
+        slots, credit = self.tokens[seq, col], self.credit[seq, col]          # [n, S]
         match = slots == top_token.unsqueeze(1)
-        slot = torch.where(match.any(1), match.to(torch.int8).argmax(1), (slots < 0).to(torch.int8).argmax(1))
-        gain = torch.where(update, top_prob.to(torch.float32).clamp_min(0).pow(self.gamma), 0.0)
-        self.tokens[seq, col, slot] = torch.where(update, top_token, slots.gather(1, slot.unsqueeze(1)).squeeze(1))
-        self.credit[seq, col, slot] += gain
+        has, empty = match.any(1), slots < 0
+        # the token's own slot, else the first empty one, else the least credited (evicted)
+        slot = torch.where(has, match.to(torch.int8).argmax(1),
+                           torch.where(empty.any(1), empty.to(torch.int8).argmax(1), credit.argmin(1)))
+        at = slot.unsqueeze(1)
+        kept = torch.where(has, credit.gather(1, at).squeeze(1), 0.0)
+        gain = top_prob.to(torch.float32).clamp_min(0).pow(self.gamma)
+        self.tokens[seq, col, slot] = torch.where(update, top_token, slots.gather(1, at).squeeze(1))
+        self.credit[seq, col, slot] = torch.where(update, kept + gain, credit.gather(1, at).squeeze(1))
         slots, credit = self.tokens[seq, col], self.credit[seq, col]
         bias = torch.where(slots >= 0, self.alpha * torch.log1p(credit), 0.0)
-        return logits.to(torch.float32, copy=True).scatter_add_(1, slots.clamp_min(0), bias)
+        fused = logits.to(torch.float32, copy=True).reshape(-1, logits.shape[-1])
+        return fused.scatter_add_(1, slots.clamp_min(0), bias).view(logits.shape)
 
     def forget(self, seq: torch.Tensor, col: torch.Tensor, committed: torch.Tensor) -> None:
         """Clear the slots of rows ``(seq, col)`` (int64 ``[n]``) where ``committed`` (bool ``[n]``)."""

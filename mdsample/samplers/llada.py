@@ -436,8 +436,8 @@ def generate(
         factor: Fast-dLLM factor f > 0 or None (not both with threshold).
         low_threshold: dInfer's hierarchy decoder (float, e.g. its default 0.4) or None: each step
             commits, in every run of adjacent masked positions of the block, the most confident one
-            if its confidence > low_threshold, every position with confidence > ``threshold`` (if
-            given; strictly, as dInfer), and the top-1. Not with ``factor``.
+            (all of them if tied) if its confidence > low_threshold, every position with confidence
+            > ``threshold`` (if given; strictly, as dInfer), and the top-1. Not with ``factor``.
         credit: dInfer's credit fusion: None, True (alpha 0.7, gamma 0.2, beta 0.8) or a dict with
             any of ``alpha``, ``gamma``, ``beta`` (decay in [0, 1]); the draw and confidences are
             those of the logits plus ``alpha * log(1 + credit)``, where a position's credit of token v

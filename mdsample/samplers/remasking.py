@@ -13,10 +13,10 @@ and commits a prefix of that ranking:
 - dInfer threshold (``near_top=d`` beside ``threshold``): every candidate with confidence >=
   ``min(tau, c_(1) - d)`` (dInfer: d = 1e-5), so the top-1 and any within d of it too.
 - dInfer hierarchy (``low_threshold``): the candidates of a row fall into runs of adjacent
-  positions; the most confident of each run is committed if its confidence > ``low_threshold``,
-  and so is every candidate > ``threshold`` (if given), and the top-1 always. Upstream's
-  ``HierarchyDecoder`` commits every position tied with its run's maximum and takes batch 1;
-  mdsample takes the lowest tied position (its tie rule) and any batch.
+  positions; the most confident of each run (every position tied with the run's maximum, as
+  upstream) is committed if its confidence > ``low_threshold``, and so is every candidate >
+  ``threshold`` (if given), and the top-1 always (the lowest position among ties). Upstream's
+  ``HierarchyDecoder`` takes batch 1; this takes any batch.
 """
 from __future__ import annotations
 
@@ -109,9 +109,7 @@ def _hierarchy(conf: torch.Tensor, candidates: torch.Tensor, low: float, high: O
     starts = candidates & ~F.pad(candidates[:, :-1], (1, 0))
     run = torch.where(candidates, starts.cumsum(1), 0)  # run id from 1; 0 collects the non-candidates
     run_max = conf.new_full((b, n + 1), -torch.inf).scatter_reduce(1, run, conf, "amax")
-    at_max = candidates & (conf == run_max.gather(1, run))
-    first = pos.new_full((b, n + 1), n).scatter_reduce(1, run, torch.where(at_max, pos, n), "amin")
-    take = at_max & (pos == first.gather(1, run)) & (conf > low)
+    take = candidates & (conf == run_max.gather(1, run)) & (conf > low)
     if high is not None:
         take |= candidates & (conf > high)
     top = conf.argmax(1, keepdim=True)  # the first maximum: ties to the lower position

@@ -17,7 +17,10 @@ V, MASK, P, BLOCK = 9, 8, 3, 6
 
 
 class Reference:
-    """dInfer's three decoders at temperature 0, step by step in float64."""
+    """dInfer's three decoders at temperature 0, step by step, in upstream's dtypes: confidences are p(x0)
+    under the softmax over all V (the mask included), float32 for the threshold and credit decoders and the
+    logits' dtype for the hierarchy decoder, compared with Python-float thresholds as torch does. The
+    token x0 is the best non-mask token (mdsample's documented choice)."""
 
     def __init__(self, rule, threshold=None, low_threshold=None, credit=(0.7, 0.2, 0.8)):
         self.rule, self.threshold, self.low, self.credit = rule, threshold, low_threshold, credit
@@ -26,40 +29,47 @@ class Reference:
     def block_init(self, block, block_id):
         pass
 
+    @staticmethod
+    def best(l):
+        return l.masked_fill(torch.arange(l.shape[-1]) == MASK, -torch.inf).argmax(-1)
+
     def decode(self, logits, start, end, x):
-        logits = logits.double().clone()
-        logits[..., MASK] = -torch.inf
         masked = x[:, start:end] == MASK
         if self.rule == "credit":
             alpha, gamma, beta = self.credit
-            mat = self.mats.setdefault((start, end), torch.zeros(logits.shape, dtype=torch.float64))
+            mat = self.mats.setdefault((start, end), torch.zeros(logits.shape))
             mat *= beta
-            p1, v1 = torch.softmax(logits, -1).max(-1)
+            p = torch.softmax(logits.float(), -1)
+            v1 = self.best(logits)
+            p1 = p.gather(-1, v1.unsqueeze(-1)).squeeze(-1)
             mat.scatter_add_(2, v1.unsqueeze(-1), (p1 ** gamma * masked).unsqueeze(-1))
-            logits = logits + alpha * torch.log(mat + 1)
-        x0 = logits.argmax(-1)
-        conf = torch.softmax(logits, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+            logits = logits + alpha * torch.log(mat + 1)  # float32, as bf16 + float32
+        x0 = self.best(logits)
+        if self.rule == "hierarchy":
+            conf = logits.log_softmax(-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1).exp()  # the logits' dtype
+        else:
+            conf = torch.softmax(logits.float(), -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
         for b in range(x.shape[0]):
             cand = [i for i in range(end - start) if masked[b, i]]
             if not cand:
                 continue
-            c = [float(conf[b, i]) for i in range(end - start)]
-            top = max(cand, key=lambda i: (c[i], -i))
+            c = conf[b]
+            top = max(cand, key=lambda i: (float(c[i]), -i))
             if self.rule in ("threshold", "credit"):
-                cut = min(self.threshold, c[top] - 1e-5)
-                take = {i for i in cand if c[i] >= cut}
+                cut = (c[top] - 1e-5).clamp(-1000, self.threshold)
+                take = {i for i in cand if bool(c[i] >= cut)}
             else:
                 take, run = {top}, []
                 for i in cand + [None]:
                     if run and (i is None or i != run[-1] + 1):
-                        best = max(run, key=lambda j: (c[j], -j))
-                        if self.low is None or c[best] > self.low:
-                            take.add(best)
+                        best = max(float(c[j]) for j in run)
+                        if self.low is None or best > float(torch.tensor(self.low, dtype=c.dtype)):
+                            take |= {j for j in run if float(c[j]) == best}
                         run = []
                     if i is not None:
                         run.append(i)
                 if self.threshold is not None:
-                    take |= {i for i in cand if c[i] > self.threshold}
+                    take |= {i for i in cand if bool(c[i] > self.threshold)}
             for i in take:
                 x[b, start + i] = x0[b, i]
         if not bool((x == MASK).any()):
@@ -181,7 +191,7 @@ def test_temperature_draws_follow_the_tempered_softmax():
         p = torch.softmax(logits[:MASK].double() / temp, 0)  # credit adds the same bias to every row's argmax
         if isinstance(make(), dinfer.CreditThresholdParallelDecoder):
             fused = logits[:MASK].double().clone()
-            fused[1] += 0.7 * torch.log1p(torch.softmax(logits[:MASK].double(), 0).max() ** 0.2)
+            fused[1] += 0.7 * torch.log1p(torch.softmax(logits.double(), 0)[1] ** 0.2)  # p1: the mask in the softmax
             p = torch.softmax(fused / temp, 0)
         counts = {(v,): int((x[:, 2] == v).sum()) for v in range(MASK)}
         assert chi_square_pvalue(counts, {(v,): float(p[v]) for v in range(MASK)}) > ALPHA
@@ -240,3 +250,95 @@ def test_threshold_decoder_commits_every_tie_of_the_top():
     logits[0, 4] *= 0.2  # a flatter row: one position less sure than the five tied ones
     dinfer.ThresholdParallelDecoder(0.0, 0.99, mask_id=MASK).decode(logits, 0, BLOCK, x)
     assert (x[0] != MASK).tolist() == [True, True, True, True, False, True]
+
+
+def test_hierarchy_confidences_in_the_logits_dtype():
+    """Upstream's hierarchy decoder takes log_softmax and exp in the logits' dtype and compares with the
+    threshold rounded to it: p(x0) = 0.8019 is 0.80078 in bf16, not above low_threshold 0.8 (= 0.80078 too),
+    while float32 logits commit it."""
+    a = 3.34375  # exactly representable in bf16: p = e^a / (e^a + 7) = 0.8019 over the 8 non-mask tokens
+    logits = torch.zeros(1, 3, V)
+    logits[..., MASK] = -torch.inf
+    logits[0, 0, 1], logits[0, 2, 1] = 6.0, a
+    for dtype, committed in ((torch.bfloat16, False), (torch.float32, True)):
+        x = torch.tensor([[MASK, 3, MASK]])
+        dinfer.HierarchyDecoder(0.0, mask_id=MASK, low_threshold=0.8).decode(logits.to(dtype), 0, 3, x)
+        assert int(x[0, 0]) == 1 and (int(x[0, 2]) == 1) == committed, dtype
+
+
+def test_confidences_count_the_mask_tokens_mass():
+    """p(x0) is upstream's, under the softmax over all V: 0.5 here (the mask holds 0.3), below threshold 0.6,
+    so the second position waits (the first, p 0.95, is the top-1); renormalised without the mask it
+    would be 0.714 and commit."""
+    logits = torch.full((1, 2, V), -torch.inf)
+    logits[0, 0, 1], logits[0, 0, MASK] = 0.0, torch.log(torch.tensor(0.05 / 0.95))
+    logits[0, 1, [2, MASK, 3]] = torch.log(torch.tensor([0.5, 0.3, 0.2]))
+    for dec in (dinfer.ThresholdParallelDecoder(0.0, 0.6, mask_id=MASK),
+                dinfer.HierarchyDecoder(0.0, mask_id=MASK, threshold=0.6, low_threshold=0.99)):
+        x = torch.full((1, 2), MASK)
+        dec.decode(logits, 0, 2, x)
+        assert x.tolist() == [[1, MASK]], type(dec).__name__
+    x = torch.full((1, 2), MASK)
+    dinfer.ThresholdParallelDecoder(0.0, 0.45, mask_id=MASK).decode(logits, 0, 2, x)
+    assert x.tolist() == [[1, 2]]
+
+
+@pytest.mark.parametrize("rule", ["threshold", "hierarchy", "credit"])
+def test_iter_threshold_replaces_the_threshold(rule):
+    """dInfer's schedules pass a per-call threshold (a float or a 0-d tensor): the call then decides as a
+    decoder built with that threshold."""
+    logits = torch.randn(3, BLOCK, V, generator=torch.Generator().manual_seed(4)) * 3
+    want = canvas(3)
+    decoders(rule, threshold=0.6, low_threshold=0.3)[0].decode(logits, P, P + BLOCK, want)
+    for given in (0.6, torch.tensor(0.6)):
+        got = canvas(3)
+        decoders(rule, threshold=0.99, low_threshold=0.3)[0].decode(logits, P, P + BLOCK, got, iter_threshold=given)
+        assert torch.equal(got, want)
+    other = canvas(3)
+    decoders(rule, threshold=0.99, low_threshold=0.3)[0].decode(logits, P, P + BLOCK, other)
+    assert not torch.equal(other, want)  # the threshold matters here
+
+
+def test_credit_slots_evict_the_least_credited_and_skip_invalid_rows():
+    """Past ``block`` distinct tokens a position drops its least credited one (the newcomer starts from its own
+    gain); a row with no valid draw (token -1, NaN probability) credits nothing and evicts nothing."""
+    from mdsample.samplers.credit import Credit
+
+    def steps(slots, seq):
+        c = Credit(1, slots, (1.0, 1.0, 0.5), "cpu")
+        for tok, p in seq:
+            fused = c.fuse(torch.zeros(1, 10), torch.tensor([0]), torch.tensor([0]), torch.tensor([tok]),
+                           torch.tensor([p]), torch.tensor([True]))
+        return c.tokens[0, 0].tolist(), c.credit[0, 0], fused[0]
+
+    # credits before the 4th: 1 -> 0.1125, 2 -> 0.0125, 3 -> 0.45: token 2 (slot 1) makes room for 4
+    tokens, credit, fused = steps(3, [(1, 0.9), (2, 0.05), (3, 0.9), (4, 0.3)])
+    assert tokens == [1, 4, 3]
+    torch.testing.assert_close(credit, torch.tensor([0.1125, 0.3, 0.45]))
+    torch.testing.assert_close(fused[[1, 2, 3, 4]], torch.log1p(torch.tensor([0.1125, 0.0, 0.45, 0.3])))
+    # a NaN row between two draws of token 2 leaves its credit: 0.1 / 4 + 0.5
+    tokens, credit, _ = steps(2, [(1, 0.9), (2, 0.1), (-1, float("nan")), (2, 0.5)])
+    assert tokens == [1, 2]
+    torch.testing.assert_close(credit, torch.tensor([0.1125, 0.525]))
+
+
+def test_empty_block_and_a_token_array_canvas():
+    """A zero-width block is a no-op; a canvas object indexable as x[:, a:b] (dInfer's TokenArray) works."""
+    class TokenArray:
+        def __init__(self, data):
+            self.data = data
+
+        def __getitem__(self, idx):
+            return self.data[idx]
+
+        def __setitem__(self, idx, value):
+            self.data[idx] = value
+
+    for rule in ("threshold", "hierarchy", "credit"):
+        dec = decoders(rule, threshold=0.9, low_threshold=0.4)[0]
+        x = canvas(2)
+        dec.decode(torch.zeros(2, 0, V), P, P, x)
+        assert torch.equal(x, canvas(2))
+        arr = TokenArray(canvas(2))
+        dec.decode(torch.randn(2, BLOCK, V, generator=torch.Generator().manual_seed(1)), P, P + BLOCK, arr)
+        assert (arr.data[:, P:P + BLOCK] != MASK).sum(1).min() >= 1

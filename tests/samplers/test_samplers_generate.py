@@ -145,9 +145,9 @@ def reference_generate(model, prompt, *, steps, gen_length, block_length, cfg_sc
                         prev = c
                     take = {cand[0]}
                     for r in runs:
-                        best = max(r, key=lambda c: (float(conf[j, c]), -c))
-                        if float(conf[j, best]) > low_threshold:
-                            take.add(best)
+                        best = max(float(conf[j, c]) for c in r)
+                        if best > low_threshold:
+                            take |= {c for c in r if float(conf[j, c]) == best}
                     if threshold is not None:
                         take |= {c for c in cand if float(conf[j, c]) > threshold}
                 elif threshold is not None:

@@ -68,7 +68,8 @@ def test_select_rules():
 
 
 def _hierarchy_reference(conf, cand, low, high):
-    """dInfer's hierarchy rule for one row, position by position (mdsample's tie rule: the lower position)."""
+    """dInfer's hierarchy rule for one row, position by position (every tie of a run's maximum; the top-1 the
+    lowest of its ties)."""
     idx = [i for i in range(len(cand)) if cand[i]]
     if not idx:
         return set()
@@ -76,9 +77,9 @@ def _hierarchy_reference(conf, cand, low, high):
     run = []
     for i in idx + [None]:
         if run and (i is None or i != run[-1] + 1):
-            best = max(run, key=lambda j: (conf[j], -j))
-            if conf[best] > low:
-                take.add(best)
+            best = max(conf[j] for j in run)
+            if best > low:
+                take |= {j for j in run if conf[j] == best}
             run = []
         if i is not None:
             run.append(i)
@@ -90,11 +91,14 @@ def _hierarchy_reference(conf, cand, low, high):
 def test_select_hierarchy():
     conf = torch.tensor([[0.5, 0.3, 0.9, 0.2, 0.6, 0.6, 0.1, 0.95]], dtype=torch.float64)
     cand = torch.tensor([[1, 1, 0, 1, 1, 1, 0, 1]], dtype=torch.bool)
-    # runs {0, 1}, {3, 4, 5}, {7}: the best of each above 0.4 (the tie 0.6, 0.6 to position 4), and the top-1
-    assert select(conf, cand, low_threshold=0.4)[0].nonzero().flatten().tolist() == [0, 4, 7]
-    assert select(conf, cand, low_threshold=0.4, threshold=0.55)[0].nonzero().flatten().tolist() == [0, 4, 5, 7]
+    # runs {0, 1}, {3, 4, 5}, {7}: the best of each above 0.4 (both of the tie 0.6, 0.6), and the top-1
+    assert select(conf, cand, low_threshold=0.4)[0].nonzero().flatten().tolist() == [0, 4, 5, 7]
+    assert select(conf, cand, low_threshold=0.5)[0].nonzero().flatten().tolist() == [4, 5, 7]  # strict: 0.5 fails
     assert select(conf, cand, low_threshold=0.99)[0].nonzero().flatten().tolist() == [7]  # the top-1 always
-    assert select(conf, cand, low_threshold=0.6, threshold=0.95)[0].nonzero().flatten().tolist() == [7]  # strict
+    assert select(conf, cand, low_threshold=0.99, threshold=0.3)[0].nonzero().flatten().tolist() == [0, 4, 5, 7]
+    assert select(conf, cand, low_threshold=0.99, threshold=0.5)[0].nonzero().flatten().tolist() == [4, 5, 7]
+    tied = torch.tensor([[0.7, 0.2, 0.7]], dtype=torch.float64)  # two runs' maxima tie for the top-1
+    assert select(tied, torch.tensor([[True, False, True]]), low_threshold=0.9)[0].tolist() == [True, False, False]
     assert not select(conf, torch.zeros_like(cand), low_threshold=0.0).any()
     with pytest.raises(ValueError, match="threshold only"):
         select(conf, cand, low_threshold=0.4, factor=1.0)
