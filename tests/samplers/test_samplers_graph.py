@@ -281,6 +281,20 @@ def test_graph_replay_of_dream_settings_on_cuda(prompt, mode):
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("case", [dict(cache="prefix", low_threshold=0.4, threshold=0.9, steps=8),
+                                  dict(cache="dual", credit=True, threshold=0.3, steps=8),
+                                  dict(cache="dual", vicinity=(3, 5), credit=dict(alpha=2.0), steps=16)])
+def test_graph_replay_of_dinfer_rules_on_cuda(prompt, case):
+    """dInfer's hierarchy rule, credit state (static buffers read and written by the replays) and vicinity
+    window: the captured steps replay to the eager steps' tokens."""
+    m, p = Transformer.from_preset("tiny", seed=0, device="cuda").eval(), prompt.cuda()
+    kw = _internal(**_kw(**case))
+    eager = llada._generate(m, p, **dict(kw, graph_capture=False))
+    assert not (eager == MASK).any()
+    assert torch.equal(llada._generate(m, p, **kw), eager)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_step_graphs_replay_without_recapture_on_cuda(prompt, mode, monkeypatch):
     """The second call with a StepGraphs captures nothing and returns the eager step's tokens."""
