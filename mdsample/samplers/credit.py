@@ -13,8 +13,9 @@ those of ``softmax(l' / T)`` and ``softmax(l')``. A position gains one token per
 masked for at most ``block`` steps of its block (every step commits at least one position
 of each sequence it forwards), so row ``(b, i)`` of ``C`` has at most ``block`` nonzeros:
 :class:`Credit` keeps those as (token, credit) slots, ``[B, block, block]``, and adds the
-bias to the rows being drawn only. Positions committed are cleared, so a finished block
-leaves an empty state (dInfer clears its matrices once the canvas has no mask left). A
+bias to the rows being drawn only. :meth:`Credit.forget` clears committed positions, so a
+finished block leaves an empty state (dInfer clears its matrices once the canvas has no mask
+left; ``generate`` instead resets the state at each block start). A
 position that stays masked longer than that (only a block decoded again on a restarted
 canvas without a reset) drops its least credited token for a new one.
 

@@ -22,7 +22,7 @@ The algorithm (LLaDA ``generate.py``; ALGORITHMS.md):
    hierarchy rule (the most confident of each run of adjacent candidates, if above
    ``low_threshold``; every candidate above ``threshold``; the top-1), and ``credit`` its credit
    fusion (samplers/credit.py: logits biased by the tokens a position kept predicting), with any
-   of the rules; both run until the block has no masks, as a threshold does.
+   of the rules; the hierarchy rule runs until the block has no masks, as a threshold does.
 
 Differences from upstream, all deliberate and documented:
 
@@ -314,11 +314,14 @@ def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar, eos_id=None, 
                 bar.step(tokens=x.shape[0] * k, canvas=canvas)
             for _ in range(per_block - len(schedule)):  # steps that commit nothing run no forward
                 bar.step(canvas=canvas)
-            i = len(schedule)
-            while step.dynamic and bool((x[:, start:start + bl] == step.mask_id).any()):
-                step(i)  # past the budget: the eager loop's rule, a step while masks remain
+            # Past the budget, the eager loop's rule: a step while masks remain. Every step commits at least
+            # one position of each row with a valid draw, so after bl more a mask left is a row without one
+            # (NaN logits), which the check below reports.
+            for i in range(len(schedule), len(schedule) + bl if step.dynamic else 0):
+                if not bool((x[:, start:start + bl] == step.mask_id).any()):
+                    break
+                step(i)
                 bar.step(canvas=canvas)
-                i += 1
             if step.dynamic:
                 bar.step(0, tokens=x.shape[0] * bl)
     finally:

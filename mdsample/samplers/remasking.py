@@ -79,6 +79,8 @@ def select(conf: torch.Tensor, candidates: torch.Tensor, *, k: Optional[torch.Te
         Exactly one of k / threshold / factor / low_threshold, except threshold with low_threshold.
         near_top: float >= 0 with ``threshold``: dInfer's cutoff ``min(threshold, c_(1) - near_top)``.
     """
+    if near_top is not None and (threshold is None or low_threshold is not None or near_top < 0):
+        raise ValueError(f"near_top (dInfer's cutoff) is a float >= 0 for the threshold rule; got {near_top!r}")
     if low_threshold is not None:
         if k is not None or factor is not None:
             raise ValueError("low_threshold (hierarchy) combines with threshold only")

@@ -155,6 +155,21 @@ def test_padded_batch_with_a_cache(setup, mode, cfg):
     assert approx.shape == ref.shape and bool((approx[:, PLEN:] != MASK).all())
 
 
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_padded_batch_with_dinfer_rules_and_a_cache(setup, mode):
+    """dInfer's hierarchy rule and credit on a left-padded batch: with the cache refreshed every step the
+    output is the uncached one (vicinity: a window over the whole canvas), in both loops."""
+    m, prompt = setup
+    p, am = _padded(prompt, [PLEN, 5, 2])
+    kw = dict(_kw(1.0), low_threshold=0.3, credit=dict(alpha=2.0), eos_id=5)
+    ref = mdsample.generate(m, p, attention_mask=am, **kw)
+    extra = dict(vicinity=(64, 64)) if mode == "dual" else dict(refresh_every=1)
+    assert torch.equal(mdsample.generate(m, p, attention_mask=am, cache=mode, **extra, **kw), ref)
+    assert torch.equal(llada._generate(m, p, cache=mode, static_steps=False, **extra,
+                                       **_internal_kw(dict(kw, attention_mask=am))), ref)
+    assert not torch.equal(ref, mdsample.generate(m, p, attention_mask=am, **dict(kw, credit=None)))
+
+
 def test_kept_graphs_take_each_calls_padding(setup):
     """StepGraphs reuse a call's cache for the next: its key mask is the new call's (CPU: the steps run eagerly)."""
     m, prompt = setup

@@ -312,12 +312,28 @@ def test_progress_bar(capsys):
     (dict(attention_mask=torch.ones(2, 3)), ValueError, "attention_mask"),
     (dict(mask_id=V), ValueError, "mask_id"),
     (dict(seed="0"), TypeError, "seed"),
+    (dict(low_threshold=0.4, factor=1.0), ValueError, "low_threshold"),
+    (dict(low_threshold="0.4"), TypeError, "low_threshold"),
+    (dict(credit="yes"), TypeError, "credit"),
+    (dict(credit={"delta": 1.0}), ValueError, "credit"),
+    (dict(credit={"beta": 2.0}), ValueError, r"credit\['beta'\]"),
+    (dict(credit=True, remasking="random"), ValueError, "credit"),
+    (dict(credit=True, cfg_scale=1.0), ValueError, "credit"),
+    (dict(credit=True, top_p=0.9), ValueError, "credit"),
+    (dict(vicinity=(1, 1)), ValueError, "vicinity"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, exc, name):
     args = dict(steps=8, gen_length=8, block_length=4, mask_id=MASK)
     args.update(kwargs)
     with pytest.raises(exc, match=name):
         mdsample.generate(TinyLM(), prompts(), **args)
+
+
+def test_credit_refuses_mask_tokens_in_the_prompt():
+    p = prompts()
+    p[0, 1] = MASK
+    with pytest.raises(ValueError, match="credit needs prompts without mask tokens"):
+        mdsample.generate(TinyLM(), p, steps=8, gen_length=8, block_length=4, mask_id=MASK, credit=True)
 
 
 def test_bad_prompt():

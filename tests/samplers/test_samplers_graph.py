@@ -63,6 +63,7 @@ def test_static_step_equals_cached_generate(model, prompt, mode, temperature, re
     dict(low_threshold=0.4, steps=4), dict(low_threshold=0.2, threshold=0.8, steps=8),
     dict(credit=True, threshold=0.3, steps=8), dict(credit=dict(alpha=3.0, beta=0.5), steps=16),
     dict(credit=True, low_threshold=0.4, remasking="margin", steps=32),
+    dict(credit=True, low_threshold=0.3, eos_id=5, steps=8),
 ])
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_static_step_equals_cached_generate_variants(model, prompt, mode, case):
@@ -73,7 +74,8 @@ def test_static_step_equals_cached_generate_variants(model, prompt, mode, case):
 
 
 @pytest.mark.parametrize("case", [dict(cache="prefix"), dict(cache="dual", cfg_scale=1.5),
-                                  dict(cache="dual", threshold=0.3, steps=8)])
+                                  dict(cache="dual", threshold=0.3, steps=8),
+                                  dict(cache="dual", credit=True, low_threshold=0.4, vicinity=(2, 3), steps=8)])
 def test_step_graphs_reuse_the_buffers_across_calls(model, prompt, case):
     """A StepGraphs keeps one entry per (model, shapes, settings); a later call restarts it with its own
     prompt and seed and returns the tokens of a fresh call, in a tensor of its own."""
@@ -105,7 +107,8 @@ def _guarded(fn, calls):
 
 
 SYNC_CASES = [dict(remasking=r, cfg_scale=1.0, **rule) for r in ("low_confidence", "random")
-              for rule in ({}, dict(threshold=0.05), dict(low_threshold=0.3))] + [dict(credit=True, threshold=0.3)]
+              for rule in ({}, dict(threshold=0.05), dict(low_threshold=0.3))] + [
+    dict(credit=True, threshold=0.3), dict(cache="dual", vicinity=(2, 3), cfg_scale=1.0)]
 
 
 @pytest.mark.parametrize("case", SYNC_CASES, ids=[str(i) for i in range(len(SYNC_CASES))])
@@ -116,7 +119,7 @@ def test_step_loop_makes_no_host_sync(model, prompt, mode, case, monkeypatch):
     calls = []
     monkeypatch.setattr(BlockStep, "__call__", _guarded(BlockStep.__call__, calls))
     monkeypatch.setattr(BlockStep, "begin_block", _guarded(BlockStep.begin_block, calls))
-    kw = _kw(cache=mode, **case)
+    kw = _kw(**{"cache": mode, **case})  # a vicinity case runs the dual cache in both
     out = mdsample.generate(model, prompt, cuda_graph=True, **kw)
     assert calls.count("begin_block") == 4
     budget = calls.count("__call__")
@@ -198,13 +201,18 @@ def test_bad_arguments(model, prompt):
         llada._generate(model, prompt, **_internal(), static_steps=False)
 
 
+@pytest.mark.parametrize("rule", [dict(), dict(threshold=0.3), dict(low_threshold=0.4)])
 @pytest.mark.parametrize("cuda_graph", [True, False])
-def test_rows_without_a_valid_draw_raise_after_the_loop(prompt, cuda_graph):
+def test_rows_without_a_valid_draw_raise_after_the_loop(prompt, cuda_graph, rule):
+    """NaN logits: the fixed-shape steps (a rule that runs until no mask is left included: at most a block's
+    length of steps past the budget) end and report it."""
     broken = Transformer.from_preset("tiny", seed=0).eval()
     with torch.no_grad():
         broken.lm_head.weight.fill_(float("nan"))
-    with pytest.raises(ValueError, match="no valid draw"):
-        mdsample.generate(broken, prompt, cuda_graph=cuda_graph, **_kw())
+    # without graphs a threshold rule runs the eager steps, whose draws check each row and name the first bad one
+    match = "contains NaN" if rule and not cuda_graph else "no valid draw"
+    with pytest.raises(ValueError, match=match):
+        mdsample.generate(broken, prompt, cuda_graph=cuda_graph, **_kw(**rule))
 
 
 def _internal(**over):

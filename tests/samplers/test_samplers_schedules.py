@@ -123,3 +123,7 @@ def test_select_dinfer_threshold_cutoff():
     assert select(conf, cand, threshold=0.9, near_top=1e-5).tolist() == [[True, True, False, False, False]]
     assert select(conf, cand, threshold=0.3, near_top=1e-5).tolist() == [[True, True, True, True, False]]
     assert not select(conf, torch.zeros_like(cand), threshold=0.0, near_top=1e-5).any()
+    for bad in (dict(near_top=1e-5, k=torch.tensor([1])), dict(near_top=-1.0, threshold=0.5),
+                dict(near_top=1e-5, threshold=0.5, low_threshold=0.4)):
+        with pytest.raises(ValueError, match="near_top"):
+            select(conf, cand, **bad)
