@@ -89,6 +89,8 @@ class _BlockDecoder:
         if logits.dim() != 3 or tuple(logits.shape[:2]) != (b, width):
             raise ValueError(f"logits must be [B, block_end - block_start, V] = [{b}, {width}, V]; "
                              f"got {tuple(logits.shape)}")
+        if not self.mask_id < logits.shape[-1]:
+            raise ValueError(f"mask_id ({self.mask_id}) must be a token of the logits' vocabulary [0, {logits.shape[-1]})")
         if width == 0:
             return
         masked = block == self.mask_id

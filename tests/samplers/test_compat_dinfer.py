@@ -240,6 +240,8 @@ def test_decoder_arguments():
     assert (dec.mask_id, dec.eos_id) == (MASK, 126081)
     with pytest.raises(ValueError, match=r"logits must be \[B, block_end - block_start, V\] = \[3, 6, V\]"):
         dec.decode(torch.zeros(3, 5, V), P, P + BLOCK, canvas(3))
+    with pytest.raises(ValueError, match=r"mask_id \(8\) must be a token of the logits' vocabulary \[0, 5\)"):
+        dec.decode(torch.zeros(3, BLOCK, 5), P, P + BLOCK, canvas(3))
 
 
 def test_threshold_decoder_commits_every_tie_of_the_top():
