@@ -6,7 +6,8 @@ and 8, temperature 1), the median time of mdsample's decoder and of the naive dI
 (float32 softmax and float64 Gumbel noise over ``[B, block, V]``; the credit decoder's dense
 ``[B, block, V]`` float32 matrix), GB/s of logits read, and the memory each needs beyond its
 inputs (GPU: the allocator's peak; CPU: the sum of allocations, an upper bound).
-Writes ``benchmarks/results/<device>-decoders-<date>.json``; CPU rows are CPU measurements.
+Writes ``benchmarks/results/<device>-decoders-<date>.json`` and a PNG beside it (time per step, log
+scale, both implementations side by side); CPU rows are CPU measurements.
 
 Usage: ``python benchmarks/bench_decoders.py [--quick] [--vocab 126464] [--batches 1 8]``.
 """
@@ -72,6 +73,34 @@ def bench(device: torch.device, *, batch: int, block: int, vocab: int, dtype: to
     return rows
 
 
+def plot(rows: list[dict], title: str, path: Path) -> Path:
+    """Bars of each (decoder, batch): mdsample's time beside the dInfer formula's, labelled with the ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [(r["decoder"], r["batch"]) for r in rows if r["impl"] == "mdsample"]
+    time_of = {(r["decoder"], r["batch"], r["impl"]): r["median_s"] * 1e3 for r in rows}
+    fig, ax = plt.subplots(figsize=(1.3 * len(groups) + 2, 4))
+    for k, (impl, color) in enumerate((("mdsample", "tab:blue"), ("dinfer_formula", "tab:gray"))):
+        xs = [i + (k - 0.5) * 0.38 for i in range(len(groups))]
+        ax.bar(xs, [time_of[(d, b, impl)] for d, b in groups], width=0.36, color=color,
+               label="mdsample.compat.dinfer" if impl == "mdsample" else "dInfer's formula")
+    for i, (d, b) in enumerate(groups):
+        ratio = time_of[(d, b, "dinfer_formula")] / time_of[(d, b, "mdsample")]
+        ax.annotate(f"{ratio:.0f}x", (i, time_of[(d, b, "dinfer_formula")]), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(groups)), [f"{d}\nB {b}" for d, b in groups])
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per decode step")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="V 32000, batch 1, few runs (a smoke run)")
@@ -91,9 +120,15 @@ def main(argv=None) -> int:
         print(f"{r['decoder']:9s} {r['impl']:14s} B {r['batch']:2d} V {r['vocab']:6d}  {r['median_s'] * 1e3:9.3f} ms  "
               f"{r['gbps_logits']:7.2f} GB/s  extra {r['extra_memory_bytes'] / 2**20:8.1f} MiB{speed}")
     if not args.no_write:
-        print("wrote", write_results("decoders", device, rows, extra={
+        path = write_results("decoders", device, rows, extra={
             "note": "one dInfer decoder step on a fully masked block; CPU rows are CPU measurements",
-            "extra_memory": "GPU: allocator peak beyond the inputs; CPU: sum of torch allocations (upper bound)"}))
+            "extra_memory": "GPU: allocator peak beyond the inputs; CPU: sum of torch allocations (upper bound)"})
+        print("wrote", path)
+        try:
+            title = f"{device_name(device)}: one decode step, block {args.block}, V {vocab}, bf16, T {TEMPERATURE}"
+            print("wrote", plot(rows, title, path.with_suffix(".png")))
+        except ImportError:
+            print("matplotlib missing: no plot")
     return 0
 
 

@@ -163,7 +163,7 @@ def test_bench_likelihood_chain_rule_part():
     assert ours["max_abs_diff_vs_upstream_nats"] < 1e-3 and ups["max_abs_diff_vs_upstream_nats"] == 0
 
 
-def test_bench_decoders_baselines_are_the_decoders_rules():
+def test_bench_decoders_baselines_are_the_decoders_rules(tmp_path):
     """At T = 0 the benchmark's dInfer formulas (dense, float32 softmax) commit what mdsample's decoders
     commit, step after step on a block that the decoder fills; then one tiny benchmark shape runs."""
     from mdsample.compat import dinfer
@@ -191,8 +191,11 @@ def test_bench_decoders_baselines_are_the_decoders_rules():
             ref = torch.where(commit, x0, ref)
             dec.decode(logits, 0, 8, ours)
             assert torch.equal(ours, ref), rule
-    rows = _package_module("bench_decoders").bench(torch.device("cpu"), batch=1, block=4, vocab=64,
-                                                   dtype=torch.bfloat16, runs=1)
+    bench = _package_module("bench_decoders")
+    rows = bench.bench(torch.device("cpu"), batch=1, block=4, vocab=64, dtype=torch.bfloat16, runs=1)
     assert [(r["decoder"], r["impl"]) for r in rows] == [
         (d, i) for d in ("threshold", "hierarchy", "credit") for i in ("mdsample", "dinfer_formula")]
     assert all(r["median_s"] > 0 for r in rows)
+    pytest.importorskip("matplotlib")
+    png = bench.plot(rows, "smoke", tmp_path / "decoders.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
