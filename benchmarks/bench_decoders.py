@@ -2,14 +2,15 @@
 
 One decoding step of a fully masked block, the most rows a step reads: for each decoder
 (threshold, hierarchy, credit) at LLaDA's shapes (block 32, V 126464, bf16 logits, batch 1
-and 8, temperature 1), the median time of mdsample's decoder and of the naive dInfer step
+and 8, temperature 1), the median time of mdsample's decoder, of the naive dInfer step
 (float32 softmax and float64 Gumbel noise over ``[B, block, V]``; the credit decoder's dense
-``[B, block, V]`` float32 matrix), GB/s of logits read, and the memory each needs beyond its
-inputs (GPU: the allocator's peak; CPU: the sum of allocations, an upper bound).
+``[B, block, V]`` float32 matrix) and of its ``torch.compile`` (unless ``--no-compile``), GB/s of
+logits read, and the memory each needs beyond its inputs (GPU: the allocator's peak; CPU: the sum
+of allocations, an upper bound).
 Writes ``benchmarks/results/<device>-decoders-<date>.json`` and a PNG beside it (time per step, log
 scale, both implementations side by side); CPU rows are CPU measurements.
 
-Usage: ``python benchmarks/bench_decoders.py [--quick] [--vocab 126464] [--batches 1 8]``.
+Usage: ``python benchmarks/bench_decoders.py [--quick] [--no-compile] [--vocab 126464] [--batches 1 8] [--runs 20]``.
 """
 from __future__ import annotations
 
@@ -37,8 +38,11 @@ def _ours(rule: str):
     return dinfer.CreditThresholdParallelDecoder(threshold=THRESHOLD, **kw)
 
 
-def bench(device: torch.device, *, batch: int, block: int, vocab: int, dtype: torch.dtype, runs: int) -> list[dict]:
-    """Rows of one shape: each decoder, mdsample vs the naive step."""
+def bench(device: torch.device, *, batch: int, block: int, vocab: int, dtype: torch.dtype, runs: int,
+          compiled: bool = False) -> list[dict]:
+    """Result rows (dicts) of one shape: for each decoder, mdsample's decode, the naive step and, with
+    ``compiled``, the naive step under ``torch.compile``; ``runs`` timed calls each (median), on logits
+    ``[batch, block, vocab]`` of ``dtype`` on ``device``."""
     g = torch.Generator(device=device).manual_seed(0)
     make = lambda: (torch.randn(batch, block, vocab, generator=g, device=device) * 3).to(dtype)  # noqa: E731
     inputs = rotating_inputs(make, batch * block * vocab * dtype.itemsize, device)
@@ -62,19 +66,27 @@ def bench(device: torch.device, *, batch: int, block: int, vocab: int, dtype: to
                 x0, commit = naive.dinfer_hierarchy(logits, masked, THRESHOLD, LOW_THRESHOLD, TEMPERATURE)
             else:
                 x0, commit = naive.dinfer_threshold(logits, masked, THRESHOLD, TEMPERATURE)
-            torch.where(commit, x0, canvas)
+            return torch.where(commit, x0, canvas)
 
-        for impl, fn in (("mdsample", ours), ("dinfer_formula", upstream)):
+        impls = [("mdsample", ours), ("dinfer_formula", upstream)]
+        if compiled:
+            impls.append(("dinfer_formula+compile", torch.compile(upstream)))
+        first = len(rows)
+        for impl, fn in impls:
             t = median_time(fn, inputs, device=device, runs=runs)
+            # the CPU profiler does not see the buffers of inductor's generated code: not measured there
+            unseen = device.type == "cpu" and impl.endswith("+compile")
             rows.append(dict(decoder=rule, impl=impl, batch=batch, block=block, vocab=vocab, dtype=str(dtype),
                              median_s=t, gbps_logits=read / t / 1e9,
-                             extra_memory_bytes=extra_memory(lambda: fn(inputs[0]), device)))
-        rows[-2]["speedup_vs_dinfer_formula"] = rows[-1]["median_s"] / rows[-2]["median_s"]
+                             extra_memory_bytes=None if unseen else extra_memory(lambda: fn(inputs[0]), device)))
+        for r in rows[first + 1:]:
+            rows[first][f"speedup_vs_{r['impl']}"] = r["median_s"] / rows[first]["median_s"]
     return rows
 
 
 def plot(rows: list[dict], title: str, path: Path) -> Path:
-    """Bars of each (decoder, batch): mdsample's time beside the dInfer formula's, labelled with the ratio."""
+    """Bars of each (decoder, batch): mdsample's time beside the dInfer formula's (and its torch.compile, when
+    measured), each baseline labelled with its ratio to mdsample."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,14 +94,18 @@ def plot(rows: list[dict], title: str, path: Path) -> Path:
 
     groups = [(r["decoder"], r["batch"]) for r in rows if r["impl"] == "mdsample"]
     time_of = {(r["decoder"], r["batch"], r["impl"]): r["median_s"] * 1e3 for r in rows}
+    impls = [(i, label, color) for i, label, color in (
+        ("mdsample", "mdsample.compat.dinfer", "tab:blue"), ("dinfer_formula", "dInfer's formula", "tab:gray"),
+        ("dinfer_formula+compile", "its torch.compile", "tab:olive")) if any(r["impl"] == i for r in rows)]
+    width = 0.8 / len(impls)
     fig, ax = plt.subplots(figsize=(1.3 * len(groups) + 2, 4))
-    for k, (impl, color) in enumerate((("mdsample", "tab:blue"), ("dinfer_formula", "tab:gray"))):
-        xs = [i + (k - 0.5) * 0.38 for i in range(len(groups))]
-        ax.bar(xs, [time_of[(d, b, impl)] for d, b in groups], width=0.36, color=color,
-               label="mdsample.compat.dinfer" if impl == "mdsample" else "dInfer's formula")
-    for i, (d, b) in enumerate(groups):
-        ratio = time_of[(d, b, "dinfer_formula")] / time_of[(d, b, "mdsample")]
-        ax.annotate(f"{ratio:.0f}x", (i, time_of[(d, b, "dinfer_formula")]), ha="center", va="bottom", fontsize=8)
+    for k, (impl, label, color) in enumerate(impls):
+        xs = [g + (k - (len(impls) - 1) / 2) * width for g in range(len(groups))]
+        ys = [time_of[(d, b, impl)] for d, b in groups]
+        ax.bar(xs, ys, width=width * 0.95, color=color, label=label)
+        if impl != "mdsample":
+            for x, y, (d, b) in zip(xs, ys, groups):
+                ax.annotate(f"{y / time_of[(d, b, 'mdsample')]:.0f}x", (x, y), ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(groups)), [f"{d}\nB {b}" for d, b in groups])
     ax.set_yscale("log")
     ax.set_ylabel("ms per decode step")
@@ -108,20 +124,25 @@ def main(argv=None) -> int:
     ap.add_argument("--block", type=int, default=32)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     vocab, batches, runs = (32000, [1], 3) if args.quick else (args.vocab, args.batches, args.runs)
+    compiled = not (args.no_compile or args.quick)
     rows = [r for b in batches for r in bench(device, batch=b, block=args.block, vocab=vocab,
-                                              dtype=torch.bfloat16, runs=runs)]
+                                              dtype=torch.bfloat16, runs=runs, compiled=compiled)]
     print(f"# {device_name(device)}: one step of a fully masked block, bf16 logits, T {TEMPERATURE}")
     for r in rows:
-        speed = f"  x{r['speedup_vs_dinfer_formula']:.2f}" if "speedup_vs_dinfer_formula" in r else ""
-        print(f"{r['decoder']:9s} {r['impl']:14s} B {r['batch']:2d} V {r['vocab']:6d}  {r['median_s'] * 1e3:9.3f} ms  "
-              f"{r['gbps_logits']:7.2f} GB/s  extra {r['extra_memory_bytes'] / 2**20:8.1f} MiB{speed}")
+        extra = "     n/a" if r["extra_memory_bytes"] is None else f"{r['extra_memory_bytes'] / 2**20:8.1f} MiB"
+        speed = "".join(f"  x{v:.2f} vs {k[len('speedup_vs_'):]}" for k, v in r.items() if k.startswith("speedup_vs_"))
+        print(f"{r['decoder']:9s} {r['impl']:22s} B {r['batch']:2d} V {r['vocab']:6d}  {r['median_s'] * 1e3:9.3f} ms  "
+              f"{r['gbps_logits']:7.2f} GB/s  extra {extra}{speed}")
     if not args.no_write:
         path = write_results("decoders", device, rows, extra={
             "note": "one dInfer decoder step on a fully masked block; CPU rows are CPU measurements",
+            "runs": runs, "block": args.block, "compile": compiled, "threshold": THRESHOLD,
+            "low_threshold": LOW_THRESHOLD, "temperature": TEMPERATURE,
             "extra_memory": "GPU: allocator peak beyond the inputs; CPU: sum of torch allocations (upper bound)"})
         print("wrote", path)
         try:

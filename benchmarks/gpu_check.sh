@@ -26,7 +26,7 @@
 #  11. sanitizer-racecheck  compute-sanitizer racecheck                  sanitizer_racecheck.log
 #  12. tests-rest   the rest of tests/ (no -x: every failure listed)     tests_rest.log
 #  13. e2e-dream    e2e_dream.py (Dream-7B shape, no issue goal: last)   e2e_dream.log
-#  14. decoders     bench_decoders.py: dInfer's decoder steps vs formulas decoders.log
+#  14. decoders     bench_decoders.py --no-compile: dInfer decoders      decoders.log
 # Benchmark results written to benchmarks/results/ are copied to $OUT/results after
 # each benchmark step. summary.txt has one line per step: rc, seconds, log.
 set -u
@@ -201,7 +201,7 @@ step e2e-dream 90 e2e_dream.log "$PY" benchmarks/e2e_dream.py
 collect_results
 
 # ---- 14. dInfer's decoders, one step at LLaDA's shapes (no issue goal) ---------------------
-step decoders 40 decoders.log "$PY" benchmarks/bench_decoders.py
+step decoders 40 decoders.log "$PY" benchmarks/bench_decoders.py --no-compile
 collect_results
 
 note "gpu_check: done in $((SECONDS - START))s"

@@ -9,8 +9,9 @@ keep that interface, so a dInfer pipeline swaps the import. Upstream builds a fl
 float64) softmax and a float64 Gumbel tensor over ``[B, block, V]`` per call (the credit
 decoder also a dense ``[B, block, V]`` matrix); here each masked row is read once by
 :func:`mdsample.sample_categorical` (token and ``log p(x0)``), unmasked rows are not read (the
-credit decoder copies the block's rows to float32 to fuse them), nothing syncs the host, and
-every batch size works (upstream's hierarchy decoder takes batch 1).
+credit decoder copies the block's rows to float32 to fuse them), nothing syncs the host (but a
+CUDA tensor passed as ``iter_threshold``), and every batch size works (upstream's hierarchy
+decoder takes batch 1).
 
 Rules (samplers/remasking.py states them exactly): ``ThresholdParallelDecoder`` commits the
 masked positions with ``p(x0) >= min(threshold, max p(x0) - 1e-5)``; ``HierarchyDecoder``
@@ -47,7 +48,7 @@ import torch
 from ..ops.sampling import sample_categorical
 from ..samplers import _checks as C
 from ..samplers.credit import Credit, credit_settings
-from ..samplers.remasking import select
+from ..samplers.remasking import logprob_with, select
 from ._seed import call_key
 
 __all__ = ["ThresholdParallelDecoder", "HierarchyDecoder", "CreditThresholdParallelDecoder"]
@@ -64,7 +65,7 @@ class _BlockDecoder:
         self.temperature = C.real("temperature", temperature, low=0.0)
         self.remasking = C.choice("remasking", remasking, ("low_confidence",))
         self.mask_id = C.integer("mask_id", mask_id, low=0)
-        self.eos_id = eos_id
+        self.eos_id = None if eos_id is None else C.integer("eos_id", eos_id, low=0)
         self.seed = None if seed is None else C.integer("seed", seed, low=0)
         self.backend = backend
         self.calls = 0
@@ -82,7 +83,8 @@ class _BlockDecoder:
             block_start, block_end: the block's positions in ``x``.
             x: int64 ``[B, L]`` canvas (or anything indexable as ``x[:, a:b]``, such as dInfer's
                 ``TokenArray``); masked positions hold ``mask_id``.
-            iter_threshold: this call's threshold instead of the decoder's (dInfer's schedules).
+            iter_threshold: this call's threshold instead of the decoder's (dInfer's schedules): a float, or
+                a 0-d tensor (read to the host: one sync for a CUDA tensor).
         """
         block = x[:, block_start:block_end]
         b, width = block.shape
@@ -149,13 +151,13 @@ class HierarchyDecoder(_BlockDecoder):
     ``low_threshold``), plus keyword-only ``seed`` and ``backend``.
     """
 
+    conf_dtype = None  # upstream: log_softmax and exp in the logits' dtype
+
     def __init__(self, temperature, remasking='low_confidence', mask_id=LLADA_MASK_ID, eos_id=LLADA_EOS_ID,
                  threshold=None, low_threshold=0.4, *, seed=None, backend="auto"):
         super().__init__(temperature, remasking, mask_id, eos_id, seed, backend)
         self.threshold = None if threshold is None else C.real("threshold", threshold)
         self.low_threshold = None if low_threshold is None else C.real("low_threshold", low_threshold)
-
-    conf_dtype = None  # upstream: log_softmax and exp in the logits' dtype
 
     def _choose(self, conf, cand, threshold, dtype):
         low = -torch.inf if self.low_threshold is None else _rounded(self.low_threshold, dtype)
@@ -190,11 +192,9 @@ class CreditThresholdParallelDecoder(ThresholdParallelDecoder):
         if key not in self._states:
             self._states[key] = Credit(b, width, (self.credit_alpha, self.boost_gamma, self.decay_beta), logits.device)
         self._state = self._states[key]
-        top = sample_categorical(logits, temperature=0.0, exclude=self.mask_id, active=masked, return_stats=True,
-                                 stats_temperature=1.0, check=False, backend=self.backend)
         seq, col = self._rows(b, width, logits.device)
-        p1 = _upstream_confidence(logits, top, self.mask_id, torch.float32).float()  # upstream's softmax has the mask
-        return self._state.fuse(logits, seq, col, top.tokens.reshape(-1), p1.reshape(-1), masked.reshape(-1))
+        return self._state.step(logits, seq, col, exclude=self.mask_id, active=masked, mask_in_softmax=True,
+                                check=False, backend=self.backend)
 
     def _committed(self, chosen) -> None:
         b, width = chosen.shape
@@ -209,10 +209,7 @@ class CreditThresholdParallelDecoder(ThresholdParallelDecoder):
 def _upstream_confidence(logits, res, mask_id: int, dtype: torch.dtype) -> torch.Tensor:
     """float64 ``[B, block]``: ``p(x0)`` under the softmax over all V (the op's excludes the mask), as upstream
     computes it in ``dtype`` (float32: ``softmax(l.float())``; bf16 / fp16: ``log_softmax(l).exp()`` in it)."""
-    tokens = res.tokens.clamp_min(0).unsqueeze(-1)
-    at_x0 = logits.gather(-1, tokens).squeeze(-1).float()
-    log_norm = torch.logaddexp(at_x0 - res.logprob, logits[..., mask_id].float())  # the mask back in
-    logp = at_x0 - log_norm
+    logp = logprob_with(logits, res.tokens, res.logprob, mask_id)
     conf = logp.exp() if dtype in (torch.float32, torch.float64) else logp.to(dtype).exp()
     return conf.to(torch.float64)
 

@@ -19,9 +19,11 @@ left; ``generate`` instead resets the state at each block start). A
 position that stays masked longer than that (only a block decoded again on a restarted
 canvas without a reset) drops its least credited token for a new one.
 
-Differences from dInfer, documented: ``v1``/``p1`` come from the distribution without the
-mask token (mdsample never draws it); the fused rows are float32 copies of the drawn rows
-(upstream: the whole ``[B, block, V]`` logits plus the dense matrix).
+Differences from dInfer, documented: ``v1`` is the best token other than the mask (mdsample never
+draws it); ``p1`` is its probability without the mask in ``generate`` (mdsample's confidences) and
+with it in ``mdsample.compat.dinfer`` (upstream's, :meth:`Credit.step`'s ``mask_in_softmax``); the
+fused rows are float32 copies of the drawn rows (upstream: the whole ``[B, block, V]`` logits
+plus the dense matrix).
 """
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ from typing import Optional
 
 import torch
 
+from ..ops.sampling import sample_categorical
 from . import _checks as C
+from .remasking import logprob_with
 
 __all__ = ["Credit", "credit_settings", "CREDIT_DEFAULTS"]
 
@@ -106,6 +110,29 @@ class Credit:
         bias = torch.where(slots >= 0, self.alpha * torch.log1p(credit), 0.0)
         fused = logits.to(torch.float32, copy=True).reshape(-1, logits.shape[-1])
         return fused.scatter_add_(1, slots.clamp_min(0), bias).view(logits.shape)
+
+    def step(self, logits: torch.Tensor, seq: torch.Tensor, col: torch.Tensor, *, exclude: int,
+             active: Optional[torch.Tensor] = None, mask_in_softmax: bool = False, check: bool = True,
+             backend: str = "auto") -> torch.Tensor:
+        """A decoding step's fused rows: each row's argmax and its probability at T = 1 (one fused read of
+        the rows), then :meth:`fuse`.
+
+        Args:
+            logits: ``[..., V]`` the rows to draw, of sequences ``seq`` at block columns ``col`` (int64,
+                one per row, flattened order).
+            exclude: the mask token (never the argmax).
+            active: bool ``[...]``: rows to read and credit (default all).
+            mask_in_softmax: ``p1`` under the softmax with the mask token (dInfer's), not without.
+            check, backend: as :func:`mdsample.sample_categorical` (``check=False``: no host sync).
+
+        Returns:
+            float32 fused rows, the shape of ``logits``.
+        """
+        top = sample_categorical(logits, temperature=0.0, exclude=exclude, active=active, return_stats=True,
+                                 stats_temperature=1.0, check=check, backend=backend)
+        p1 = logprob_with(logits, top.tokens, top.logprob, exclude).exp() if mask_in_softmax else top.prob
+        update = torch.ones_like(top.tokens, dtype=torch.bool) if active is None else active
+        return self.fuse(logits, seq, col, top.tokens.reshape(-1), p1.reshape(-1), update.reshape(-1))
 
     def forget(self, seq: torch.Tensor, col: torch.Tensor, committed: torch.Tensor) -> None:
         """Clear the slots of rows ``(seq, col)`` (int64 ``[n]``) where ``committed`` (bool ``[n]``)."""

@@ -125,7 +125,8 @@ class BlockStep:
 
     Static buffers (what a replay reads): ``k`` int64 ``[B]`` (this step's transfer counts),
     ``offset`` int64 ``[]`` (Philox offset, bumped by each step), ``seed`` int64 ``[]``,
-    ``fwd.block_start`` int64 ``[]``, ``x`` and the cache.
+    ``fwd.block_start`` int64 ``[]``, ``x``, the cache, and with ``credit`` its ``credit.tokens`` /
+    ``credit.credit`` slots.
     """
 
     def __init__(self, fwd: CachedRowForward, x: torch.Tensor, *, block_length: int, per_block: int,
@@ -158,7 +159,8 @@ class BlockStep:
         self.kmax = block_length if self.dynamic else -(-block_length // per_block)
         rows = block_length if remasking != "random" else self.kmax
         self._row_seq = self._everyone.repeat_interleave(rows)
-        self._row_col = self._j.repeat(b)  # block column of each row (all block rows: credit needs them)
+        if self.credit is not None:  # block column of each row (credit: every block row, no "random")
+            self._row_col = self._j.repeat(b)
         self.graphs: dict = {}
         self._pool = None
 
@@ -260,10 +262,9 @@ class BlockStep:
         if self.top_p is not None or self.top_k is not None:
             logits = truncate(logits, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                               exclude=self.mask_id, sync_free=True)
-        if self.credit is not None:  # the argmax at T = 1, then the draw from the fused rows
-            top = sample_categorical(logits, temperature=0.0, exclude=self.mask_id, active=active.reshape(-1),
-                                     return_stats=True, stats_temperature=1.0, check=False, backend=self.backend)
-            logits = self.credit.fuse(logits, self._row_seq, self._row_col, top.tokens, top.prob, active.reshape(-1))
+        if self.credit is not None:  # the draw from the fused rows
+            logits = self.credit.step(logits, self._row_seq, self._row_col, exclude=self.mask_id,
+                                      active=active.reshape(-1), check=False, backend=self.backend)
         out = sample_categorical(
             logits, temperature=self.temperature, seed=self.seed, offset=self.offset,
             positions=positions.reshape(-1), exclude=self.mask_id, active=active.reshape(-1),

@@ -163,8 +163,8 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
     if static_steps is False and cuda_graph:
         raise ValueError("static_steps=False runs the step-by-step loop, which cannot be captured")
     # A cached run takes the fixed-shape, sync-free steps unless it needs what only the step-by-step
-    # loop does: the exclude lists, or (without graphs) a threshold / factor rule, where stopping a
-    # block as soon as it is done saves the forwards that the fixed budget would spend.
+    # loop does: the exclude lists, or (without graphs) a threshold / factor / hierarchy rule, where
+    # stopping a block as soon as it is done saves the forwards that the fixed budget would spend.
     if static_steps is None:
         static_steps = cache is not None and not logits_exclude and not confidence_exclude and (
             cuda_graph or not dynamic)
@@ -317,7 +317,8 @@ def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar, eos_id=None, 
             # Past the budget, the eager loop's rule: a step while masks remain. Every step commits at least
             # one position of each row with a valid draw, so after bl more a mask left is a row without one
             # (NaN logits), which the check below reports.
-            for i in range(len(schedule), len(schedule) + bl if step.dynamic else 0):
+            extra = bl if step.dynamic else 0
+            for i in range(len(schedule), len(schedule) + extra):
                 if not bool((x[:, start:start + bl] == step.mask_id).any()):
                     break
                 step(i)
@@ -370,11 +371,8 @@ def _step(fwd: RowForward, x, seqs, cand, pos_ids, offset, *, k, threshold, fact
 
     r_seq, r_pos, logits, guidance = rows_for(cand)
     rows = seqs[r_seq]
-    if credit is not None:  # dInfer's credit: the argmax at T = 1 first, then the draw from the fused rows
-        top = sample_categorical(logits, temperature=0.0, exclude=mask_id, return_stats=True, stats_temperature=1.0,
-                                 backend=backend)
-        logits = credit.fuse(logits, rows, r_pos - block_start, top.tokens, top.prob,
-                             torch.ones_like(r_pos, dtype=torch.bool))
+    if credit is not None:  # dInfer's credit: the draw from the fused rows
+        logits = credit.step(logits, rows, r_pos - block_start, exclude=mask_id, backend=backend)
     res = draw(logits, guidance, pos_ids[rows, r_pos], return_stats=True, stats_temperature=stats_t)
     c = confidence(res, remasking)
     if remasking == "low_confidence" and confidence_exclude:

@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["transfer_counts", "select", "confidence", "CONFIDENCES"]
+__all__ = ["transfer_counts", "select", "confidence", "logprob_with", "CONFIDENCES"]
 
 CONFIDENCES = ("low_confidence", "entropy", "margin")
 
@@ -64,6 +64,19 @@ def confidence(stats, rule: str) -> torch.Tensor:
     raise ValueError(f"confidence rule must be one of {CONFIDENCES}; got {rule!r}")
 
 
+def logprob_with(logits: torch.Tensor, tokens: torch.Tensor, logprob: torch.Tensor, token_id: int) -> torch.Tensor:
+    """float32 ``[...]``: ``log p(tokens)`` under the softmax over all V, from ``logprob`` under the softmax
+    without ``token_id`` (what :func:`mdsample.sample_categorical` returns with ``exclude=token_id``).
+
+    ``logits`` ``[..., V]`` (the rows drawn from), ``tokens`` int64 ``[...]`` (-1 rows give NaN or garbage;
+    mask them), ``logprob`` float ``[...]``. Two gathers: the row's normaliser is recovered from the drawn
+    token's logprob and ``token_id``'s logit is added back, so V is not read again (upstream LLaDA / dInfer
+    softmaxes keep the mask token in).
+    """
+    at = logits.gather(-1, tokens.clamp_min(0).unsqueeze(-1)).squeeze(-1).float()
+    return at - torch.logaddexp(at - logprob.float(), logits[..., token_id].float())
+
+
 def select(conf: torch.Tensor, candidates: torch.Tensor, *, k: Optional[torch.Tensor] = None,
            threshold: Optional[float] = None, factor: Optional[float] = None, near_top: Optional[float] = None,
            low_threshold: Optional[float] = None) -> torch.Tensor:
@@ -79,11 +92,13 @@ def select(conf: torch.Tensor, candidates: torch.Tensor, *, k: Optional[torch.Te
         Exactly one of k / threshold / factor / low_threshold, except threshold with low_threshold.
         near_top: float >= 0 with ``threshold``: dInfer's cutoff ``min(threshold, c_(1) - near_top)``.
     """
+    given = [name for name, v in (("k", k), ("threshold", threshold if low_threshold is None else None),
+                                  ("factor", factor), ("low_threshold", low_threshold)) if v is not None]
+    if len(given) != 1:
+        raise ValueError(f"select needs exactly one of k, threshold, factor, low_threshold; got {given or 'none'}")
     if near_top is not None and (threshold is None or low_threshold is not None or near_top < 0):
         raise ValueError(f"near_top (dInfer's cutoff) is a float >= 0 for the threshold rule; got {near_top!r}")
     if low_threshold is not None:
-        if k is not None or factor is not None:
-            raise ValueError("low_threshold (hierarchy) combines with threshold only")
         return _hierarchy(conf, candidates, low_threshold, threshold)
     conf = torch.where(candidates, conf, -torch.inf)
     order = torch.sort(conf, dim=1, descending=True, stable=True).indices
@@ -95,11 +110,9 @@ def select(conf: torch.Tensor, candidates: torch.Tensor, *, k: Optional[torch.Te
     elif threshold is not None:
         cut = threshold if near_top is None else torch.clamp(ranked[:, :1] - near_top, max=threshold)
         take = (rank == 0) | (ranked >= cut)
-    elif factor is not None:
+    else:
         ok = (ranked >= 1.0 - factor / (rank + 2).to(conf.dtype)) | (rank == 0)
         take = ok.to(torch.int8).cumprod(1).bool()
-    else:
-        raise ValueError("select needs one of k, threshold or factor")
     take &= rank < n_cand
     return torch.zeros_like(candidates).scatter(1, order, take)
 

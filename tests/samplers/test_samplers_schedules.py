@@ -100,8 +100,12 @@ def test_select_hierarchy():
     tied = torch.tensor([[0.7, 0.2, 0.7]], dtype=torch.float64)  # two runs' maxima tie for the top-1
     assert select(tied, torch.tensor([[True, False, True]]), low_threshold=0.9)[0].tolist() == [True, False, False]
     assert not select(conf, torch.zeros_like(cand), low_threshold=0.0).any()
-    with pytest.raises(ValueError, match="threshold only"):
+    with pytest.raises(ValueError, match="exactly one of"):
         select(conf, cand, low_threshold=0.4, factor=1.0)
+    with pytest.raises(ValueError, match="exactly one of"):
+        select(conf, cand, k=torch.tensor([1]), threshold=0.5)
+    with pytest.raises(ValueError, match="exactly one of"):
+        select(conf, cand)
 
 
 def test_select_hierarchy_matches_a_row_by_row_reference():
