@@ -192,18 +192,11 @@ class CreditThresholdParallelDecoder(ThresholdParallelDecoder):
         if key not in self._states:
             self._states[key] = Credit(b, width, (self.credit_alpha, self.boost_gamma, self.decay_beta), logits.device)
         self._state = self._states[key]
-        seq, col = self._rows(b, width, logits.device)
-        return self._state.step(logits, seq, col, exclude=self.mask_id, active=masked, mask_in_softmax=True,
-                                check=False, backend=self.backend)
+        return self._state.step(logits, exclude=self.mask_id, active=masked, mask_in_softmax=True, check=False,
+                                backend=self.backend)
 
     def _committed(self, chosen) -> None:
-        b, width = chosen.shape
-        seq, col = self._rows(b, width, chosen.device)
-        self._state.forget(seq, col, chosen.reshape(-1))
-
-    @staticmethod
-    def _rows(b, width, device):
-        return (torch.arange(b, device=device).repeat_interleave(width), torch.arange(width, device=device).repeat(b))
+        self._state.forget(chosen)
 
 
 def _upstream_confidence(logits, res, mask_id: int, dtype: torch.dtype) -> torch.Tensor:

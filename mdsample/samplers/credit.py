@@ -74,6 +74,9 @@ class Credit:
         self.alpha, self.gamma, self.beta = settings
         self.tokens = torch.full((batch, block_length, block_length), -1, dtype=torch.int64, device=device)
         self.credit = torch.zeros((batch, block_length, block_length), dtype=torch.float32, device=device)
+        # (sequence, block column) of every block row, batch-major: the rows of a whole-block step
+        self.every_seq = torch.arange(batch, device=device).repeat_interleave(block_length)
+        self.every_col = torch.arange(block_length, device=device).repeat(batch)
 
     def reset(self) -> None:
         """A new block: no credit anywhere."""
@@ -111,15 +114,15 @@ class Credit:
         fused = logits.to(torch.float32, copy=True).reshape(-1, logits.shape[-1])
         return fused.scatter_add_(1, slots.clamp_min(0), bias).view(logits.shape)
 
-    def step(self, logits: torch.Tensor, seq: torch.Tensor, col: torch.Tensor, *, exclude: int,
-             active: Optional[torch.Tensor] = None, mask_in_softmax: bool = False, check: bool = True,
+    def step(self, logits: torch.Tensor, seq: Optional[torch.Tensor] = None, col: Optional[torch.Tensor] = None, *,
+             exclude: int, active: Optional[torch.Tensor] = None, mask_in_softmax: bool = False, check: bool = True,
              backend: str = "auto") -> torch.Tensor:
         """A decoding step's fused rows: each row's argmax and its probability at T = 1 (one fused read of
         the rows), then :meth:`fuse`.
 
         Args:
             logits: ``[..., V]`` the rows to draw, of sequences ``seq`` at block columns ``col`` (int64,
-                one per row, flattened order).
+                one per row, flattened order; default: every block row, ``[B, block, V]`` or ``[B * block, V]``).
             exclude: the mask token (never the argmax).
             active: bool ``[...]``: rows to read and credit (default all).
             mask_in_softmax: ``p1`` under the softmax with the mask token (dInfer's), not without.
@@ -132,10 +135,13 @@ class Credit:
                                  stats_temperature=1.0, check=check, backend=backend)
         p1 = logprob_with(logits, top.tokens, top.logprob, exclude).exp() if mask_in_softmax else top.prob
         update = torch.ones_like(top.tokens, dtype=torch.bool) if active is None else active
+        if seq is None:
+            seq, col = self.every_seq, self.every_col
         return self.fuse(logits, seq, col, top.tokens.reshape(-1), p1.reshape(-1), update.reshape(-1))
 
-    def forget(self, seq: torch.Tensor, col: torch.Tensor, committed: torch.Tensor) -> None:
-        """Clear the slots of rows ``(seq, col)`` (int64 ``[n]``) where ``committed`` (bool ``[n]``)."""
-        keep = (~committed).unsqueeze(1)
+    def forget(self, committed: torch.Tensor) -> None:
+        """Clear the slots of the block rows where ``committed`` (bool ``[B, block]``)."""
+        seq, col = self.every_seq, self.every_col
+        keep = (~committed.reshape(-1)).unsqueeze(1)
         self.tokens[seq, col] = torch.where(keep, self.tokens[seq, col], -1)
         self.credit[seq, col] = torch.where(keep, self.credit[seq, col], 0.0)

@@ -159,8 +159,6 @@ class BlockStep:
         self.kmax = block_length if self.dynamic else -(-block_length // per_block)
         rows = block_length if remasking != "random" else self.kmax
         self._row_seq = self._everyone.repeat_interleave(rows)
-        if self.credit is not None:  # block column of each row (credit: every block row, no "random")
-            self._row_col = self._j.repeat(b)
         self.graphs: dict = {}
         self._pool = None
 
@@ -263,8 +261,8 @@ class BlockStep:
             logits = truncate(logits, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                               exclude=self.mask_id, sync_free=True)
         if self.credit is not None:  # the draw from the fused rows
-            logits = self.credit.step(logits, self._row_seq, self._row_col, exclude=self.mask_id,
-                                      active=active.reshape(-1), check=False, backend=self.backend)
+            logits = self.credit.step(logits, exclude=self.mask_id, active=active.reshape(-1), check=False,
+                                      backend=self.backend)  # every block row: credit refuses "random"
         out = sample_categorical(
             logits, temperature=self.temperature, seed=self.seed, offset=self.offset,
             positions=positions.reshape(-1), exclude=self.mask_id, active=active.reshape(-1),
