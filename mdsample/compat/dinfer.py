@@ -29,13 +29,14 @@ Confidences are upstream's: ``p(x0)`` under the softmax over all V tokens, the m
 (recovered from the op's ``log p(x0)`` and two gathered logits), in float32 for the threshold and
 credit decoders and in the logits' dtype for the hierarchy decoder (upstream's ``log_softmax`` /
 ``exp`` of bf16 logits round to bf16), compared with thresholds rounded to that dtype, as torch's
-comparison with a Python float does.
+comparison with a Python float does. ``use_float64=True`` asks for upstream's float64 softmax: it
+is computed as upstream does, over the block's rows (a ``[B, block, V]`` float64 temporary, the
+price of that option), so the threshold decisions are exactly upstream's.
 
 Differences from upstream, deliberate: the mask token is never drawn (upstream drops a position
-whose draw is the mask from this call's candidates; here it draws its best other token); float32
-where ``use_float64=True`` asks for float64 (a confidence within ~1e-7 of a threshold may be
-decided the other way); ``remasking`` must be ``"low_confidence"``, the only rule upstream's
-decoders compute (they ignore the argument).
+whose draw is the mask from this call's candidates; here it draws its best other token);
+``remasking`` must be ``"low_confidence"``, the only rule upstream's decoders compute (they
+ignore the argument).
 """
 from __future__ import annotations
 
@@ -135,7 +136,7 @@ class ThresholdParallelDecoder(_BlockDecoder):
         super().__init__(temperature, remasking, mask_id, eos_id, seed, backend)
         self.threshold = C.real("threshold", threshold)
         self.use_float64 = C.flag("use_float64", use_float64)
-        if use_float64:  # thresholds compared unrounded; the confidences stay float32-precise (module docstring)
+        if use_float64:  # upstream's float64 softmax (module docstring)
             self.conf_dtype = torch.float64
 
     def _choose(self, conf, cand, threshold, dtype):
@@ -202,8 +203,12 @@ class CreditThresholdParallelDecoder(ThresholdParallelDecoder):
 def _upstream_confidence(logits, res, mask_id: int, dtype: torch.dtype) -> torch.Tensor:
     """float64 ``[B, block]``: ``p(x0)`` under the softmax over all V (the op's excludes the mask), as upstream
     computes it in ``dtype`` (float32: ``softmax(l.float())``; bf16 / fp16: ``log_softmax(l).exp()`` in it)."""
+    if dtype == torch.float64:  # use_float64: the softmax over all V in float64, as upstream
+        wide = logits.double()
+        at = wide.gather(-1, res.tokens.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        return torch.exp(at - torch.logsumexp(wide, -1))
     logp = logprob_with(logits, res.tokens, res.logprob, mask_id)
-    conf = logp.exp() if dtype in (torch.float32, torch.float64) else logp.to(dtype).exp()
+    conf = logp.exp() if dtype == torch.float32 else logp.to(dtype).exp()
     return conf.to(torch.float64)
 
 

@@ -344,3 +344,16 @@ def test_empty_block_and_a_token_array_canvas():
         arr = TokenArray(canvas(2))
         dec.decode(torch.randn(2, BLOCK, V, generator=torch.Generator().manual_seed(1)), P, P + BLOCK, arr)
         assert (arr.data[:, P:P + BLOCK] != MASK).sum(1).min() >= 1
+
+
+def test_use_float64_decides_as_upstreams_float64_softmax():
+    """A threshold equal to the float64 p(x0) of a position: upstream's use_float64 decoder commits it (>=);
+    mdsample's float64 path does too, while the float32 confidences fall just below it here."""
+    logits = torch.randn(1, 2, V, generator=torch.Generator().manual_seed(0)) * 3
+    logits[0, 0, 1] = 20.0  # position 0: the sure top-1
+    x0 = int(logits[0, 1, :MASK].argmax())
+    tau = float(torch.softmax(logits[0, 1].double(), -1)[x0])
+    for use_float64, committed in ((True, True), (False, False)):
+        x = torch.full((1, 2), MASK)
+        dinfer.ThresholdParallelDecoder(0.0, tau, mask_id=MASK, use_float64=use_float64).decode(logits, 0, 2, x)
+        assert x.tolist() == [[1, x0 if committed else MASK]], use_float64
