@@ -62,6 +62,8 @@ _ROW_STRIDE = 2 ** 32  # Philox position of canvas position (b, p): b * 2**32 + 
 class _BlockDecoder:
     """What the three decoders share: arguments, the draw of a block's masked rows, the commit."""
 
+    conf_dtype = torch.float32  # the dtype upstream computes the confidences in (None: the logits')
+
     def __init__(self, temperature, remasking, mask_id, eos_id, seed, backend):
         self.temperature = C.real("temperature", temperature, low=0.0)
         self.remasking = C.choice("remasking", remasking, ("low_confidence",))
@@ -70,8 +72,6 @@ class _BlockDecoder:
         self.seed = None if seed is None else C.integer("seed", seed, low=0)
         self.backend = backend
         self.calls = 0
-
-    conf_dtype = torch.float32  # the dtype upstream computes the confidences in (None: the logits')
 
     def block_init(self, block_x, block_id) -> None:
         """dInfer's hook at each block start (the rules here keep no per-block state)."""
