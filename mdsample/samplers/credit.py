@@ -105,10 +105,10 @@ class Credit:
         slot = torch.where(has, match.to(torch.int8).argmax(1),
                            torch.where(empty.any(1), empty.to(torch.int8).argmax(1), credit.argmin(1)))
         at = slot.unsqueeze(1)
-        kept = torch.where(has, credit.gather(1, at).squeeze(1), 0.0)
+        old_token, old_credit = slots.gather(1, at).squeeze(1), credit.gather(1, at).squeeze(1)
         gain = top_prob.to(torch.float32).clamp_min(0).pow(self.gamma)
-        self.tokens[seq, col, slot] = torch.where(update, top_token, slots.gather(1, at).squeeze(1))
-        self.credit[seq, col, slot] = torch.where(update, kept + gain, credit.gather(1, at).squeeze(1))
+        self.tokens[seq, col, slot] = torch.where(update, top_token, old_token)
+        self.credit[seq, col, slot] = torch.where(update, torch.where(has, old_credit, 0.0) + gain, old_credit)
         slots, credit = self.tokens[seq, col], self.credit[seq, col]
         bias = torch.where(slots >= 0, self.alpha * torch.log1p(credit), 0.0)
         fused = logits.to(torch.float32, copy=True).reshape(-1, logits.shape[-1])
@@ -141,7 +141,5 @@ class Credit:
 
     def forget(self, committed: torch.Tensor) -> None:
         """Clear the slots of the block rows where ``committed`` (bool ``[B, block]``)."""
-        seq, col = self.every_seq, self.every_col
-        keep = (~committed.reshape(-1)).unsqueeze(1)
-        self.tokens[seq, col] = torch.where(keep, self.tokens[seq, col], -1)
-        self.credit[seq, col] = torch.where(keep, self.credit[seq, col], 0.0)
+        self.tokens.masked_fill_(committed.unsqueeze(-1), -1)
+        self.credit.masked_fill_(committed.unsqueeze(-1), 0.0)
