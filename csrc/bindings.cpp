@@ -52,11 +52,11 @@ void set_field(T& field, py::handle value) {
   }
 }
 
-// args: the kSampleFields values in MDS_SAMPLE_FIELDS order, then `extra` more (the stream).
+// args: the kSampleFields values in MDS_SAMPLE_FIELDS order, then `extra` more (the stream, the device).
 mdsample::SampleArgs sample_args(const py::args& args, size_t extra) {
   if (args.size() != kSampleFields + extra) {
     throw py::type_error("mdsample._C sampling launcher: expected " + std::to_string(kSampleFields + extra) +
-                         " positional arguments (SAMPLE_FIELDS" + (extra ? ", stream" : "") + "), got " +
+                         " positional arguments (SAMPLE_FIELDS" + (extra ? ", stream, device" : "") + "), got " +
                          std::to_string(args.size()));
   }
   mdsample::SampleArgs a;
@@ -141,12 +141,13 @@ PYBIND11_MODULE(_C, m) {
   }, "Row draw of sample_categorical / unmask_step on CPU: the SAMPLE_FIELDS values, positionally "
      "(csrc/sampling.h)");
   m.def("sample_cuda", [](py::args args) {
-    const mdsample::SampleArgs a = sample_args(args, 1);
+    const mdsample::SampleArgs a = sample_args(args, 2);
     const int64_t stream = args[kSampleFields].cast<int64_t>();
+    const int device = args[kSampleFields + 1].cast<int>();
     py::gil_scoped_release nogil;
-    mdsample::sample_cuda(a, stream);
+    mdsample::sample_cuda(a, stream, device);
   }, "Row draw of sample_categorical / unmask_step on the GPU: the SAMPLE_FIELDS values, then the "
-     "cudaStream_t as an int (csrc/sampling.h)");
+     "cudaStream_t as an int and the tensors' device index (csrc/sampling.h)");
   // The samplers' uniforms: eight typed arguments (mdsample/ops/_launch.py passes them by name).
   auto uniform_args = [](uintptr_t seed, int64_t seed_val, uintptr_t offset, int64_t offset_val, uintptr_t position,
                          int64_t n, uint32_t domain, uintptr_t out) {

@@ -22,7 +22,7 @@ void uniforms_cuda(const UniformArgs&, int64_t) {
   throw std::runtime_error("mdsample._C was built without CUDA (no nvcc at build time)");
 }
 
-void sample_cuda(const SampleArgs&, int64_t) {
+void sample_cuda(const SampleArgs&, int64_t, int) {
   throw std::runtime_error("mdsample._C was built without CUDA (no nvcc at build time)");
 }
 

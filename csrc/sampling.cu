@@ -676,7 +676,7 @@ const DeviceInfo& device_info(int dev) {
   return d;
 }
 
-// Makes the stream's device current for the launch and restores the caller's.
+// Makes the tensors' device current for the launch and restores the caller's.
 struct DeviceGuard {
   int previous = -1;
   explicit DeviceGuard(int dev) {
@@ -744,13 +744,14 @@ cudaError_t launch_dtype(const SampleArgs& a, const Plan& p, int warps, size_t s
 
 }  // namespace
 
-void sample_cuda(const SampleArgs& a, int64_t stream_handle) {
+void sample_cuda(const SampleArgs& a, int64_t stream_handle, int dev) {
   if (a.n_rows <= 0) return;
   if (a.vocab <= 0) throw std::runtime_error("sample_cuda: vocab must be positive");
   if (a.dtype < kFloat32 || a.dtype > kFloat64) throw std::runtime_error("sample_cuda: unknown dtype code");
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  int dev = 0;
-  check(cudaStreamGetDevice(stream, &dev), "stream device");
+  // The device comes from the caller, not from cudaStreamGetDevice: torch names a device's
+  // default stream 0, which that query resolves to the current device, and some drivers
+  // refuse the query while the stream is capturing a CUDA graph (invalidating the capture).
   DeviceGuard guard(dev);
   const DeviceInfo& info = device_info(dev);
 

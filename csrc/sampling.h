@@ -53,9 +53,10 @@ struct SampleArgs {
 void sample_cpu(const SampleArgs& args);
 
 // The same draw on the GPU (csrc/sampling.cu): every pointer is device memory,
-// `stream` the cudaStream_t (as an integer) the kernel is queued on; nothing is
+// `stream` the cudaStream_t (as an integer) the kernel is queued on, `device`
+// the index of the GPU that holds the tensors and the stream; nothing is
 // synchronized. Throws std::runtime_error on a launch failure, or when the
 // vocabulary's chunk table does not fit in shared memory.
-void sample_cuda(const SampleArgs& args, int64_t stream);
+void sample_cuda(const SampleArgs& args, int64_t stream, int device);
 
 }  // namespace mdsample

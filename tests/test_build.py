@@ -59,6 +59,10 @@ def test_sample_fields_are_the_struct_fields_in_order():
     assert declared == tuple(C.SAMPLE_FIELDS) == SAMPLE_FIELDS
     with pytest.raises(TypeError, match="positional arguments"):
         C.sample_cpu(*SAMPLE_FIELDS[:-1])
+    # The GPU launcher takes the stream and the tensors' device index after the fields (the device is
+    # not asked of the stream: cudaStreamGetDevice may invalidate a graph capture); not the stream alone.
+    with pytest.raises(TypeError, match="SAMPLE_FIELDS, stream, device"):
+        C.sample_cuda(*SAMPLE_FIELDS, 0)
 
 
 def test_only_the_isa_builds_hold_avx_code():

@@ -155,7 +155,8 @@ def _compiled(req: RowDraw, device_type: str):
     args = launch_args(req, out, stats)
     C = _backends.compiled_module()
     if device_type == "cuda":
-        C.sample_cuda(*args, _backends.cuda_stream(req.logits.device))
+        device = req.logits.device  # a CUDA tensor's device always carries its index
+        C.sample_cuda(*args, _backends.cuda_stream(device), device.index)
     else:
         C.sample_cpu(*args)
     return out, stats

@@ -440,10 +440,6 @@ cudaError_t cudaSetDevice(int device) {
   S().current_device = device;
   return cudaSuccess;
 }
-cudaError_t cudaStreamGetDevice(cudaStream_t stream, int* device) {
-  *device = stream ? stream->device : S().current_device;
-  return cuda_emu::device(*device) ? cudaSuccess : cuda_emu::set_error(cudaErrorInvalidDevice);
-}
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
   const cuda_emu::Device* d = cuda_emu::device(device);
   if (!d) return cuda_emu::set_error(cudaErrorInvalidDevice);

@@ -50,8 +50,9 @@ extern "C" int mdsample_emu_sample_cuda(
     if (guidance) declare_rows(guidance, kElementBytes[dtype], n_rows, vocab, guidance_offsets, guidance_row_stride);
     cuda_emu::set_schedule(policy, schedule_seed);
     const size_t outstanding = cuda_emu::bytes_outstanding();  // a failed launch earlier may have left its scratch
-    CUstream_st stream{cuda_emu::add_device(sms, smem_optin)};
-    mdsample::sample_cuda(a, int64_t(reinterpret_cast<intptr_t>(&stream)));
+    const int device = cuda_emu::add_device(sms, smem_optin);
+    CUstream_st stream{device};
+    mdsample::sample_cuda(a, int64_t(reinterpret_cast<intptr_t>(&stream)), device);
     if (cuda_emu::bytes_outstanding() != outstanding)
       throw std::runtime_error(std::to_string(cuda_emu::bytes_outstanding() - outstanding) +
                                " bytes of cudaMallocAsync not freed");
