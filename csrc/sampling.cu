@@ -722,7 +722,7 @@ Plan plan_rows(int64_t n_rows, int64_t vocab, int sms, int* warps) {
 template <class D, bool kGuided, bool kStats>
 cudaError_t launch(const SampleArgs& a, const Plan& p, int warps, size_t smem, cudaStream_t stream) {
   auto kernel = sample_kernel<D, kGuided, kStats>;
-  if (smem > 48 * 1024) {
+  if (smem + 64 > 48 * 1024) {  // the kernel's static shared memory counts against the 48 KB default too
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
   }
@@ -775,7 +775,11 @@ void sample_cuda(const SampleArgs& a, int64_t stream_handle, int dev) {
     check(cudaMallocAsync(&scratch, counters_at + size_t(a.n_rows) * sizeof(unsigned), stream), "scratch alloc");
     p.scratch = static_cast<float*>(scratch);
     p.arrivals = reinterpret_cast<unsigned*>(static_cast<char*>(scratch) + counters_at);
-    check(cudaMemsetAsync(p.arrivals, 0, size_t(a.n_rows) * sizeof(unsigned), stream), "scratch memset");
+    const cudaError_t zeroed = cudaMemsetAsync(p.arrivals, 0, size_t(a.n_rows) * sizeof(unsigned), stream);
+    if (zeroed != cudaSuccess) {
+      cudaFreeAsync(scratch, stream);
+      check(zeroed, "scratch memset");
+    }
   }
   cudaError_t launched = cudaSuccess;
   switch (a.dtype) {
