@@ -77,8 +77,10 @@ def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, bloc
     """LLaDA's ``generate`` with its signature: int64 ``[B, P + gen_length]``.
 
     ``logits_eos_inf`` bans EOS (126081) from the draw; ``confidence_eos_eot_inf`` removes
-    EOT (126348) from the confidence softmax (upstream's flags). ``seed`` None draws the
-    Philox key from the torch global RNG. See :func:`mdsample.generate` for the rest.
+    EOT (126348) from the confidence softmax, and at ``temperature == 0`` EOS too (upstream's
+    flags; at 0 upstream's noised logits are the logits themselves, so its chained assignment
+    removes both, after the draw). ``seed`` None draws the Philox key from the torch global RNG.
+    See :func:`mdsample.generate` for the rest.
     """
     vocab = declared_vocab_size(model)  # not a Backbone: generate builds the one of this call
     for flag, on, tok in (("logits_eos_inf", logits_eos_inf, EOS_ID), ("confidence_eos_eot_inf", confidence_eos_eot_inf,
@@ -89,7 +91,14 @@ def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, bloc
                       temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id,
                       threshold=None, factor=None, attention_mask=attention_mask, seed=seed, backend=backend,
                       logits_exclude=(EOS_ID,) if logits_eos_inf else (),
-                      confidence_exclude=(EOT_ID,) if confidence_eos_eot_inf else ())
+                      confidence_exclude=_confidence_exclude(confidence_eos_eot_inf, temperature))
+
+
+def _confidence_exclude(confidence_eos_eot_inf, temperature):
+    """The tokens upstream's ``confidence_eos_eot_inf`` removes from the confidence softmax."""
+    if not confidence_eos_eot_inf:
+        return ()
+    return (EOS_ID, EOT_ID) if V.finite_number("temperature", temperature, low=0.0) == 0 else (EOT_ID,)
 
 
 def get_log_likelihood(model, prompt, answer, mc_num=128, batch_size=16, cfg_scale=0., mask_id=126336, *, seed=None,

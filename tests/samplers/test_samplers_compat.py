@@ -120,6 +120,13 @@ def test_llada_eos_flags():
     assert seen[1][0].tolist() == [1, 5, mask]  # 0.82 > 0.72: position 1 first
     llada.generate(Spy(rows), p, None, 2, 2, 2, 0.0, 0.0, "low_confidence", mask, True, True)
     assert seen[3][0].tolist() == [1, mask, 7]  # 0.98 > 0.82: position 2 first
+    # EOS drawn, only the confidence flag: at T = 0 upstream removes EOS from the confidence softmax
+    # too (its noised logits alias the logits), so EOS's confidence is 0 and position 2 goes first;
+    # at T > 0 only EOT, and EOS (p ~ 1) goes first. T = 0.01 draws the argmax here (gaps >= 1.5).
+    out = llada.generate(Spy(rows), p, None, 2, 2, 2, 0.0, 0.0, "low_confidence", mask, False, True)
+    assert seen[5][0].tolist() == [1, mask, 7] and out[0].tolist() == [1, llada.EOS_ID, 7]
+    out = llada.generate(Spy(rows), p, None, 2, 2, 2, 0.01, 0.0, "low_confidence", mask, False, True)
+    assert seen[7][0].tolist() == [1, llada.EOS_ID, mask] and out[0].tolist() == [1, llada.EOS_ID, 7]
 
 
 def _padded_prompts():
