@@ -16,6 +16,7 @@ from ..samplers import _checks as C
 from ..samplers.likelihood import likelihood
 from ..samplers.llada import _generate
 from ..samplers.remasking import transfer_counts
+from ._device import on_model_device
 from ._seed import call_key, key_from_global_rng
 
 __all__ = ["generate", "add_gumbel_noise", "gumbel_argmax", "get_num_transfer_tokens", "get_log_likelihood",
@@ -62,13 +63,16 @@ def get_num_transfer_tokens(mask_index, steps):
     return transfer_counts(V.as_tensor("mask_index", mask_index), C.integer("steps", steps, low=1))
 
 
-def llada_call(model, prompt, upstream: str, *, remasking, temperature, seed, **kw):
+def llada_call(model, prompt, upstream: str, *, remasking, temperature, seed, attention_mask, **kw):
     """:func:`mdsample.samplers.llada._generate` behind a drop-in of ``upstream`` (LLaDA, Fast-dLLM): their two
-    remasking rules only, and the Philox key as :func:`call_key` gives it (random only when the call is)."""
+    remasking rules only, the Philox key as :func:`call_key` gives it (random only when the call is), and the
+    prompt on the model's device (the result is there too, as upstream's)."""
     if remasking not in ("low_confidence", "random"):
         raise ValueError(f"remasking must be 'low_confidence' or 'random' ({upstream}); got {remasking!r}")
     key = call_key(seed, temperature != 0 or remasking == "random")
-    return _generate(model, prompt, remasking=remasking, temperature=temperature, seed=key, progress=False, **kw)
+    prompt, attention_mask = on_model_device(model, prompt=prompt, attention_mask=attention_mask)
+    return _generate(model, prompt, remasking=remasking, temperature=temperature, seed=key, progress=False,
+                     attention_mask=attention_mask, **kw)
 
 
 def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, block_length=128, temperature=0.,
@@ -119,7 +123,7 @@ def get_log_likelihood(model, prompt, answer, mc_num=128, batch_size=16, cfg_sca
     its standard error use :func:`mdsample.likelihood` with ``mode="shifted", masking="count",
     subs=False``.
     """
-    prompt, answer = V.as_tensor("prompt", prompt), V.as_tensor("answer", answer)
+    prompt, answer = on_model_device(model, prompt=V.as_tensor("prompt", prompt), answer=V.as_tensor("answer", answer))
     for name, t in (("prompt", prompt), ("answer", answer)):
         if t.dim() != 1:
             raise ValueError(f"{name} must be 1-d token ids [l]; got shape {tuple(t.shape)}")

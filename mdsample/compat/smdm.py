@@ -8,7 +8,8 @@ cfg_scale=2., context_length=1024)`` takes upstream's arguments and defaults and
 :func:`mdsample.sample_smdm`, whose docstring lists the few documented differences. ``tokenizer``
 is accepted and unused, as upstream; ``dim`` is the mask token id (32000: SMDM's vocabulary of
 32000 text tokens plus the mask); ``device`` places the canvas (upstream hard-codes CUDA; here
-None means the prompt's device).
+None means the model's device, else the prompt's). The harness functions move their inputs to the
+model's device, as its callers do.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def diff_sample(model, tokenizer=None, prompt=None, batch_size=1, alg="origin", 
         alg: ``"origin"`` or ``"greddy"`` (upstream's spelling; ``"greedy"`` too).
         steps, temperature, cfg_scale, context_length, eps: as upstream.
         dim: the mask token id.
-        device: where the canvas lives (None: the prompt's device, else the model's).
+        device: where the canvas lives (None: the model's device, else the prompt's).
         seed: Philox key; None draws one from the torch global RNG (upstream draws from it).
         backend: sampling-op backend.
     """
@@ -51,8 +52,9 @@ def diff_sample(model, tokenizer=None, prompt=None, batch_size=1, alg="origin", 
                          "unconditional samples")
     batch_size = C.integer("batch_size", batch_size, low=1)  # upstream takes B from a given prompt
     context_length = C.integer("context_length", context_length, low=1)
-    if prompt is None:  # no prompt tokens: an empty prompt puts the canvas on device (else the model's)
-        prompt = torch.zeros((batch_size, 0), dtype=torch.int64, device=device or device_of(model) or "cpu")
+    device = device or device_of(model)
+    if prompt is None:  # no prompt tokens: an empty prompt puts the canvas on device
+        prompt = torch.zeros((batch_size, 0), dtype=torch.int64, device=device or "cpu")
     else:
         prompt = C.token_ids("prompt", prompt, dims=(2,), device=device)
     if prompt.shape[1] > context_length:
@@ -80,9 +82,10 @@ def _upstream_names(names: dict):
 _HARNESS_NAMES = {"x": "prefix / target", "prompt": "prefix", "cfg_scale": "cfg"}
 
 
-def _pair(prefix, target):
-    """``(x [1, P + T], P)``: SMDM's 1-d prefix and target ids, checked, side by side."""
-    prefix = C.token_ids("prefix", prefix, dims=(1,))
+def _pair(model, prefix, target):
+    """``(x [1, P + T], P)``: SMDM's 1-d prefix and target ids, checked, side by side on the model's device
+    (else the prefix's)."""
+    prefix = C.token_ids("prefix", prefix, dims=(1,), device=device_of(model))
     target = C.token_ids("target", target, dims=(1,), device=prefix.device)
     if target.numel() == 0:
         raise ValueError("target must hold at least one token")
@@ -106,7 +109,7 @@ def eval_target_nll_mc(model, prefix, target, *, mc_num=1024, batch_size=32, cfg
         eps: the lowest mask rate, in (0, 1).
         seed: Philox key; None draws one from the torch global RNG (upstream draws from it).
     """
-    x, plen = _pair(prefix, target)
+    x, plen = _pair(model, prefix, target)
     mc_num = C.integer("mc_num", mc_num, low=1)
     batch_size = C.integer("batch_size", batch_size, low=1)
     if mc_num % batch_size:
@@ -129,7 +132,7 @@ def eval_target_nll_ar(model, prefix, target, *, batch_size=32, cfg=0., mask_id=
         cfg: unsupervised CFG weight (the unconditional input masks the prefix; without a prefix it is a no-op).
         mask_id: the mask token id (SMDM's 32000).
     """
-    x, plen = _pair(prefix, target)
+    x, plen = _pair(model, prefix, target)
     with _upstream_names(_HARNESS_NAMES):
         est = chain_rule_likelihood(model, x, prompt_len=plen, batch_size=batch_size, cfg_scale=cfg if plen else 0.0,
                                     mask_id=mask_id, subs=False, backend=backend)
@@ -145,7 +148,7 @@ def suffix_greedy_prediction(model, prefix, target, *, cfg=0., mask_id=32000, ba
     (upstream's softmax includes it, so with a finite mask logit its order, hence its answer, can differ), and
     ties in confidence go to the lower position (samplers/llada.py).
     """
-    x, plen = _pair(prefix, target)
+    x, plen = _pair(model, prefix, target)
     n = x.shape[1] - plen
     with _upstream_names(_HARNESS_NAMES):
         out = _generate(model, x[:, :plen], steps=n, gen_length=n, block_length=n, temperature=0.0,

@@ -233,3 +233,38 @@ def test_dream_padded_batch_reaches_the_model_as_dreams_loop_passes_it():
                                          mask_token_id=19)
         assert model.seen[0] == ("full", None)
         assert torch.equal(out[j, 4:], alone[0, len(r):])
+
+
+def test_drop_in_inputs_go_to_the_models_device():
+    """Upstream builds its canvas on ``model.device``: a CPU prompt for a GPU model works. (The moving
+    helper here, on the meta device; the drop-ins themselves below, on a GPU.)"""
+    from mdsample.compat._device import on_model_device
+
+    class OnMeta:
+        device = torch.device("meta")
+
+    ids = torch.tensor([[1, 2]])
+    prompt, mask, answer = on_model_device(OnMeta(), prompt=ids, attention_mask=None, answer=ids.numpy())
+    assert prompt.device.type == "meta" and mask is None and answer.device.type == "meta"
+    assert on_model_device(object(), prompt=ids)[0] is ids  # no device to ask: unchanged
+    with pytest.raises(TypeError, match="answer"):
+        on_model_device(OnMeta(), answer=[1, 2])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_drop_ins_take_a_cpu_prompt_for_a_gpu_model():
+    from mdsample.compat import fast_dllm, smdm
+
+    model, p = TinyLM().cuda(), prompts(B=2)
+    want = llada.generate(model, p.cuda(), None, 4, 4, 4, 0.0, 0.0, "low_confidence", MASK)
+    got = llada.generate(model, p, None, 4, 4, 4, 0.0, 0.0, "low_confidence", MASK)
+    assert got.device.type == "cuda" and torch.equal(got, want)
+    x, nfe = fast_dllm.generate(model, p, 4, 4, 4, 0.0, "low_confidence", MASK)
+    assert torch.equal(x, want) and nfe > 0
+    assert smdm.diff_sample(model, None, p, alg="greddy", steps=4, temperature=0.0, cfg_scale=0.0,
+                            context_length=p.shape[1] + 4, dim=MASK).device.type == "cuda"
+    nll = smdm.eval_target_nll_ar(model, p[0], p[1], mask_id=MASK)
+    assert nll == smdm.eval_target_nll_ar(model, p[0].cuda(), p[1].cuda(), mask_id=MASK)
+    ll = llada.get_log_likelihood(model, p[0], p[1], mc_num=4, batch_size=4, mask_id=MASK, seed=1)
+    assert ll == llada.get_log_likelihood(model, p[0].cuda(), p[1].cuda(), mc_num=4, batch_size=4, mask_id=MASK,
+                                          seed=1)
