@@ -254,6 +254,15 @@ def test_schedules():
         _assert_unbiased(_replicated(JOINT, SEQ, 400, mc_samples=8, schedule=schedule, seed=3), bern, repr(schedule))
 
 
+def test_inference_mode():
+    """Evaluation harnesses (SMDM's) run under torch.inference_mode; the weights' autograd derivative still works."""
+    kw = dict(mask_id=MARKOV.mask_id, mc_samples=4, schedule="cosine", seed=1)
+    want = mdsample.likelihood(MARKOV, CHAIN, **kw).log_likelihood
+    with torch.inference_mode():
+        got = mdsample.likelihood(MARKOV, CHAIN, **kw).log_likelihood
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_perplexity():
     x = MARKOV.sample(4, 16, seed=10)
     kw = dict(mask_id=MARKOV.mask_id, mc_samples=8, masking="count")
@@ -320,15 +329,15 @@ def test_mask_id_defaults_to_the_declared_one(estimator):
     torch.testing.assert_close(fn(_HFStyle(), x, **kw).log_likelihood, want, rtol=0, atol=0)
 
 
-def _assert_compat_is_the_preset(call, *, masking, sign, slack=0.0):
+def _assert_compat_is_the_preset(call, *, masking, sign, slack=0.0, **preset):
     """A compat harness call ``call(seed) -> float`` on CHAIN's first row, prompt 5: at seed 11 exactly
-    mdsample.likelihood's preset (shifted lattice, subs off, ``masking``), times ``sign``; over 300 independent
+    mdsample.likelihood's preset (shifted lattice, subs off, ``masking``, the ``preset`` options), times ``sign``; over 300 independent
     keys its mean is ``sign * log p(answer | prompt)`` within 4 standard errors (P(false alarm) ~ 6e-5) plus
     ``slack``; with seed None the key comes from torch's RNG, so reseeding torch repeats it. Returns the
     seed-11 value."""
     got = call(11)
     want = mdsample.likelihood(MARKOV, CHAIN, prompt_len=5, mc_samples=8, batch_size=4, mode="shifted",
-                               masking=masking, subs=False, mask_id=MARKOV.mask_id, seed=11)
+                               masking=masking, subs=False, mask_id=MARKOV.mask_id, seed=11, **preset)
     assert isinstance(got, float) and got == sign * float(want.log_likelihood[0])
     vals = torch.tensor([call(s) for s in range(300)])
     truth = sign * float(MARKOV.log_prob(CHAIN, prompt=5)[0])
@@ -358,19 +367,28 @@ def test_llada_get_log_likelihood_compat():
         llada.get_log_likelihood(MARKOV, prompt, answer, **{**kw, "mc_num": 3})
 
 
-def test_smdm_eval_target_nll_mc_compat():
-    """SMDM's harness call: mdsample.likelihood's SMDM preset on prefix + target, and about the exact NLL (up to
-    the O(eps) truncation of the Bernoulli form: slack 2 eps nats per token, as test_padded_batch_...)."""
+def test_smdm_eval_target_nll_mc_compat(monkeypatch):
+    """SMDM's harness call: mdsample.likelihood's SMDM preset on prefix + target (mask probability t itself, as
+    SMDM's: a loglinear schedule without its own eps), and about the exact NLL (up to the truncation of the
+    time integral below eps: slack 2 eps nats per token, as test_padded_batch_...)."""
     from mdsample.compat import smdm
 
     prefix, target = CHAIN[0, :5], CHAIN[0, 5:]
     kw = dict(mc_num=8, batch_size=4, mask_id=MARKOV.mask_id)
     _assert_compat_is_the_preset(lambda seed: smdm.eval_target_nll_mc(MARKOV, prefix, target, seed=seed, **kw),
-                                 masking="bernoulli", sign=-1.0, slack=2e-3 * 27 * math.log(16))
+                                 masking="bernoulli", sign=-1.0, slack=2e-3 * 27 * math.log(16),
+                                 schedule=mdsample.samplers.LogLinear(eps=0.0))
     with pytest.raises(ValueError, match="mc_num .* batch_size"):
         smdm.eval_target_nll_mc(MARKOV, prefix, target, **{**kw, "mc_num": 6})
     with pytest.raises(ValueError, match="cfg must"):
         smdm.eval_target_nll_mc(MARKOV, prefix, target, cfg=-1.0, **kw)
+    # SMDM masks with probability t up to 1: a schedule with its own eps (mask rate 1 - eps at t = 1) differs
+    # from it only on the rare uniform in ((1 - eps) t, t), which the seeded comparison above may never draw.
+    seen = []
+    monkeypatch.setattr(smdm, "likelihood", lambda *a, **k: seen.append(k["schedule"]) or mdsample.likelihood(*a, **k))
+    smdm.eval_target_nll_mc(MARKOV, prefix, target, seed=0, **kw)
+    t = torch.tensor([0.25, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(seen[0].mask_prob(t), t, rtol=0, atol=1e-15)
 
 
 def test_padded_batch_of_different_lengths():

@@ -22,6 +22,7 @@ from ..models.protocol import device_of
 from ..samplers import _checks as C
 from ..samplers.chain_rule import chain_rule_likelihood
 from ..samplers.likelihood import likelihood
+from ..samplers.schedules import LogLinear
 from ..samplers.llada import _generate
 from ..samplers.smdm import sample_smdm
 from ._seed import call_key, key_from_global_rng
@@ -98,10 +99,11 @@ def eval_target_nll_mc(model, prefix, target, *, mc_num=1024, batch_size=32, cfg
 
     SMDM's estimator (shifted lattice of mask rates, each target token masked with probability t, masked
     cross-entropy over the full vocabulary weighted 1/t) is :func:`mdsample.likelihood`'s SMDM preset
-    (``mode="shifted"``, ``masking="bernoulli"``, ``subs=False``). Differences: one lattice over all
-    ``mc_num`` draws (SMDM restarts it every mini-batch of ``batch_size``: the same expectation, more
-    variance), and mask rates in ``[eps, 1]`` (SMDM's run down to 0, where the 1/t weight has infinite
-    variance; the truncation moves the expectation by O(eps)).
+    (``mode="shifted"``, ``masking="bernoulli"``, ``subs=False``, ``schedule=LogLinear(eps=0.0)``: the mask
+    probability is t itself, up to 1, as SMDM's). Differences: one lattice over all ``mc_num`` draws (SMDM
+    restarts it every mini-batch of ``batch_size``: the same expectation, more variance), and mask rates in
+    ``[eps, 1]`` (SMDM's run down to 0, where the 1/t weight has infinite variance; the truncation moves the
+    expectation by about ``eps`` times the target's NLLs given all other tokens).
 
     Args:
         model, prefix, target, cfg, mask_id: as :func:`eval_target_nll_ar`.
@@ -116,7 +118,8 @@ def eval_target_nll_mc(model, prefix, target, *, mc_num=1024, batch_size=32, cfg
         raise ValueError(f"mc_num ({mc_num}) must be a multiple of batch_size ({batch_size}), as upstream asserts")
     with _upstream_names(_HARNESS_NAMES):
         est = likelihood(model, x, prompt_len=plen or None, mc_samples=mc_num, batch_size=batch_size, mode="shifted",
-                         cfg_scale=cfg if plen else 0.0, masking="bernoulli", eps=eps, subs=False, mask_id=mask_id,
+                         cfg_scale=cfg if plen else 0.0, masking="bernoulli", eps=eps, schedule=LogLinear(eps=0.0),
+                         subs=False, mask_id=mask_id,
                          seed=key_from_global_rng(seed), backend=backend)
     return -float(est.log_likelihood[0])
 

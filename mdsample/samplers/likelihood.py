@@ -150,9 +150,10 @@ def _scored(x: torch.Tensor, prompt_len, attention_mask, mask_id: int, cfg: floa
 
 
 def _time_weight(schedule, t: torch.Tensor, eps: float) -> torch.Tensor:
-    """``(1 - eps) m'(t) / m(t)`` (float64), the derivative by autograd so any differentiable schedule works."""
-    tt = t.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
+    """``(1 - eps) m'(t) / m(t)`` (float64), the derivative by autograd so any differentiable schedule works
+    (under ``torch.inference_mode`` too, which evaluation harnesses use: the clone is then a normal tensor)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        tt = t.detach().clone().requires_grad_(True)
         m = schedule.mask_prob(tt)
         (dm,) = torch.autograd.grad(m.sum(), tt)
     return (1.0 - eps) * dm / m.detach()
