@@ -241,3 +241,22 @@ def test_a_weight_shape_that_reads_both_ways_is_refused():
     torch.testing.assert_close(per_pos, (nll * w).sum(1).to(per_pos.dtype), rtol=1e-5, atol=1e-5)
     # B != L: one weight per sequence, as before
     assert mdsample.masked_nll(logits[:2], x0[:2], xt[:2], mask_id=5, weight=w[:2]).shape == (2,)
+
+
+def test_triton_row_offset_hint_divides_every_row_offset():
+    """The Triton kernel tells the compiler that every row offset is a multiple of ROW_ALIGN (for 16-byte loads);
+    a hint that does not divide an offset would make the GPU read misaligned vectors. Checked against the
+    offsets themselves for contiguous, sliced, expanded and odd-width layouts."""
+    likelihood = pytest.importorskip("mdsample.triton.likelihood")
+    from mdsample.ops._validate import row_offsets
+
+    base = torch.zeros(4, 6, 40, dtype=torch.bfloat16)
+    layouts = {
+        "contiguous": (base, 8), "rows sliced": (base[:, 1:], 8), "expanded": (base[:, :1].expand(4, 6, 40), 8),
+        "odd width": (torch.zeros(3, 5, 20, dtype=torch.bfloat16), 4), "vocab sliced": (base[..., :36], 8),
+        "fp32": (torch.zeros(2, 3, 6), 2), "fp64 odd": (torch.zeros(2, 3, 7, dtype=torch.float64), 1),
+    }
+    for name, (t, want) in layouts.items():
+        k = likelihood._offset_multiple(t, None)
+        assert k == want and bool((row_offsets(t) % k == 0).all()), name
+    assert likelihood._offset_multiple(base, torch.zeros(4, 6, 36, dtype=torch.bfloat16)[..., :20]) == 4  # guidance too

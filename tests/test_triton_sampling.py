@@ -401,3 +401,17 @@ def test_split_choice():
     assert use_split(1, 126464, sms=132) and use_split(64, 262144, sms=132)    # decode shapes
     assert not use_split(4096, 126464, sms=132)                                 # enough rows to fill the GPU
     assert not use_split(1, CHUNK, sms=132)                                     # one chunk: nothing to split
+
+
+def test_launches_switch_to_the_tensors_gpu(monkeypatch):
+    """Triton launches on the current device: a tensor on another GPU makes its device current for the launch;
+    CPU tensors (the interpreter) and the current GPU need no switch. (A stand-in tensor: no GPU here.)"""
+    import types
+
+    from mdsample.triton._device import on_device_of
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    ctx = on_device_of(types.SimpleNamespace(device=torch.device("cuda", 1)))
+    assert isinstance(ctx, torch.cuda.device) and ctx.idx == 1
+    for device in (torch.device("cuda", 0), torch.device("cpu")):
+        assert not isinstance(on_device_of(types.SimpleNamespace(device=device)), torch.cuda.device)

@@ -65,6 +65,8 @@ for _variant, _meta in (("plain", _PLAIN), ("full", _FULL)):
                       dict(num_warps=_cfg.num_warps, num_stages=_cfg.num_stages), f"{_variant} GROUP={_cfg.kwargs['GROUP']}"))
     CASES.append((TS._finish_rows_kernel, _SAMPLING_TYPES, _meta, dict(num_warps=TS._NUM_WARPS), _variant))
 _LW = dict(num_warps=4)  # the likelihood launchers leave Triton's default
+_NLL_PLAIN = dict(HAS_GUIDANCE=False, HAS_WEIGHT=False, BLOCK=2048, ROW_ALIGN=8, guidance_ptr=None,
+                  guidance_offsets_ptr=None, weight_ptr=None)
 _NO_FMA = dict(_LW, enable_fp_fusion=False)  # as lowdisc_timesteps launches it
 CASES += [
     (TL._timesteps_kernel, dict(_LIKELIHOOD_TYPES, out_ptr="*fp64"), dict(MODE=0, BLOCK=1024), _NO_FMA, "stratified"),
@@ -75,16 +77,25 @@ CASES += [
                                                      ONE_BLOCK=True), _LW, "one block"),
     (TL._mask_count_kernel, _LIKELIHOOD_TYPES, dict(HAS_MASKABLE=False, HAS_POSITION=True, BLOCK=1024,
                                                      ONE_BLOCK=False), _LW, "scratch keys"),
-    (TL._masked_nll_kernel, _LIKELIHOOD_TYPES, dict(HAS_GUIDANCE=False, HAS_WEIGHT=False, BLOCK=2048,
-                                                     guidance_ptr=None, guidance_offsets_ptr=None,
-                                                     weight_ptr=None), _LW, "plain"),
-    (TL._masked_nll_kernel, _LIKELIHOOD_TYPES, dict(HAS_GUIDANCE=True, HAS_WEIGHT=True, BLOCK=2048), _LW,
-     "guided+weight"),
+    (TL._masked_nll_kernel, _LIKELIHOOD_TYPES, _NLL_PLAIN, _LW, "plain"),
+    (TL._masked_nll_kernel, _LIKELIHOOD_TYPES, dict(HAS_GUIDANCE=True, HAS_WEIGHT=True, BLOCK=2048, ROW_ALIGN=1),
+     _LW, "guided+weight"),
 ]
 _UNIFORM_TYPES = dict(seed_ptr="*i64", seed_val="i64", offset_ptr="*i64", offset_val="i64", position_ptr="*i64",
                       out_ptr="*fp64")
 CASES += [(TU._uniforms_kernel, _UNIFORM_TYPES, dict(HAS_SEED_PTR=ptr, HAS_OFFSET_PTR=ptr, DOMAIN=1, BLOCK=1024), _LW,
            "device keys" if ptr else "value keys") for ptr in (True, False)]
+
+
+# (kernel, argument types, constexprs, compile options, label, arguments a real launch marks divisible by 16):
+# a bf16 row read on the memory-bound path must compile to 16-byte loads (ld.global.v4) once Triton knows the
+# row starts are aligned; Triton learns that from 16-divisible pointers, vocab and stride arguments (it
+# specializes on them) and from the kernels' multiple_of hints.
+VECTOR_CASES = [
+    (TS._sample_rows_kernel, _SAMPLING_TYPES, dict(_PLAIN, UNROLL=1), dict(num_warps=8, num_stages=1),
+     "plain, row stride", ("logits_ptr", "vocab", "row_stride")),
+    (TL._masked_nll_kernel, _LIKELIHOOD_TYPES, _NLL_PLAIN, _LW, "plain, row offsets", ("logits_ptr", "vocab")),
+]
 
 
 def _cuobjdump() -> str | None:
@@ -127,6 +138,18 @@ def compile_all(arch: int = 90) -> int:
         except Exception as exc:  # noqa: BLE001 - report every kernel, then fail
             failures += 1
             print(f"{name} FAILED {type(exc).__name__}: {str(exc)[-2000:]}", flush=True)
+    for kernel, types, meta, options, label, divisible in VECTOR_CASES:
+        consts = {n: v for n, v in meta.items() if n in kernel.arg_names}
+        signature = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in kernel.arg_names}
+        # what the launch would mark: not the arguments the kernel declines to specialize on
+        declined = {kernel.arg_names[n] if isinstance(n, int) else n for n in kernel.do_not_specialize}
+        attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in divisible if n not in declined}
+        ptx = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=consts, attrs=attrs),
+                             target=GPUTarget("cuda", arch, 32), options=options).asm["ptx"]
+        vector = "ld.global.v4" in ptx
+        failures += not vector
+        print(f"{kernel.fn.__name__}[{label}] {'ok vector loads' if vector else 'FAILED: no 16-byte loads'}",
+              flush=True)
     return failures
 
 

@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from ..reference.philox import DOMAIN_FORWARD_MASK, DOMAIN_TIMESTEP
+from ._device import on_device_of
 from .sampling import _philox_words, _scores, _uniform52
 
 _DOMAIN_TIMESTEP = tl.constexpr(DOMAIN_TIMESTEP)
@@ -73,7 +74,7 @@ def _timesteps_kernel(offset_ptr, eps_ptr, out_ptr, seed, n, MODE: tl.constexpr,
     else:
         unit = u
     # Store.
-    tl.store(out_ptr + g * n + i, one_minus_eps * unit + eps, mask=live)
+    tl.store(out_ptr + g.to(tl.int64) * n + i, one_minus_eps * unit + eps, mask=live)  # G * n may pass 2^31
 
 
 @triton.jit
@@ -182,7 +183,8 @@ def _mask_count_kernel(x0_ptr, maskable_ptr, seed_ptr, offset_ptr, position_ptr,
 @triton.jit
 def _masked_nll_kernel(logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr, guidance_mult,
                        target_ptr, xt_ptr, weight_ptr, row_value_ptr, vocab, mask_id, exclude,
-                       HAS_GUIDANCE: tl.constexpr, HAS_WEIGHT: tl.constexpr, BLOCK: tl.constexpr):
+                       HAS_GUIDANCE: tl.constexpr, HAS_WEIGHT: tl.constexpr, BLOCK: tl.constexpr,
+                       ROW_ALIGN: tl.constexpr):
     r = tl.program_id(0)
     # Load: the row's state; an unmasked or zero-weight row stores 0 and reads no logits.
     xt = tl.load(xt_ptr + r)
@@ -192,10 +194,12 @@ def _masked_nll_kernel(logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offse
         w = tl.full([], 1.0, tl.float32)
     value = tl.zeros([], tl.float32)
     if (xt == mask_id) & (w != 0.0):
-        logits_row = logits_ptr + tl.load(row_offsets_ptr + r)
+        # ROW_ALIGN divides every offset (the host knows it from the strides): with it Triton can
+        # read 16-byte vectors; an offset loaded from memory tells it nothing.
+        logits_row = logits_ptr + tl.multiple_of(tl.load(row_offsets_ptr + r), ROW_ALIGN)
         guidance_row = logits_row
         if HAS_GUIDANCE:
-            guidance_row = guidance_ptr + tl.load(guidance_offsets_ptr + r)
+            guidance_row = guidance_ptr + tl.multiple_of(tl.load(guidance_offsets_ptr + r), ROW_ALIGN)
         # Compute: per-lane online max and sum of exp over the row, one read.
         m = tl.full([BLOCK], float("-inf"), tl.float32)
         s = tl.zeros([BLOCK], tl.float32)
@@ -232,8 +236,10 @@ def lowdisc_timesteps(n: int, *, eps: float, mode: str, seed: int, offset: torch
     eps_pair = torch.tensor([1.0 - eps, eps], dtype=torch.float64, device=offset.device)
     # No FMA: the eps map is a product then a sum on every backend (likelihood_math.h), and a fused
     # multiply-add (Triton's default on a GPU) rounds once, so the times would differ in the last bit.
-    _timesteps_kernel[(offset.numel(), triton.cdiv(n, block))](offset, eps_pair, out, seed, n, MODE=_MODES[mode],
-                                                               BLOCK=block, enable_fp_fusion=False)
+    with on_device_of(out):
+        _timesteps_kernel[(offset.numel(), triton.cdiv(n, block))](offset, eps_pair, out, seed, n,
+                                                                   MODE=_MODES[mode], BLOCK=block,
+                                                                   enable_fp_fusion=False)
     return out
 
 
@@ -246,15 +252,25 @@ def forward_mask(x0, *, mask_id, seed, offset, position, maskable, prob, count) 
     block = min(triton.next_power_of_2(length), _BLOCK_TOKENS)
     maskable_u8 = None if maskable is None else maskable.view(torch.uint8)
     flags = dict(HAS_MASKABLE=maskable is not None, HAS_POSITION=position is not None, BLOCK=block)
-    if prob is not None:
-        _mask_bernoulli_kernel[(batch, triton.cdiv(length, block))](
-            x0, maskable_u8, seed, offset, position, prob, out, length, mask_id, **flags)
-    else:
-        one_block = length <= block
-        keys = out if one_block else torch.empty_like(x0)  # scratch only when a row spans blocks
-        _mask_count_kernel[(batch,)](x0, maskable_u8, seed, offset, position, count, keys, out, length, mask_id,
-                                     ONE_BLOCK=one_block, **flags)
+    with on_device_of(out):
+        if prob is not None:
+            _mask_bernoulli_kernel[(batch, triton.cdiv(length, block))](
+                x0, maskable_u8, seed, offset, position, prob, out, length, mask_id, **flags)
+        else:
+            one_block = length <= block
+            keys = out if one_block else torch.empty_like(x0)  # scratch only when a row spans blocks
+            _mask_count_kernel[(batch,)](x0, maskable_u8, seed, offset, position, count, keys, out, length,
+                                         mask_id, ONE_BLOCK=one_block, **flags)
     return out
+
+
+def _offset_multiple(*tensors) -> int:
+    """The largest power of two, up to 16 bytes of elements, that divides every leading-dim stride of the
+    tensors (None skipped), hence every row offset of theirs."""
+    k = 16 // tensors[0].element_size()
+    while k > 1 and any(s % k for t in tensors if t is not None for s in t.stride()[:-1]):
+        k //= 2
+    return k
 
 
 def masked_nll(req) -> torch.Tensor:
@@ -263,10 +279,12 @@ def masked_nll(req) -> torch.Tensor:
     row_value = torch.empty(n_rows, dtype=torch.float32, device=req.logits.device)
     if n_rows:
         vocab = req.logits.shape[-1]
-        _masked_nll_kernel[(n_rows,)](
-            req.logits, req.row_offsets, req.guidance, req.guidance_offsets, req.guidance_scale + 1.0,
-            req.target, req.xt, req.weight, row_value, vocab, req.mask_id, req.exclude,
-            HAS_GUIDANCE=req.guidance is not None, HAS_WEIGHT=req.weight is not None,
-            BLOCK=min(triton.next_power_of_2(vocab), _BLOCK_VOCAB),
-        )
+        with on_device_of(row_value):
+            _masked_nll_kernel[(n_rows,)](
+                req.logits, req.row_offsets, req.guidance, req.guidance_offsets, req.guidance_scale + 1.0,
+                req.target, req.xt, req.weight, row_value, vocab, req.mask_id, req.exclude,
+                HAS_GUIDANCE=req.guidance is not None, HAS_WEIGHT=req.weight is not None,
+                BLOCK=min(triton.next_power_of_2(vocab), _BLOCK_VOCAB),
+                ROW_ALIGN=_offset_multiple(req.logits, req.guidance),
+            )
     return row_value.view(req.n_seqs, req.length).to(torch.float64).sum(-1).to(torch.float32)

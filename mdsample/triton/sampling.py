@@ -73,6 +73,7 @@ from .. import _backends
 from ..ops._rows import RowDraw, tensor_or_value
 from ..reference.philox import DOMAIN_REVEAL, DOMAIN_TOKEN
 from ..reference.sampling import CHUNK
+from ._device import on_device_of
 
 _DOMAIN_TOKEN = tl.constexpr(DOMAIN_TOKEN)
 _DOMAIN_REVEAL = tl.constexpr(DOMAIN_REVEAL)
@@ -207,7 +208,9 @@ def _inv_temperatures(r, temperature_ptr, temperature_val, stats_temperature_ptr
 
 @triton.jit
 def _clamp_inv(inv):
-    return tl.maximum(tl.minimum(inv, 3.0e38), 1.17549435e-38)
+    # 2^-126 exactly: Triton 3.6 types a Python float literal below it as fp64, which made every
+    # exp of pass 1 a float64 one.
+    return tl.maximum(tl.minimum(inv, 3.0e38), 1.1754943508222875e-38)
 
 
 @triton.jit
@@ -425,8 +428,10 @@ def _finish_row(
 # The three kernels share one argument list (see sample_rows); the comments give shapes. Each
 # per-row parameter is a pointer to its [N] values (HAS_<NAME>_ARR) or, when the caller gave
 # one number, None and that value for every row; rows without offsets start at r * row_stride.
-# The values are not specialized (Triton would make a 1 a constant and recompile for it).
-_NOT_SPECIALIZED = ["rows_key", "row_stride", "guidance_row_stride", "seed_val", "offset_val", "reveal_prob_bits"]
+# The values are not specialized (Triton would make a 1 a constant and recompile for it). The row
+# strides are: a stride divisible by 16 is what tells Triton the rows are 16-byte aligned, so
+# that it reads them with vector loads (one binary per kind of stride, not per value).
+_NOT_SPECIALIZED = ["rows_key", "seed_val", "offset_val", "reveal_prob_bits"]
 
 
 @triton.jit(do_not_specialize=_NOT_SPECIALIZED)  # rows_key: an autotuning key only, one binary for every N
@@ -657,15 +662,16 @@ def sample_rows(req: RowDraw, *, split: bool | None = None,
     )
     if config is None and (_backends.triton_interpreted() or os.environ.get("MDSAMPLE_TRITON_AUTOTUNE") == "0"):
         config = (SPLIT_CONFIGS if split else ROW_CONFIGS)[0]
-    if split:
-        grid = lambda m: (n, triton.cdiv(n_chunks, m["GROUP"]))  # noqa: E731
-        if config is None:
-            _chunks_tuned[grid](*args, **meta)
+    with on_device_of(req.logits):
+        if split:
+            grid = lambda m: (n, triton.cdiv(n_chunks, m["GROUP"]))  # noqa: E731
+            if config is None:
+                _chunks_tuned[grid](*args, **meta)
+            else:
+                _chunk_records_kernel[grid](*args, **meta, **config.all_kwargs())
+            _finish_rows_kernel[(n,)](*args, **meta, num_warps=_NUM_WARPS)
+        elif config is None:
+            _rows_tuned[(n,)](*args, **meta)
         else:
-            _chunk_records_kernel[grid](*args, **meta, **config.all_kwargs())
-        _finish_rows_kernel[(n,)](*args, **meta, num_warps=_NUM_WARPS)
-    elif config is None:
-        _rows_tuned[(n,)](*args, **meta)
-    else:
-        _sample_rows_kernel[(n,)](*args, **meta, **config.all_kwargs())
+            _sample_rows_kernel[(n,)](*args, **meta, **config.all_kwargs())
     return tokens, stats

@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._device import on_device_of
 from .sampling import _philox_words, _uniform52
 
 _BLOCK = 1024
@@ -19,7 +20,7 @@ _BLOCK = 1024
 def _uniforms_kernel(seed_ptr, seed_val, offset_ptr, offset_val, position_ptr, out_ptr, n,
                      HAS_SEED_PTR: tl.constexpr, HAS_OFFSET_PTR: tl.constexpr, DOMAIN: tl.constexpr,
                      BLOCK: tl.constexpr):
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # n + i may pass 2^31
     live = i < n
     # Load.
     seed = tl.load(seed_ptr) if HAS_SEED_PTR else seed_val
@@ -38,8 +39,9 @@ def uniforms(seed, offset, positions: torch.Tensor, domain: int) -> torch.Tensor
     out = torch.empty((2, n), dtype=torch.float64, device=positions.device)
     if n:
         seed_t, offset_t = isinstance(seed, torch.Tensor), isinstance(offset, torch.Tensor)
-        _uniforms_kernel[(triton.cdiv(n, _BLOCK),)](
-            seed if seed_t else positions, 0 if seed_t else seed, offset if offset_t else positions,
-            0 if offset_t else offset, positions, out, n, HAS_SEED_PTR=seed_t, HAS_OFFSET_PTR=offset_t, DOMAIN=domain,
-            BLOCK=_BLOCK)
+        with on_device_of(out):
+            _uniforms_kernel[(triton.cdiv(n, _BLOCK),)](
+                seed if seed_t else positions, 0 if seed_t else seed, offset if offset_t else positions,
+                0 if offset_t else offset, positions, out, n, HAS_SEED_PTR=seed_t, HAS_OFFSET_PTR=offset_t,
+                DOMAIN=domain, BLOCK=_BLOCK)
     return out
