@@ -267,8 +267,10 @@ __device__ __forceinline__ int64_t warp_max(int64_t v) {
   for (int d = 16; d > 0; d >>= 1) v = max(v, (int64_t)__shfl_xor_sync(kAllLanes, (long long)v, d));
   return v;
 }
-// online_merge is symmetric in its arguments bit for bit, so a butterfly of it
-// leaves the same state in every lane.
+// A butterfly of online_merge. Its max and top-2 are the same in every lane; its
+// sums may differ by an ulp between lanes (nvcc contracts a.s * ea + b.s * eb
+// into an FMA, which is not symmetric), so only lane 0's state is used (the
+// stats it stores); no lane decides anything from it.
 __device__ __forceinline__ OnlineStats warp_merge(OnlineStats s, float scale) {
 #pragma unroll
   for (int d = 16; d > 0; d >>= 1) {
