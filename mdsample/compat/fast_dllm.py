@@ -1,8 +1,9 @@
 """Drop-ins for Fast-dLLM's LLaDA ``generate.py``: ``generate``, ``generate_with_prefix_cache``,
-``generate_with_dual_cache``, each returning ``(x, nfe)``.
+``generate_with_dual_cache``, each returning ``(x, nfe)``; its step helpers ``get_transfer_index``
+and ``get_transfer_index_dynamic``; and ``add_gumbel_noise`` / ``get_num_transfer_tokens`` (LLaDA's).
 
 Same signatures as upstream (``model, prompt, steps, gen_length, block_length, temperature,
-remasking, mask_id, threshold, factor``) and the same algorithms (ALGORITHMS.md): LLaDA's
+remasking, mask_id, threshold, factor, step_callback``) and the same algorithms (ALGORITHMS.md): LLaDA's
 fixed schedule, or Fast-dLLM's threshold / factor rule, with no cache, the prefix cache (a full
 forward at each block start, then block + suffix against the cached prefix) or the dual cache
 (then only the block). They run :func:`mdsample.generate` with ``cache=None`` / ``"prefix"`` /
@@ -14,44 +15,117 @@ need a backbone offering a KV cache: mdsample's Transformer, e.g.
 ``mdsample.models.from_llada(hf_llada)`` for LLaDA-8B.
 
 ``nfe`` is the number of model calls mdsample made, which is at most upstream's: a step that
-commits nothing for any sequence runs no forward here.
+commits nothing for any sequence runs no forward here. ``step_callback(i)`` is called after each
+step that ran, with ``i`` counting them from 0 across blocks (upstream's global step index).
 """
 from __future__ import annotations
 
-from .llada import llada_call
+import torch
 
-__all__ = ["generate", "generate_with_prefix_cache", "generate_with_dual_cache"]
+from ..ops import _validate as V
+from ..ops.sampling import sample_categorical
+from ..samplers import _checks as C
+from ..samplers.remasking import select
+from ._seed import call_key
+from .llada import add_gumbel_noise, get_num_transfer_tokens, llada_call
+
+__all__ = ["generate", "generate_with_prefix_cache", "generate_with_dual_cache", "get_transfer_index",
+           "get_transfer_index_dynamic", "add_gumbel_noise", "get_num_transfer_tokens"]
 
 
-def _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor, *,
-         cache, attention_mask, seed, backend):
+def _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor,
+         step_callback, *, cache, attention_mask, seed, backend):
+    if step_callback is not None and not callable(step_callback):
+        raise TypeError(f"step_callback must be None or a callable step_callback(step: int); got "
+                        f"{type(step_callback).__name__}")
     calls = {}
     x = llada_call(model, prompt, "Fast-dLLM", steps=steps, gen_length=gen_length, block_length=block_length,
                    temperature=temperature, cfg_scale=0.0, remasking=remasking, mask_id=mask_id, threshold=threshold,
                    factor=factor, attention_mask=attention_mask, seed=seed, backend=backend, cache=cache,
-                   calls_out=calls)
+                   calls_out=calls, on_step=None if step_callback is None else lambda s, _x: step_callback(s - 1))
     return x, calls["forwards"]
 
 
 def generate(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.,
-             remasking='low_confidence', mask_id=126336, threshold=None, factor=None, *, attention_mask=None, seed=None,
-             backend="auto"):
+             remasking='low_confidence', mask_id=126336, threshold=None, factor=None, step_callback=None, *,
+             attention_mask=None, seed=None, backend="auto"):
     """Fast-dLLM's ``generate`` (no cache): ``(x int64 [B, P + gen_length], nfe int)``."""
     return _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor,
-                cache=None, attention_mask=attention_mask, seed=seed, backend=backend)
+                step_callback, cache=None, attention_mask=attention_mask, seed=seed, backend=backend)
 
 
 def generate_with_prefix_cache(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.,
-                               remasking='low_confidence', mask_id=126336, threshold=None, factor=None, *,
-                               attention_mask=None, seed=None, backend="auto"):
+                               remasking='low_confidence', mask_id=126336, threshold=None, factor=None,
+                               step_callback=None, *, attention_mask=None, seed=None, backend="auto"):
     """Fast-dLLM's prefix-cache ``generate``: ``(x int64 [B, P + gen_length], nfe int)``."""
     return _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor,
-                cache="prefix", attention_mask=attention_mask, seed=seed, backend=backend)
+                step_callback, cache="prefix", attention_mask=attention_mask, seed=seed, backend=backend)
 
 
 def generate_with_dual_cache(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.,
-                             remasking='low_confidence', mask_id=126336, threshold=None, factor=None, *,
-                             attention_mask=None, seed=None, backend="auto"):
+                             remasking='low_confidence', mask_id=126336, threshold=None, factor=None,
+                             step_callback=None, *, attention_mask=None, seed=None, backend="auto"):
     """Fast-dLLM's dual-cache ``generate``: ``(x int64 [B, P + gen_length], nfe int)``."""
     return _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor,
-                cache="dual", attention_mask=attention_mask, seed=seed, backend=backend)
+                step_callback, cache="dual", attention_mask=attention_mask, seed=seed, backend=backend)
+
+
+def get_transfer_index(logits, temperature, remasking, mask_index, x, num_transfer_tokens, threshold=None, *,
+                       seed=None, backend="auto"):
+    """Fast-dLLM's ``get_transfer_index``: ``(x0 int64 [B, L], transfer_index bool [B, L])``.
+
+    Args:
+        logits: ``[B, L, V]``; only the rows in ``mask_index`` are read.
+        temperature: float >= 0 (0: argmax); remasking: ``"low_confidence"`` (confidence = p(x0) under
+            ``softmax(logits)``, no temperature) or ``"random"`` (a torch uniform, as upstream).
+        mask_index: bool ``[B, L]``, the positions that may be committed; x: int ``[B, L]``, the canvas
+            (``x0`` keeps it elsewhere).
+        num_transfer_tokens: int ``[B]``: how many to commit per row (the top-k rule); unused with ``threshold``.
+        threshold: None, or the threshold rule: the most confident position and every other with
+            confidence >= threshold.
+        seed: Philox key of the draw; None draws one from the torch global RNG when ``temperature > 0``.
+
+    As upstream, the mask token may be drawn (no ``mask_id`` here); the draw is exact and the
+    confidences float32 probabilities (upstream's float64 softmax can order near-ties differently).
+    """
+    if threshold is None:
+        k = V.as_tensor("num_transfer_tokens", num_transfer_tokens).reshape(-1).to(torch.int64)
+        return _transfer(logits, temperature, remasking, mask_index, x, seed, backend, k=k)
+    return _transfer(logits, temperature, remasking, mask_index, x, seed, backend,
+                     threshold=V.finite_number("threshold", threshold))
+
+
+def get_transfer_index_dynamic(logits, temperature, remasking, mask_index, x, num_transfer_tokens, factor=1, *,
+                               seed=None, backend="auto"):
+    """Fast-dLLM's ``get_transfer_index_dynamic`` (the factor rule): ``(x0 int64 [B, L], transfer_index bool
+    [B, L])``; arguments as :func:`get_transfer_index` (``num_transfer_tokens`` unused, as upstream). It
+    commits the top-1, then the j-th most confident (j >= 2) while ``c_(j) >= 1 - factor / (j + 1)``:
+    exactly the passing prefix (upstream's loop also commits the least confident candidate when only it
+    fails; mdsample.samplers.remasking says more)."""
+    return _transfer(logits, temperature, remasking, mask_index, x, seed, backend,
+                     factor=V.finite_number("factor", factor, low=0.0))
+
+
+def _transfer(logits, temperature, remasking, mask_index, x, seed, backend, **rule):
+    logits = V.as_tensor("logits", logits)
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be [B, L, V]; got shape {tuple(logits.shape)}")
+    mask_index = V.as_tensor("mask_index", mask_index)
+    x = C.token_ids("x", x, dims=(2,), device=logits.device)
+    for name, t in (("mask_index", mask_index), ("x", x)):
+        if t.shape != logits.shape[:2]:
+            raise ValueError(f"{name} must have the logits' leading shape {tuple(logits.shape[:2])}; got "
+                             f"{tuple(t.shape)}")
+    if mask_index.dtype != torch.bool:
+        raise TypeError(f"mask_index must be a bool tensor; got {mask_index.dtype}")
+    if remasking not in ("low_confidence", "random"):
+        raise ValueError(f"remasking must be 'low_confidence' or 'random' (Fast-dLLM); got {remasking!r}")
+    temperature = V.finite_number("temperature", temperature, low=0.0)
+    res = sample_categorical(logits, temperature=temperature, seed=call_key(seed, temperature != 0),
+                             active=mask_index, fallback=x, return_stats=True, stats_temperature=1.0,
+                             backend=backend)
+    if remasking == "low_confidence":
+        conf = res.prob.to(torch.float64)
+    else:
+        conf = torch.rand(mask_index.shape, device=logits.device, dtype=torch.float64)
+    return res.tokens, select(conf, mask_index.to(logits.device), **rule)

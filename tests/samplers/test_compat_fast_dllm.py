@@ -1,0 +1,80 @@
+"""compat.fast_dllm's step hook and step helpers against a re-statement of Fast-dLLM's (llada/generate.py)."""
+import pytest
+import torch
+
+from mdsample.compat import fast_dllm, llada
+from mdsample.models import Transformer
+
+
+def _upstream_transfer(logits, mask_index, x, k=None, threshold=None):
+    """Fast-dLLM's get_transfer_index at temperature 0, low_confidence: argmax, float64 softmax confidence,
+    top-k per row (with a threshold: every masked position ranked, the first always kept)."""
+    x0 = torch.where(mask_index, logits.argmax(-1), x)
+    conf = torch.softmax(logits.double(), -1).gather(-1, logits.argmax(-1, keepdim=True)).squeeze(-1)
+    conf = torch.where(mask_index, conf, -torch.inf)
+    take = torch.zeros_like(mask_index)
+    for j in range(conf.shape[0]):
+        n = int(mask_index[j].sum()) if threshold is not None else int(k[j])
+        order = torch.topk(conf[j], n).indices
+        take[j, order] = True
+        if threshold is not None:
+            take[j, order[1:][conf[j, order[1:]] < threshold]] = False
+    return x0, take
+
+
+@pytest.mark.parametrize("rule", [dict(k=(2, 0, 5)), dict(threshold=0.3), dict(threshold=1.1)])
+def test_get_transfer_index_is_upstreams(rule):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 11, generator=g) * 2  # no ties in confidence (continuous logits)
+    mask_index = torch.rand(3, 7, generator=g) < 0.7
+    mask_index[1] = False  # a row with nothing to commit
+    x = torch.randint(0, 11, (3, 7), generator=g)
+    k = torch.tensor(rule.get("k", (0, 0, 0)))
+    k = torch.minimum(k, mask_index.sum(1))
+    want = _upstream_transfer(logits, mask_index, x, k=k, threshold=rule.get("threshold"))
+    got = fast_dllm.get_transfer_index(logits, 0.0, "low_confidence", mask_index, x, k, rule.get("threshold"))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    # the draw at T > 0 reads only masked rows: unmasked positions keep x
+    x0, _ = fast_dllm.get_transfer_index(logits, 0.7, "random", mask_index, x, k, None, seed=3)
+    assert torch.equal(x0[~mask_index], x[~mask_index]) and bool((x0[mask_index] < 11).all())
+
+
+def test_get_transfer_index_dynamic_commits_the_passing_prefix():
+    # confidences 0.95, 0.9, 0.5 (factor 1: thresholds -, 1 - 1/3, 1 - 1/4): the top two pass, the third fails
+    probs = torch.tensor([0.95, 0.9, 0.5])
+    logits = torch.full((1, 3, 4), -30.0)
+    for i, p in enumerate(probs):
+        logits[0, i, 0] = 0.0
+        logits[0, i, 1] = float(torch.log((1 - p) / p))  # p(token 0) = p
+    mask_index = torch.ones(1, 3, dtype=torch.bool)
+    x0, take = fast_dllm.get_transfer_index_dynamic(logits, 0.0, "low_confidence", mask_index,
+                                                    torch.zeros(1, 3, dtype=torch.long), None, factor=1.0)
+    assert take[0].tolist() == [True, True, False] and x0[0].tolist() == [0, 0, 0]
+
+
+def test_step_helpers_check_their_arguments():
+    logits, m, x = torch.zeros(1, 2, 3), torch.ones(1, 2, dtype=torch.bool), torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"logits must be \[B, L, V\]"):
+        fast_dllm.get_transfer_index(logits[0], 0.0, "low_confidence", m, x, torch.tensor([1]))
+    with pytest.raises(ValueError, match="mask_index must have the logits' leading shape"):
+        fast_dllm.get_transfer_index(logits, 0.0, "low_confidence", m[:, :1], x, torch.tensor([1]))
+    with pytest.raises(TypeError, match="mask_index must be a bool"):
+        fast_dllm.get_transfer_index(logits, 0.0, "low_confidence", m.long(), x, torch.tensor([1]))
+    with pytest.raises(ValueError, match="remasking"):
+        fast_dllm.get_transfer_index_dynamic(logits, 0.0, "entropy", m, x, None)
+    assert fast_dllm.add_gumbel_noise is llada.add_gumbel_noise  # upstream's module has them too
+    assert fast_dllm.get_num_transfer_tokens is llada.get_num_transfer_tokens
+
+
+@pytest.mark.parametrize("fn", [fast_dllm.generate, fast_dllm.generate_with_prefix_cache,
+                                fast_dllm.generate_with_dual_cache])
+def test_step_callback_gets_the_global_step_from_0(fn):
+    """Upstream calls step_callback(i) after every step, i counting from 0 across blocks; one forward per step
+    (the cached modes' block-start forward is that block's first step)."""
+    model = Transformer.from_preset("tiny", seed=0).eval()  # a KV cache for the cached modes; mask id 127
+    p = torch.randint(0, 127, (2, 5), generator=torch.Generator().manual_seed(1))
+    steps = []
+    _, nfe = fn(model, p, 8, 16, 8, 0.0, "low_confidence", 127, 0.5, None, steps.append)
+    assert steps == list(range(nfe)) and nfe >= 2
+    with pytest.raises(TypeError, match="step_callback must be None or a callable"):
+        fn(model, p, 8, 16, 8, 0.0, "low_confidence", 127, None, None, 3)
