@@ -16,7 +16,7 @@ used as is.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 import torch
@@ -35,15 +35,53 @@ _DEFAULTS = dict(temperature=0.0, top_p=None, top_k=None, max_length=20, max_new
                  alg="origin", alg_temp=None, num_return_sequences=1, return_dict_in_generate=False,
                  output_history=False, mask_token_id=None)
 _UNSUPPORTED = ("generation_tokens_hook_func", "generation_logits_hook_func")
+# Accepted and ignored: DreamGenerationConfig holds them (so upstream's ``GenerationConfig.update`` takes them, and eval
+# harnesses pass pad / eos ids), but Dream's sampling loop never reads them.
+_IGNORED = ("pad_token_id", "eos_token_id", "bos_token_id", "generation_kwargs")
 
 
-@dataclass
+@dataclass(eq=False)
 class DreamOutput:
-    """Dream's ``DreamModelOutput``: ``sequences`` int64 ``[B, L]`` and, with ``output_history``, the
-    canvas after every step (a tuple of ``[B, L]``)."""
+    """Dream's ``DreamModelOutput`` (a transformers ``ModelOutput``), without needing transformers: ``sequences``
+    int64 ``[B, L]`` and, with ``output_history``, ``history``, the canvas after every step (a list of int64
+    ``[B, L]``; None otherwise).
+
+    As a ``ModelOutput``, it is also a mapping of its fields that are not None: ``out["sequences"]``, ``out[0]``,
+    ``out.to_tuple()``, ``keys()`` / ``values()`` / ``items()``, ``"history" in out``, ``len`` and iteration (over
+    keys) see ``history`` only when it was asked for.
+    """
 
     sequences: torch.Tensor
-    history: Optional[tuple] = None
+    history: Optional[list] = None
+
+    def _set(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def keys(self):
+        return self._set().keys()
+
+    def values(self):
+        return self._set().values()
+
+    def items(self):
+        return self._set().items()
+
+    def to_tuple(self) -> tuple:
+        """The fields that are not None, in order."""
+        return tuple(self._set().values())
+
+    def __getitem__(self, k):
+        # A name indexes the mapping (KeyError for a None field); an int or slice the tuple view, as ModelOutput.
+        return self._set()[k] if isinstance(k, str) else self.to_tuple()[k]
+
+    def __contains__(self, k) -> bool:
+        return k in self._set()
+
+    def __iter__(self):
+        return iter(self._set())
+
+    def __len__(self) -> int:
+        return len(self._set())
 
 
 def _options(model: Any, generation_config: Any, kwargs: dict) -> dict:
@@ -54,10 +92,12 @@ def _options(model: Any, generation_config: Any, kwargs: dict) -> dict:
         if name in kwargs:
             raise ValueError(f"{name} is not supported: mdsample computes logits only for the rows it draws, "
                              "so there is no full logits tensor or per-step canvas to hand to a hook")
-    unknown = sorted(set(kwargs) - set(_DEFAULTS))
-    if unknown:
-        raise TypeError(f"diffusion_generate got unknown option(s) {unknown}; known: {sorted(_DEFAULTS)}")
-    opts.update(kwargs)
+    unknown = sorted(set(kwargs) - set(_DEFAULTS) - set(_IGNORED))
+    if unknown:  # upstream drops names its config lacks silently; a typo here should not pass unnoticed
+        raise TypeError(f"diffusion_generate got unknown option(s) {unknown}; known: {sorted([*_DEFAULTS, *_IGNORED])}")
+    opts.update((k, v) for k, v in kwargs.items() if k in _DEFAULTS)
+    if opts["alg"] == "origin":
+        opts["alg_temp"] = None  # upstream's "origin" branch never reads it (the sampler would refuse one > 0)
     if opts["mask_token_id"] is None:
         for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
             if getattr(source, "mask_token_id", None) is not None:
@@ -97,7 +137,9 @@ def diffusion_generate(model, inputs, generation_config=None, *, attention_mask=
         seed: Philox key; None draws one from the torch global RNG (as upstream draws from it).
         kwargs: Dream's options (``max_new_tokens``, ``max_length``, ``steps``, ``eps``, ``alg``,
             ``alg_temp``, ``temperature``, ``top_p``, ``top_k``, ``num_return_sequences``,
-            ``return_dict_in_generate``, ``output_history``, ``mask_token_id``).
+            ``return_dict_in_generate``, ``output_history``, ``mask_token_id``); ``pad_token_id``,
+            ``eos_token_id``, ``bos_token_id`` and ``generation_kwargs`` are accepted and ignored, as Dream's loop
+            ignores them. ``alg_temp`` is ignored with ``alg="origin"``, as upstream.
     """
     opts = _options(model, generation_config, kwargs)
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 2:
@@ -121,5 +163,5 @@ def diffusion_generate(model, inputs, generation_config=None, *, attention_mask=
                       attention_mask=attention_mask, seed=key, backend=backend, progress=False,
                       on_step=None if history is None else (lambda step, canvas: history.append(canvas)))
     if opts["return_dict_in_generate"]:
-        return DreamOutput(sequences=x, history=None if history is None else tuple(history))
+        return DreamOutput(sequences=x, history=history)
     return x
