@@ -86,6 +86,10 @@ def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, bloc
     removes both, after the draw). ``seed`` None draws the Philox key from the torch global RNG.
     See :func:`mdsample.generate` for the rest.
     """
+    if isinstance(attention_mask, int) and not isinstance(attention_mask, bool):
+        raise TypeError(f"attention_mask (generate's third argument) got the int {attention_mask}: LLaDA's earlier "
+                        "generate(model, prompt, steps, gen_length, ...) had no attention_mask; pass steps, gen_length, "
+                        "... by keyword")
     vocab = declared_vocab_size(model)  # not a Backbone: generate builds the one of this call
     for flag, on, tok in (("logits_eos_inf", logits_eos_inf, EOS_ID), ("confidence_eos_eot_inf", confidence_eos_eot_inf,
                                                                        EOT_ID)):

@@ -9,7 +9,8 @@ cfg_scale=2., context_length=1024)`` takes upstream's arguments and defaults and
 is accepted and unused, as upstream; ``dim`` is the mask token id (32000: SMDM's vocabulary of
 32000 text tokens plus the mask); ``device`` places the canvas (upstream hard-codes CUDA; here
 None means the model's device, else the prompt's). The harness functions move their inputs to the
-model's device, as its callers do.
+model's device, as its callers do. On a GPU the model runs under bf16 autocast, as every SMDM
+forward does (keyword-only ``autocast=False`` keeps the model's own dtype).
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ __all__ = ["diff_sample", "eval_target_nll_mc", "eval_target_nll_ar", "suffix_gr
 
 
 def diff_sample(model, tokenizer=None, prompt=None, batch_size=1, alg="origin", steps=512, temperature=1.,
-                cfg_scale=2., context_length=2048, eps=1e-5, dim=32000, device=None, *, seed=None, backend="auto"):
+                cfg_scale=2., context_length=2048, eps=1e-5, dim=32000, device=None, *, seed=None, autocast=True,
+                backend="auto"):
     """SMDM's ``diff_sample``: int64 ``[B, context_length]``, the prompt followed by the generated tokens.
 
     Args:
@@ -46,6 +48,7 @@ def diff_sample(model, tokenizer=None, prompt=None, batch_size=1, alg="origin", 
         dim: the mask token id.
         device: where the canvas lives (None: the model's device, else the prompt's).
         seed: Philox key; None draws one from the torch global RNG (upstream draws from it).
+        autocast: run the model under bf16 autocast when the canvas is on a GPU (upstream's forward).
         backend: sampling-op backend.
     """
     if prompt is None and cfg_scale:
@@ -61,17 +64,23 @@ def diff_sample(model, tokenizer=None, prompt=None, batch_size=1, alg="origin", 
     if prompt.shape[1] > context_length:
         raise ValueError(f"context_length ({context_length}) must be at least the prompt's width ({prompt.shape[1]})")
     needs_key = temperature != 0 or alg == "origin"
-    with _upstream_names({"mask_id": "dim"}):
+    with _as_upstream({"mask_id": "dim"}, prompt.device, autocast):
         return sample_smdm(model, prompt, length=context_length, steps=steps, alg=alg, temperature=temperature,
                            cfg_scale=cfg_scale, eps=eps, mask_id=dim, seed=call_key(seed, needs_key),
                            backend=backend)
 
 
 @contextlib.contextmanager
-def _upstream_names(names: dict):
-    """Argument errors raised inside, with mdsample's argument names replaced by upstream's (the caller's)."""
+def _as_upstream(names: dict, device: torch.device, autocast: bool):
+    """The body as SMDM runs it: the model under bf16 autocast on a GPU (``autocast``; SMDM's sampler and
+    harness wrap every forward in it), and argument errors with mdsample's argument names replaced by
+    upstream's (the caller's)."""
+    amp = contextlib.nullcontext()
+    if C.flag("autocast", autocast) and device.type == "cuda":
+        amp = torch.autocast("cuda", dtype=torch.bfloat16)
     try:
-        yield
+        with amp:
+            yield
     except (TypeError, ValueError) as exc:
         msg = str(exc)
         for ours, theirs in names.items():
@@ -94,7 +103,7 @@ def _pair(model, prefix, target):
 
 
 def eval_target_nll_mc(model, prefix, target, *, mc_num=1024, batch_size=32, cfg=0., mask_id=32000, eps=1e-3,
-                       seed=None, backend="auto") -> float:
+                       seed=None, autocast=True, backend="auto") -> float:
     """SMDM's ``_eval_target_nll_mc``: the Monte Carlo bound of ``-log p(target | prefix)`` (float, nats).
 
     SMDM's estimator (shifted lattice of mask rates, each target token masked with probability t, masked
@@ -116,7 +125,7 @@ def eval_target_nll_mc(model, prefix, target, *, mc_num=1024, batch_size=32, cfg
     batch_size = C.integer("batch_size", batch_size, low=1)
     if mc_num % batch_size:
         raise ValueError(f"mc_num ({mc_num}) must be a multiple of batch_size ({batch_size}), as upstream asserts")
-    with _upstream_names(_HARNESS_NAMES):
+    with _as_upstream(_HARNESS_NAMES, x.device, autocast):
         est = likelihood(model, x, prompt_len=plen or None, mc_samples=mc_num, batch_size=batch_size, mode="shifted",
                          cfg_scale=cfg if plen else 0.0, masking="bernoulli", eps=eps, schedule=LogLinear(eps=0.0),
                          subs=False, mask_id=mask_id,
@@ -124,7 +133,8 @@ def eval_target_nll_mc(model, prefix, target, *, mc_num=1024, batch_size=32, cfg
     return -float(est.log_likelihood[0])
 
 
-def eval_target_nll_ar(model, prefix, target, *, batch_size=32, cfg=0., mask_id=32000, backend="auto") -> float:
+def eval_target_nll_ar(model, prefix, target, *, batch_size=32, cfg=0., mask_id=32000, autocast=True,
+                       backend="auto") -> float:
     """SMDM's ``_eval_target_nll_ar``: ``-log p(target | prefix)`` by the left-to-right chain rule (float, nats).
 
     Args:
@@ -134,15 +144,17 @@ def eval_target_nll_ar(model, prefix, target, *, batch_size=32, cfg=0., mask_id=
         batch_size: model inputs per call (the target's T inputs in ``ceil(T / batch_size)`` calls).
         cfg: unsupervised CFG weight (the unconditional input masks the prefix; without a prefix it is a no-op).
         mask_id: the mask token id (SMDM's 32000).
+        autocast: run the model under bf16 autocast on a GPU, as SMDM's harness does.
     """
     x, plen = _pair(model, prefix, target)
-    with _upstream_names(_HARNESS_NAMES):
+    with _as_upstream(_HARNESS_NAMES, x.device, autocast):
         est = chain_rule_likelihood(model, x, prompt_len=plen, batch_size=batch_size, cfg_scale=cfg if plen else 0.0,
                                     mask_id=mask_id, subs=False, backend=backend)
     return -float(est.log_likelihood[0])
 
 
-def suffix_greedy_prediction(model, prefix, target, *, cfg=0., mask_id=32000, backend="auto") -> bool:
+def suffix_greedy_prediction(model, prefix, target, *, cfg=0., mask_id=32000, autocast=True,
+                             backend="auto") -> bool:
     """SMDM's ``suffix_greedy_prediction``: does greedy decoding of ``len(target)`` masks after ``prefix``, one
     position per step (the most confident argmax), give exactly ``target``?
 
@@ -153,7 +165,7 @@ def suffix_greedy_prediction(model, prefix, target, *, cfg=0., mask_id=32000, ba
     """
     x, plen = _pair(model, prefix, target)
     n = x.shape[1] - plen
-    with _upstream_names(_HARNESS_NAMES):
+    with _as_upstream(_HARNESS_NAMES, x.device, autocast):
         out = _generate(model, x[:, :plen], steps=n, gen_length=n, block_length=n, temperature=0.0,
                         cfg_scale=cfg if plen else 0.0, remasking="low_confidence", mask_id=mask_id, threshold=None,
                         factor=None, attention_mask=None, seed=0, backend=backend, progress=False)

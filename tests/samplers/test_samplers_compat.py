@@ -84,6 +84,8 @@ def test_llada_generate_signature_and_parity():
                                          mask_id=MASK))
     with pytest.raises(ValueError, match="remasking"):
         llada.generate(model, p, remasking="entropy", mask_id=MASK)
+    with pytest.raises(TypeError, match="earlier generate.*by keyword"):  # LLaDA's older positional order
+        llada.generate(model, p, 8, 8)
 
 
 class FixedLogits:
@@ -268,3 +270,32 @@ def test_drop_ins_take_a_cpu_prompt_for_a_gpu_model():
     ll = llada.get_log_likelihood(model, p[0], p[1], mc_num=4, batch_size=4, mask_id=MASK, seed=1)
     assert ll == llada.get_log_likelihood(model, p[0].cuda(), p[1].cuda(), mc_num=4, batch_size=4, mask_id=MASK,
                                           seed=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_smdm_runs_the_model_under_bf16_autocast_on_a_gpu():
+    """SMDM wraps every forward of its sampler and harness in bf16 autocast; autocast=False opts out."""
+    from mdsample.compat import smdm
+
+    seen = []
+
+    class Spy(TinyLM):
+        def hidden(self, x, attention_mask=None):
+            seen.append(torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16)
+            return super().hidden(x, attention_mask)
+
+    model, p = Spy().cuda(), prompts(B=2)
+    smdm.diff_sample(model, None, p, alg="greddy", steps=2, temperature=0.0, cfg_scale=0.0,
+                     context_length=p.shape[1] + 2, dim=MASK)
+    smdm.eval_target_nll_ar(model, p[0], p[1], mask_id=MASK)
+    assert seen and all(seen)
+    seen.clear()
+    smdm.eval_target_nll_mc(model, p[0], p[1], mc_num=4, batch_size=4, mask_id=MASK, autocast=False)
+    assert seen and not any(seen)
+
+
+def test_smdm_autocast_is_a_flag():
+    from mdsample.compat import smdm
+
+    with pytest.raises(TypeError, match="autocast"):
+        smdm.eval_target_nll_ar(TinyLM(), prompts(B=1)[0], prompts(B=1)[0], mask_id=MASK, autocast="yes")
