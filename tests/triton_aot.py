@@ -59,7 +59,7 @@ CASES = []
 for _variant, _meta in (("plain", _PLAIN), ("full", _FULL)):
     for _cfg in TS.ROW_CONFIGS:
         CASES.append((TS._sample_rows_kernel, _SAMPLING_TYPES, dict(_meta, **_cfg.kwargs),
-                      dict(num_warps=_cfg.num_warps, num_stages=_cfg.num_stages), f"{_variant} UNROLL={_cfg.kwargs['UNROLL']} stages={_cfg.num_stages}"))
+                      dict(num_warps=_cfg.num_warps, num_stages=_cfg.num_stages), f"{_variant} UNROLL={_cfg.kwargs['UNROLL']}"))
     for _cfg in TS.SPLIT_CONFIGS:
         CASES.append((TS._chunk_records_kernel, _SAMPLING_TYPES, dict(_meta, **_cfg.kwargs),
                       dict(num_warps=_cfg.num_warps, num_stages=_cfg.num_stages), f"{_variant} GROUP={_cfg.kwargs['GROUP']}"))
