@@ -157,6 +157,26 @@ def test_captured_sample_categorical_replays_fresh_noise(backend, shape, stats):
 
 
 @cuda_only
+@pytest.mark.parametrize("split", [False, True], ids=["row", "split"])
+def test_captured_triton_call_with_autotuning_on(split, monkeypatch):
+    """The GPU check runs the tests with MDSAMPLE_TRITON_AUTOTUNE=0 (one compile per variant); users get the
+    autotuner, which benchmarks with host syncs that a capture forbids. Tuned in the warm-up on a side stream (as
+    graph_step warms up), the captured call is a cache hit and replays like the eager one."""
+    _need("triton")
+    monkeypatch.delenv("MDSAMPLE_TRITON_AUTOTUNE", raising=False)
+    # shapes no other test tunes; 6 rows take the split path, 1024 rows (> 4 per SM) one program per row
+    dims = (2, 3, 50257) if split else (128, 8, 50257)
+    g = torch.Generator(device="cuda").manual_seed(3)
+    logits = (torch.randn(dims, device="cuda", generator=g) * 2).to(torch.bfloat16)
+    seed = torch.tensor(79, device="cuda")
+
+    def step(offset):
+        return mdsample.sample_categorical(logits, seed=seed, offset=offset, check=False, backend="triton")
+
+    _check_replays(step, _replay_per_offset(step, OFFSETS))
+
+
+@cuda_only
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("backend", GRAPH_BACKENDS)
 def test_captured_unmask_step_replays_fresh_noise(backend, shape):
