@@ -59,7 +59,11 @@ masked answer rows go through the head; otherwise the full logits are scored by
 
 Reproducibility: draw ``j`` of sequence ``b`` uses timesteps at Philox offset ``b`` and
 forward-mask keys (seed, offset ``j``, position ``b * L + i``): the estimate of a
-sequence depends on (seed, its row index, its tokens), not on the other rows.
+sequence depends on (seed, its row index, its tokens), not on the other rows. Rows of one
+call are independent, but two calls with the same seed reuse the same random numbers
+(row ``b`` of each gets the same times and masks the same positions), so their errors are
+correlated: a corpus loop must pass a distinct seed per call (e.g. the batch index) before
+treating the batches' standard errors as independent.
 """
 from __future__ import annotations
 
@@ -216,7 +220,11 @@ def likelihood(model, x, *, prompt_len=None, mc_samples=128, batch_size=16, mode
             ``l_u + (w + 1)(l_c - l_u)`` with the prompt masked in the unconditional input.
         schedule: ``"loglinear"`` (default), ``"cosine"``, ``"cosine-mdlm"`` or a
             :class:`mdsample.samplers.Schedule` (Bernoulli masking only).
-        seed: int, the Philox key of all draws.
+        seed: int, the Philox key of all draws. Calls with the same seed reuse the same draws
+            (row ``b`` of every call: the same times, the same masked positions), so a corpus
+            loop ``for i, batch in enumerate(loader)`` must pass a distinct seed per call
+            (``seed=i``); with the default seed every batch's error is correlated with the
+            others' and summing their stderrs as independent understates the total error.
         mask_id: the mask token (default: the model's ``mask_id`` / ``config.mask_id`` / ``config.mask_token_id``).
         masking: ``"bernoulli"`` (MDLM / SMDM weights ``m'/m``) or ``"count"`` (LLaDA ``L/k``).
         eps: lower end of the timesteps, in (0, 1) (Bernoulli masking only; default 1e-3).
@@ -301,7 +309,13 @@ def perplexity(model, x, **kwargs) -> Perplexity:
     """Perplexity bound ``exp(sum NELBO / sum scored tokens)`` of the sequences ``x`` ``[B, L]``.
 
     Takes the arguments of :func:`likelihood`. The standard error is the delta-method
-    one, ``perplexity * sqrt(sum stderr^2) / sum tokens`` (sequences' estimates are independent).
+    one, ``perplexity * sqrt(sum stderr^2) / sum tokens`` (the rows of one call are independent).
+
+    Args:
+        model, x, **kwargs: as in :func:`likelihood`. ``seed``: calls with the same seed reuse
+            the same draws, so to combine perplexities or standard errors over a corpus scored
+            batch by batch pass a distinct seed per call (e.g. the batch index); with the
+            default seed the batches' errors are correlated and the combined error is understated.
     """
     est = likelihood(model, x, **kwargs)
     tokens = float(est.num_tokens.sum())
