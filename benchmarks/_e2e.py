@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from benchmarks._timing import device_name, write_results
+from benchmarks._timing import cpu_threads, device_name, write_results
 from mdsample.models import Transformer
 
 
@@ -200,8 +200,12 @@ def run_and_report(args, run, kind: str, describe) -> dict:
     ``benchmarks/results/<device>-<kind>-<date>.json`` after each one, marked ``"complete": false``
     until the last, so a run cut short by a time limit still leaves what it measured."""
     device = pick_device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # tiny matmuls: OpenMP fork/join only adds overhead on shared cores
+    # On the CPU one thread: tiny matmuls, where OpenMP's fork/join only adds overhead on shared cores.
+    with cpu_threads(1 if device.type == "cpu" else torch.get_num_threads()):
+        return _run_and_report(args, run, kind, describe, device)
+
+
+def _run_and_report(args, run, kind, describe, device) -> dict:
     label = device_name(device)
     cpu_smoke = device.type == "cpu"
     out = {"rows": [], "device": label, "cpu_smoke": cpu_smoke}

@@ -6,6 +6,7 @@ Results name the device they ran on; a CPU time is never labelled as a GPU one.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import platform
@@ -18,6 +19,18 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int):
+    """torch's intra-op thread count set to ``n`` inside, the caller's restored after (the smoke tests call
+    the benchmarks in the test process: a leaked setting would slow every later test)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cpu_model() -> str | None:

@@ -43,7 +43,7 @@ from mdsample import _backends  # noqa: E402
 
 from benchmarks._e2e import (Counting, reference_bd3lm, reference_dream, reference_llada, reference_mdlm,  # noqa: E402
                              reference_smdm)
-from benchmarks._timing import cpu_model, git_commit  # noqa: E402
+from benchmarks._timing import cpu_model, cpu_threads, git_commit  # noqa: E402
 
 
 class TinyDiffusionLM(torch.nn.Module):
@@ -129,8 +129,13 @@ SECTIONS = ("mdlm", "llada", "dream", "smdm", "bd3lm")
 
 
 def run(quick: bool, threads: int, only=SECTIONS):
-    torch.set_num_threads(threads)
-    torch.set_grad_enabled(False)
+    """The sections' rows, on ``threads`` CPU threads, without autograd (both restored after: the smoke tests
+    call this in the test process)."""
+    with cpu_threads(threads), torch.no_grad():
+        return _run(quick, only)
+
+
+def _run(quick: bool, only):
     results = {}
     # Warm-up: first calls pay one-time costs (kernel dispatch tables, allocator) that are not the samplers'.
     warm = TinyDiffusionLM(64, max_len=16).eval()

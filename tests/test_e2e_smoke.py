@@ -35,7 +35,9 @@ def _one_thread():
 
 
 def test_e2e_mdlm_smoke():
+    threads = torch.get_num_threads()
     out = _load("e2e_mdlm").main(["--device", "cpu", "--batch", "1", "--length", "8", "--steps", "4", "--no-write"])
+    assert torch.get_num_threads() == threads  # the one-thread CPU setting does not outlive the run
     assert out["cpu_smoke"] and len(out["rows"]) == 2
     assert all(r["forwards"] > 0 and r["tokens_per_s"] > 0 for r in out["rows"])
 
@@ -88,7 +90,11 @@ def test_rows_are_written_as_they_arrive(tmp_path, monkeypatch):
 def test_bench_samplers_quick_counts():
     """The sampler benchmark's hardware-independent counts: shortcuts taken, tokens as published."""
     bench = _load("bench_samplers")
-    r = bench.run(quick=True, threads=1)
+    threads = torch.get_num_threads()
+    r = bench.run(quick=True, threads=threads + 1)
+    # run in this process: it must leave autograd and the thread count as it found them (a leak once turned
+    # autograd off for every later test)
+    assert torch.is_grad_enabled() and torch.get_num_threads() == threads
     assert r["llada"]["same_tokens_as_published"]
     assert r["mdlm"]["goal_met"]
     for alg in ("entropy", "origin"):
