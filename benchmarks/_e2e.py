@@ -297,6 +297,7 @@ def reference_llada(model, prompt, steps, gen_length, block_length, mask_id, tem
     return x
 
 
+@torch.no_grad()
 def reference_dream(model, prompt, max_new_tokens, steps, mask_id, *, alg="entropy", temperature=0.0, top_p=None,
                     eps=1e-3):
     """Dream ``diffusion_generate`` as published: a full forward of the whole batch every step, the

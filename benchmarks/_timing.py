@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -45,12 +46,13 @@ def cpu_model() -> str | None:
 
 
 def git_commit(fallback: str = "") -> str:
-    """The checked-out commit of this repository, or ``fallback`` where git cannot tell."""
+    """The checked-out commit of this repository; where git cannot tell (the GPU machine gets a copy of the
+    working tree without ``.git``), ``$MDSAMPLE_COMMIT`` (gpu_check.sh's caller passes it), else ``fallback``."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent).stdout.strip()
     except OSError:
         commit = ""
-    return commit or fallback
+    return commit or os.environ.get("MDSAMPLE_COMMIT", "") or fallback
 
 
 def device_name(device: torch.device) -> str:
@@ -172,5 +174,9 @@ def write_results(kind: str, device: torch.device, rows: list[dict], extra: dict
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{slug}-{kind}-{stamp}.json"
-    path.write_text(json.dumps(doc, indent=1))
+    # Written whole, then renamed: the benchmarks rewrite their file after every row, and a time limit's
+    # SIGTERM mid-write must leave the previous version, not a truncated one.
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(doc, indent=1))
+    os.replace(partial, path)
     return path

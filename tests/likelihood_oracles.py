@@ -17,7 +17,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import special
 
 
 class JointOracle:
@@ -57,6 +56,8 @@ class JointOracle:
         variable m that is an incomplete beta integral between ``m(eps)`` and ``m(1)``, so any
         ``schedule`` (an object with ``mask_prob``; default loglinear with ``sched_eps``) is exact.
         """
+        from scipy import special  # here, not at import: the GPU check's likelihood steps import this module
+
         answer = list(range(prompt, self.length))
         n = len(answer)
         subsets = [[answer[j] for j in range(n) if mask >> j & 1] for mask in range(1, 1 << n)]

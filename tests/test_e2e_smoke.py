@@ -74,7 +74,8 @@ def test_rows_are_written_as_they_arrive(tmp_path, monkeypatch):
     args = types.SimpleNamespace(device="cpu", no_write=False)
     with pytest.raises(RuntimeError, match="cut short"):
         e2e.run_and_report(args, run, "partial", lambda r: r["method"])
-    (path,) = tmp_path.glob("*-partial-*.json")
+    (path,) = tmp_path.glob("*-partial-*.json")  # and no half-written temporary beside it
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
     doc = json.loads(path.read_text())
     assert doc["complete"] is False and [r["method"] for r in doc["rows"]] == ["first"]
 
@@ -85,6 +86,20 @@ def test_rows_are_written_as_they_arrive(tmp_path, monkeypatch):
     out = e2e.run_and_report(args, whole, "partial", lambda r: r["method"])
     doc = json.loads(open(out["path"]).read())
     assert doc["complete"] is True and [r["method"] for r in doc["rows"]] == ["a", "b"]
+
+
+def test_commit_stamp_without_git(monkeypatch):
+    """The GPU machine runs a copy of the tree without .git: the commit comes from MDSAMPLE_COMMIT there."""
+    timing = _package_module("_timing")
+
+    def no_git(*a, **k):
+        raise OSError("git: not found")
+
+    monkeypatch.setattr(timing.subprocess, "run", no_git)
+    monkeypatch.setenv("MDSAMPLE_COMMIT", "abc123")
+    assert timing.git_commit() == "abc123"
+    monkeypatch.delenv("MDSAMPLE_COMMIT")
+    assert timing.git_commit("fallback") == "fallback"
 
 
 def test_bench_samplers_quick_counts():
@@ -136,8 +151,11 @@ def test_published_dream_loop_is_dreams_algorithm():
     prompt = torch.randint(0, 63, (3, 8), generator=torch.Generator().manual_seed(1))
     shifted = lambda x, **kw: torch.cat([model(x)[:, :1], model(x)[:, :-1]], 1)  # noqa: E731
     shifted.vocab_size = 64
+    grad_seen = []
+    model.register_forward_hook(lambda *_: grad_seen.append(torch.is_grad_enabled()))
+    want = reference_dream(model, prompt, 16, 8, 63, alg="entropy")
+    assert grad_seen and not any(grad_seen)  # as upstream: a baseline building autograd graphs would be slower
     with torch.no_grad():
-        want = reference_dream(model, prompt, 16, 8, 63, alg="entropy")
         got = mdsample.sample_dream(shifted, prompt, max_new_tokens=16, steps=8, alg="entropy", mask_id=63)
     assert torch.equal(got, want)
 
