@@ -35,9 +35,14 @@ def _one_thread():
 
 
 def test_e2e_mdlm_smoke():
-    threads = torch.get_num_threads()
-    out = _load("e2e_mdlm").main(["--device", "cpu", "--batch", "1", "--length", "8", "--steps", "4", "--no-write"])
-    assert torch.get_num_threads() == threads  # the one-thread CPU setting does not outlive the run
+    before = torch.get_num_threads()
+    torch.set_num_threads(before + 1)  # not 1: the run's own CPU setting, which must not outlive it
+    try:
+        out = _load("e2e_mdlm").main(["--device", "cpu", "--batch", "1", "--length", "8", "--steps", "4",
+                                      "--no-write"])
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)
     assert out["cpu_smoke"] and len(out["rows"]) == 2
     assert all(r["forwards"] > 0 and r["tokens_per_s"] > 0 for r in out["rows"])
 

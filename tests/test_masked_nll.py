@@ -256,6 +256,8 @@ def test_triton_row_offset_hint_divides_every_row_offset():
         "contiguous": (base, 8), "rows sliced": (base[:, 1:], 8), "expanded": (base[:, :1].expand(4, 6, 40), 8),
         "odd width": (torch.zeros(3, 5, 20, dtype=torch.bfloat16), 4), "vocab sliced": (base[..., :36], 8),
         "fp32": (torch.zeros(2, 3, 6), 2), "fp64 odd": (torch.zeros(2, 3, 7, dtype=torch.float64), 1),
+        "size-1 dim, odd stride": (torch.zeros(1, 5, 43, dtype=torch.bfloat16)[:, :, :40].as_strided(
+            (1, 4, 40), (7, 48, 1)), 8),
     }
     for name, (t, want) in layouts.items():
         k = likelihood._offset_multiple(t, None)

@@ -388,7 +388,7 @@ def test_autotuning_configs_give_identical_results():
     from mdsample.triton.sampling import ROW_CONFIGS, SPLIT_CONFIGS, sample_rows
 
     _, req = _split_cases()[0]
-    # Rows: the first config and the last (UNROLL and num_stages both differ); split: every GROUP.
+    # Rows: the first config and the last (UNROLL differs); split: every GROUP.
     for split, configs in ((False, [ROW_CONFIGS[0], ROW_CONFIGS[-1]]), (True, SPLIT_CONFIGS)):
         want = sample_rows(req, split=split, config=configs[0])
         for config in configs[1:]:

@@ -42,8 +42,23 @@ def _run(model, prompt, steps, gen_length, block_length, temperature, remasking,
     x = llada_call(model, prompt, "Fast-dLLM", steps=steps, gen_length=gen_length, block_length=block_length,
                    temperature=temperature, cfg_scale=0.0, remasking=remasking, mask_id=mask_id, threshold=threshold,
                    factor=factor, attention_mask=attention_mask, seed=seed, backend=backend, cache=cache,
-                   calls_out=calls, on_step=None if step_callback is None else lambda s, _x: step_callback(s - 1))
+                   calls_out=calls, on_step=None if step_callback is None else _committing_steps(step_callback))
     return x, calls["forwards"]
+
+
+def _committing_steps(step_callback):
+    """An ``on_step`` hook calling ``step_callback(i)`` for the steps that committed a token, ``i`` counting them
+    from 0: upstream's steps. (mdsample counts a budgeted step that commits nothing, as when a block has fewer
+    masks than steps; upstream leaves the block then, and mdsample runs no forward for it.)"""
+    state = {"seen": None, "count": 0}
+
+    def hook(_step, canvas):
+        if state["seen"] is None or not torch.equal(canvas, state["seen"]):
+            step_callback(state["count"])
+            state["count"] += 1
+        state["seen"] = canvas
+
+    return hook
 
 
 def generate(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.,
@@ -71,7 +86,7 @@ def generate_with_dual_cache(model, prompt, steps=128, gen_length=128, block_len
 
 
 def get_transfer_index(logits, temperature, remasking, mask_index, x, num_transfer_tokens, threshold=None, *,
-                       seed=None, backend="auto"):
+                       seed=None, offset=0, backend="auto"):
     """Fast-dLLM's ``get_transfer_index``: ``(x0 int64 [B, L], transfer_index bool [B, L])``.
 
     Args:
@@ -80,37 +95,44 @@ def get_transfer_index(logits, temperature, remasking, mask_index, x, num_transf
             ``softmax(logits)``, no temperature) or ``"random"`` (a torch uniform, as upstream).
         mask_index: bool ``[B, L]``, the positions that may be committed; x: int ``[B, L]``, the canvas
             (``x0`` keeps it elsewhere).
-        num_transfer_tokens: int ``[B]``: how many to commit per row (the top-k rule); unused with ``threshold``.
+        num_transfer_tokens: int ``[B]`` (or ``[B, 1]``) >= 0: how many to commit per row (the top-k rule);
+            unused with ``threshold``.
         threshold: None, or the threshold rule: the most confident position and every other with
             confidence >= threshold.
         seed: Philox key of the draw; None draws one from the torch global RNG when ``temperature > 0``.
+        offset: Philox step counter: a loop with a fixed ``seed`` passes its step here for fresh noise.
 
     As upstream, the mask token may be drawn (no ``mask_id`` here); the draw is exact and the
     confidences float32 probabilities (upstream's float64 softmax can order near-ties differently).
+    Positions outside ``mask_index`` are never marked (upstream's top-k marks some when ``k`` exceeds a
+    row's masked count; ``x0`` equals ``x`` there either way).
     """
     if threshold is None:
-        k = V.as_tensor("num_transfer_tokens", num_transfer_tokens).reshape(-1).to(torch.int64)
-        return _transfer(logits, temperature, remasking, mask_index, x, seed, backend, k=k)
-    return _transfer(logits, temperature, remasking, mask_index, x, seed, backend,
+        k = V.as_tensor("num_transfer_tokens", num_transfer_tokens)
+        if k.dtype not in V.INT_DTYPES or k.dim() not in (1, 2) or (k.dim() == 2 and k.shape[1] != 1):
+            raise ValueError(f"num_transfer_tokens must be an integer tensor [B] (or [B, 1]); got {k.dtype} "
+                             f"{tuple(k.shape)}")
+        return _transfer(logits, temperature, remasking, mask_index, x, seed, offset, backend, k=k.reshape(-1))
+    return _transfer(logits, temperature, remasking, mask_index, x, seed, offset, backend,
                      threshold=V.finite_number("threshold", threshold))
 
 
 def get_transfer_index_dynamic(logits, temperature, remasking, mask_index, x, num_transfer_tokens, factor=1, *,
-                               seed=None, backend="auto"):
+                               seed=None, offset=0, backend="auto"):
     """Fast-dLLM's ``get_transfer_index_dynamic`` (the factor rule): ``(x0 int64 [B, L], transfer_index bool
     [B, L])``; arguments as :func:`get_transfer_index` (``num_transfer_tokens`` unused, as upstream). It
     commits the top-1, then the j-th most confident (j >= 2) while ``c_(j) >= 1 - factor / (j + 1)``:
     exactly the passing prefix (upstream's loop also commits the least confident candidate when only it
     fails; mdsample.samplers.remasking says more)."""
-    return _transfer(logits, temperature, remasking, mask_index, x, seed, backend,
+    return _transfer(logits, temperature, remasking, mask_index, x, seed, offset, backend,
                      factor=V.finite_number("factor", factor, low=0.0))
 
 
-def _transfer(logits, temperature, remasking, mask_index, x, seed, backend, **rule):
+def _transfer(logits, temperature, remasking, mask_index, x, seed, offset, backend, *, k=None, **rule):
     logits = V.as_tensor("logits", logits)
     if logits.dim() != 3:
         raise ValueError(f"logits must be [B, L, V]; got shape {tuple(logits.shape)}")
-    mask_index = V.as_tensor("mask_index", mask_index)
+    mask_index = V.as_tensor("mask_index", mask_index).to(logits.device)  # upstream's tensors may sit anywhere
     x = C.token_ids("x", x, dims=(2,), device=logits.device)
     for name, t in (("mask_index", mask_index), ("x", x)):
         if t.shape != logits.shape[:2]:
@@ -118,14 +140,19 @@ def _transfer(logits, temperature, remasking, mask_index, x, seed, backend, **ru
                              f"{tuple(t.shape)}")
     if mask_index.dtype != torch.bool:
         raise TypeError(f"mask_index must be a bool tensor; got {mask_index.dtype}")
+    if k is not None:
+        if k.numel() != logits.shape[0] or (k.numel() and bool((k < 0).any())):
+            raise ValueError(f"num_transfer_tokens must hold one count >= 0 per row ({logits.shape[0]}); got "
+                             f"{tuple(k.shape)}")
+        rule["k"] = k.to(device=logits.device, dtype=torch.int64)
     if remasking not in ("low_confidence", "random"):
         raise ValueError(f"remasking must be 'low_confidence' or 'random' (Fast-dLLM); got {remasking!r}")
     temperature = V.finite_number("temperature", temperature, low=0.0)
     res = sample_categorical(logits, temperature=temperature, seed=call_key(seed, temperature != 0),
-                             active=mask_index, fallback=x, return_stats=True, stats_temperature=1.0,
+                             offset=offset, active=mask_index, fallback=x, return_stats=True, stats_temperature=1.0,
                              backend=backend)
     if remasking == "low_confidence":
         conf = res.prob.to(torch.float64)
     else:
         conf = torch.rand(mask_index.shape, device=logits.device, dtype=torch.float64)
-    return res.tokens, select(conf, mask_index.to(logits.device), **rule)
+    return res.tokens, select(conf, mask_index, **rule)

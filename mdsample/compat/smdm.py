@@ -119,6 +119,7 @@ def eval_target_nll_mc(model, prefix, target, *, mc_num=1024, batch_size=32, cfg
         mc_num: draws (a multiple of ``batch_size``, as upstream asserts); batch_size: draws per model call.
         eps: the lowest mask rate, in (0, 1).
         seed: Philox key; None draws one from the torch global RNG (upstream draws from it).
+        autocast: run the model under bf16 autocast on a GPU, as SMDM's harness does.
     """
     x, plen = _pair(model, prefix, target)
     mc_num = C.integer("mc_num", mc_num, low=1)

@@ -266,9 +266,11 @@ def forward_mask(x0, *, mask_id, seed, offset, position, maskable, prob, count) 
 
 def _offset_multiple(*tensors) -> int:
     """The largest power of two, up to 16 bytes of elements, that divides every leading-dim stride of the
-    tensors (None skipped), hence every row offset of theirs."""
+    tensors (None skipped; a dim of size 1 adds nothing to an offset, whatever its stride), hence every row
+    offset of theirs."""
+    strides = [s for t in tensors if t is not None for n, s in zip(t.shape[:-1], t.stride()[:-1]) if n > 1]
     k = 16 // tensors[0].element_size()
-    while k > 1 and any(s % k for t in tensors if t is not None for s in t.stride()[:-1]):
+    while k > 1 and any(s % k for s in strides):
         k //= 2
     return k
 

@@ -46,7 +46,7 @@ and a chunk's record does not depend on which program wrote it, so tokens and st
 are bitwise the same either way (and for every autotuning config).
 
 Autotuning (GPU only) covers what does not touch the arithmetic: chunks per loop
-step and pipeline stages of the row kernel, chunks per program of the split grid.
+step of the row kernel, chunks per program of the split grid.
 ``num_warps`` stays fixed at 8: it sets the layout, hence the fp32 summation tree,
 of a chunk's reductions, so changing it could move ``S_c`` by an ulp; it is part of
 the algorithm here, like ``CHUNK``. Under ``TRITON_INTERPRET=1``, or with
@@ -82,11 +82,11 @@ _MAX_CHUNK_BLOCK = 1024
 _NUM_WARPS = 8  # 2048-token chunks: 8 elements per thread. Fixed: see the module docstring.
 _INT_MAX = tl.constexpr(2147483647)
 
-# Configs: chunks reduced per loop step (UNROLL) / per program of the split grid (GROUP)
-# and pipeline stages. The first entry of each list is the one the interpreter runs
-# (GROUP = 2 there, so that interpreter tests cross program boundaries inside a row).
-# One stage: the kernels have no cp.async pipeline, so num_stages 1 and 2 compile to the same PTX (Triton 3.6
-# and 3.9) and tuning over both only doubled the first call's benchmarking.
+# Configs: chunks reduced per loop step (UNROLL) / per program of the split grid (GROUP).
+# The first entry of each list is the one the interpreter runs (GROUP = 2 there, so that
+# interpreter tests cross program boundaries inside a row). One pipeline stage: the kernels
+# have no cp.async pipeline, so num_stages 1 and 2 compile to the same PTX (Triton 3.6 and
+# 3.9) and tuning over both only doubled the first call's benchmarking.
 ROW_CONFIGS = [triton.Config({"UNROLL": u}, num_warps=_NUM_WARPS, num_stages=1) for u in (1, 2)]
 SPLIT_CONFIGS = [triton.Config({"GROUP": g}, num_warps=_NUM_WARPS, num_stages=1) for g in (2, 1, 4)]
 # Programs (CTAs) per SM the one-program-per-row grid needs to keep HBM busy; with fewer

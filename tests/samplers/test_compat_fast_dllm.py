@@ -39,17 +39,27 @@ def test_get_transfer_index_is_upstreams(rule):
     assert torch.equal(x0[~mask_index], x[~mask_index]) and bool((x0[mask_index] < 11).all())
 
 
-def test_get_transfer_index_dynamic_commits_the_passing_prefix():
-    # confidences 0.95, 0.9, 0.5 (factor 1: thresholds -, 1 - 1/3, 1 - 1/4): the top two pass, the third fails
-    probs = torch.tensor([0.95, 0.9, 0.5])
-    logits = torch.full((1, 3, 4), -30.0)
+def _logits_with_top_probs(probs):
+    """[1, n, 4] logits whose position i draws token 0 at T = 0 with p(token 0) = probs[i]."""
+    logits = torch.full((1, len(probs), 4), -30.0)
     for i, p in enumerate(probs):
         logits[0, i, 0] = 0.0
-        logits[0, i, 1] = float(torch.log((1 - p) / p))  # p(token 0) = p
-    mask_index = torch.ones(1, 3, dtype=torch.bool)
-    x0, take = fast_dllm.get_transfer_index_dynamic(logits, 0.0, "low_confidence", mask_index,
-                                                    torch.zeros(1, 3, dtype=torch.long), None, factor=1.0)
-    assert take[0].tolist() == [True, True, False] and x0[0].tolist() == [0, 0, 0]
+        logits[0, i, 1] = float(torch.log(torch.tensor((1 - p) / p)))
+    return logits
+
+
+@pytest.mark.parametrize("probs, want", [
+    # a middle candidate fails (factor 1: c_(j) >= 1 - 1/(j + 1)): upstream's rule and mdsample's agree
+    ((0.99, 0.97, 0.55, 0.96, 0.52), [True, True, False, True, False]),
+    # only the last fails: upstream's loop also commits it (its off-by-one); mdsample commits the passing prefix
+    ((0.95, 0.9, 0.5), [True, True, False]),
+])
+def test_get_transfer_index_dynamic_commits_the_passing_prefix(probs, want):
+    logits = _logits_with_top_probs(probs)
+    n = len(probs)
+    x0, take = fast_dllm.get_transfer_index_dynamic(logits, 0.0, "low_confidence", torch.ones(1, n, dtype=torch.bool),
+                                                    torch.zeros(1, n, dtype=torch.long), None, factor=1.0)
+    assert take[0].tolist() == want and x0[0].tolist() == [0] * n
 
 
 def test_step_helpers_check_their_arguments():
@@ -62,6 +72,14 @@ def test_step_helpers_check_their_arguments():
         fast_dllm.get_transfer_index(logits, 0.0, "low_confidence", m.long(), x, torch.tensor([1]))
     with pytest.raises(ValueError, match="remasking"):
         fast_dllm.get_transfer_index_dynamic(logits, 0.0, "entropy", m, x, None)
+    for k in (torch.tensor([1.0]), torch.tensor(1), torch.tensor([[1, 1]])):  # float, 0-d, [B, 2]
+        with pytest.raises(ValueError, match=r"num_transfer_tokens must be an integer tensor \[B\]"):
+            fast_dllm.get_transfer_index(logits, 0.0, "low_confidence", m, x, k)
+    for k in (torch.tensor([1, 1]), torch.tensor([-1])):  # B + 1 counts, a negative count
+        with pytest.raises(ValueError, match="one count >= 0 per row"):
+            fast_dllm.get_transfer_index(logits, 0.0, "low_confidence", m, x, k)
+    _, take = fast_dllm.get_transfer_index(logits, 0.0, "low_confidence", m, x, torch.tensor([[1]]))  # [B, 1]
+    assert int(take.sum()) == 1
     assert fast_dllm.add_gumbel_noise is llada.add_gumbel_noise  # upstream's module has them too
     assert fast_dllm.get_num_transfer_tokens is llada.get_num_transfer_tokens
 
@@ -76,5 +94,10 @@ def test_step_callback_gets_the_global_step_from_0(fn):
     steps = []
     _, nfe = fn(model, p, 8, 16, 8, 0.0, "low_confidence", 127, 0.5, None, steps.append)
     assert steps == list(range(nfe)) and nfe >= 2
+    # the fixed schedule with more steps than masks: upstream leaves a block once it is done, so the budgeted
+    # steps that would commit nothing get no callback (and mdsample runs no forward for them)
+    steps.clear()
+    _, nfe = fn(model, p, 32, 16, 8, 0.0, "low_confidence", 127, None, None, steps.append)
+    assert steps == list(range(nfe)) and nfe == 16
     with pytest.raises(TypeError, match="step_callback must be None or a callable"):
         fn(model, p, 8, 16, 8, 0.0, "low_confidence", 127, None, None, 3)
