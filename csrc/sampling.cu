@@ -720,11 +720,15 @@ Plan plan_rows(int64_t n_rows, int64_t vocab, int sms, int* warps) {
   return p;
 }
 
+// Bytes of static shared memory the sampling kernel may use beside its dynamic chunk table
+// (it declares one int): both count against a CTA's shared-memory limits.
+constexpr size_t kStaticSmemBound = 64;
+
 // Errors are returned, not thrown, so the caller frees the scratch first.
 template <class D, bool kGuided, bool kStats>
 cudaError_t launch(const SampleArgs& a, const Plan& p, int warps, size_t smem, cudaStream_t stream) {
   auto kernel = sample_kernel<D, kGuided, kStats>;
-  if (smem + 64 > 48 * 1024) {  // the kernel's static shared memory counts against the 48 KB default too
+  if (smem + kStaticSmemBound > 48 * 1024) {  // past the default: the launch must opt in
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
   }
@@ -761,7 +765,7 @@ void sample_cuda(const SampleArgs& a, int64_t stream_handle, int dev) {
   Plan p = plan_rows(a.n_rows, a.vocab, info.sms, &warps);
   const int n_fields = a.stats ? fields<true>() : fields<false>();
   const size_t smem = size_t(n_fields) * size_t(p.n_chunks) * sizeof(float);
-  if (smem + 64 > size_t(info.smem_optin)) {
+  if (smem + kStaticSmemBound > size_t(info.smem_optin)) {
     throw std::runtime_error("sample_cuda: a vocabulary of " + std::to_string(a.vocab) + " tokens needs " +
                              std::to_string(smem) + " bytes of shared memory per row for its chunk table; this GPU "
                              "allows " + std::to_string(info.smem_optin) + " (use backend=\"triton\")");
