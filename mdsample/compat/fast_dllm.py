@@ -108,11 +108,7 @@ def get_transfer_index(logits, temperature, remasking, mask_index, x, num_transf
     row's masked count; ``x0`` equals ``x`` there either way).
     """
     if threshold is None:
-        k = V.as_tensor("num_transfer_tokens", num_transfer_tokens)
-        if k.dtype not in V.INT_DTYPES or k.dim() not in (1, 2) or (k.dim() == 2 and k.shape[1] != 1):
-            raise ValueError(f"num_transfer_tokens must be an integer tensor [B] (or [B, 1]); got {k.dtype} "
-                             f"{tuple(k.shape)}")
-        return _transfer(logits, temperature, remasking, mask_index, x, seed, offset, backend, k=k.reshape(-1))
+        return _transfer(logits, temperature, remasking, mask_index, x, seed, offset, backend, k=num_transfer_tokens)
     return _transfer(logits, temperature, remasking, mask_index, x, seed, offset, backend,
                      threshold=V.finite_number("threshold", threshold))
 
@@ -140,11 +136,15 @@ def _transfer(logits, temperature, remasking, mask_index, x, seed, offset, backe
                              f"{tuple(t.shape)}")
     if mask_index.dtype != torch.bool:
         raise TypeError(f"mask_index must be a bool tensor; got {mask_index.dtype}")
-    if k is not None:
+    if k is not None:  # num_transfer_tokens, the top-k rule's counts
+        k = V.as_tensor("num_transfer_tokens", k)
+        if k.dtype not in V.INT_DTYPES or k.dim() not in (1, 2) or (k.dim() == 2 and k.shape[1] != 1):
+            raise ValueError(f"num_transfer_tokens must be an integer tensor [B] (or [B, 1]); got {k.dtype} "
+                             f"{tuple(k.shape)}")
         if k.numel() != logits.shape[0] or (k.numel() and bool((k < 0).any())):
             raise ValueError(f"num_transfer_tokens must hold one count >= 0 per row ({logits.shape[0]}); got "
                              f"{tuple(k.shape)}")
-        rule["k"] = k.to(device=logits.device, dtype=torch.int64)
+        rule["k"] = k.reshape(-1).to(device=logits.device, dtype=torch.int64)
     if remasking not in ("low_confidence", "random"):
         raise ValueError(f"remasking must be 'low_confidence' or 'random' (Fast-dLLM); got {remasking!r}")
     temperature = V.finite_number("temperature", temperature, low=0.0)

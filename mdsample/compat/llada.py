@@ -127,7 +127,7 @@ def get_log_likelihood(model, prompt, answer, mc_num=128, batch_size=16, cfg_sca
     its standard error use :func:`mdsample.likelihood` with ``mode="shifted", masking="count",
     subs=False``.
     """
-    prompt, answer = on_model_device(model, prompt=V.as_tensor("prompt", prompt), answer=V.as_tensor("answer", answer))
+    prompt, answer = on_model_device(model, prompt=prompt, answer=answer)
     for name, t in (("prompt", prompt), ("answer", answer)):
         if t.dim() != 1:
             raise ValueError(f"{name} must be 1-d token ids [l]; got shape {tuple(t.shape)}")
