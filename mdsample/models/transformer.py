@@ -59,7 +59,9 @@ class TransformerConfig:
     ``num_kv_heads`` (grouped-query attention; equal = plain multi-head attention).
     ``max_seq_len`` bounds the RoPE table and the default KV-cache length.
     ``block_size`` is read only in ``"block_causal"`` mode. ``qkv_bias`` adds biases to the q/k/v
-    projections (Qwen2's layout, hence Dream's). ``mask_id`` is the mask token
+    projections (Qwen2's layout, hence Dream's). ``rope_fp32`` rotates half-precision queries and keys
+    in fp32 and rounds once (LLaDA's ``rope_full_precision``; Llama and Qwen2 rotate in the model
+    dtype). ``mask_id`` is the mask token
     of the model family the preset imitates (informational: samplers take it as an argument).
     """
 
@@ -78,6 +80,7 @@ class TransformerConfig:
     initializer_range: float = 0.02
     mask_id: Optional[int] = None
     qkv_bias: bool = False
+    rope_fp32: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
@@ -189,11 +192,13 @@ def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple
     return angles.cos().float(), angles.sin().float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` ``[B, H, n, Dh]`` by the angles of its positions (``cos``/``sin`` ``[n, Dh]``)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, fp32: bool = False) -> torch.Tensor:
+    """Rotate ``x`` ``[B, H, n, Dh]`` by the angles of its positions (``cos``/``sin`` ``[n, Dh]`` fp32), in
+    ``x``'s dtype, or with ``fp32`` in float32 at least and rounded back to ``x``'s dtype once."""
+    y = x.float() if fp32 and x.element_size() < 4 else x
+    half = y.shape[-1] // 2
+    rotated = torch.cat([-y[..., half:], y[..., :half]], dim=-1)
+    return (y * cos.to(y.dtype) + rotated * sin.to(y.dtype)).to(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -223,6 +228,7 @@ class Attention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.rope_fp32 = cfg.rope_fp32
         d, kv = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim
         kw = dict(device=device, dtype=dtype)
         self.wq = nn.Linear(d, d, bias=cfg.qkv_bias, **kw)
@@ -236,7 +242,7 @@ class Attention(nn.Module):
         q = self.wq(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, cos, sin, fp32=self.rope_fp32), apply_rope(k, cos, sin, fp32=self.rope_fp32)
         if kv_hook is not None:
             # Keys are cached after RoPE: a cached key never needs rotating again.
             k, v = kv_hook(self.layer_idx, k, v)
@@ -309,6 +315,13 @@ class Transformer(nn.Module):
                                device=None if str(device) == "meta" else device)
         self.register_buffer("rope_cos", cos.to(device), persistent=False)
         self.register_buffer("rope_sin", sin.to(device), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # .to(dtype) / .half() cast buffers too: tables rounded to bf16 would stay rounded after a
+        # cast back to fp32, so they are rebuilt in fp32 on whatever device the cast left them.
+        super()._apply(fn, recurse)
+        self._rope_on(self.rope_cos.device)
+        return self
 
     @classmethod
     def from_state_dict(cls, config: TransformerConfig, state_dict: dict[str, torch.Tensor]) -> "Transformer":

@@ -37,7 +37,8 @@ import torch
 
 from ..models.protocol import Backbone
 from ..ops import _validate as V
-from ..ops.sampling import sample_categorical
+from ..ops._rows import RowDraw
+from ..ops.sampling import _fp32_positive, raise_bad_rows, sample_categorical
 from . import _checks as C
 from ._random import DOMAIN_REVEAL, seed_value, uniforms
 from .progress import Progress
@@ -84,12 +85,20 @@ def duo_posterior_step(logits, x, *, alpha_t, alpha_s, temperature=1.0, seed=0, 
     if positions is None:
         positions = torch.arange(x.numel(), device=x.device).view(lead)
 
-    if temperature > 0:
+    if _fp32_positive(temperature):  # the sampling op's rule: T <= 2^-150 is argmax there too
         work = logits if logits.dtype == torch.float64 else logits.float()
-        scaled = work / temperature
+        # Shifted by the row max first: l / T overflows float32 for tiny T (a finite row stays finite), and
+        # a row with NaN, +inf or no finite logit turns x_hat[x_t] into NaN, which would otherwise pick
+        # the uniform component without the sampling op ever seeing the row.
+        scaled = (work - work.amax(-1, keepdim=True)) / temperature
         lse = torch.logsumexp(scaled, dim=-1)
         at_x = scaled.gather(-1, x.unsqueeze(-1)).squeeze(-1)
         xhat_x = torch.exp((at_x - lse).to(torch.float64))
+        bad = ~torch.isfinite(xhat_x)
+        if bool(bad.any()):
+            req = RowDraw(logits=logits, row_offsets=None, row_stride=vocab, temperature=temperature, seed=seed,
+                          offset=offset, position=None)
+            raise_bad_rows(req, torch.where(bad, -1, 0).reshape(-1), None)
     else:
         top = sample_categorical(logits, temperature=0.0, backend=backend)
         xhat_x = (top == x).to(torch.float64)

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
+import mdsample.models.transformer
 from mdsample.models import PRESETS, Transformer, TransformerConfig, preset
+from mdsample.models.transformer import apply_rope
 
 
 def tiny(**kw):
@@ -145,3 +147,37 @@ def test_no_query_row_of_a_padded_mask_is_empty(attention):
     assert mask.any(-1).all()
     real = am.bool()
     torch.testing.assert_close(mask[:, 0][real], (allowed & real[:, None, :])[real])
+
+
+def test_rope_fp32_rotates_in_float32_and_rounds_once():
+    cos, sin = mdsample.models.transformer.rope_tables(8, 5, 10000.0)
+    x = torch.randn(2, 3, 5, 8, generator=torch.Generator().manual_seed(0)).bfloat16()
+    rot = torch.cat([-x[..., 4:], x[..., :4]], -1)
+    want = (x.float() * cos + rot.float() * sin).bfloat16()
+    got = apply_rope(x, cos, sin, fp32=True)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+    assert not torch.equal(apply_rope(x, cos, sin), want)  # bf16 products round three times
+    assert torch.equal(apply_rope(x.float(), cos, sin, fp32=True), apply_rope(x.float(), cos, sin))
+
+
+def test_rope_fp32_reaches_the_attention(monkeypatch):
+    seen = []
+
+    def spy(x, cos, sin, *, fp32=False):
+        seen.append(fp32)
+        return rope(x, cos, sin, fp32=fp32)
+
+    rope = mdsample.models.transformer.apply_rope
+    monkeypatch.setattr(mdsample.models.transformer, "apply_rope", spy)
+    for flag in (True, False):
+        seen.clear()
+        model = tiny(rope_fp32=flag)
+        model(torch.zeros(1, 4, dtype=torch.long))
+        assert seen == [flag] * (2 * model.config.num_layers)
+
+
+def test_dtype_round_trip_keeps_the_rope_tables_exact():
+    model = tiny()
+    cos = model.rope_cos.clone()
+    model.to(torch.bfloat16).to(torch.float32)
+    assert model.rope_cos.dtype == torch.float32 and torch.equal(model.rope_cos, cos)

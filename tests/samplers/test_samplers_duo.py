@@ -151,3 +151,25 @@ def test_posterior_step_bad_input():
         duo_posterior_step(logits, torch.full((4,), 5), alpha_t=0.3, alpha_s=0.6)
     with pytest.raises(TypeError, match="x"):
         duo_posterior_step(logits, torch.zeros(4), alpha_t=0.3, alpha_s=0.6)
+
+
+@pytest.mark.parametrize("bad, message", [(float("nan"), "contains NaN"), (float("inf"), r"contains \+inf"),
+                                          (None, "has no finite logit")])
+def test_posterior_step_bad_logits_raise(bad, message):
+    """A bad row would make x_hat[x_t] NaN and fall to the uniform component unseen: it raises, naming it."""
+    logits = torch.randn(2, 3, 5)
+    if bad is None:
+        logits[1, 2] = float("-inf")
+    else:
+        logits[1, 2, 3] = bad
+    with pytest.raises(ValueError, match=rf"logits\[1, 2\] {message} \(row 5 of 6\)"):
+        duo_posterior_step(logits, torch.zeros(2, 3, dtype=torch.long), alpha_t=0.3, alpha_s=0.6, seed=1)
+
+
+def test_posterior_step_tiny_temperature_is_argmax():
+    """T = 1e-38 overflows l / T in float32; it must act as the one-hot x_hat of T = 0, draw for draw."""
+    logits = torch.randn(4000, 5, generator=torch.Generator().manual_seed(0)) * 5
+    x = torch.randint(0, 5, (4000,), generator=torch.Generator().manual_seed(1))
+    kw = dict(alpha_t=0.3, alpha_s=0.6, seed=7, offset=2)
+    assert torch.equal(duo_posterior_step(logits, x, temperature=1e-38, **kw),
+                       duo_posterior_step(logits, x, temperature=0.0, **kw))
