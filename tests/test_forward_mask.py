@@ -210,3 +210,13 @@ def test_torch_compile_fullgraph():
     got = torch.compile(both, fullgraph=True, backend="eager")(x0, t)
     want = both(x0, t)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_schedule_returning_the_wrong_shape_is_named():
+    class OneValue:
+        def mask_prob(self, t):
+            return t.mean()
+
+    x0 = torch.zeros(2, 7, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"OneValue.mask_prob returned shape \(\)"):
+        mdsample.forward_mask(x0, torch.tensor([0.2, 0.5]), mask_id=9, schedule=OneValue())

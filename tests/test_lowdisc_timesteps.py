@@ -136,3 +136,11 @@ def test_torch_compile_fullgraph():
                        backend="eager")
     off = torch.arange(3)
     assert torch.equal(fn(off), mdsample.lowdisc_timesteps(8, seed=3, offset=off, mode="shifted"))
+
+
+def test_numpy_offset_is_a_per_row_offset_like_a_tensor():
+    np = pytest.importorskip("numpy")
+    for off in ([1], [1, 2]):
+        got = mdsample.lowdisc_timesteps(3, seed=4, offset=np.array(off))
+        assert torch.equal(got, mdsample.lowdisc_timesteps(3, seed=4, offset=torch.tensor(off)))
+        assert got.shape == (len(off), 3)

@@ -287,6 +287,27 @@ def test_torch_compile_fullgraph_matches_eager(device):
     assert torch.equal(compiled(logits, seed), fn(logits, seed))
 
 
+def test_torch_compile_fullgraph_with_the_default_check_and_row_tensors(device):
+    """check=True's value checks (per-row temperature, positions, unmask_step's x and reveal_prob) are
+    skipped inside a traced graph instead of breaking it."""
+    logits = _logits((2, 4, 300), device=device)
+    temp = torch.tensor([0.5, 1.0, 2.0, 0.0] * 2, device=device).view(2, 4)
+    pos = torch.arange(8, device=device).view(2, 4) * 3
+    x = torch.tensor([[299, 1, 299, 299], [5, 299, 299, 7]], device=device)
+
+    def draw(lg, t, p):
+        return mdsample.sample_categorical(lg, temperature=t, positions=p, seed=3)
+
+    def step(lg, x, p):
+        return mdsample.unmask_step(lg, x, mask_id=299, reveal_prob=torch.full((2, 1), 0.5, device=lg.device),
+                                    temperature=temp, positions=p, seed=3, offset=1)
+
+    for fn, args in ((draw, (logits, temp, pos)), (step, (logits, x, pos))):
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+        assert torch.equal(compiled(*args), fn(*args))
+
+
 # ---- one value or an [N] tensor; default positions; row layouts (issue 3) ----
 
 def _identical(a, b):

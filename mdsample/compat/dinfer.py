@@ -9,9 +9,11 @@ keep that interface, so a dInfer pipeline swaps the import. Upstream builds a fl
 float64) softmax and a float64 Gumbel tensor over ``[B, block, V]`` per call (the credit
 decoder also a dense ``[B, block, V]`` matrix); here each masked row is read once by
 :func:`mdsample.sample_categorical` (token and ``log p(x0)``), unmasked rows are not read (the
-credit decoder copies the block's rows to float32 to fuse them), nothing syncs the host (but a
-CUDA tensor passed as ``iter_threshold``), and every batch size works (upstream's hierarchy
-decoder takes batch 1).
+credit decoder copies the block's rows to float32 to fuse them), and every batch size works (upstream's hierarchy
+decoder takes batch 1). With ``check=True`` (the default) a masked row whose logits hold NaN or +inf,
+or no finite logit but the mask's, raises ``ValueError`` naming it (one host sync per call); with
+``check=False`` nothing syncs the host (but a CUDA tensor passed as ``iter_threshold``) and such a
+row commits nothing, so a loop decoding until no mask is left would not end.
 
 Rules (samplers/remasking.py states them exactly): ``ThresholdParallelDecoder`` commits the
 masked positions with ``p(x0) >= min(threshold, max p(x0) - 1e-5)``; ``HierarchyDecoder``
@@ -64,13 +66,14 @@ class _BlockDecoder:
 
     conf_dtype = torch.float32  # the dtype upstream computes the confidences in (None: the logits')
 
-    def __init__(self, temperature, remasking, mask_id, eos_id, seed, backend):
+    def __init__(self, temperature, remasking, mask_id, eos_id, seed, backend, check):
         self.temperature = C.real("temperature", temperature, low=0.0)
         self.remasking = C.choice("remasking", remasking, ("low_confidence",))
         self.mask_id = C.integer("mask_id", mask_id, low=0)
         self.eos_id = None if eos_id is None else C.integer("eos_id", eos_id, low=0)
         self.seed = None if seed is None else C.integer("seed", seed, low=0)
         self.backend = backend
+        self.check = C.flag("check", check)
         self.calls = 0
 
     def block_init(self, block_x, block_id) -> None:
@@ -87,8 +90,13 @@ class _BlockDecoder:
             iter_threshold: this call's threshold instead of the decoder's (dInfer's schedules): a float, or
                 a 0-d tensor (read to the host: one sync for a CUDA tensor).
         """
+        block_start = C.integer("block_start", block_start, low=0)
+        block_end = C.integer("block_end", block_end, low=block_start)
         block = x[:, block_start:block_end]
         b, width = block.shape
+        if width != block_end - block_start:
+            raise ValueError(f"block [{block_start}, {block_end}) must lie inside x: x[:, {block_start}:{block_end}] "
+                             f"has {width} columns")
         if logits.dim() != 3 or tuple(logits.shape[:2]) != (b, width):
             raise ValueError(f"logits must be [B, block_end - block_start, V] = [{b}, {width}, V]; "
                              f"got {tuple(logits.shape)}")
@@ -109,7 +117,7 @@ class _BlockDecoder:
         res = sample_categorical(logits, temperature=self.temperature, seed=call_key(self.seed, self.temperature > 0),
                                  offset=self.calls if self.seed is not None else 0, positions=positions,
                                  exclude=self.mask_id, active=masked, return_stats=True, stats_temperature=1.0,
-                                 check=False, backend=self.backend)
+                                 check=self.check, backend=self.backend)
         self.calls += 1
         conf = _upstream_confidence(logits, res, self.mask_id, dtype)
         chosen = self._choose(conf, masked & (res.tokens >= 0), _rounded(threshold, dtype), dtype)
@@ -128,12 +136,13 @@ class ThresholdParallelDecoder(_BlockDecoder):
     max p(x0) - 1e-5)`` (so at least the most confident); module docstring for the rest.
 
     Args: upstream's (``temperature``, ``threshold``, ``remasking``, ``mask_id``, ``eos_id``,
-    ``use_float64``), plus keyword-only ``seed`` (None or int Philox key) and ``backend``.
+    ``use_float64``), plus keyword-only ``seed`` (None or int Philox key), ``backend`` and ``check``
+    (module docstring).
     """
 
     def __init__(self, temperature, threshold, remasking='low_confidence', mask_id=LLADA_MASK_ID,
-                 eos_id=LLADA_EOS_ID, use_float64=False, *, seed=None, backend="auto"):
-        super().__init__(temperature, remasking, mask_id, eos_id, seed, backend)
+                 eos_id=LLADA_EOS_ID, use_float64=False, *, seed=None, backend="auto", check=True):
+        super().__init__(temperature, remasking, mask_id, eos_id, seed, backend, check)
         self.threshold = C.real("threshold", threshold)
         self.use_float64 = C.flag("use_float64", use_float64)
         if use_float64:  # upstream's float64 softmax (module docstring)
@@ -149,14 +158,14 @@ class HierarchyDecoder(_BlockDecoder):
     most confident of the block.
 
     Args: upstream's (``temperature``, ``remasking``, ``mask_id``, ``eos_id``, ``threshold``,
-    ``low_threshold``), plus keyword-only ``seed`` and ``backend``.
+    ``low_threshold``), plus keyword-only ``seed``, ``backend`` and ``check``.
     """
 
     conf_dtype = None  # upstream: log_softmax and exp in the logits' dtype
 
     def __init__(self, temperature, remasking='low_confidence', mask_id=LLADA_MASK_ID, eos_id=LLADA_EOS_ID,
-                 threshold=None, low_threshold=0.4, *, seed=None, backend="auto"):
-        super().__init__(temperature, remasking, mask_id, eos_id, seed, backend)
+                 threshold=None, low_threshold=0.4, *, seed=None, backend="auto", check=True):
+        super().__init__(temperature, remasking, mask_id, eos_id, seed, backend, check)
         self.threshold = None if threshold is None else C.real("threshold", threshold)
         self.low_threshold = None if low_threshold is None else C.real("low_threshold", low_threshold)
 
@@ -193,8 +202,8 @@ class CreditThresholdParallelDecoder(ThresholdParallelDecoder):
         if key not in self._states:
             self._states[key] = Credit(b, width, (self.credit_alpha, self.boost_gamma, self.decay_beta), logits.device)
         self._state = self._states[key]
-        return self._state.step(logits, exclude=self.mask_id, active=masked, mask_in_softmax=True, check=False,
-                                backend=self.backend)
+        return self._state.step(logits, exclude=self.mask_id, active=masked, mask_in_softmax=True,
+                                check=self.check, backend=self.backend)
 
     def _committed(self, chosen) -> None:
         self._state.forget(chosen)

@@ -26,7 +26,11 @@ def mask_prob(schedule, t: torch.Tensor, eps: float) -> torch.Tensor:
         return (1.0 - eps) * t
     if schedule == "cosine":
         return torch.cos(0.5 * math.pi * (1.0 - (1.0 - eps) * t))
-    return torch.as_tensor(schedule.mask_prob(t), dtype=torch.float64, device=t.device)
+    prob = torch.as_tensor(schedule.mask_prob(t), dtype=torch.float64, device=t.device)
+    if prob.shape != t.shape:
+        raise ValueError(f"schedule.mask_prob(t) must return one probability per t, shape {tuple(t.shape)}; "
+                         f"{type(schedule).__name__}.mask_prob returned shape {tuple(prob.shape)}")
+    return prob
 
 
 def _check_schedule(schedule) -> None:

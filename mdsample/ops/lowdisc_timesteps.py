@@ -52,8 +52,10 @@ def lowdisc_timesteps(n, *, eps=1e-3, mode="stratified", seed=0, offset=0, devic
     seed = V.int64_bits("seed", seed)
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
-    if isinstance(offset, torch.Tensor) and device is None:
-        device = offset.device
+    if V.is_array(offset):
+        offset = V.as_tensor("offset", offset)
+        if device is None:
+            device = offset.device
     device = torch.device("cpu") if device is None else torch.device(device)
     if isinstance(offset, torch.Tensor):
         lead = offset.shape

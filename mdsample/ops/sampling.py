@@ -33,6 +33,7 @@ def build_request(
     stats_temperature, return_stats, check,
 ) -> RowDraw:
     """Validate the arguments shared by sample_categorical and unmask_step into a :class:`RowDraw`."""
+    check = check and not torch.compiler.is_compiling()  # a traced graph cannot branch on values
     logits = V.float_logits("logits", logits)
     device, lead, vocab = logits.device, logits.shape[:-1], logits.shape[-1]
     n = math.prod(lead)
@@ -168,7 +169,8 @@ def sample_categorical(
             (Dream), 1.0 on argmax rows; pass 1.0 for LLaDA's confidence.
         check: validate values (NaN rows, ranges) with a host sync; False makes no host
             sync, so with seed/offset as device tensors the call can be captured in a
-            CUDA graph that replays with fresh noise; bad rows then give -1.
+            CUDA graph that replays with fresh noise; bad rows then give -1. Under ``torch.compile``
+            the value checks are skipped, as with False (a traced graph cannot raise on values).
         backend: "auto", "cuda", "triton", "cpu" or "reference".
 
     Returns:

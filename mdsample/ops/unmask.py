@@ -59,6 +59,7 @@ def unmask_step(
     )
     logits = req.logits
     lead, vocab = logits.shape[:-1], logits.shape[-1]
+    checking = check and not torch.compiler.is_compiling()
     x = V.as_tensor("x", x)
     if x.dtype not in V.INT_DTYPES:
         raise TypeError(f"x must be an integer tensor of token ids; got {x.dtype}")
@@ -68,14 +69,14 @@ def unmask_step(
     mask_id = V.token_id("mask_id", mask_id, vocab)
     if V.is_array(reveal_prob):
         prob = V.per_row("reveal_prob", reveal_prob, lead, logits.device, torch.float64, kind="float")
-        if check and prob.numel() and not bool(((prob >= 0) & (prob <= 1)).all()):
+        if checking and prob.numel() and not bool(((prob >= 0) & (prob <= 1)).all()):
             raise ValueError("reveal_prob must lie in [0, 1] in every row")
     else:
         prob = V.finite_number("reveal_prob", reveal_prob, low=0.0)
         if prob > 1.0:
             raise ValueError(f"reveal_prob must lie in [0, 1]; got {reveal_prob}")
     flat_x = x.reshape(-1).to(torch.int64).contiguous()
-    if check and flat_x.numel() and not bool(((flat_x >= 0) & (flat_x < vocab)).all()):
+    if checking and flat_x.numel() and not bool(((flat_x >= 0) & (flat_x < vocab)).all()):
         raise ValueError(f"x must hold token ids in [0, {vocab})")
     # The request is this call's own: filled in place (dataclasses.replace costs more than the kernel here).
     req.x, req.mask_id, req.reveal_prob, req.exclude = flat_x, mask_id, prob, mask_id

@@ -57,7 +57,7 @@ def sample_smdm(
     cfg_scale=0.0,
     eps=1e-5,
     mask_id=None,
-    batch_size=1,
+    batch_size=None,
     seed=0,
     backend="auto",
     progress=False,
@@ -81,7 +81,8 @@ def sample_smdm(
         eps: the last time, in [0, 1) (SMDM's 1e-5).
         mask_id: the mask token id; None: the model's (``mask_id``, ``config.mask_id`` or
             ``config.mask_token_id``), else SMDM's 32000 (the last of V = 32001).
-        batch_size: sequences to draw when ``prompt`` is None.
+        batch_size: sequences to draw (int >= 1): a ``[1, P]`` or ``[P]`` prompt is repeated that many times,
+            a ``[B, P]`` one needs ``batch_size`` None or B; None: the prompt's B, or 1 without a prompt.
         seed: int Philox key.
         backend: sampling-op backend ("auto", "cuda", "triton", "cpu", "reference").
         progress: show a tqdm bar.
@@ -96,10 +97,15 @@ def sample_smdm(
         alg = "greedy"
     alg = C.choice("alg", alg, SMDM_ALGS)
     length = C.integer("length", length, low=1)
-    if prompt is None:
+    if batch_size is not None:
         batch_size = C.integer("batch_size", batch_size, low=1)
-        prompt = torch.zeros((batch_size, 0), dtype=torch.int64, device=device_of(model) or torch.device("cpu"))
+    if prompt is None:
+        prompt = torch.zeros((batch_size or 1, 0), dtype=torch.int64, device=device_of(model) or torch.device("cpu"))
     prompt = C.token_ids("prompt", prompt, dims=(1, 2))
+    if batch_size is not None and (prompt.dim() == 1 or prompt.shape[0] != batch_size):
+        if prompt.dim() == 2 and prompt.shape[0] != 1:
+            raise ValueError(f"prompt must be [P], [1, P] or [batch_size={batch_size}, P]; got {tuple(prompt.shape)}")
+        prompt = prompt.expand(batch_size, -1)
     plen = prompt.shape[-1]
     if plen > length:
         raise ValueError(f"length ({length}) must be at least the prompt's length ({plen})")

@@ -219,7 +219,7 @@ def test_randomness_keys():
 @pytest.mark.parametrize("rule", ["threshold", "hierarchy", "credit"])
 def test_decode_makes_no_host_sync_and_reads_no_unmasked_row(rule):
     ours, _ = decoders(rule, threshold=0.8, low_threshold=0.3)
-    ours.seed, ours.temperature = 5, 1.0
+    ours.seed, ours.temperature, ours.check = 5, 1.0, False
     x = canvas(3)
     x[:, P:P + 2] = 1  # decoded positions: their logits rows are NaN, and must not be read
     logits = torch.randn(3, BLOCK, V, generator=torch.Generator().manual_seed(0))
@@ -227,6 +227,36 @@ def test_decode_makes_no_host_sync_and_reads_no_unmasked_row(rule):
     with no_host_sync():
         ours.decode(logits, P, P + BLOCK, x)
     assert (x[:, P:P + 2] == 1).all() and (x[:, P:P + BLOCK] != MASK).any()
+
+
+@pytest.mark.parametrize("rule", ["threshold", "hierarchy", "credit"])
+@pytest.mark.parametrize("bad", ["nan", "inf", "mask_only"])
+def test_bad_masked_row_raises_unless_check_false(rule, bad):
+    """A bad row commits nothing: with the default check it raises, naming the row, instead of leaving a
+    decode-until-done loop spinning; check=False keeps the call free of host syncs and commits nothing there."""
+    ours, _ = decoders(rule, threshold=0.8, low_threshold=0.3)
+    x = canvas(2)
+    logits = torch.randn(2, BLOCK, V, generator=torch.Generator().manual_seed(0))
+    if bad == "mask_only":
+        logits[1, 3] = -torch.inf
+        logits[1, 3, MASK] = 0.0
+    else:
+        logits[1, 3, 5] = float(bad)
+    with pytest.raises(ValueError, match=r"logits\[1, 3\]"):
+        ours.decode(logits, P, P + BLOCK, x.clone())
+    ours.check = False
+    ours.decode(logits, P, P + BLOCK, x)
+    assert x[1, P + 3] == MASK
+
+
+def test_block_outside_the_canvas_is_named():
+    dec = dinfer.ThresholdParallelDecoder(0.0, 0.9, mask_id=MASK)
+    x = canvas(1)
+    for start, end in ((x.shape[1] - 2, x.shape[1] + 2), (x.shape[1] + 1, x.shape[1] + 3)):
+        with pytest.raises(ValueError, match="must lie inside x"):
+            dec.decode(torch.zeros(1, end - start, V), start, end, x)
+    with pytest.raises(ValueError, match="block_end"):
+        dec.decode(torch.zeros(1, 2, V), 4, 2, x)
 
 
 def test_decoder_arguments():

@@ -334,3 +334,14 @@ def test_compat_suffix_greedy_prediction():
         compat_smdm.suffix_greedy_prediction(model, p.view(1, -1), p[:2], mask_id=MASK)
     with pytest.raises(ValueError, match="cfg"):
         compat_smdm.suffix_greedy_prediction(model, p, p[:2], cfg=-1.0, mask_id=MASK)
+
+
+def test_batch_size_repeats_a_single_prompt():
+    p = prompts()[:1]
+    kw = dict(length=9, steps=4, mask_id=MASK, seed=2)
+    got = mdsample.sample_smdm(TinyLM(), p, batch_size=3, **kw)
+    assert torch.equal(got, mdsample.sample_smdm(TinyLM(), p.expand(3, -1).clone(), **kw))
+    assert torch.equal(mdsample.sample_smdm(TinyLM(), p[0], batch_size=3, **kw), got)
+    assert mdsample.sample_smdm(TinyLM(), p, **kw).shape == (1, 9)
+    with pytest.raises(ValueError, match=r"batch_size=3"):
+        mdsample.sample_smdm(TinyLM(), prompts()[:2], batch_size=3, **kw)
