@@ -144,7 +144,7 @@ def test_bad_rows_raise_naming_the_row_or_return_minus_one(fast_backend, device)
         mdsample.sample_categorical(logits, backend=fast_backend)
     only_masked = torch.full((1, 300), -math.inf, device=device)
     only_masked[0, 5] = 1.0
-    with pytest.raises(ValueError, match="no finite logit outside `exclude`"):
+    with pytest.raises(ValueError, match="no finite logit besides the excluded token"):
         mdsample.sample_categorical(only_masked, exclude=5, backend=fast_backend)
     with pytest.raises(ValueError, match=r"no finite logit \(row"):  # no `exclude` given: none named
         mdsample.sample_categorical(torch.full((1, 300), -math.inf, device=device), backend=fast_backend)
@@ -446,3 +446,11 @@ def test_bad_input_names_the_argument(kw, exc, name):
     logits = kw.pop("logits", torch.zeros(3, 5))
     with pytest.raises(exc, match=name):
         mdsample.sample_categorical(logits, **kw)
+
+
+def test_float64_rows_beyond_float32_are_named(fast_backend):
+    """The compiled backends read float64 logits as float32: a row that overflows there is named as such, not
+    as having no finite logit (every value of it is finite in float64)."""
+    for row in ([1e39, 0.0], [-1e300, -9e299]):
+        with pytest.raises(ValueError, match=r"logits\[0\] holds float64 values beyond float32's range"):
+            mdsample.sample_categorical(torch.tensor([row], dtype=torch.float64), backend=fast_backend)

@@ -108,6 +108,8 @@ def get_transfer_index(logits, temperature, remasking, mask_index, x, num_transf
     row's masked count; ``x0`` equals ``x`` there either way).
     """
     if threshold is None:
+        if num_transfer_tokens is None:
+            raise ValueError("get_transfer_index needs num_transfer_tokens (the top-k rule) or a threshold; got neither")
         return _transfer(logits, temperature, remasking, mask_index, x, seed, offset, backend, k=num_transfer_tokens)
     return _transfer(logits, temperature, remasking, mask_index, x, seed, offset, backend,
                      threshold=V.finite_number("threshold", threshold))
@@ -141,9 +143,11 @@ def _transfer(logits, temperature, remasking, mask_index, x, seed, offset, backe
         if k.dtype not in V.INT_DTYPES or k.dim() not in (1, 2) or (k.dim() == 2 and k.shape[1] != 1):
             raise ValueError(f"num_transfer_tokens must be an integer tensor [B] (or [B, 1]); got {k.dtype} "
                              f"{tuple(k.shape)}")
-        if k.numel() != logits.shape[0] or (k.numel() and bool((k < 0).any())):
-            raise ValueError(f"num_transfer_tokens must hold one count >= 0 per row ({logits.shape[0]}); got "
+        if k.numel() != logits.shape[0]:
+            raise ValueError(f"num_transfer_tokens must hold one count per row ({logits.shape[0]}); got shape "
                              f"{tuple(k.shape)}")
+        if k.numel() and bool((k < 0).any()):
+            raise ValueError(f"num_transfer_tokens must hold counts >= 0; got {k.reshape(-1).tolist()}")
         rule["k"] = k.reshape(-1).to(device=logits.device, dtype=torch.int64)
     if remasking not in ("low_confidence", "random"):
         raise ValueError(f"remasking must be 'low_confidence' or 'random' (Fast-dLLM); got {remasking!r}")

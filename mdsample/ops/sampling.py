@@ -122,7 +122,12 @@ def raise_bad_rows(req: RowDraw, tokens: torch.Tensor, considered: torch.Tensor 
         if not bool(torch.isfinite(guided[torch.isfinite(c) & torch.isfinite(u)]).all()):
             raise ValueError(f"the guided scores of logits{index} overflow float32 (guidance_scale="
                              f"{req.guidance_scale:g}; row {r} of {len(tokens)})")
-    outside = " outside `exclude`" if req.exclude >= 0 else ""
+    row = req.logits.reshape(-1, req.vocab)[r]
+    if row.dtype == torch.float64 and bool((torch.isfinite(row) & ~torch.isfinite(row.float())).any()):
+        raise ValueError(f"logits{index} holds float64 values beyond float32's range (|l| > 3.4e38), which the "
+                         f"compiled backends read float64 logits as (row {r} of {len(tokens)}): subtract the row "
+                         "max first, or use backend='reference'")
+    outside = f" besides the excluded token {req.exclude}" if req.exclude >= 0 else ""
     raise ValueError(f"logits{index} has no finite logit{outside} (row {r} of {len(tokens)}): nothing to sample")
 
 

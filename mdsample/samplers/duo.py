@@ -75,8 +75,7 @@ def duo_posterior_step(logits, x, *, alpha_t, alpha_s, temperature=1.0, seed=0, 
     if x.shape != lead:
         raise ValueError(f"x must have the leading shape of logits {tuple(lead)}; got {tuple(x.shape)}")
     x = x.to(torch.int64)
-    if x.numel() and not bool(((x >= 0) & (x < vocab)).all()):
-        raise ValueError(f"x must hold token ids in [0, {vocab})")
+    V.tokens_in_vocab("x", x, vocab)
     a_t = C.real("alpha_t", float(alpha_t), low=0.0, high=1.0)
     a_s = C.real("alpha_s", float(alpha_s), low=0.0, high=1.0)
     if a_s < a_t or a_s == 0.0:
@@ -209,6 +208,8 @@ def sample_duo(
     backbone = Backbone(model, time_conditioned=time_conditioned)
     if backbone.vocab_size is not None and vocab_size > backbone.vocab_size:
         raise ValueError(f"vocab_size ({vocab_size}) exceeds the model's vocabulary ({backbone.vocab_size})")
+    if backbone.max_length is not None and length > backbone.max_length:
+        raise ValueError(f"length ({length}) exceeds the model's context ({backbone.max_length})")
     device = backbone.device or torch.device("cpu")
     pos = (torch.arange(batch_size, device=device).unsqueeze(1) * length
            + torch.arange(length, device=device).unsqueeze(0))

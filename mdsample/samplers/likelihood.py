@@ -174,6 +174,13 @@ def _stderr(values: torch.Tensor, order_key: torch.Tensor, mode: str) -> torch.T
     return ((v[:, 1:] - v[:, :-1]).pow(2).sum(1) / (2.0 * n * (n - 1))).sqrt()
 
 
+def _in_vocab(fwd: RowForward, xs: torch.Tensor, logits: torch.Tensor) -> None:
+    """The scored sequences' ids against the logits' vocabulary, for a model that does not declare its own
+    (checked up front otherwise): masked_nll would name a row of the Monte Carlo batch, not of ``x``."""
+    if fwd.backbone.vocab_size is None:
+        C.tokens_in_vocab("x", xs, logits.shape[-1])
+
+
 def _chunk_values(fwd: RowForward, xs, xt, ans_rows, w, sigma, nll_kw) -> torch.Tensor:
     """``w * sum of -log p(x0_i | x_t)`` over the masked answer tokens of each row (float64 ``[c]``).
 
@@ -189,6 +196,7 @@ def _chunk_values(fwd: RowForward, xs, xt, ans_rows, w, sigma, nll_kw) -> torch.
     if fwd.backbone.has_head:
         row_seq, row_pos = scored.nonzero(as_tuple=True)
         logits, guidance = fwd.rows(xt, seqs, row_seq, row_pos, sigma=sigma)
+        _in_vocab(fwd, xs, logits)
         rows = logits.shape[0]
         per_row = masked_nll(
             logits.reshape(rows, 1, -1), xs[row_seq, row_pos].view(rows, 1),
@@ -197,6 +205,7 @@ def _chunk_values(fwd: RowForward, xs, xt, ans_rows, w, sigma, nll_kw) -> torch.
             guidance=None if guidance is None else guidance.reshape(rows, 1, -1), **nll_kw)
         return torch.zeros(c, dtype=torch.float64, device=xs.device).index_add_(0, row_seq, per_row.double())
     logits, guidance = fwd.full(xt, seqs, sigma=sigma)
+    _in_vocab(fwd, xs, logits)
     tok_w = torch.where(ans_rows, w.unsqueeze(1), 0.0).to(torch.float32)
     return masked_nll(logits, xs, xt, weight=tok_w, guidance=guidance, **nll_kw).double()
 

@@ -209,6 +209,8 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
                              f"is {backbone.attention!r}")
         if bool((x[:, :plen] == mask_id).any()):
             raise ValueError(f"cache={cache!r} needs prompts without mask tokens (cached prefix rows get no logits)")
+        if batch == 0:  # nothing to generate; a KV cache of batch 0 cannot be allocated
+            return x
         capture = cuda_graph and device.type == "cuda" if graph_capture is None else graph_capture
         settings = (batch, plen, gen_length, block_length, per_block, cache, refresh_every, remasking, temperature,
                     cfg_scale, threshold, factor, mask_id, backend, str(device), capture, am is not None, top_p, top_k,

@@ -75,9 +75,12 @@ def test_step_helpers_check_their_arguments():
     for k in (torch.tensor([1.0]), torch.tensor(1), torch.tensor([[1, 1]])):  # float, 0-d, [B, 2]
         with pytest.raises(ValueError, match=r"num_transfer_tokens must be an integer tensor \[B\]"):
             fast_dllm.get_transfer_index(logits, 0.0, "low_confidence", m, x, k)
-    for k in (torch.tensor([1, 1]), torch.tensor([-1])):  # B + 1 counts, a negative count
-        with pytest.raises(ValueError, match="one count >= 0 per row"):
+    for k, match in ((torch.tensor([1, 1]), r"one count per row \(1\); got shape \(2,\)"),
+                     (torch.tensor([-1]), r"counts >= 0; got \[-1\]")):
+        with pytest.raises(ValueError, match=match):
             fast_dllm.get_transfer_index(logits, 0.0, "low_confidence", m, x, k)
+    with pytest.raises(ValueError, match="needs num_transfer_tokens .* or a threshold"):
+        fast_dllm.get_transfer_index(logits, 0.0, "low_confidence", m, x, None)
     _, take = fast_dllm.get_transfer_index(logits, 0.0, "low_confidence", m, x, torch.tensor([[1]]))  # [B, 1]
     assert int(take.sum()) == 1
     assert fast_dllm.add_gumbel_noise is llada.add_gumbel_noise  # upstream's module has them too

@@ -19,6 +19,11 @@ CALLS = [
     ("prompt.*id 300", lambda: mdsample.sample_mdlm(M, batch_size=1, length=8, steps=4, mask_id=127,
                                                     prompt=torch.tensor([1, 300]))),
     ("x holds token id 130", lambda: mdsample.likelihood(M, torch.tensor([[1, 2, 130]]), mc_samples=2)),
+    # a model that does not declare its vocabulary: checked against its logits, not named by Monte Carlo row
+    ("x holds token id 99, outside the model's vocabulary of size 16", lambda: mdsample.likelihood(
+        _undeclared, torch.tensor([[1, 99, 3, 4]]), mc_samples=4, mask_id=15)),
+    ("x holds token id 99, outside the model's vocabulary of size 16", lambda: mdsample.chain_rule_likelihood(
+        _undeclared, torch.tensor([[1, 99, 3]]), mask_id=15)),
     ("bos_id 200", lambda: mdsample.sample_bd3lm(BD, batch_size=1, length=8, block_size=4, mask_id=127, bos_id=200)),
     ("eos_id 128", lambda: mdsample.sample_bd3lm(BD, batch_size=1, length=8, block_size=4, mask_id=127, eos_id=128)),
     ("perplexity needs a scored token", lambda: mdsample.perplexity(M, torch.zeros(0, 8, dtype=torch.long),
@@ -32,12 +37,18 @@ CALLS = [
     ("exceed the model's context", lambda: mdsample.generate(M, torch.zeros(1, 250, dtype=torch.long), steps=8,
                                                              gen_length=8, block_length=8, mask_id=127,
                                                              cache="dual")),
+    ("length \\(300\\) exceeds the model's context \\(256\\)", lambda: mdsample.sample_duo(
+        M, batch_size=1, length=300, vocab_size=127, steps=2, schedule="cosine")),
     ("schedule and eps apply to masking='bernoulli'", lambda: mdsample.likelihood(
         M, torch.ones(1, 8, dtype=torch.long), mc_samples=2, masking="count", schedule="cosine")),
     ("logits_eos_inf removes LLaDA's token 126081", lambda: _compat_llada().generate(
         M, torch.ones(1, 3, dtype=torch.long), steps=4, gen_length=4, block_length=4, mask_id=127,
         logits_eos_inf=True)),
 ]
+
+
+def _undeclared(x):
+    return torch.zeros(*x.shape, 16)
 
 
 def _compat_llada():

@@ -339,3 +339,10 @@ def test_vicinity_arguments(setup):
         mdsample.generate(m, prompt, cache="dual", vicinity=4, **_kw(0.0))
     with pytest.raises(ValueError, match=r"vicinity\[1\] must be >= 0"):
         mdsample.generate(m, prompt, cache="dual", vicinity=(2, -1), **_kw(0.0))
+
+
+@pytest.mark.parametrize("mode", [None, "prefix", "dual"])
+def test_empty_batch_gives_an_empty_canvas(setup, mode):
+    m, prompt = setup
+    out = mdsample.generate(m, prompt[:0], cache=mode, **_kw(0.0))
+    assert out.shape == (0, PLEN + 32) and out.dtype == torch.int64
