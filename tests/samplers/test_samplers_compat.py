@@ -68,6 +68,8 @@ def test_get_num_transfer_tokens_matches_llada():
     for i in range(5):
         want[i, : int(mask_num[i] % steps)] += 1
     assert torch.equal(got, want)
+    with pytest.raises(ValueError, match=r"mask_index must be \[B, L\]; got shape \(17,\)"):
+        llada.get_num_transfer_tokens(mask_index[0], steps)
 
 
 def test_llada_generate_signature_and_parity():
