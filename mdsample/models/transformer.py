@@ -411,6 +411,9 @@ class Transformer(nn.Module):
             pos = torch.arange(n, device=x.device)
             mask = attention_allowed(mode, self.config.block_size, pos, pos)
         if attention_mask is not None:
+            if getattr(attention_mask, "shape", None) != x.shape:  # key_padding_mask takes wider ones (caches)
+                raise ValueError(f"attention_mask must be [B, L] = {list(x.shape)}, like x; got "
+                                 f"{list(getattr(attention_mask, 'shape', ()))}")
             if is_causal:  # SDPA's causal flag does not combine with a mask: spell it out
                 pos = torch.arange(n, device=x.device)
                 mask, is_causal = attention_allowed(mode, self.config.block_size, pos, pos), False
