@@ -130,9 +130,9 @@ def test_head_computes_only_the_scored_rows():
     assert mixer.calls == math.ceil(3 * 8 / 5)
 
 
-def test_backends_agree(backend, device):
+def test_backends_agree(fast_backend, device):
     x = MARKOV.sample(2, 10, seed=3).to(device)
-    got = mdsample.chain_rule_likelihood(MARKOV, x, mask_id=MARKOV.mask_id, backend=backend, prompt_len=2)
+    got = mdsample.chain_rule_likelihood(MARKOV, x, mask_id=MARKOV.mask_id, backend=fast_backend, prompt_len=2)
     ref = mdsample.chain_rule_likelihood(MARKOV, x, mask_id=MARKOV.mask_id, backend="reference", prompt_len=2)
     torch.testing.assert_close(got.log_likelihood, ref.log_likelihood, rtol=1e-5, atol=1e-4)
 

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from scipy import stats
 
-import mdsample.samplers as S
 
 
 def random_joint(vocab: int, length: int, seed: int, concentration: float = 0.7) -> torch.Tensor:
@@ -132,15 +131,24 @@ class TimeOracle(JointOracle):
         return super().__call__(x)
 
 
+_SCHEDULE_EPS = 1e-3  # the schedules' default eps (MDLM's LogLinearNoise)
+_MASK_PROB = {  # 1 - alpha_t
+    "loglinear": lambda t: (1 - _SCHEDULE_EPS) * t,
+    "cosine": lambda t: math.cos(math.pi / 2 * (1 - (1 - _SCHEDULE_EPS) * t)),  # Duo's cosine
+    "cosine-mdlm": lambda t: (1 - _SCHEDULE_EPS) * (1 - math.cos(math.pi / 2 * t)),  # MDLM's CosineNoise
+}
+
+
 def ancestral_distribution(oracle: JointOracle, *, steps: int, eps: float, schedule="loglinear",
                            noise_removal="greedy", prompt=(), reveal_probs=None) -> dict:
     """Exact output distribution of sample_mdlm's ancestral sampler (temperature 1) over full sequences.
 
     ``reveal_probs``: the per-step reveal probabilities, instead of the schedule's on MDLM's grid.
     """
-    if reveal_probs is None:
-        sched, grid = S.get_schedule(schedule), S.time_grid(steps, eps)
-        reveal_probs = [float(sched.reveal_prob(grid[k], grid[k + 1])) for k in range(steps)]
+    if reveal_probs is None:  # ALGORITHMS.md's 1 - alpha_t, spelled out here rather than taken from the library
+        m = _MASK_PROB[schedule]
+        grid = [1.0 + (eps - 1.0) * k / steps for k in range(steps + 1)]  # linspace(1, eps, steps + 1)
+        reveal_probs = [(m(grid[k]) - m(grid[k + 1])) / m(grid[k]) for k in range(steps)]
     start = tuple(prompt) + (oracle.mask_id,) * (oracle.L - len(prompt))
     dist = {start: 1.0}
     for r in reveal_probs:

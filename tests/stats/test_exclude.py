@@ -3,7 +3,7 @@ almost all the mass, and the rest is renormalised exactly.
 
 Cases: the excluded token alone in the last chunk (V = 2049, exclude 2048: that
 chunk's weight must become 0), and the excluded token inside the first chunk
-(V = 2100, exclude 5). The excluded token has logit +30 (probability 1 - 3e-10
+(V = 2100, exclude 5), and token 0 (V = 2100: "no exclusion" must not be spelled as id 0). The excluded token has logit +30 (probability 1 - 3e-10
 before exclusion); the others are N(0, 1).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ._stat_helpers import (
     softmax64,
 )
 
-CASES = {"alone-in-last-chunk": (2049, 2048), "inside-first-chunk": (2100, 5)}
+CASES = {"alone-in-last-chunk": (2049, 2048), "inside-first-chunk": (2100, 5), "token-zero": (2100, 0)}
 
 
 def exclude_row(vocab: int, excluded: int, dtype=torch.float32) -> torch.Tensor:
