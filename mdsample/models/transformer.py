@@ -127,7 +127,8 @@ PRESETS: dict[str, dict] = {
     "smdm_1b": dict(vocab_size=32001, hidden_size=2048, num_layers=22, num_heads=32, num_kv_heads=4,
                     intermediate_size=5632, max_seq_len=2048, rope_theta=10000.0, mask_id=32000),
     "llada_8b": dict(vocab_size=126464, hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=32,
-                     intermediate_size=12288, max_seq_len=4096, rope_theta=500000.0, mask_id=126336),
+                     intermediate_size=12288, max_seq_len=4096, rope_theta=500000.0, rope_fp32=True,
+                     mask_id=126336),
     # Dream-v0-7B continues Qwen2.5-7B: its shape, q/k/v biases, mask 151666 (4096: a working
     # context for the RoPE table and default cache, not a weight).
     "dream_7b": dict(vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4,

@@ -30,8 +30,8 @@ def test_published_shapes():
     assert (s.num_layers, s.hidden_size, s.num_heads, s.num_kv_heads, s.intermediate_size, s.vocab_size) == \
         (22, 2048, 32, 4, 5632, 32001)
     l8 = preset("llada_8b")
-    assert (l8.num_layers, l8.hidden_size, l8.num_heads, l8.intermediate_size, l8.vocab_size, l8.mask_id) == \
-        (32, 4096, 32, 12288, 126464, 126336)
+    assert (l8.num_layers, l8.hidden_size, l8.num_heads, l8.intermediate_size, l8.vocab_size, l8.mask_id,
+            l8.rope_fp32) == (32, 4096, 32, 12288, 126464, 126336, True)  # LLaDA's rope_full_precision
     m = preset("mdlm_small")
     assert (m.num_layers, m.hidden_size, m.num_heads, m.vocab_size) == (12, 768, 12, 50258)
     d = preset("dream_7b")  # Qwen2.5-7B
