@@ -134,7 +134,9 @@ def diffusion_generate(model, inputs, generation_config=None, *, attention_mask=
         model: a Dream checkpoint (Hugging Face model), or an ``HFBackbone`` already aligned.
         inputs: int64 ``[B, P]`` prompt ids (left-padded, with ``attention_mask`` ``[B, P]``).
         generation_config: an object with Dream's option attributes (``DreamGenerationConfig``), or None.
+        attention_mask: int/bool ``[B, P]`` (1 = real token) or None.
         seed: Philox key; None draws one from the torch global RNG (as upstream draws from it).
+        backend: the sampling op's backend ("auto", "cuda", "triton", "cpu", "reference").
         kwargs: Dream's options (``max_new_tokens``, ``max_length``, ``steps``, ``eps``, ``alg``,
             ``alg_temp``, ``temperature``, ``top_p``, ``top_k``, ``num_return_sequences``,
             ``return_dict_in_generate``, ``output_history``, ``mask_token_id``); ``pad_token_id``,

@@ -120,7 +120,9 @@ def get_log_likelihood(model, prompt, answer, mc_num=128, batch_size=16, cfg_sca
         model: mask predictor ``model(x [n, L]) -> logits`` (or ``.logits``).
         prompt: int ``[l1]``; answer: int ``[l2]`` (1-d, as upstream).
         mc_num: Monte Carlo draws; batch_size: draws per model call; cfg_scale: unsupervised CFG weight.
+        mask_id: the mask token id (LLaDA's 126336).
         seed: Philox key; None draws one from the torch global RNG.
+        backend: the ops' backend ("auto", "cuda", "triton", "cpu", "reference").
 
     LLaDA's estimator (mdsample.samplers.likelihood): exactly k answer tokens masked, k on
     LLaDA's shifted count lattice, weight ``l2 / k``, softmax over the full vocabulary. The

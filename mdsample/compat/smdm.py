@@ -120,6 +120,7 @@ def eval_target_nll_mc(model, prefix, target, *, mc_num=1024, batch_size=32, cfg
         eps: the lowest mask rate, in (0, 1).
         seed: Philox key; None draws one from the torch global RNG (upstream draws from it).
         autocast: run the model under bf16 autocast on a GPU, as SMDM's harness does.
+        backend: the ops' backend ("auto", "cuda", "triton", "cpu", "reference").
     """
     x, plen = _pair(model, prefix, target)
     mc_num = C.integer("mc_num", mc_num, low=1)
@@ -146,6 +147,7 @@ def eval_target_nll_ar(model, prefix, target, *, batch_size=32, cfg=0., mask_id=
         cfg: unsupervised CFG weight (the unconditional input masks the prefix; without a prefix it is a no-op).
         mask_id: the mask token id (SMDM's 32000).
         autocast: run the model under bf16 autocast on a GPU, as SMDM's harness does.
+        backend: the ops' backend ("auto", "cuda", "triton", "cpu", "reference").
     """
     x, plen = _pair(model, prefix, target)
     with _as_upstream(_HARNESS_NAMES, x.device, autocast):

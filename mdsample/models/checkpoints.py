@@ -160,7 +160,17 @@ def transformer_config_from_llama(config: Any, *, attention: str = "bidirectiona
         num_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
         intermediate_size=config.intermediate_size, max_seq_len=config.max_position_embeddings,
         rope_theta=_rope_theta(config), norm_eps=float(config.rms_norm_eps), attention=attention,
-        tie_embeddings=bool(getattr(config, "tie_word_embeddings", False)), mask_id=mask_id, qkv_bias=qwen2)
+        tie_embeddings=bool(getattr(config, "tie_word_embeddings", False)), mask_id=_config_mask_id(config, mask_id),
+        qkv_bias=qwen2)
+
+
+def _config_mask_id(config: Any, mask_id: Optional[int]) -> Optional[int]:
+    """``mask_id``, else the config's ``mask_token_id`` (Dream's 151666) when it is a token of the vocabulary."""
+    if mask_id is not None:
+        return mask_id
+    declared = getattr(config, "mask_token_id", None)
+    ok = isinstance(declared, int) and not isinstance(declared, bool) and 0 <= declared < config.vocab_size
+    return declared if ok else None
 
 
 def _from_hf_decoder(model: Any, config: TransformerConfig) -> Transformer:
@@ -173,6 +183,11 @@ def _from_hf_decoder(model: Any, config: TransformerConfig) -> Transformer:
 def from_llama(model: Any, *, attention: str = "bidirectional", mask_id: Optional[int] = None) -> Transformer:
     """A Hugging Face ``LlamaForCausalLM``-layout model as a :class:`Transformer` (tensors shared).
 
+    Args:
+        model: the loaded model (``.config``, ``.state_dict()``; tensors shared, not copied).
+        attention: ``"bidirectional"`` (a masked diffusion model in this layout), ``"causal"`` or ``"block_causal"``.
+        mask_id: the mask token the samplers default to; None: the config's ``mask_token_id`` if it has one.
+
     ``attention="causal"`` gives the Hugging Face model's logits (tested to float32 tolerance over the
     first thousands of positions; further out they part by ~1e-3 relative, since the RoPE angles here are
     computed in float64 and Hugging Face's in float32, ~2e-2 rad off at position 8192); a masked diffusion
@@ -184,7 +199,10 @@ def from_llama(model: Any, *, attention: str = "bidirectional", mask_id: Optiona
 def from_qwen2(model: Any, *, attention: str = "bidirectional", mask_id: Optional[int] = None) -> Transformer:
     """A ``Qwen2ForCausalLM``-layout model (Qwen2 / Qwen2.5; Dream-v0 is this layout, bidirectional) as a
     :class:`Transformer` (tensors shared). Dream predicts token i at output i - 1: sample it through
-    ``mdsample.models.shifted(from_qwen2(dream), 1)``, which also serves the KV-cache modes."""
+    ``mdsample.models.shifted(from_qwen2(dream), 1)``, which also serves the KV-cache modes.
+
+    Args: as :func:`from_llama`; Dream's config declares ``mask_token_id`` 151666, which becomes the
+    samplers' default ``mask_id``."""
     return _from_hf_decoder(model, transformer_config_from_llama(model.config, attention=attention, mask_id=mask_id,
                                                                  family="Qwen2"))
 

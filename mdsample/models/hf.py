@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import torch
 
-from .protocol import accepts_keyword, hidden_of, logits_of
+from .protocol import accepts_keyword, declared_mask_id, hidden_of, logits_of
 from .shift import shift_rows
 
 __all__ = ["HFBackbone", "HFRowBackbone", "hf_backbone", "MASK_FORMATS"]
@@ -60,6 +60,7 @@ class HFBackbone:
         self.max_length = max_length if isinstance(max_length, int) else None
         vocab = getattr(config, "vocab_size", None)
         self.vocab_size = vocab if isinstance(vocab, int) else None
+        self.mask_id = declared_mask_id(model)  # the samplers' default mask_id, as for the bare model
         # Sampling never reuses the model's own KV cache; building one each call only costs time.
         self._extra = {"use_cache": False} if accepts_keyword(model, "use_cache") else {}
 
@@ -123,6 +124,17 @@ def hf_backbone(model: Any, *, logits_shift: int = 0, use_head: bool = True,
 
     Returns an :class:`HFRowBackbone` (row logits through ``lm_head``) when the model has
     ``.model`` and ``.lm_head`` and ``use_head`` is true, else a logits-only :class:`HFBackbone`.
+
+    Args:
+        model: the Hugging Face model (``model(input_ids [B, L] int64, attention_mask=...) .logits [B, L, V]``);
+            its ``config`` gives the context (``max_position_embeddings``), ``vocab_size`` and mask token
+            (``mask_token_id``), which the wrapper declares in turn.
+        logits_shift: 0, or 1 for Dream-style outputs (output ``i - 1`` scores token ``i``).
+        use_head: compute logits only for the rows a sampler draws from, through ``model.model`` and
+            ``model.lm_head`` (when the model has both).
+        max_length: the context window, overriding the config's.
+        mask_format: ``"2d"`` or ``"dream"``: how a ``[B, L]`` attention mask reaches the model (module
+            docstring).
     """
     has_split = callable(getattr(model, "model", None)) and callable(getattr(model, "lm_head", None))
     cls = HFRowBackbone if (use_head and has_split) else HFBackbone

@@ -166,14 +166,16 @@ def _warn_if_dropout_active(model: Any) -> None:
 
 
 def logits_of(out: Any) -> torch.Tensor:
-    """The logits tensor of a model output (tensor, ``.logits``, ``{"logits": ...}`` or tuple), with a
-    unit-stride last dim (the ops read rows; a transposed model output is copied once here)."""
+    """The logits tensor of a model output (tensor, ``.logits``, ``{"logits": ...}`` or tuple), e.g. float
+    ``[B, L, V]``, returned with a unit-stride last dim (the ops read rows; a transposed model output is
+    copied once here)."""
     t = _first_tensor(out, "logits", "logits")
     return t if t.dim() == 0 or t.stride(-1) == 1 else t.contiguous()
 
 
 def hidden_of(out: Any) -> torch.Tensor:
-    """The hidden states of a ``hidden()`` output (tensor, ``.last_hidden_state`` or tuple)."""
+    """The hidden states of a ``hidden()`` output (tensor, ``.last_hidden_state`` or tuple), e.g. float
+    ``[B, L, D]``, as given."""
     return _first_tensor(out, "last_hidden_state", "hidden states")
 
 

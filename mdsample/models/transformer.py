@@ -62,7 +62,7 @@ class TransformerConfig:
     projections (Qwen2's layout, hence Dream's). ``rope_fp32`` rotates half-precision queries and keys
     in fp32 and rounds once (LLaDA's ``rope_full_precision``; Llama and Qwen2 rotate in the model
     dtype). ``mask_id`` is the mask token
-    of the model family the preset imitates (informational: samplers take it as an argument).
+    of the model family the preset imitates: the default ``mask_id`` of the samplers that have one.
     """
 
     vocab_size: int

@@ -57,8 +57,9 @@ def masked_nll(logits, x0, x_t, *, mask_id, weight=None, exclude=None, guidance=
     Args:
         logits: ``[..., L, V]`` float16/bfloat16/float32/float64, last dim contiguous
             (leading dims may be strided: a slice of a doubled CFG batch is read in place).
-            float64 logits are read as float32, so their precision is float32's (logits near
-            1e6 keep ~0.06 of absolute precision: shift such rows by their max first).
+            The compiled backends (cpu, cuda, triton) read float64 logits as float32, so their precision
+            is float32's (logits near 1e6 keep ~0.06 of absolute precision: shift such rows by their max
+            first); ``reference`` reads float64.
         x0: integer ``[..., L]``: the clean tokens (targets), in [0, V) where read.
         x_t: integer ``[..., L]``: the noised tokens; rows equal to ``mask_id`` are scored.
         mask_id: the mask token id, in [0, V).

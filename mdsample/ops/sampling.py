@@ -156,8 +156,9 @@ def sample_categorical(
 
     Args:
         logits: ``[..., V]`` float16/bfloat16/float32/float64, last dim stride 1;
-            leading dims may have any strides (an expanded tensor is not copied). float64 is
-            read as float32 (float32's precision and range: beyond +-3.4e38 a logit is +-inf).
+            leading dims may have any strides (an expanded tensor is not copied). The compiled
+            backends (cpu, cuda, triton) read float64 as float32, with its precision and range: a row
+            holding values beyond +-3.4e38 raises (``check=False``: gives -1); ``reference`` reads float64.
         temperature: float >= 0 or float tensor over the leading dims ``[...]``; 0 = argmax
             (lowest index on ties, no randomness consumed).
         seed, offset: int or int64 tensor over ``[...]``: the Philox key and step counter.

@@ -209,7 +209,7 @@ def sample_dream(
             ``softmax(confidence / alg_temp)`` without replacement (not with ``"origin"``).
         temperature: float >= 0 (0 = argmax).
         top_p: nucleus mass in (0, 1], or None; top_k: int >= 1, or None. Applied after the
-            temperature, to both the draw and the confidences (a sort over the masked rows;
+            temperature, to both the draw and the confidences (a widening top-k search over the masked rows;
             without them the fused op reads each row once).
         eps: the last time, in [0, 1) (Dream's 1e-3).
         mask_id: the mask token id; None: the model's (``mask_id``, ``config.mask_id`` or

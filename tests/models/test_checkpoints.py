@@ -234,3 +234,22 @@ def test_qwen2_sliding_window_is_refused(transformers):
                                    num_attention_heads=4, use_sliding_window=True)
     with pytest.raises(ValueError, match="use_sliding_window"):
         mdsample.models.from_qwen2(transformers.Qwen2ForCausalLM(cfg))
+
+
+def test_declared_mask_token_becomes_the_samplers_default(transformers):
+    """Dream's config declares mask_token_id: from_qwen2 and hf_backbone carry it, so generate does not fall
+    back to LLaDA's 126336 (inside Dream's vocabulary: a plain token taken for the mask)."""
+    cfg = transformers.Qwen2Config(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    cfg.mask_token_id = 39
+    hf = transformers.Qwen2ForCausalLM(cfg).eval()
+    model = mdsample.models.from_qwen2(hf)
+    assert model.config.mask_id == 39 and mdsample.models.from_qwen2(hf, mask_id=38).config.mask_id == 38
+    prompt = _tokens(B=1, T=3, V=39)
+    kw = dict(steps=2, gen_length=4, block_length=4)
+    for m in (model, mdsample.models.shifted(model), mdsample.models.hf_backbone(hf, logits_shift=1)):
+        out = mdsample.generate(m, prompt, **kw)
+        assert not (out == 39).any()
+        assert torch.equal(out, mdsample.generate(m, prompt, mask_id=39, **kw))
+    cfg.mask_token_id = 40  # not a token of the vocabulary: not taken
+    assert mdsample.models.from_qwen2(transformers.Qwen2ForCausalLM(cfg)).config.mask_id is None
