@@ -180,7 +180,8 @@ class CreditThresholdParallelDecoder(ThresholdParallelDecoder):
     and every credit decays by ``decay_beta`` (samplers/credit.py; kept sparse, not ``[B, block, V]``).
 
     Args: ``credit_alpha``, ``boost_gamma``, ``decay_beta`` and the threshold decoder's (keywords).
-    Each block (``block_start``, ``block_end``, batch) has its own credit, as upstream; a committed
+    Each block (``block_start``, ``block_end``, batch) has its own credit, as upstream (so two canvases
+    decoded interleaved need a decoder each); a committed
     position's credit is dropped, so a finished block leaves none behind (upstream drops all once
     the canvas has no mask, which needs a host sync), and ``block_init`` drops all (upstream keeps
     the credit of a block left unfinished, e.g. by an early stop, for the next generation).

@@ -50,6 +50,7 @@ caller checks once, after the last block, that no mask is left.
 """
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import torch
@@ -75,28 +76,45 @@ class StepGraphs:
     captures. The entries hold GPU memory (KV cache, graph pool) until :meth:`clear` or until
     the object is dropped; the tokens are those of a fresh call.
 
-    A graph reads the model's parameters where they were at capture: updates in place (a
-    ``load_state_dict``, an optimizer step) are seen, but ``model.to(...)`` or a swapped
-    parameter leaves the graphs reading the old memory. Call :meth:`clear` after either.
+    A graph reads the model's parameters and buffers where they were at capture: updates in place
+    (a ``load_state_dict``, an optimizer step) are seen; after ``model.to(...)`` or a swapped
+    parameter the kept step is dropped and the next call captures anew. A call holds its entry
+    while it runs, so a second call with the same key at the same time (from ``on_step``, or
+    another thread) builds its own step instead of overwriting the running one's buffers.
     """
 
     def __init__(self):
         self._entries: dict = {}
+        self._lock = threading.Lock()
 
-    def get(self, model, settings: tuple) -> Optional["BlockStep"]:
-        """The step kept for ``model`` with ``settings`` (a tuple generate builds), or None."""
-        entry = self._entries.get((id(model), settings))
-        return entry[1] if entry is not None and entry[0] is model else None
+    def take(self, model, settings: tuple) -> Optional["BlockStep"]:
+        """The step kept for ``model`` with ``settings`` (a tuple generate builds), checked out until
+        :meth:`keep` returns it; None if there is none, it is out, or the model's tensors moved."""
+        with self._lock:
+            entry = self._entries.pop((id(model), settings), None)
+        if entry is None or entry[0] is not model or entry[1] != _tensor_ptrs(model):
+            return None
+        return entry[2]
 
     def keep(self, model, settings: tuple, step: "BlockStep") -> None:
-        self._entries[(id(model), settings)] = (model, step)
+        """Keep (or return) ``step`` for the next call with ``model`` and ``settings``; a step kept meanwhile
+        under the same key (a concurrent call's) stays."""
+        with self._lock:
+            self._entries.setdefault((id(model), settings), (model, _tensor_ptrs(model), step))
 
     def clear(self) -> None:
         """Drops every kept step (its canvas, cache and graphs)."""
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _tensor_ptrs(model) -> tuple:
+    """Where the model's parameters and buffers live: a captured graph reads those addresses."""
+    tensors = [getattr(model, name, None) for name in ("parameters", "buffers")]
+    return tuple(t.data_ptr() for fn in tensors if callable(fn) for t in fn())
 
 
 class BlockStep:

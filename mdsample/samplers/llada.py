@@ -215,7 +215,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         settings = (batch, plen, gen_length, block_length, per_block, cache, refresh_every, remasking, temperature,
                     cfg_scale, threshold, factor, mask_id, backend, str(device), capture, am is not None, top_p, top_k,
                     low_threshold, credit, vicinity)
-        kept = None if graphs is None else graphs.get(model, settings)
+        kept = None if graphs is None else graphs.take(model, settings)
         if kept is not None:  # an earlier call's canvas, cache and graphs, restarted with this prompt
             kept.restart(x, is_prompt, seed, attention_mask=am)
             fwd, x, backbone = kept.fwd, kept.x, kept.fwd.backbone
@@ -241,12 +241,12 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
             temperature=temperature, stats_temperature=stats_t, seed=seed, mask_id=mask_id, threshold=threshold,
             factor=factor, guidance_scale=guidance_scale, backend=backend, capture=capture,
             keep_graphs=graphs is not None, truncation=(top_p, top_k), low_threshold=low_threshold, credit=credit)
-        if graphs is not None and kept is None:
-            graphs.keep(model, settings, step)
         out = _generate_static(step, x, plen=plen, num_blocks=num_blocks, bar=bar, eos_id=eos_id, canvas=canvas)
         if calls_out is not None:
             calls_out["forwards"] = backbone.calls
-        out = out.clone() if graphs is not None else out  # the kept canvas is the next call's
+        if graphs is not None:  # the kept canvas is the next call's; kept only after a whole run (a failed one
+            out = out.clone()   # may leave a half-made capture)
+            graphs.keep(model, settings, step)
         return C.restore_padding(out, padding, mask_id)
     done = torch.zeros(batch, dtype=torch.bool, device=device)  # rows past an EOS (eos_id)
     held = None if credit is None else Credit(batch, block_length, credit, device)

@@ -97,6 +97,41 @@ def test_step_graphs_reuse_the_buffers_across_calls(model, prompt, case):
     assert len(graphs) == 0
 
 
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_step_graphs_entry_is_held_while_a_call_runs(model, prompt, cache):
+    """A call made from on_step with the same key builds its own step: it does not restart the running
+    call's buffers (which returned the inner call's prompt as the outer's)."""
+    graphs = mdsample.StepGraphs()
+    other = torch.randint(0, MASK, prompt.shape, generator=torch.Generator().manual_seed(9))
+    kw = _kw(cache=cache)
+    mdsample.generate(model, prompt, cuda_graph=graphs, **kw)  # an entry to take
+    inner = []
+
+    def hook(step, x):
+        if step == 2:
+            inner.append(mdsample.generate(model, other, cuda_graph=graphs, **kw))
+
+    outer = mdsample.generate(model, prompt, cuda_graph=graphs, on_step=hook, **kw)
+    assert torch.equal(outer, mdsample.generate(model, prompt, **kw))
+    assert torch.equal(inner[0], mdsample.generate(model, other, **kw))
+    assert len(graphs) == 1
+
+
+def test_step_graphs_recapture_after_the_model_moves(prompt):
+    """model.to(dtype) gives the parameters new storage, which kept graphs would not read: a fresh step."""
+    m = Transformer.from_preset("tiny", seed=0).eval()
+    graphs, kw = mdsample.StepGraphs(), _kw(cache="dual")
+    first = mdsample.generate(m, prompt, cuda_graph=graphs, **kw)
+    (step,) = [e[-1] for e in graphs._entries.values()]
+    mdsample.generate(m, prompt, cuda_graph=graphs, **kw)
+    assert [e[-1] for e in graphs._entries.values()] == [step]  # reused
+    m.to(torch.float64)
+    again = mdsample.generate(m, prompt, cuda_graph=graphs, **kw)
+    (new,) = [e[-1] for e in graphs._entries.values()]
+    assert new is not step and torch.equal(again, mdsample.generate(m, prompt, **kw))
+    assert first.shape == again.shape
+
+
 def _guarded(fn, calls):
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
