@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import mdsample
+import requires  # tests/ is on sys.path (rootdir conftest)
 from mdsample import _backends
 from mdsample.reference.philox import DOMAIN_TOKEN, draw_words, uniform52
 from mdsample.reference.sampling import CHUNK, guided_scores
@@ -456,3 +457,29 @@ def test_float64_rows_beyond_float32_are_named(fast_backend):
     for row in ([1e39, 0.0], [-1e300, -9e299]):
         with pytest.raises(ValueError, match=r"logits\[0\] holds float64 values beyond float32's range"):
             mdsample.sample_categorical(torch.tensor([row], dtype=torch.float64), backend=fast_backend)
+
+
+@requires.cpu_backend
+def test_value_checks_cost_one_host_read(monkeypatch):
+    """check=True reads the per-row value checks (temperature, positions, stats_temperature; unmask_step's
+    x and reveal_prob) and the bad-row test together, after the kernel: one host read per call."""
+    logits = _logits((6, 300))
+    temp, pos = torch.full((6,), 0.7), torch.arange(6) * 5
+    x = torch.tensor([299, 3, 299, 299, 8, 299])
+    calls = []
+    for name in ("__bool__", "__int__", "item", "tolist", "nonzero"):
+        orig = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=orig, _n=name, **k: calls.append(_n) or _o(
+            self, *a, **k))
+    mdsample.sample_categorical(logits, temperature=temp, positions=pos, seed=1, return_stats=True,
+                                stats_temperature=temp, active=x == 299, backend="cpu")
+    assert calls == ["__bool__"]
+    calls.clear()
+    mdsample.unmask_step(logits, x, mask_id=299, reveal_prob=torch.full((6,), 0.5), temperature=temp,
+                         positions=pos, seed=1, backend="cpu")
+    assert calls == ["__bool__"]
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="positions must lie in"):
+        mdsample.sample_categorical(logits, positions=pos - 1, backend="cpu")
+    with pytest.raises(ValueError, match="x holds token id 300"):
+        mdsample.unmask_step(logits, torch.full((6,), 300), mask_id=299, reveal_prob=0.5, backend="cpu")

@@ -244,3 +244,23 @@ def int64_bits(name: str, value) -> int:
     """A 64-bit Python int (signed, or unsigned with its bits kept) as a signed int64 value."""
     v = int_number(name, value, low=-(2**63), high=2**64 - 1)
     return v - 2**64 if v >= 2**63 else v
+
+
+def defer(pending: list, bad: torch.Tensor, message) -> None:
+    """Queue a value check of a call: ``bad`` a 0-d bool tensor (True = the check failed), ``message`` the
+    ValueError's text or a function giving it. The checks are read together after the kernel, with one host
+    sync instead of one each; what they guard (per-row temperatures, positions, ids copied through) can
+    only spoil draws, never memory, so running the kernel first is safe."""
+    pending.append((bad, message))
+
+
+def raise_pending(pending, rows_bad: torch.Tensor | None = None) -> bool:
+    """One host read for ``pending`` (from :func:`defer`) and ``rows_bad`` (bool ``[N]``, or None): raises the first
+    failed check's ValueError; else returns whether ``rows_bad`` has a True (the caller names that row)."""
+    flags = [bad.reshape(()) for bad, _ in pending] + ([] if rows_bad is None else [rows_bad.any()])
+    if not flags or not bool(torch.stack(flags).any()):
+        return False
+    for bad, message in pending:
+        if bool(bad):
+            raise ValueError(message() if callable(message) else message)
+    return True

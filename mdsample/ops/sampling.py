@@ -30,9 +30,10 @@ class SampleResult(NamedTuple):
 
 def build_request(
     logits, *, temperature, seed, offset, positions, exclude, active, fallback, guidance, guidance_scale,
-    stats_temperature, return_stats, check,
+    stats_temperature, return_stats, check, pending: list,
 ) -> RowDraw:
-    """Validate the arguments shared by sample_categorical and unmask_step into a :class:`RowDraw`."""
+    """Validate the arguments shared by sample_categorical and unmask_step into a :class:`RowDraw`; the checks of
+    tensor values are appended to ``pending`` (:func:`mdsample.ops._validate.defer`), read after the kernel."""
     check = check and not torch.compiler.is_compiling()  # a traced graph cannot branch on values
     logits = V.float_logits("logits", logits)
     device, lead, vocab = logits.device, logits.shape[:-1], logits.shape[-1]
@@ -43,15 +44,14 @@ def build_request(
 
     if V.is_array(temperature):
         temp = rows("temperature", temperature, torch.float32, "float")
-        if check and n and not bool(((temp >= 0) & torch.isfinite(temp)).all()):
-            raise ValueError("temperature must be finite and >= 0 in every row")
+        if check:
+            V.defer(pending, ~((temp >= 0) & torch.isfinite(temp)).all(), "temperature must be finite and >= 0 in every row")
     else:
         temp = V.finite_number("temperature", temperature, low=0.0, fp32=True)
 
     position = None if positions is None else rows("positions", positions, torch.int64, "int")
-    if check and positions is not None and n:
-        if not bool(((position >= 0) & (position <= MAX_POSITION)).all()):
-            raise ValueError("positions must lie in [0, 2^48) in every row")
+    if check and positions is not None:
+        V.defer(pending, ~((position >= 0) & (position <= MAX_POSITION)).all(), "positions must lie in [0, 2^48) in every row")
 
     guidance, scale = V.guidance_input(guidance, guidance_scale, logits)
     g_offsets, g_stride = (None, 0) if guidance is None else V.row_layout(guidance)
@@ -69,8 +69,9 @@ def build_request(
             stats_t = torch.where(temp > 0, temp, 1.0) if V.is_array(temp) else (temp if _fp32_positive(temp) else 1.0)
         elif V.is_array(stats_temperature):
             stats_t = rows("stats_temperature", stats_temperature, torch.float32, "float")
-            if check and n and not bool(((stats_t > 0) & torch.isfinite(stats_t)).all()):
-                raise ValueError("stats_temperature must be finite and > 0 in every row")
+            if check:
+                V.defer(pending, ~((stats_t > 0) & torch.isfinite(stats_t)).all(),
+                        "stats_temperature must be finite and > 0 in every row")
         else:
             stats_t = V.finite_number("stats_temperature", stats_temperature, low=0.0, low_inclusive=False, fp32=True)
 
@@ -99,12 +100,13 @@ def _fp32_positive(t: float) -> bool:
     return t > 2.0**-150
 
 
-def raise_bad_rows(req: RowDraw, tokens: torch.Tensor, considered: torch.Tensor | None) -> None:
-    """With check=True: raise ValueError naming the first row that had no valid draw."""
+def raise_bad_rows(req: RowDraw, tokens: torch.Tensor, considered: torch.Tensor | None, pending=()) -> None:
+    """With check=True: raise the first failed ``pending`` check, else ValueError naming the first row that had
+    no valid draw; one host read when all is well."""
     bad = tokens < 0
     if considered is not None:
         bad &= considered
-    if not bool(bad.any()):
+    if not V.raise_pending(pending, bad):
         return
     r = int(bad.nonzero()[0, 0])
     lead = req.logits.shape[:-1]
@@ -183,10 +185,11 @@ def sample_categorical(
         int64 torch tokens ``[...]`` on the logits' device, or a :class:`SampleResult`
         with ``return_stats=True``.
     """
+    pending = []
     req = build_request(
         logits, temperature=temperature, seed=seed, offset=offset, positions=positions, exclude=exclude,
         active=active, fallback=fallback, guidance=guidance, guidance_scale=guidance_scale,
-        stats_temperature=stats_temperature, return_stats=return_stats, check=check,
+        stats_temperature=stats_temperature, return_stats=return_stats, check=check, pending=pending,
     )
     chosen = _backends.resolve(backend, req.logits.device.type)
     if torch.compiler.is_compiling():
@@ -194,7 +197,7 @@ def sample_categorical(
     else:
         tokens, stats = run(req, chosen)
         if check:
-            raise_bad_rows(req, tokens, req.active)
+            raise_bad_rows(req, tokens, req.active, pending)
     return shape_result(req, tokens, stats)
 
 

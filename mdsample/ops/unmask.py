@@ -52,10 +52,11 @@ def unmask_step(
         new tokens int64 ``[B, L]`` as a torch tensor on the logits' device (and the
         revealed mask).
     """
+    pending = []
     req = build_request(
         logits, temperature=temperature, seed=seed, offset=offset, positions=positions, exclude=None,
         active=None, fallback=None, guidance=guidance, guidance_scale=guidance_scale,
-        stats_temperature=None, return_stats=False, check=check,
+        stats_temperature=None, return_stats=False, check=check, pending=pending,
     )
     logits = req.logits
     lead, vocab = logits.shape[:-1], logits.shape[-1]
@@ -69,15 +70,17 @@ def unmask_step(
     mask_id = V.token_id("mask_id", mask_id, vocab)
     if V.is_array(reveal_prob):
         prob = V.per_row("reveal_prob", reveal_prob, lead, logits.device, torch.float64, kind="float")
-        if checking and prob.numel() and not bool(((prob >= 0) & (prob <= 1)).all()):
-            raise ValueError("reveal_prob must lie in [0, 1] in every row")
+        if checking:
+            V.defer(pending, ~((prob >= 0) & (prob <= 1)).all(), "reveal_prob must lie in [0, 1] in every row")
     else:
         prob = V.finite_number("reveal_prob", reveal_prob, low=0.0)
         if prob > 1.0:
             raise ValueError(f"reveal_prob must lie in [0, 1]; got {reveal_prob}")
     flat_x = x.reshape(-1).to(torch.int64).contiguous()
-    if checking:
-        V.tokens_in_vocab("x", flat_x, vocab)
+    if checking:  # out-of-vocabulary ids are copied through unread: checked after the kernel
+        outside = (flat_x < 0) | (flat_x >= vocab)
+        V.defer(pending, outside.any(), lambda: f"x holds token id {int(flat_x[outside][0])}, outside the "
+                                                f"model's vocabulary of size {vocab}")
     # The request is this call's own: filled in place (dataclasses.replace costs more than the kernel here).
     req.x, req.mask_id, req.reveal_prob, req.exclude = flat_x, mask_id, prob, mask_id
 
@@ -87,7 +90,7 @@ def unmask_step(
     else:
         tokens, _ = run(req, chosen)
         if check:
-            raise_bad_rows(req, tokens, flat_x == mask_id)
+            raise_bad_rows(req, tokens, flat_x == mask_id, pending)
     if tokens.shape != lead:
         tokens = tokens.view(lead)
     if return_revealed:

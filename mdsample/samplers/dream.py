@@ -163,7 +163,7 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
                     tok[r_seq, r_pos] = res.tokens
                     take = select(conf, sub, k=k.index_select(0, seqs))
                     x[seqs] = torch.where(take, tok, x.index_select(0, seqs))
-                    committed = int(take.sum())
+                    committed = take.sum()
             bar.step(tokens=committed, canvas=lambda: C.restore_padding(x, padding, mask_id))
     finally:
         bar.close()

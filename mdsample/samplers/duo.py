@@ -229,7 +229,7 @@ def sample_duo(
             new = duo_posterior_step(logits, x, alpha_t=float(sched.alpha(t)), alpha_s=float(sched.alpha(s)),
                                      temperature=temperature, seed=seed, offset=k, positions=pos, backend=backend)
             logits_of.changed(x, new)
-            bar.step(tokens=int((new != x).sum()), canvas=new)
+            bar.step(tokens=(new != x).sum(), canvas=new)
             x = new
         if noise_removal != "none":
             logits = logits_of(x, sigma_at(grid[-1]))

@@ -53,8 +53,9 @@ blocks hold EOS is not forwarded again (samplers/eos.py): its text up to that EO
 With a KV cache, every step runs as one fixed-shape call without host syncs
 (mdsample.samplers.graph_step), and ``cuda_graph=True`` replays it as a CUDA graph on CUDA
 tensors: the same random numbers, hence the same tokens, at one launch per step. Without
-graphs, Fast-dLLM's threshold / factor rules (a block stops as soon as it has no mask, which
-the fixed-shape budget cannot know) and the compat layer's exclude lists run step by step.
+graphs, Fast-dLLM's threshold / factor rules and dInfer's hierarchy rule (``low_threshold``; a block
+stops as soon as it has no mask, which the fixed-shape budget cannot know) and the compat layer's
+exclude lists run step by step.
 """
 from __future__ import annotations
 
@@ -272,10 +273,9 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
                         break
                     need = (counts[:, i] > 0) & ~done  # done rows (eos_id): not forwarded
                 cand = (x == mask_id) & (col < end) & need.unsqueeze(1)
-                need = cand.any(1)
+                seqs = cand.any(1).nonzero().squeeze(1)
                 committed = 0
-                if bool(need.any()):
-                    seqs = need.nonzero().squeeze(1)
+                if seqs.numel():
                     offset = (blk << _BLOCK_SHIFT) + i
                     committed = _step(fwd, x, seqs, cand.index_select(0, seqs), pos_ids, offset,
                                       k=None if dynamic else counts.index_select(0, seqs)[:, i],
@@ -340,8 +340,9 @@ def _generate_static(step: BlockStep, x, *, plen, num_blocks, bar, eos_id=None, 
 
 def _step(fwd: RowForward, x, seqs, cand, pos_ids, offset, *, k, threshold, factor, low_threshold, credit, block_start,
           remasking, temperature, stats_t, seed, mask_id, guidance_scale, backend, truncation, logits_exclude,
-          confidence_exclude) -> int:
-    """One denoising step for sequences ``seqs`` (candidates ``cand`` bool ``[n, L]``); updates ``x`` in place."""
+          confidence_exclude) -> torch.Tensor:
+    """One denoising step for sequences ``seqs`` (candidates ``cand`` bool ``[n, L]``); updates ``x`` in place and
+    returns how many it committed (a 0-d int64 tensor: read only by a shown progress bar)."""
     n, total = cand.shape
 
     def rows_for(mask):
@@ -388,7 +389,7 @@ def _step(fwd: RowForward, x, seqs, cand, pos_ids, offset, *, k, threshold, fact
     tok[r_seq, r_pos] = res.tokens
     chosen = select(conf, cand, k=k, threshold=threshold, factor=factor, low_threshold=low_threshold)
     x[seqs] = torch.where(chosen, tok, x.index_select(0, seqs))
-    return int(chosen.sum())
+    return chosen.sum()
 
 
 def generate(
@@ -460,8 +461,8 @@ def generate(
             step, later steps feed block + suffix against the cached prefix K/V) or ``"dual"``
             (later steps feed only the block; the suffix K/V stay frozen within the block).
             Every step then forwards the whole batch, as one fixed-shape call with no host sync
-            (with ``threshold`` / ``factor`` and no ``cuda_graph``: step by step, each block
-            stopping once done). A padded batch hides its padding keys in the cache too (the model's
+            (with ``threshold`` / ``factor`` / ``low_threshold`` and no ``cuda_graph``: step by step,
+            each block stopping once done). A padded batch hides its padding keys in the cache too (the model's
             ``new_cache`` must take ``attention_mask``). Not with prompts containing ``mask_id``;
             rows with no valid draw (NaN logits) raise after the last block.
         vicinity: with ``cache="dual"``, dInfer's vicinity refresh: a pair ``(prefix_look, after_look)``

@@ -144,17 +144,14 @@ class _Run:
 
     def ancestral(self, x: torch.Tensor, pos_ids: torch.Tensor, base: int) -> None:
         grid = time_grid(self.steps, self.eps)
+        probs = self.schedule.reveal_prob(grid[:-1], grid[1:]).tolist()  # once, not per step
         for k in range(self.steps):
-            t, s = grid[k], grid[k + 1]
-            p = float(self.schedule.reveal_prob(t, s))
-            reveal = reveal_coins(x, self.mask_id, p, self.seed, base + k, pos_ids)
-            has = reveal.any(1)
-            n_tok = int(reveal.sum())
-            if n_tok:
-                seqs = has.nonzero().squeeze(1)
+            reveal = reveal_coins(x, self.mask_id, probs[k], self.seed, base + k, pos_ids)
+            seqs = reveal.any(1).nonzero().squeeze(1)
+            if seqs.numel():
                 self._draw(x, pos_ids, seqs, reveal, offset=base + k, temperature=self.temperature,
-                           reveal_prob=p, sigma=self._sigma(t, seqs.numel(), x.device))
-            self.progress.step(tokens=n_tok, canvas=self.canvas)
+                           reveal_prob=probs[k], sigma=self._sigma(grid[k], seqs.numel(), x.device))
+            self.progress.step(tokens=reveal.sum(), canvas=self.canvas)
         if self.noise_removal == "none":
             return
         masked = x == self.mask_id
@@ -164,7 +161,7 @@ class _Run:
             temp = 0.0 if self.noise_removal == "greedy" else self.temperature
             self._draw(x, pos_ids, seqs, masked, offset=base + self.steps, temperature=temp, reveal_prob=1.0,
                        sigma=self._sigma(grid[-1], seqs.numel(), x.device))
-        self.progress.step(0, tokens=int(masked.sum()), baseline=self.progress.baseline_per_step, canvas=self.canvas)
+        self.progress.step(0, tokens=masked.sum(), baseline=self.progress.baseline_per_step, canvas=self.canvas)
 
     def first_hit(self, x: torch.Tensor, pos_ids: torch.Tensor, base: int) -> None:
         masked = x == self.mask_id

@@ -49,12 +49,14 @@ class Progress:
                 raise ImportError("progress=True needs tqdm: pip install tqdm (or mdsample[progress])") from exc
             self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
 
-    def step(self, n: int = 1, *, tokens: int = 0, baseline: Optional[int] = None,
+    def step(self, n: int = 1, *, tokens: Union[int, torch.Tensor] = 0, baseline: Optional[int] = None,
              canvas: Optional[Canvas] = None) -> None:
-        """Advance ``n`` steps that committed ``tokens`` tokens; ``baseline`` overrides the published loop's forwards.
-        ``canvas``: the canvas after the step (or a function returning it, called only when there is a hook),
-        passed to ``on_step``; None for bookkeeping calls that changed no token."""
-        self.tokens += tokens
+        """Advance ``n`` steps that committed ``tokens`` tokens (an int, or a 0-d tensor read only when the bar
+        shows: no host sync otherwise); ``baseline`` overrides the published loop's forwards. ``canvas``: the
+        canvas after the step (or a function returning it, called only when there is a hook), passed to
+        ``on_step``; None for bookkeeping calls that changed no token."""
+        if self.bar is not None:
+            self.tokens += int(tokens)
         self.baseline += self.baseline_per_step * n if baseline is None else baseline
         if self.on_step is not None and canvas is not None:
             self.shown += 1
