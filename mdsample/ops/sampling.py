@@ -1,7 +1,6 @@
 """``mdsample.sample_categorical``: exact fused categorical sampling from logits (DESIGN.md §5)."""
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -37,7 +36,6 @@ def build_request(
     check = check and not torch.compiler.is_compiling()  # a traced graph cannot branch on values
     logits = V.float_logits("logits", logits)
     device, lead, vocab = logits.device, logits.shape[:-1], logits.shape[-1]
-    n = math.prod(lead)
 
     def rows(name, value, dtype, kind, scalar_ok=False):
         return V.per_row(name, value, lead, device, dtype, kind=kind, scalar_ok=scalar_ok)
