@@ -483,3 +483,18 @@ def test_value_checks_cost_one_host_read(monkeypatch):
         mdsample.sample_categorical(logits, positions=pos - 1, backend="cpu")
     with pytest.raises(ValueError, match="x holds token id 300"):
         mdsample.unmask_step(logits, torch.full((6,), 300), mask_id=299, reveal_prob=0.5, backend="cpu")
+
+
+EXTREME_TEMPERATURE_ROWS = [([3e38, 0.0, -3e38], 3e38), ([3e38, -3e38], 5e37), ([1e-40, 0.0], 1e-40)]
+
+
+@pytest.mark.parametrize("row, t", EXTREME_TEMPERATURE_ROWS, ids=["3e38", "5e37", "1e-40"])
+def test_extreme_temperatures_with_gaps_of_their_size_draw_the_reference_tokens(fast_backend, device, row, t):
+    """Where 1/T leaves float32's normal range (or (g - M) / T needs a gap past it) and the logit gaps are of
+    T's size, the fp32 scale was clamped: the draws leaned to the max (p 0.97 for 0.67). Token for token with
+    the float64 reference now (deterministic)."""
+    n = 64 if fast_backend == "triton" else 4000
+    logits = torch.tensor(row).expand(n, len(row)).to(device)
+    got = mdsample.sample_categorical(logits, temperature=t, seed=3, backend=fast_backend)
+    want = mdsample.sample_categorical(logits.cpu(), temperature=t, seed=3, backend="reference")
+    assert torch.equal(got.cpu(), want)
