@@ -264,3 +264,11 @@ def test_triton_row_offset_hint_divides_every_row_offset():
         k = likelihood._offset_multiple(t, None)
         assert k == want and bool((row_offsets(t) % k == 0).all()), name
     assert likelihood._offset_multiple(base, torch.zeros(4, 6, 36, dtype=torch.bfloat16)[..., :20]) == 4  # guidance too
+
+
+def test_guided_overflow_is_named(fast_backend):
+    """Finite logits whose guided score passes float32 give NaN in the compiled backends: the error says so."""
+    logits, uncond = torch.tensor([[[3e38, 0.0, 1.0]]]), torch.tensor([[[-3e38, 0.0, 1.0]]])
+    with pytest.raises(ValueError, match=r"guided scores .* overflow float32 \(guidance_scale=0.5\)"):
+        mdsample.masked_nll(logits, torch.tensor([[1]]), torch.tensor([[2]]), mask_id=2, guidance=uncond,
+                            guidance_scale=0.5, backend=fast_backend)

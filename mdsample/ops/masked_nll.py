@@ -123,6 +123,8 @@ def masked_nll(logits, x0, x_t, *, mask_id, weight=None, exclude=None, guidance=
         if checking and bool(torch.isnan(out).any()):
             b = int(torch.isnan(out).nonzero()[0, 0])
             where = list(V.unravel(b, shape[:-1]))
+            guided = "" if guidance is None else (", or its guided scores l_u + (w + 1)(l_c - l_u) overflow float32 "
+                                                  f"(guidance_scale={req.guidance_scale:g})")
             raise ValueError(f"masked_nll of sequence {where} is NaN: one of its masked rows of logits holds NaN or "
-                             "+inf, or has no finite logit")
+                             f"+inf, or has no finite logit{guided}")
     return out.view(shape[:-1])
