@@ -97,7 +97,8 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
       a.guidance_scale + 1.0f, a.exclude};
   const float temp = per_row(a.temperature, a.temperature_val, r);
   const bool greedy = !(temp > 0.0f);
-  const bool f64_weights = !greedy && !fp32_scale_exact(temp);  // rare: an extreme temperature
+  // rare: an extreme finite temperature (T = +inf keeps the clamped fp32 scale: -inf / inf would be NaN)
+  const bool f64_weights = !greedy && isfinite(temp) && !fp32_scale_exact(temp);
   const float inv_t = greedy ? 0.0f : inv_temperature(temp);
   const float inv_ts = stats ? inv_temperature(per_row(a.stats_temperature, a.stats_temperature_val, r)) : 0.0f;
   const int64_t n_chunks = (vocab + kChunk - 1) / kChunk;

@@ -211,6 +211,8 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         if bool((x[:, :plen] == mask_id).any()):
             raise ValueError(f"cache={cache!r} needs prompts without mask tokens (cached prefix rows get no logits)")
         if batch == 0:  # nothing to generate; a KV cache of batch 0 cannot be allocated
+            if calls_out is not None:
+                calls_out["forwards"] = 0
             return x
         capture = cuda_graph and device.type == "cuda" if graph_capture is None else graph_capture
         settings = (batch, plen, gen_length, block_length, per_block, cache, refresh_every, remasking, temperature,
