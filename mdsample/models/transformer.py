@@ -319,9 +319,11 @@ class Transformer(nn.Module):
 
     def _apply(self, fn, recurse=True):
         # .to(dtype) / .half() cast buffers too: tables rounded to bf16 would stay rounded after a
-        # cast back to fp32, so they are rebuilt in fp32 on whatever device the cast left them.
+        # cast back to fp32, so a cast table is rebuilt in fp32 on its device. Others are left as they
+        # are (a no-op .to() keeps their storage, and with it a StepGraphs entry's captures).
         super()._apply(fn, recurse)
-        self._rope_on(self.rope_cos.device)
+        if self.rope_cos.dtype != torch.float32:
+            self._rope_on(self.rope_cos.device)
         return self
 
     @classmethod

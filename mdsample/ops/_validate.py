@@ -141,16 +141,19 @@ def row_layout(t: torch.Tensor) -> tuple[torch.Tensor | None, int]:
     return (row_offsets(t), 0) if stride is None else (None, stride)
 
 
-def tokens_in_vocab(name: str, tokens: torch.Tensor, vocab: int | None) -> None:
+def tokens_in_vocab(name: str, tokens: torch.Tensor, vocab: int | None, pending: list | None = None) -> None:
     """Every id of ``tokens`` (integer) must be a token of the model, in ``[0, vocab)`` (``vocab`` None:
     unknown, not checked); outside it the model's embedding raises a bare IndexError (on CUDA a device-side
-    assert). One host read."""
+    assert). One host read, or with ``pending`` none: the check is deferred (:func:`defer`)."""
     if vocab is None or not tokens.numel():
         return
     bad = (tokens < 0) | (tokens >= vocab)
-    if bool(bad.any()):
-        raise ValueError(f"{name} holds token id {int(tokens[bad][0])}, outside the model's vocabulary of size "
-                         f"{vocab}")
+    message = lambda: (f"{name} holds token id {int(tokens[bad][0])}, outside the model's "  # noqa: E731
+                       f"vocabulary of size {vocab}")
+    if pending is not None:
+        defer(pending, bad.any(), message)
+    elif bool(bad.any()):
+        raise ValueError(message())
 
 
 def guidance_input(guidance, guidance_scale, logits: torch.Tensor):

@@ -78,9 +78,7 @@ def unmask_step(
             raise ValueError(f"reveal_prob must lie in [0, 1]; got {reveal_prob}")
     flat_x = x.reshape(-1).to(torch.int64).contiguous()
     if checking:  # out-of-vocabulary ids are copied through unread: checked after the kernel
-        outside = (flat_x < 0) | (flat_x >= vocab)
-        V.defer(pending, outside.any(), lambda: f"x holds token id {int(flat_x[outside][0])}, outside the "
-                                                f"model's vocabulary of size {vocab}")
+        V.tokens_in_vocab("x", flat_x, vocab, pending)
     # The request is this call's own: filled in place (dataclasses.replace costs more than the kernel here).
     req.x, req.mask_id, req.reveal_prob, req.exclude = flat_x, mask_id, prob, mask_id
 

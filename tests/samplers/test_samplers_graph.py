@@ -125,6 +125,9 @@ def test_step_graphs_recapture_after_the_model_moves(prompt):
     (step,) = [e[-1] for e in graphs._entries.values()]
     mdsample.generate(m, prompt, cuda_graph=graphs, **kw)
     assert [e[-1] for e in graphs._entries.values()] == [step]  # reused
+    m.to("cpu")  # a no-op move keeps every tensor's storage, hence the captures
+    mdsample.generate(m, prompt, cuda_graph=graphs, **kw)
+    assert [e[-1] for e in graphs._entries.values()] == [step]
     m.to(torch.float64)
     again = mdsample.generate(m, prompt, cuda_graph=graphs, **kw)
     (new,) = [e[-1] for e in graphs._entries.values()]
