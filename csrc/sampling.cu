@@ -10,6 +10,8 @@
 //            running sum exceeds u1 * sum W;
 //   level 2  that chunk read again, w_i = exp_nonpos((g_i - M_c) / T) summed in
 //            float64, the first token whose running sum exceeds u2 * sum w.
+// At the extreme temperatures of f64_weights (online.h), where the fp32 1/T is
+// clamped, every exp((g - M) / T) is taken in double (struct Weights).
 //
 // Work layout.
 //  - A warp owns one chunk at a time, in two parts of 1024 tokens (four of 512
@@ -211,18 +213,33 @@ __device__ __forceinline__ void load_part(const Row<D, kGuided>& row, int64_t lo
 constexpr int kSegments = 4;
 constexpr int kSegment = kPerLane / kSegments;
 
-// Level-2 weights w = exp_nonpos((g - M_c) / T) of the kSegment tokens from i0
-// of the chunk at lo (0 at `exclude` and past the vocabulary), as the CPU
-// kernel computes them.
+// How a sampled row weighs a score g against a max m, w = exp((g - m) / T): by
+// the clamped fp32 1/T, or at the extreme temperatures of f64_weights (online.h)
+// with the difference and the division in double, as the CPU kernel does. The
+// choice is the row's, so the branch is the same in every lane.
+// Out of line so that the double exp's registers are not the fast path's.
+__device__ __noinline__ float weight_f64_call(float g, float m, float temp) { return weight_f64(g, m, double(temp)); }
+
+struct Weights {
+  float inv_t;  // inv_temperature(T); 0 for an argmax row
+  float temp;   // T
+  bool f64;     // f64_weights(T)
+  __device__ __forceinline__ float operator()(float g, float m) const {
+    return f64 ? weight_f64_call(g, m, temp) : exp_nonpos((g - m) * inv_t);
+  }
+};
+
+// Level-2 weights w of the kSegment tokens from i0 of the chunk at lo (0 at
+// `exclude` and past the vocabulary), as the CPU kernel computes them.
 template <class D, bool kGuided>
 __device__ __forceinline__ void level2_weights(const Row<D, kGuided>& row, int64_t lo, int n, int i0, float m_c,
-                                               float inv_t, float (&w)[kSegment]) {
+                                               const Weights& weigh, float (&w)[kSegment]) {
   constexpr int kVec = vec_len<D>();
   load_run<D, kGuided, kSegment>(row, lo, n, [i0](int k) { return i0 + k * kVec; }, i0 + kSegment <= n, w);
 #pragma unroll
   for (int i = 0; i < kSegment; ++i) {
     const float g = lo + i0 + i == row.exclude ? -INFINITY : w[i];
-    w[i] = exp_nonpos((g - m_c) * inv_t);
+    w[i] = weigh(g, m_c);
   }
 }
 
@@ -329,6 +346,16 @@ __device__ __forceinline__ LaneSums lane_sums(const float (&g)[kLen], float m, f
   return r;
 }
 
+// The draw sum of lane_sums for a row weighed in double: summed in double, as
+// chunk_sumexp_f64 of the CPU kernel.
+template <int kLen>
+__device__ __forceinline__ float lane_draw_f64(const float (&g)[kLen], float m, float temp) {
+  double s = 0.0;
+#pragma unroll
+  for (int i = 0; i < kLen; ++i) s += double(weight_f64_call(g[i], m, temp));
+  return float(s);
+}
+
 // What pass 1 keeps of a part, and of a chunk as its parts merge (the same in
 // every lane of the warp).
 struct Summary {
@@ -342,7 +369,8 @@ struct Summary {
 // Reduces part h of a chunk (scores g, the lane's share) across the warp.
 template <class D, bool kStats>
 __device__ __forceinline__ Summary reduce_part(const float (&g)[part_len<D>()], int h, int lane, bool greedy,
-                                               float inv_t, float inv_ts) {
+                                               const Weights& weigh, float inv_ts) {
+  const float inv_t = weigh.inv_t;
   constexpr int kVec = vec_len<D>();
   constexpr int kPartLen = part_len<D>();
   Summary r;
@@ -371,8 +399,13 @@ __device__ __forceinline__ Summary reduce_part(const float (&g)[part_len<D>()], 
   } else if (!r.bad && m > -INFINITY) {
     // A NaN score turns its exp_nonpos, hence the sum, into NaN: that is the
     // NaN check of a sampled part, at no cost per token.
-    ls = kStats && inv_t == inv_ts ? lane_sums<true, kStats, true>(g, m, inv_t, inv_ts)
-                                   : lane_sums<true, kStats, false>(g, m, inv_t, inv_ts);
+    if (weigh.f64) {  // rare: the statistics alone at 1/T_stats, the draw sum in double
+      if (kStats) ls = lane_sums<false, kStats, false>(g, m, inv_t, inv_ts);
+      ls.draw = lane_draw_f64(g, m, weigh.temp);
+    } else {
+      ls = kStats && inv_t == inv_ts ? lane_sums<true, kStats, true>(g, m, inv_t, inv_ts)
+                                     : lane_sums<true, kStats, false>(g, m, inv_t, inv_ts);
+    }
     r.sum = warp_sum(ls.draw);
     r.bad |= r.sum != r.sum;
   } else if (!r.bad) {
@@ -393,13 +426,12 @@ __device__ __forceinline__ Summary reduce_part(const float (&g)[part_len<D>()], 
 // Merges part b (the later tokens) into a. The sums move to the joint max
 // (a sum with nothing in it stays out: its max may be -inf); ties keep a's index.
 template <bool kStats>
-__device__ __forceinline__ Summary merge_parts(Summary a, const Summary& b, float inv_t, float inv_ts) {
+__device__ __forceinline__ Summary merge_parts(Summary a, const Summary& b, const Weights& weigh, float inv_ts) {
   Summary r;
   r.m = fmaxf(a.m, b.m);
   r.bad = a.bad || b.bad;
   r.first = b.m > a.m ? b.first : a.first;
-  r.sum = (a.sum > 0.0f ? a.sum * exp_nonpos((a.m - r.m) * inv_t) : 0.0f) +
-          (b.sum > 0.0f ? b.sum * exp_nonpos((b.m - r.m) * inv_t) : 0.0f);
+  r.sum = (a.sum > 0.0f ? a.sum * weigh(a.m, r.m) : 0.0f) + (b.sum > 0.0f ? b.sum * weigh(b.m, r.m) : 0.0f);
   if (kStats) r.st = online_merge(a.st, b.st, inv_ts);
   return r;
 }
@@ -408,14 +440,14 @@ __device__ __forceinline__ Summary merge_parts(Summary a, const Summary& b, floa
 // `rec` ([fields][C], shared or global memory; lane 0 stores).
 template <class D, bool kGuided, bool kStats>
 __device__ __forceinline__ void reduce_chunk(const Row<D, kGuided>& row, int64_t c, int lane, bool greedy,
-                                             float inv_t, float inv_ts, float* rec, int64_t n_chunks) {
+                                             const Weights& weigh, float inv_ts, float* rec, int64_t n_chunks) {
   Summary chunk;
 #pragma unroll 1
   for (int h = 0; h < kPerLane / part_len<D>(); ++h) {
     float g[part_len<D>()];
     load_part<D, kGuided>(row, c * kChunk, h, lane, g);
-    const Summary part = reduce_part<D, kStats>(g, h, lane, greedy, inv_t, inv_ts);
-    chunk = h == 0 ? part : merge_parts<kStats>(chunk, part, inv_t, inv_ts);
+    const Summary part = reduce_part<D, kStats>(g, h, lane, greedy, weigh, inv_ts);
+    chunk = h == 0 ? part : merge_parts<kStats>(chunk, part, weigh, inv_ts);
   }
   if (lane == 0) {
     rec[kFieldMax * n_chunks + c] = chunk.bad ? NAN : chunk.m;
@@ -477,7 +509,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(cons
 
   const float temp = per_row(a.temperature, a.temperature_val, r);
   const bool greedy = !(temp > 0.0f);
-  const float inv_t = greedy ? 0.0f : inv_temperature(temp);
+  const Weights weigh{greedy ? 0.0f : inv_temperature(temp), temp, f64_weights(temp)};
   const float inv_ts = kStats ? inv_temperature(per_row(a.stats_temperature, a.stats_temperature_val, r)) : 0.0f;
   Row<D, kGuided> row;
   row.logits = static_cast<const typename D::Raw*>(a.logits) + per_row(a.row_offsets, r * a.row_stride, r);
@@ -494,7 +526,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(cons
   const int64_t c_begin = split * p.chunks_per_split;
   const int64_t c_end = min(n_chunks, c_begin + p.chunks_per_split);
   for (int64_t c = c_begin + warp; c < c_end; c += n_warps)
-    reduce_chunk<D, kGuided, kStats>(row, c, lane, greedy, inv_t, inv_ts, rec, n_chunks);
+    reduce_chunk<D, kGuided, kStats>(row, c, lane, greedy, weigh, inv_ts, rec, n_chunks);
 
   // ---- reduce: gather the row's table in this CTA's shared memory
   if (p.splits > 1) {
@@ -591,7 +623,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(cons
 #pragma unroll 1
     for (int i0 = first; i0 < first + kPerLane; i0 += kSegment) {
       float w[kSegment];
-      level2_weights<D, kGuided>(row, lo, n, i0, m_c, inv_t, w);
+      level2_weights<D, kGuided>(row, lo, n, i0, m_c, weigh, w);
 #pragma unroll
       for (int i = 0; i < kSegment; ++i) {
         lane_total += double(w[i]);
@@ -607,7 +639,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinCtasPerSm) sample_kernel(cons
 #pragma unroll 1
     for (int i0 = first; i0 < first + kPerLane && pick < 0; i0 += kSegment) {
       float w[kSegment];
-      level2_weights<D, kGuided>(row, lo, n, i0, m_c, inv_t, w);
+      level2_weights<D, kGuided>(row, lo, n, i0, m_c, weigh, w);
 #pragma unroll
       for (int i = 0; i < kSegment; ++i) {
         inner_cum += double(w[i]);

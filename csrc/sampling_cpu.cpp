@@ -97,8 +97,7 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
       a.guidance_scale + 1.0f, a.exclude};
   const float temp = per_row(a.temperature, a.temperature_val, r);
   const bool greedy = !(temp > 0.0f);
-  // rare: an extreme finite temperature (T = +inf keeps the clamped fp32 scale: -inf / inf would be NaN)
-  const bool f64_weights = !greedy && isfinite(temp) && !fp32_scale_exact(temp);
+  const bool f64 = f64_weights(temp);  // rare: an extreme finite temperature
   const float inv_t = greedy ? 0.0f : inv_temperature(temp);
   const float inv_ts = stats ? inv_temperature(per_row(a.stats_temperature, a.stats_temperature_val, r)) : 0.0f;
   const int64_t n_chunks = (vocab + kChunk - 1) / kChunk;
@@ -124,7 +123,7 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
     } else {
       sc.chunk_maxima[c] = gmax;
       sc.chunk_sums[c] = gmax == -INFINITY ? 0.0f
-                         : f64_weights ? chunk_sumexp_f64(buf, n, double(temp), gmax)
+                         : f64 ? chunk_sumexp_f64(buf, n, double(temp), gmax)
                                        : chunk_sumexp(buf, n, inv_t, gmax);
     }
     if (stats) st = online_merge(st, chunk_stats(buf, n, inv_ts, gmax), inv_ts);
@@ -158,7 +157,7 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
       const int64_t lo = c * kChunk, n = vocab - lo < kChunk ? vocab - lo : kChunk;
       reader.load(lo, n, buf);
       const float m = sc.chunk_maxima[c];
-      if (f64_weights) {
+      if (f64) {
         for (int64_t i = 0; i < n; ++i) buf[i] = weight_f64(buf[i], m, double(temp));
       } else {
 #pragma omp simd

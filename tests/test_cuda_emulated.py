@@ -333,15 +333,12 @@ def test_missing_barrier_shows_as_nan_and_schedule_dependence(lib):
     assert torch.equal(results[6, 1], results[6, 0])
 
 
-@pytest.mark.xfail(strict=True, reason="known: the CUDA kernel still clamps 1/T to float32's normal range (the "
-                   "cpu kernel weighs such rows in double since session 8; a CUDA double path needs a GPU to "
-                   "check its cost to the fast path); strict, so a fix shows here")
 def test_extreme_temperatures_draw_the_reference_tokens(lib):
     """The rows where the cpu backend has to weigh its tokens in double (test_sample_categorical)."""
-    from test_sample_categorical import EXTREME_TEMPERATURE_ROWS
+    from test_sample_categorical import EXTREME_TEMPERATURE_ROWS, extreme_temperature_batch
 
     for row, t in EXTREME_TEMPERATURE_ROWS:
-        logits = torch.tensor(row).expand(512, len(row))
+        logits = extreme_temperature_batch(row, 512)
         want = mdsample.sample_categorical(logits, temperature=t, seed=3, backend="reference")
         for device in (H100, ONE_SM):
             got = emulated(lib, mdsample.sample_categorical, logits, temperature=t, seed=3, device=device)

@@ -485,20 +485,26 @@ def test_value_checks_cost_one_host_read(monkeypatch):
         mdsample.unmask_step(logits, torch.full((6,), 300), mask_id=299, reveal_prob=0.5, backend="cpu")
 
 
-EXTREME_TEMPERATURE_ROWS = [([3e38, 0.0, -3e38], 3e38), ([3e38, -3e38], 5e37), ([1e-40, 0.0], 1e-40)]
+# Rows of 5000 tokens span three chunks of two parts each, so the parts' merge and the level-1 chunk weights
+# meet the extreme temperature as well: a scale of fp32 1/T drops every negative score of the first (g - M
+# overflows) and flattens the second's steps of T / 10 to ones of T / 3400.
+EXTREME_TEMPERATURE_ROWS = [([3e38, 0.0, -3e38], 3e38), ([3e38, -3e38], 5e37), ([1e-40, 0.0], 1e-40),
+                            ((torch.linspace(-1.0, 1.0, 5000) * 3e38).tolist(), 3e38),
+                            ((torch.arange(5000.0) * 1e-41).tolist(), 1e-40)]
+EXTREME_TEMPERATURE_IDS = ["3e38", "5e37", "1e-40", "3e38-wide", "1e-40-wide"]
 
 
-@pytest.mark.parametrize("row, t", EXTREME_TEMPERATURE_ROWS, ids=["3e38", "5e37", "1e-40"])
-def test_extreme_temperatures_with_gaps_of_their_size_draw_the_reference_tokens(fast_backend, device, row, t,
-                                                                               request):
+def extreme_temperature_batch(row, rows_of_three):
+    """``row`` repeated: ``rows_of_three`` times for a short row, 64 times for a wide one."""
+    return torch.tensor(row).expand(rows_of_three if len(row) <= 3 else 64, len(row))
+
+
+@pytest.mark.parametrize("row, t", EXTREME_TEMPERATURE_ROWS, ids=EXTREME_TEMPERATURE_IDS)
+def test_extreme_temperatures_with_gaps_of_their_size_draw_the_reference_tokens(fast_backend, device, row, t):
     """Where 1/T leaves float32's normal range (or (g - M) / T needs a gap past it) and the logit gaps are of
     T's size, the fp32 scale was clamped: the draws leaned to the max (p 0.97 for 0.67). Token for token with
     the float64 reference now (deterministic)."""
-    if fast_backend == "cuda":  # the emulator's twin of this test shows the kernel still clamps
-        request.applymarker(pytest.mark.xfail(strict=True, reason="known: the CUDA kernel clamps 1/T to float32's "
-                                              "normal range (test_cuda_emulated)"))
-    n = 64 if fast_backend == "triton" else 4000
-    logits = torch.tensor(row).expand(n, len(row)).to(device)
+    logits = extreme_temperature_batch(row, 64 if fast_backend == "triton" else 4000).to(device)
     got = mdsample.sample_categorical(logits, temperature=t, seed=3, backend=fast_backend)
     want = mdsample.sample_categorical(logits.cpu(), temperature=t, seed=3, backend="reference")
     assert torch.equal(got.cpu(), want)

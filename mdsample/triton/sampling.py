@@ -216,8 +216,16 @@ def _clamp_inv(inv):
 
 
 @triton.jit
-def _reduce_chunk(logits_row, guidance_row, rec_row, arg_row, c, n_chunks, vocab, exclude, guidance_mult, inv_t,
-                  inv_st, CHUNK: tl.constexpr, HAS_GUIDANCE: tl.constexpr, STATS: tl.constexpr):
+def _f64_weights(temperature):
+    """Whether the row's pass-1 weights are taken in float64 (``f64_weights`` of csrc/include/mdsample/online.h:
+    finite T outside [2^-127, 2^120], where the clamped fp32 1/T, or a gap g - M past fp32's range, is wrong)."""
+    return (temperature > 0) & (temperature < float("inf")) & (
+        (temperature < 5.877471754111438e-39) | (temperature > 1.329227995784916e36))
+
+
+@triton.jit
+def _reduce_chunk(logits_row, guidance_row, rec_row, arg_row, c, n_chunks, vocab, exclude, guidance_mult, temperature,
+                  inv_t, inv_st, CHUNK: tl.constexpr, HAS_GUIDANCE: tl.constexpr, STATS: tl.constexpr):
     """Pass 1 for chunk ``c`` of one row: its record ``rec_row[f * C + c]`` and argmax ``arg_row[c]``.
 
     Nothing is stored for ``c >= n_chunks`` (its loads are all masked), so callers may step past the end.
@@ -231,7 +239,10 @@ def _reduce_chunk(logits_row, guidance_row, rec_row, arg_row, c, n_chunks, vocab
     # A chunk with no finite score gets S_c = 0 (shift by 0 so -inf - -inf never appears).
     shift = tl.where(m_c > float("-inf"), m_c, 0.0)
     d = g - shift
-    s_c = tl.sum(tl.exp(d * inv_t), 0)
+    if _f64_weights(temperature):  # rare: the difference and the division in float64
+        s_c = tl.sum(tl.exp((g.to(tl.float64) - shift.to(tl.float64)) / temperature.to(tl.float64)), 0).to(tl.float32)
+    else:
+        s_c = tl.sum(tl.exp(d * inv_t), 0)
     ok = c < n_chunks
     tl.store(rec_row + c, tl.where(bad, float("nan"), m_c), mask=ok)
     tl.store(rec_row + n_chunks + c, s_c, mask=ok)
@@ -271,6 +282,7 @@ def _reduce_chunks(r, c0, COUNT: tl.constexpr, logits_ptr, row_offsets_ptr, row_
                    HAS_ROW_OFFSETS_ARR: tl.constexpr, HAS_GUIDANCE_OFFSETS_ARR: tl.constexpr,
                    HAS_TEMPERATURE_ARR: tl.constexpr, HAS_STATS_TEMPERATURE_ARR: tl.constexpr):
     """Pass 1 for chunks ``c0 .. c0 + COUNT - 1`` of row ``r`` (unrolled: their loads are in flight together)."""
+    temperature = _per_row(temperature_ptr, temperature_val, r, HAS_TEMPERATURE_ARR)
     inv_t, inv_st = _inv_temperatures(r, temperature_ptr, temperature_val, stats_temperature_ptr,
                                       stats_temperature_val, STATS, HAS_TEMPERATURE_ARR, HAS_STATS_TEMPERATURE_ARR)
     logits_row, guidance_row = _row_pointers(r, logits_ptr, row_offsets_ptr, row_stride, guidance_ptr,
@@ -278,7 +290,7 @@ def _reduce_chunks(r, c0, COUNT: tl.constexpr, logits_ptr, row_offsets_ptr, row_
                                              HAS_ROW_OFFSETS_ARR, HAS_GUIDANCE_OFFSETS_ARR)
     for i in tl.static_range(COUNT):
         _reduce_chunk(logits_row, guidance_row, rec_ptr + r * (FIELDS * n_chunks), arg_ptr + r * n_chunks, c0 + i,
-                      n_chunks, vocab, exclude, guidance_mult, inv_t, inv_st, CHUNK, HAS_GUIDANCE, STATS)
+                      n_chunks, vocab, exclude, guidance_mult, temperature, inv_t, inv_st, CHUNK, HAS_GUIDANCE, STATS)
 
 
 @triton.jit

@@ -85,13 +85,7 @@ __attribute__((noinline)) inline float chunk_sumexp(const float* buf, int64_t n,
   return s;
 }
 
-// Temperatures whose fp32 1/T is exact enough for the weights above: outside, inv_temperature clamps 1/T
-// (online.h), and beyond 1e36 a gap (buf_i - gmax) past fp32's range still matters after dividing by T.
-inline bool fp32_scale_exact(float t) { return t >= 3.4e-39f && t <= 1e36f; }
-
-// exp((g - gmax) / T) with the difference and the division in double: the weights of such rows.
-inline float weight_f64(float g, float gmax, double t) { return float(exp((double(g) - double(gmax)) / t)); }
-
+// sum weight_f64 (online.h): chunk_sumexp of a row at an extreme temperature.
 inline float chunk_sumexp_f64(const float* buf, int64_t n, double t, float gmax) {
   double s = 0.0;
   for (int64_t i = 0; i < n; ++i) s += double(weight_f64(buf[i], gmax, t));

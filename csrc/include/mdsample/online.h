@@ -119,4 +119,14 @@ MDS_HD float inv_temperature(float t) {
   return inv > 3.0e38f ? 3.0e38f : (inv < 1.17549435e-38f ? 1.17549435e-38f : inv);
 }
 
+// Whether a sampled row's weights exp((g - m) / T) need weight_f64: at a finite T below 2^-127
+// the fp32 1/T nears inv_temperature's clamp, and above 2^120 a gap g - m past fp32's range
+// (-inf in fp32) still matters after dividing by T (e^(-3.4e38 / T) > e^-87, exp_nonpos's floor).
+// T = +inf keeps the clamped scale (-inf / inf would be NaN). Powers of two, so the Triton
+// kernel's comparison in float64 draws the same line.
+MDS_HD bool f64_weights(float t) { return t > 0.0f && isfinite(t) && !(t >= 0x1p-127f && t <= 0x1p120f); }
+
+// exp((g - m) / T) with the difference and the division in double: the weights of such rows.
+MDS_HD float weight_f64(float g, float m, double t) { return float(exp((double(g) - double(m)) / t)); }
+
 }  // namespace mdsample
