@@ -18,8 +18,11 @@
 //    stores 0 without reading logits. A masked row is streamed once, in tiles
 //    of kLoads 16-byte loads per thread (per operand with CFG), all issued
 //    before any is used; each tile folds into the thread's online (max, sum of
-//    exp): its max first, then one exp per score. The CTA merges the threads'
-//    states in a fixed tree and thread 0 stores w (logsumexp - g[target]).
+//    exp): its max first, then one exp per score. The target's score stays out
+//    of the fold (set to -inf in its tile, as the excluded token's is) and joins
+//    at the end, so a target of p near 1 keeps its small -log p (nll_from_rest).
+//    The CTA merges the threads' states in a fixed tree and thread 0 stores
+//    w (logsumexp - g[target]).
 //    Per-sequence sums: one CTA per sequence, in double, in a fixed tree.
 //    The exp is the hardware one (__expf: ex2.approx of x log2 e, about 2 ulp)
 //    and not the CPU's exp_nonpos: that polynomial costs ~20 fp32 ops a score,
@@ -237,6 +240,7 @@ struct NllRow {
   float w1;                         // guidance_scale + 1
   int64_t vocab;
   int64_t exclude;                  // -1: none
+  int64_t target;                   // its score stays out of the fold (nll_from_rest)
 
   __device__ __forceinline__ float score(int64_t i) const {
     float g = D::cvt(__ldg(logits + i));
@@ -278,6 +282,18 @@ __device__ __forceinline__ MaxSum fold(MaxSum acc, const float (&g)[kLen]) {
   return MaxSum{m, acc.s * __expf(acc.m - base) + ((s[0] + s[1]) + (s[2] + s[3]))};
 }
 
+// Sets the score of token i to -inf if it lies in the tile at lo.
+template <class D>
+__device__ __forceinline__ void drop_token(int64_t i, int64_t lo, int t, float (&g)[tile_len<D>()]) {
+  constexpr int kVec = vec_len<D>();
+  if (i < lo || i >= lo + int64_t(kLoads) * kThreads * kVec) return;
+#pragma unroll
+  for (int q = 0; q < kLoads; ++q)
+#pragma unroll
+    for (int j = 0; j < kVec; ++j)
+      if (lo + int64_t(q * kThreads + t) * kVec + j == i) g[q * kVec + j] = -INFINITY;
+}
+
 // The thread's scores of the tile at token lo: its vector q holds tokens
 // lo + (q kThreads + t) kVec + [0, kVec), so each load step of a warp reads 512
 // consecutive bytes. Guided; -inf at `exclude` and past the vocabulary. A
@@ -307,14 +323,9 @@ __device__ __forceinline__ void load_tile(const NllRow<D, kGuided>& row, int64_t
 #pragma unroll
     for (int e = 0; e < tile_len<D>(); ++e) g[e] = guided_score(g[e], u[e], row.w1);
   }
-  // The excluded token (the mask token): only the one tile holding it pays.
-  if (row.exclude >= lo && row.exclude < lo + kTile) {
-#pragma unroll
-    for (int q = 0; q < kLoads; ++q)
-#pragma unroll
-      for (int j = 0; j < kVec; ++j)
-        if (lo + int64_t(q * kThreads + t) * kVec + j == row.exclude) g[q * kVec + j] = -INFINITY;
-  }
+  // The excluded token (the mask token) and the target: only the tiles holding them pay.
+  drop_token<D>(row.exclude, lo, t, g);
+  drop_token<D>(row.target, lo, t, g);
 }
 
 template <class D, bool kGuided, int kBytes>
@@ -341,8 +352,8 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm) masked_nll_rows_kerne
   }
   const NllRow<D, kGuided> row{static_cast<const Raw*>(a.logits) + a.row_offsets[r],
                                kGuided ? static_cast<const Raw*>(a.guidance) + a.guidance_offsets[r] : nullptr,
-                               a.guidance_scale + 1.0f, a.vocab, a.exclude};
-  const int64_t target = a.target[r];
+                               a.guidance_scale + 1.0f, a.vocab, a.exclude, a.target[r]};
+  const int64_t target = row.target;
   // Asked for first, so its latency hides behind the stream; NaN for a target outside the vocabulary.
   const float g_target = threadIdx.x == 0 && target >= 0 && target < a.vocab ? row.score(target) : NAN;
 
@@ -359,12 +370,12 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm) masked_nll_rows_kerne
   if (threadIdx.x % 32 == 0) warp_acc[threadIdx.x / 32] = acc;
   __syncthreads();
 
-  // Store: w (logsumexp - g[target]); -inf - -inf = NaN for a row with no finite score.
+  // Store: w (logsumexp - g[target]) from the other scores' state (nll_from_rest).
   if (threadIdx.x == 0) {
     MaxSum total = warp_acc[0];
 #pragma unroll
     for (int k = 1; k < kWarps; ++k) total = merge(total, warp_acc[k]);
-    row_value[r] = w * (total.m + logf(total.s) - g_target);
+    row_value[r] = w * nll_from_rest(g_target, total.m, total.s);
   }
 }
 

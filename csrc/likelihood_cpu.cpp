@@ -4,8 +4,9 @@
 // math is shared with the CUDA kernels through mdsample/likelihood_math.h.
 //
 // masked_nll reads each masked row of logits once, kChunk tokens at a time into
-// an L1-resident buffer, and folds every chunk into an online logsumexp
-// (mdsample/online.h); unmasked rows are never read and nothing of size
+// an L1-resident buffer, and folds every chunk into an online max and sum of exp
+// of the scores other than the target's, which joins at the end (nll_from_rest,
+// mdsample/likelihood_math.h); unmasked rows are never read and nothing of size
 // [B, L, V] is allocated. Per-row values go to an [N] buffer that is then summed
 // per sequence in double, in row order, so the result does not depend on the
 // thread count.
@@ -85,24 +86,31 @@ void mask_row_count(const ForwardMaskArgs& a, int64_t b, std::vector<std::pair<d
 
 // ---- masked_nll ----
 
-// -log softmax(g)[target] of one row in one read: chunk max and sum of exp,
-// merged online; NaN for a NaN / +inf score or a row with no finite score.
+// -log softmax(g)[target] of one row in one read: the other scores' chunk max and
+// sum of exp, merged online, then nll_from_rest; NaN for a NaN / +inf score or a row
+// with no finite score.
 template <typename T>
 float row_nll(const RowReader<T>& row, int64_t vocab, int64_t target, float* buf) {
   if (target < 0 || target >= vocab) return NAN;
-  OnlineStats st = online_empty();
+  float m = -INFINITY, s = 0.0f;  // of the scores other than the target's
   float target_score = -INFINITY;
   int bad = 0;
   for (int64_t lo = 0; lo < vocab; lo += kChunk) {
     const int64_t n = std::min(kChunk, vocab - lo);
     row.load(lo, n, buf);
-    const float m = chunk_max(buf, n, &bad);
-    const float s = m == -INFINITY ? 0.0f : chunk_sumexp(buf, n, 1.0f, m);
-    st = online_merge(st, OnlineStats{m, s, 0.0f, m, m}, 1.0f);
-    if (target >= lo && target < lo + n) target_score = buf[target - lo];
+    if (target >= lo && target < lo + n) {
+      target_score = buf[target - lo];
+      buf[target - lo] = -INFINITY;
+    }
+    const float m_c = chunk_max(buf, n, &bad);
+    if (m_c == -INFINITY) continue;
+    const float s_c = chunk_sumexp(buf, n, 1.0f, m_c);
+    const float joint = m_c > m ? m_c : m;
+    s = (s > 0.0f ? s * exp_nonpos(m - joint) : 0.0f) + s_c * exp_nonpos(m_c - joint);
+    m = joint;
   }
   if (bad) return NAN;
-  return online_logsumexp(st) - target_score;  // -inf - -inf = NaN: no finite score
+  return nll_from_rest(target_score, m, s);
 }
 
 template <typename T>

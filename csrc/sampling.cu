@@ -92,7 +92,7 @@ constexpr int kTargetWarpsPerSm = 16;
 enum Field : int {
   kFieldMax = 0,    // M_c (raw score); NaN marks a bad chunk (NaN or +inf score)
   kFieldSum = 1,    // S_c at 1/T; for an argmax row (T = 0) the bits of the chunk's first argmax
-  kFieldStSum = 2,  // statistics at 1/T_stats: s, sx, top2 of csrc/include/mdsample/online.h
+  kFieldStTail = 2,  // statistics at 1/T_stats: tail, sx, top2 of csrc/include/mdsample/online.h
   kFieldStSx = 3,
   kFieldStTop2 = 4,
 };
@@ -285,13 +285,13 @@ __device__ __forceinline__ int64_t warp_max(int64_t v) {
   return v;
 }
 // A butterfly of online_merge. Its max and top-2 are the same in every lane; its
-// sums may differ by an ulp between lanes (nvcc contracts a.s * ea + b.s * eb
-// into an FMA, which is not symmetric), so only lane 0's state is used (the
+// sums may differ by an ulp between lanes (the order of a tie's two tails, and FMA
+// contraction, are not symmetric), so only lane 0's state is used (the
 // stats it stores); no lane decides anything from it.
 __device__ __forceinline__ OnlineStats warp_merge(OnlineStats s, float scale) {
 #pragma unroll
   for (int d = 16; d > 0; d >>= 1) {
-    const OnlineStats o{__shfl_xor_sync(kAllLanes, s.m, d), __shfl_xor_sync(kAllLanes, s.s, d),
+    const OnlineStats o{__shfl_xor_sync(kAllLanes, s.m, d), __shfl_xor_sync(kAllLanes, s.tail, d),
                         __shfl_xor_sync(kAllLanes, s.sx, d), __shfl_xor_sync(kAllLanes, s.top1, d),
                         __shfl_xor_sync(kAllLanes, s.top2, d)};
     s = online_merge(s, o, scale);
@@ -315,7 +315,7 @@ __device__ __forceinline__ double warp_inclusive_scan(double v, int lane) {
 // kShared: both scales are equal, so one exp serves both sums.
 struct LaneSums {
   float draw = 0.0f;  // sum exp((g - m) / T)
-  float s = 0.0f, sx = 0.0f, second = -INFINITY;
+  float s = 0.0f, sx = 0.0f, second = -INFINITY;  // s: the scores below m (online_slice)
   int ties = 0;
 };
 
@@ -336,7 +336,7 @@ __device__ __forceinline__ LaneSums lane_sums(const float (&g)[kLen], float m, f
     if (kStats) {
       const float d = diff * inv_ts;
       const float es = kShared ? e : exp_nonpos(d);
-      r.s += es;
+      r.s += diff < 0.0f ? es : 0.0f;  // the maximum's 1 stays out (OnlineStats::tail)
       r.sx += es > 0.0f ? es * d : 0.0f;
       r.ties += diff == 0.0f;
       r.second = (diff < 0.0f && g[i] > r.second) ? g[i] : r.second;  // raw, as OnlineStats keeps it
@@ -418,7 +418,7 @@ __device__ __forceinline__ Summary reduce_part(const float (&g)[part_len<D>()], 
   if (kStats && !r.bad && m > -INFINITY) {
     // chunk_stats of the CPU kernel: top2 is the max again on a tie.
     const int ties = warp_sum(ls.ties);
-    r.st = OnlineStats{m, warp_sum(ls.s), warp_sum(ls.sx), m, ties >= 2 ? m : warp_max(ls.second)};
+    r.st = online_slice(m, warp_sum(ls.s), ties, warp_sum(ls.sx), ties >= 2 ? m : warp_max(ls.second));
   }
   return r;
 }
@@ -453,7 +453,7 @@ __device__ __forceinline__ void reduce_chunk(const Row<D, kGuided>& row, int64_t
     rec[kFieldMax * n_chunks + c] = chunk.bad ? NAN : chunk.m;
     rec[kFieldSum * n_chunks + c] = greedy ? __int_as_float(chunk.first) : chunk.sum;
     if (kStats) {
-      rec[kFieldStSum * n_chunks + c] = chunk.st.s;
+      rec[kFieldStTail * n_chunks + c] = chunk.st.tail;
       rec[kFieldStSx * n_chunks + c] = chunk.st.sx;
       rec[kFieldStTop2 * n_chunks + c] = chunk.st.top2;
     }
@@ -464,7 +464,7 @@ __device__ __forceinline__ void reduce_chunk(const Row<D, kGuided>& row, int64_t
 __device__ __forceinline__ OnlineStats chunk_online(const float* table, int64_t n_chunks, int64_t c) {
   const float m = table[kFieldMax * n_chunks + c];
   if (!(m > -INFINITY)) return online_empty();  // no finite score (or a bad chunk: the row is NaN anyway)
-  return OnlineStats{m, table[kFieldStSum * n_chunks + c], table[kFieldStSx * n_chunks + c], m,
+  return OnlineStats{m, table[kFieldStTail * n_chunks + c], table[kFieldStSx * n_chunks + c], m,
                      table[kFieldStTop2 * n_chunks + c]};
 }
 

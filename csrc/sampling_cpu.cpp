@@ -39,18 +39,18 @@ struct Scratch {
 // (OnlineStats: in raw-score units).
 __attribute__((noinline)) OnlineStats chunk_stats(const float* buf, int64_t n, float scale, float gmax) {
   if (gmax == -INFINITY) return online_empty();
-  float s = 0.0f, sx = 0.0f, second = -INFINITY;
+  float below = 0.0f, sx = 0.0f, second = -INFINITY;
   int ties = 0;
-#pragma omp simd reduction(+ : s, sx, ties) reduction(max : second)
+#pragma omp simd reduction(+ : below, sx, ties) reduction(max : second)
   for (int64_t i = 0; i < n; ++i) {
     const float d = (buf[i] - gmax) * scale;
     const float e = exp_nonpos(d);
-    s += e;
+    below += buf[i] < gmax ? e : 0.0f;
     sx += e > 0.0f ? e * d : 0.0f;
     ties += buf[i] == gmax;
     second = (buf[i] < gmax && buf[i] > second) ? buf[i] : second;
   }
-  return OnlineStats{gmax, s, sx, gmax, ties >= 2 ? gmax : second};
+  return online_slice(gmax, below, ties, sx, ties >= 2 ? gmax : second);
 }
 
 // First index whose running sum of w exceeds target; the last positive weight if

@@ -177,6 +177,20 @@ def test_stats_stay_exact_at_tiny_temperatures(lib):
             assert_stats_exact(got, logits, t)
 
 
+def test_near_certain_top_token_stats(lib):
+    """The top token's log p and entropy at p = 1 - 1e-7 .. 1 - 1e-3 (tests/confident_rows.py), both plans."""
+    from confident_rows import assert_close_per_row, confident_rows, truth
+
+    for vocab in (300, 5000):
+        logits = confident_rows(vocab, torch.float32)
+        logp, entropy = truth(logits)
+        for device in (H100, ONE_SM):
+            r = emulated(lib, mdsample.sample_categorical, logits, temperature=0.0, return_stats=True, device=device)
+            assert torch.equal(r.tokens, torch.zeros(len(logits), dtype=torch.long))
+            assert_close_per_row(r.logprob, logp, f"logprob V={vocab}")
+            assert_close_per_row(r.entropy, entropy, f"entropy V={vocab}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_guidance_matches_cpu_backend(lib, dtype):
     """CFG with -inf on either side, the unconditional rows aligned unlike the conditional ones."""

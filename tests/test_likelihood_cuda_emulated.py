@@ -160,6 +160,18 @@ def test_masked_nll_matches_truth(lib, dtype):
         _check(got, truth(logits, x0, xt, mask_id=3), int((xt == 3).sum()))
 
 
+def test_masked_nll_of_near_certain_tokens(lib):
+    """-log p of a target at p = 1 - 1e-7 .. 1 - 1e-3 to fp32 rounding (tests/confident_rows.py)."""
+    from confident_rows import assert_close_per_row, confident_rows, truth as confident_truth
+
+    for vocab in (300, 9000):
+        logits = confident_rows(vocab, torch.float32)
+        rows = logits.shape[0]
+        x0, xt = torch.zeros(rows, 1, dtype=torch.long), torch.ones(rows, 1, dtype=torch.long)
+        got = emulated(lib, mdsample.masked_nll, logits.unsqueeze(1), x0, xt, mask_id=1)
+        assert_close_per_row(got, -confident_truth(logits)[0], f"masked_nll V={vocab}")
+
+
 def test_masked_nll_weights_exclude_guidance(lib):
     logits, x0, xt = _nll_case((3, 9), 4100, torch.bfloat16, seed=5, offset=1)
     guidance = (torch.randn(logits.shape, generator=_gen(6)) * 2).to(torch.bfloat16)

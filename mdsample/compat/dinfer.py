@@ -30,7 +30,8 @@ the n-th call of a decoder use Philox offset n. Position ``(b, p)`` of the canva
 Confidences are upstream's: ``p(x0)`` under the softmax over all V tokens, the mask included
 (recovered from the op's ``log p(x0)`` and two gathered logits), in float32 for the threshold and
 credit decoders and in the logits' dtype for the hierarchy decoder (upstream's ``log_softmax`` /
-``exp`` of bf16 logits round to bf16), compared with thresholds rounded to that dtype, as torch's
+``exp`` of bf16 logits round to bf16: here the float32 log p is rounded once, as a float32-accumulating
+kernel does; torch's CPU bf16 ``log_softmax`` rounds twice and can land a bf16 step away), compared with thresholds rounded to that dtype, as torch's
 comparison with a Python float does. ``use_float64=True`` asks for upstream's float64 softmax: it
 is computed as upstream does, over the block's rows (a ``[B, block, V]`` float64 temporary, the
 price of that option), so the threshold decisions are exactly upstream's.
@@ -213,10 +214,12 @@ class CreditThresholdParallelDecoder(ThresholdParallelDecoder):
 def _upstream_confidence(logits, res, mask_id: int, dtype: torch.dtype) -> torch.Tensor:
     """float64 ``[B, block]``: ``p(x0)`` under the softmax over all V (the op's excludes the mask), as upstream
     computes it in ``dtype`` (float32: ``softmax(l.float())``; bf16 / fp16: ``log_softmax(l).exp()`` in it)."""
-    if dtype == torch.float64:  # use_float64: the softmax over all V in float64, as upstream
-        wide = logits.double()
-        at = wide.gather(-1, res.tokens.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        return torch.exp(at - torch.logsumexp(wide, -1))
+    if dtype == torch.float64:
+        # use_float64: upstream's very softmax over all V in float64 ([B, block, V], as upstream holds it), since
+        # exp(l - logsumexp l), the same value otherwise, parts from it by an ulp (on some CPUs), enough to move a
+        # threshold decision.
+        p = torch.softmax(logits.double(), -1)
+        return p.gather(-1, res.tokens.clamp_min(0).unsqueeze(-1)).squeeze(-1)
     logp = logprob_with(logits, res.tokens, res.logprob, mask_id)
     conf = logp.exp() if dtype == torch.float32 else logp.to(dtype).exp()
     return conf.to(torch.float64)

@@ -71,10 +71,13 @@ def logprob_with(logits: torch.Tensor, tokens: torch.Tensor, logprob: torch.Tens
     ``logits`` ``[..., V]`` (the rows drawn from), ``tokens`` int64 ``[...]`` (-1 rows give NaN or garbage;
     mask them), ``logprob`` float ``[...]``. Two gathers: the row's normaliser is recovered from the drawn
     token's logprob and ``token_id``'s logit is added back, so V is not read again (upstream LLaDA / dInfer
-    softmaxes keep the mask token in).
+    softmaxes keep the mask token in). Written as ``logprob - softplus(l_id - lse)`` so that the rounding of
+    the recovered normaliser ``lse`` (an ulp of the logit, 2e-6 at 24) only enters through the mask token's
+    small share: ``at - logaddexp(lse, l_id)`` lost it whole, and two near-certain tokens tied.
     """
     at = logits.gather(-1, tokens.clamp_min(0).unsqueeze(-1)).squeeze(-1).float()
-    return at - torch.logaddexp(at - logprob.float(), logits[..., token_id].float())
+    logprob = logprob.float()
+    return logprob - torch.nn.functional.softplus(logits[..., token_id].float() - (at - logprob))
 
 
 def select(conf: torch.Tensor, candidates: torch.Tensor, *, k: Optional[torch.Tensor] = None,

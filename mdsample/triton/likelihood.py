@@ -181,6 +181,23 @@ def _mask_count_kernel(x0_ptr, maskable_ptr, seed_ptr, offset_ptr, position_ptr,
 
 
 @triton.jit
+def _log1p(x):
+    """log(1 + x) to fp32 rounding for small x too (Goldberg: the rounding of 1 + x cancels)."""
+    y = 1.0 + x
+    return tl.where(y == 1.0, x, tl.log(y) * (x / (y - 1.0)))
+
+
+@triton.jit
+def _nll_from_rest(g_t, m, s):
+    """-log softmax(g)[t] from the target's score and the other scores' max ``m`` and sum of exp ``s``
+    (``nll_from_rest`` of csrc/include/mdsample/likelihood_math.h)."""
+    near = _log1p(s * tl.exp(tl.minimum(m - g_t, 0.0)))
+    far = (m - g_t) + tl.log(s + tl.exp(tl.minimum(g_t - m, 0.0)))
+    nll = tl.where(g_t >= m, near, far)
+    return tl.where((g_t == float("inf")) | ((g_t == float("-inf")) & (m == float("-inf"))), float("nan"), nll)
+
+
+@triton.jit
 def _masked_nll_kernel(logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offsets_ptr, guidance_mult,
                        target_ptr, xt_ptr, weight_ptr, row_value_ptr, vocab, mask_id, exclude,
                        HAS_GUIDANCE: tl.constexpr, HAS_WEIGHT: tl.constexpr, BLOCK: tl.constexpr,
@@ -200,7 +217,9 @@ def _masked_nll_kernel(logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offse
         guidance_row = logits_row
         if HAS_GUIDANCE:
             guidance_row = guidance_ptr + tl.multiple_of(tl.load(guidance_offsets_ptr + r), ROW_ALIGN)
-        # Compute: per-lane online max and sum of exp over the row, one read.
+        target = tl.load(target_ptr + r)
+        # Compute: per-lane online max and sum of exp over the row, one read, of the scores other than the
+        # target's (it joins at the end: _nll_from_rest).
         m = tl.full([BLOCK], float("-inf"), tl.float32)
         s = tl.zeros([BLOCK], tl.float32)
         bad = tl.zeros([BLOCK], tl.int1)
@@ -208,6 +227,7 @@ def _masked_nll_kernel(logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offse
             cols = lo + tl.arange(0, BLOCK)
             g = _scores(logits_row, guidance_row, cols, vocab, exclude, guidance_mult, HAS_GUIDANCE)
             bad = bad | (g != g) | (g == float("inf"))
+            g = tl.where(cols == target, float("-inf"), g)
             m_new = tl.maximum(m, g)
             base = tl.where(m_new == float("-inf"), 0.0, m_new)
             s = s * tl.exp(m - base) + tl.exp(g - base)
@@ -216,11 +236,10 @@ def _masked_nll_kernel(logits_ptr, row_offsets_ptr, guidance_ptr, guidance_offse
         row_max = tl.max(m, 0)
         base = tl.where(row_max == float("-inf"), 0.0, row_max)
         total = tl.sum(s * tl.exp(m - base), 0)
-        target = tl.load(target_ptr + r)
         in_vocab = (target >= 0) & (target < vocab)
         g_target = _scores(logits_row, guidance_row, tl.where(in_vocab, target, 0), vocab, exclude, guidance_mult,
                            HAS_GUIDANCE)
-        nll = row_max + tl.log(total) - g_target  # -inf - -inf = NaN: a row with no finite score
+        nll = _nll_from_rest(g_target, row_max, total)
         any_bad = (tl.max(bad.to(tl.int32), 0) != 0) | ~in_vocab
         value = tl.where(any_bad, float("nan"), w * nll)
     # Store.

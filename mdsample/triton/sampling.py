@@ -220,7 +220,7 @@ def _f64_weights(temperature):
     """Whether the row's pass-1 weights are taken in float64 (``f64_weights`` of csrc/include/mdsample/online.h:
     finite T outside [2^-127, 2^120], where the clamped fp32 1/T, or a gap g - M past fp32's range, is wrong)."""
     return (temperature > 0) & (temperature < float("inf")) & (
-        (temperature < 5.877471754111438e-39) | (temperature > 1.329227995784916e36))
+        (temperature * 1.7014118346046923e38 < 1.0) | (temperature > 1.329227995784916e36))  # T < 2^-127, exactly
 
 
 @triton.jit

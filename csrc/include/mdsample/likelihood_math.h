@@ -61,4 +61,15 @@ MDS_HD double timestep_uniform(uint64_t seed, uint64_t offset, uint64_t position
   return uniform52(w.w[0], w.w[1]);
 }
 
+// masked_nll's -log softmax(g)[t] from the target's score g_t and (m, s): the max and the
+// sum of exp(g - m) over the row's other scores (-inf and 0 when there are none). The
+// target stays out of s, so that a target of p = 1 - 1e-6 gives 1e-6 (log1p of the rest);
+// a sum holding the target's own 1 would round the rest away in fp32. NaN for a NaN or
+// +inf score (in s or g_t) and for a row with no finite score.
+MDS_HD float nll_from_rest(float g_t, float m, float s) {
+  if (g_t == INFINITY || (g_t == -INFINITY && m == -INFINITY)) return NAN;
+  if (g_t >= m) return log1pf(s * expf(m - g_t));
+  return (m - g_t) + logf(s + expf(g_t - m));  // g_t = -inf: +inf, the target's p = 0
+}
+
 }  // namespace mdsample

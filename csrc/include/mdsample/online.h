@@ -60,12 +60,15 @@ MDS_HD float guided_score(float c, float u, float w1) {
 // (scale = 1 / T_s), kept in units of the raw scores g so that no score is ever scaled
 // on its own: at a tiny T_s, g / T_s is huge and its fp32 rounding (an ulp of 1e6 is
 // 0.06) would swamp the differences that make the probabilities.
-//   m = max g_i,  s = sum exp((g_i - m) scale),  sx = sum exp((g_i - m) scale) (g_i - m) scale,
+//   m = max g_i,  s = sum exp((g_i - m) scale) = 1 + tail,  sx = sum exp((g_i - m) scale) (g_i - m) scale,
 //   top1 / top2 = the two largest g_i (top2 equals top1 on a tie).
+// The maximum's own 1 stays out of the sum: tail adds the other tokens (a tie of the max
+// adds its 1), so log s = log1p(tail) keeps a tail far under fp32's ulp of 1 (a token of
+// p = 1 - 1e-6 has log p = -1e-6, not 0). A slice with no finite score has m = -inf.
 // logsumexp of b = m scale + log s; entropy = log s - sx / s.
 struct OnlineStats {
   float m;
-  float s;
+  float tail;
   float sx;
   float top1;
   float top2;
@@ -75,23 +78,33 @@ MDS_HD OnlineStats online_empty() {
   return OnlineStats{-INFINITY, 0.0f, 0.0f, -INFINITY, -INFINITY};
 }
 
+// The state of a slice from its max m, the sum of exp((g_i - m) scale) over its scores
+// below m, the number of its scores equal to m (>= 1), sx and top2.
+MDS_HD OnlineStats online_slice(float m, float below, int ties, float sx, float top2) {
+  return OnlineStats{m, below + float(ties - 1), sx, m, top2};
+}
+
 MDS_HD OnlineStats online_merge(OnlineStats a, OnlineStats b, float scale) {
+  if (b.m == -INFINITY) return a;
+  if (a.m == -INFINITY) return b;
+  // Shifting a slice from its own max to the joint max multiplies its sum 1 + tail by
+  // e^d and adds d to every scaled (g_i - m) term; the slice that holds the joint max
+  // keeps its tail, the other's whole sum joins it.
+  // (Field by field: selecting whole structs by reference put them in local memory on CUDA.)
+  const bool a_top = a.m >= b.m;
+  const float hi_m = a_top ? a.m : b.m, lo_m = a_top ? b.m : a.m;
+  const float hi_tail = a_top ? a.tail : b.tail, lo_tail = a_top ? b.tail : a.tail;
+  const float hi_sx = a_top ? a.sx : b.sx, lo_sx = a_top ? b.sx : a.sx;
+  const float hi_top2 = a_top ? a.top2 : b.top2;
+  const float d = (lo_m - hi_m) * scale;
+  const float e = exp_nonpos(d);
   OnlineStats r;
-  r.m = a.m > b.m ? a.m : b.m;
-  if (r.m == -INFINITY) return a;
-  // Shifting a slice from its own max to the joint max multiplies its sum by
-  // e^d and adds d to every scaled (g_i - m) term.
-  const float da = (a.m - r.m) * scale, db = (b.m - r.m) * scale;
-  const float ea = a.s > 0.0f ? exp_nonpos(da) : 0.0f;
-  const float eb = b.s > 0.0f ? exp_nonpos(db) : 0.0f;
-  r.s = a.s * ea + b.s * eb;
-  // ea = 0 drops a slice whole: at a huge scale d may be -inf, and 0 * -inf is NaN.
-  r.sx = (ea > 0.0f ? ea * (a.sx + da * a.s) : 0.0f) + (eb > 0.0f ? eb * (b.sx + db * b.s) : 0.0f);
-  const float hi = a.top1 > b.top1 ? a.top1 : b.top1;
-  const float lo = a.top1 > b.top1 ? b.top1 : a.top1;
-  float t2 = a.top2 > b.top2 ? a.top2 : b.top2;
-  r.top1 = hi;
-  r.top2 = lo > t2 ? lo : t2;
+  r.m = hi_m;
+  r.tail = hi_tail + e * (1.0f + lo_tail);
+  // e = 0 drops a slice whole: at a huge scale d may be -inf, and 0 * -inf is NaN.
+  r.sx = hi_sx + (e > 0.0f ? e * (lo_sx + d * (1.0f + lo_tail)) : 0.0f);
+  r.top1 = hi_m;
+  r.top2 = lo_m > hi_top2 ? lo_m : hi_top2;  // top1 = m in every slice
   return r;
 }
 
@@ -101,15 +114,13 @@ struct RowStats {
 };
 
 MDS_HD RowStats online_finish(OnlineStats a, float g, float scale) {
-  const float log_s = logf(a.s);
+  const float log_s = log1pf(a.tail);
+  const float s = 1.0f + a.tail;
   const float logprob = (g - a.m) * scale - log_s;
   // p1 - p2 = (1 - e^((top2 - top1) scale)) / s, top1 = m: no cancellation of two exps.
   const float e2 = a.top2 == -INFINITY ? 0.0f : expf((a.top2 - a.m) * scale);
-  return RowStats{logprob, expf(logprob), (1.0f - e2) / a.s, log_s - a.sx / a.s};
+  return RowStats{logprob, expf(logprob), (1.0f - e2) / s, log_s - a.sx / s};
 }
-
-// logsumexp of the raw scores (scale 1): masked_nll.
-MDS_HD float online_logsumexp(OnlineStats a) { return a.m + logf(a.s); }
 
 // 1 / T in the kernels' fp32, for T > 0: clamped to the normal range, so that a subnormal T
 // gives 0 * inv = 0 at the maximum (not 0 * inf = NaN) and a T near the fp32 maximum keeps
