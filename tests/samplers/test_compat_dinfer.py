@@ -377,13 +377,17 @@ def test_empty_block_and_a_token_array_canvas():
 
 
 def test_use_float64_decides_as_upstreams_float64_softmax():
-    """A threshold equal to the float64 p(x0) of a position: upstream's use_float64 decoder commits it (>=);
-    mdsample's float64 path does too, while the float32 confidences fall just below it here."""
+    """A threshold equal to the larger of upstream's float64 and float32 p(x0) of a position: exactly one of
+    upstream's two decoders commits it (>=), and mdsample's use_float64 / float32 paths decide as those do."""
     logits = torch.randn(1, 2, V, generator=torch.Generator().manual_seed(0)) * 3
     logits[0, 0, 1] = 20.0  # position 0: the sure top-1
     x0 = int(logits[0, 1, :MASK].argmax())
-    tau = float(torch.softmax(logits[0, 1].double(), -1)[x0])
-    for use_float64, committed in ((True, True), (False, False)):
+    p64 = torch.softmax(logits[0, 1].double(), -1)[x0]
+    p32 = torch.softmax(logits[0, 1].float(), -1)[x0]  # upstream without use_float64
+    tau = max(float(p64), float(p32))
+    upstream = {True: bool(p64 >= tau), False: bool(p32 >= tau)}  # torch rounds tau to the tensor's dtype
+    assert upstream[True] != upstream[False]  # the case tells the two paths apart
+    for use_float64, committed in upstream.items():
         x = torch.full((1, 2), MASK)
         dinfer.ThresholdParallelDecoder(0.0, tau, mask_id=MASK, use_float64=use_float64).decode(logits, 0, 2, x)
         assert x.tolist() == [[1, x0 if committed else MASK]], use_float64
