@@ -213,13 +213,14 @@ __device__ __forceinline__ void load_part(const Row<D, kGuided>& row, int64_t lo
 constexpr int kSegments = 4;
 constexpr int kSegment = kPerLane / kSegments;
 
+// weight_f64 out of line, so that the double exp's registers are not the fast
+// path's (inlined into the lane loop it cost the bf16 kernel spills).
+__device__ __noinline__ float weight_f64_call(float g, float m, float temp) { return weight_f64(g, m, double(temp)); }
+
 // How a sampled row weighs a score g against a max m, w = exp((g - m) / T): by
 // the clamped fp32 1/T, or at the extreme temperatures of f64_weights (online.h)
 // with the difference and the division in double, as the CPU kernel does. The
 // choice is the row's, so the branch is the same in every lane.
-// Out of line so that the double exp's registers are not the fast path's.
-__device__ __noinline__ float weight_f64_call(float g, float m, float temp) { return weight_f64(g, m, double(temp)); }
-
 struct Weights {
   float inv_t;  // inv_temperature(T); 0 for an argmax row
   float temp;   // T

@@ -124,7 +124,7 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
       sc.chunk_maxima[c] = gmax;
       sc.chunk_sums[c] = gmax == -INFINITY ? 0.0f
                          : f64 ? chunk_sumexp_f64(buf, n, double(temp), gmax)
-                                       : chunk_sumexp(buf, n, inv_t, gmax);
+                               : chunk_sumexp(buf, n, inv_t, gmax);
     }
     if (stats) st = online_merge(st, chunk_stats(buf, n, inv_ts, gmax), inv_ts);
   }
