@@ -3,9 +3,9 @@ its masked NLL, per row against a float64 log_softmax (tests/confident_rows.py).
 import pytest
 import torch
 from confident_rows import assert_close_per_row, confident_rows, truth
+from test_masked_nll import interpreted_triton
 
 import mdsample
-from mdsample import _backends
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.i
 def _vocabs(backend):
     """One chunk, three chunks, and (not under the Triton interpreter) a GPT-2 vocabulary."""
     small = [300, 5000]
-    return small if backend == "triton" and _backends.triton_interpreted() else small + [50257]
+    return small if interpreted_triton(backend) else small + [50257]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

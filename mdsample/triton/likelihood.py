@@ -40,7 +40,7 @@ import triton.language as tl
 
 from ..reference.philox import DOMAIN_FORWARD_MASK, DOMAIN_TIMESTEP
 from ._device import on_device_of
-from .sampling import _philox_words, _scores, _uniform52
+from .sampling import _log1p, _philox_words, _scores, _uniform52
 
 _DOMAIN_TIMESTEP = tl.constexpr(DOMAIN_TIMESTEP)
 _DOMAIN_FORWARD_MASK = tl.constexpr(DOMAIN_FORWARD_MASK)
@@ -178,13 +178,6 @@ def _mask_count_kernel(x0_ptr, maskable_ptr, seed_ptr, offset_ptr, position_ptr,
             x0 = tl.load(x0_ptr + row_start + lo + idx, mask=in_row)
             tl.store(out_ptr + row_start + lo + idx, tl.where(hit, mask_id, x0), mask=in_row)
             ties_before += tl.sum(tie, 0)
-
-
-@triton.jit
-def _log1p(x):
-    """log(1 + x) to fp32 rounding for small x too (Goldberg: the rounding of 1 + x cancels)."""
-    y = 1.0 + x
-    return tl.where(y == 1.0, x, tl.log(y) * (x / (y - 1.0)))
 
 
 @triton.jit

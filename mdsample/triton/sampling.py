@@ -190,16 +190,15 @@ def _row_live(r, seed_ptr, seed_val, offset_ptr, offset_val, position_ptr, activ
 
 
 @triton.jit
-def _inv_temperatures(r, temperature_ptr, temperature_val, stats_temperature_ptr, stats_temperature_val,
-                      STATS: tl.constexpr, HAS_TEMPERATURE_ARR: tl.constexpr,
+def _inv_temperatures(r, temperature, stats_temperature_ptr, stats_temperature_val, STATS: tl.constexpr,
                       HAS_STATS_TEMPERATURE_ARR: tl.constexpr):
-    """1 / T for the draw (1 on argmax rows) and 1 / T_stats (1 without stats), both clamped to fp32 range.
+    """1 / T for the draw (``temperature``, row ``r``'s T; 1 on argmax rows) and 1 / T_stats (1 without stats),
+    both clamped to fp32 range.
 
     Clamped to the normal range (``inv_temperature`` of csrc/include/mdsample/online.h): a subnormal
     temperature gives 0 * inv_t = 0 for the maximum (not 0 * inf = NaN), and one near the fp32 maximum
     keeps -inf * inv_t = -inf (not -inf * 0 = NaN where denormals flush to zero).
     """
-    temperature = _per_row(temperature_ptr, temperature_val, r, HAS_TEMPERATURE_ARR)
     inv_t = _clamp_inv(1.0 / tl.where(temperature > 0, temperature, 1.0))
     inv_st = 1.0
     if STATS:
@@ -283,8 +282,8 @@ def _reduce_chunks(r, c0, COUNT: tl.constexpr, logits_ptr, row_offsets_ptr, row_
                    HAS_TEMPERATURE_ARR: tl.constexpr, HAS_STATS_TEMPERATURE_ARR: tl.constexpr):
     """Pass 1 for chunks ``c0 .. c0 + COUNT - 1`` of row ``r`` (unrolled: their loads are in flight together)."""
     temperature = _per_row(temperature_ptr, temperature_val, r, HAS_TEMPERATURE_ARR)
-    inv_t, inv_st = _inv_temperatures(r, temperature_ptr, temperature_val, stats_temperature_ptr,
-                                      stats_temperature_val, STATS, HAS_TEMPERATURE_ARR, HAS_STATS_TEMPERATURE_ARR)
+    inv_t, inv_st = _inv_temperatures(r, temperature, stats_temperature_ptr, stats_temperature_val, STATS,
+                                      HAS_STATS_TEMPERATURE_ARR)
     logits_row, guidance_row = _row_pointers(r, logits_ptr, row_offsets_ptr, row_stride, guidance_ptr,
                                              guidance_offsets_ptr, guidance_row_stride, HAS_GUIDANCE,
                                              HAS_ROW_OFFSETS_ARR, HAS_GUIDANCE_OFFSETS_ARR)
@@ -316,8 +315,8 @@ def _finish_row(
     entropy = tl.full([], float("nan"), tl.float32)
     if live:
         temperature = _per_row(temperature_ptr, temperature_val, r, HAS_TEMPERATURE_ARR)
-        _, inv_st = _inv_temperatures(r, temperature_ptr, temperature_val, stats_temperature_ptr,
-                                      stats_temperature_val, STATS, HAS_TEMPERATURE_ARR, HAS_STATS_TEMPERATURE_ARR)
+        _, inv_st = _inv_temperatures(r, temperature, stats_temperature_ptr, stats_temperature_val, STATS,
+                                      HAS_STATS_TEMPERATURE_ARR)
         logits_row, guidance_row = _row_pointers(r, logits_ptr, row_offsets_ptr, row_stride, guidance_ptr,
                                                  guidance_offsets_ptr, guidance_row_stride, HAS_GUIDANCE,
                                                  HAS_ROW_OFFSETS_ARR, HAS_GUIDANCE_OFFSETS_ARR)
