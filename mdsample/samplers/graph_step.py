@@ -78,29 +78,38 @@ class StepGraphs:
 
     A graph reads the model's parameters and buffers where they were at capture: updates in place
     (a ``load_state_dict``, an optimizer step) are seen; after ``model.to(...)`` or a swapped
-    parameter the kept step is dropped and the next call captures anew. A call holds its entry
-    while it runs, so a second call with the same key at the same time (from ``on_step``, or
-    another thread) builds its own step instead of overwriting the running one's buffers.
+    parameter the kept step is dropped and the next call captures anew. The tensors looked at are the
+    model's ``parameters()`` and ``buffers()``, or, for a model that is no ``nn.Module``, those of the
+    modules and tensors it holds as attributes or its ``hidden`` / ``head`` are bound to; a model showing
+    none cannot be kept (TypeError). A call holds its entry while it runs, so a second call with the
+    same key at the same time (from ``on_step``, or another thread) builds its own step instead of
+    overwriting the running one's buffers.
     """
 
     def __init__(self):
         self._entries: dict = {}
         self._lock = threading.Lock()
 
-    def take(self, model, settings: tuple) -> Optional["BlockStep"]:
+    def take(self, model, settings: tuple) -> tuple[Optional["BlockStep"], tuple]:
         """The step kept for ``model`` with ``settings`` (a tuple generate builds), checked out until
-        :meth:`keep` returns it; None if there is none, it is out, or the model's tensors moved."""
+        :meth:`keep` returns it (None if there is none, it is out, or the model's tensors moved), and where
+        the model's tensors are now: what a step built or replayed in this call will read."""
+        ptrs = model_tensor_ptrs(model)
         with self._lock:
             entry = self._entries.pop((id(model), settings), None)
-        if entry is None or entry[0] is not model or entry[1] != _tensor_ptrs(model):
-            return None
-        return entry[2]
+        if entry is None or entry[0] is not model or entry[1] != ptrs:
+            return None, ptrs
+        return entry[2], ptrs
 
-    def keep(self, model, settings: tuple, step: "BlockStep") -> None:
-        """Keep (or return) ``step`` for the next call with ``model`` and ``settings``; a step kept meanwhile
-        under the same key (a concurrent call's) stays."""
+    def keep(self, model, settings: tuple, step: "BlockStep", ptrs: tuple) -> None:
+        """Keep (or return) ``step``, whose graphs read the model's tensors at ``ptrs`` (from :meth:`take`),
+        for the next call with ``model`` and ``settings``. Not kept if the tensors moved during the call
+        (``on_step`` moved the model: a later capture read elsewhere); a step kept meanwhile under the same
+        key (a concurrent call's) stays."""
+        if model_tensor_ptrs(model) != ptrs:
+            return
         with self._lock:
-            self._entries.setdefault((id(model), settings), (model, _tensor_ptrs(model), step))
+            self._entries.setdefault((id(model), settings), (model, ptrs, step))
 
     def clear(self) -> None:
         """Drops every kept step (its canvas, cache and graphs)."""
@@ -111,10 +120,31 @@ class StepGraphs:
         return len(self._entries)
 
 
-def _tensor_ptrs(model) -> tuple:
-    """Where the model's parameters and buffers live: a captured graph reads those addresses."""
-    tensors = [getattr(model, name, None) for name in ("parameters", "buffers")]
-    return tuple(t.data_ptr() for fn in tensors if callable(fn) for t in fn())
+def _own_tensors(obj) -> list:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    fns = [getattr(obj, name, None) for name in ("parameters", "buffers")]
+    return [t for fn in fns if callable(fn) for t in fn()]
+
+
+def model_tensor_ptrs(model) -> tuple:
+    """Where the model's tensors live (a captured graph reads those addresses): its ``parameters()`` and
+    ``buffers()``, or, lacking both, those of its attributes and of the objects its ``hidden`` / ``head``
+    methods are bound to (a wrapper's module)."""
+    tensors = _own_tensors(model)
+    if not tensors:
+        holders = list(vars(model).values()) if hasattr(model, "__dict__") else []
+        holders += [getattr(getattr(model, name, None), "__self__", None) for name in ("hidden", "head")]
+        seen = {id(model)}
+        for h in holders:
+            if h is not None and id(h) not in seen:
+                seen.add(id(h))
+                tensors += _own_tensors(h)
+    if not tensors:
+        raise TypeError(f"StepGraphs cannot see the tensors of {type(model).__name__} (no parameters() / buffers(), "
+                        "no nn.Module or tensor attribute), so it could not tell when its captures go stale: pass "
+                        "cuda_graph=True, which captures anew in every call")
+    return tuple(t.data_ptr() for t in tensors)
 
 
 class BlockStep:

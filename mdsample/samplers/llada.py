@@ -218,7 +218,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         settings = (batch, plen, gen_length, block_length, per_block, cache, refresh_every, remasking, temperature,
                     cfg_scale, threshold, factor, mask_id, backend, str(device), capture, am is not None, top_p, top_k,
                     low_threshold, credit, vicinity)
-        kept = None if graphs is None else graphs.take(model, settings)
+        kept, ptrs = (None, None) if graphs is None else graphs.take(model, settings)
         if kept is not None:  # an earlier call's canvas, cache and graphs, restarted with this prompt
             kept.restart(x, is_prompt, seed, attention_mask=am)
             fwd, x, backbone = kept.fwd, kept.x, kept.fwd.backbone
@@ -249,7 +249,7 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
             calls_out["forwards"] = backbone.calls
         if graphs is not None:  # the kept canvas is the next call's; kept only after a whole run (a failed one
             out = out.clone()   # may leave a half-made capture)
-            graphs.keep(model, settings, step)
+            graphs.keep(model, settings, step, ptrs)
         return C.restore_padding(out, padding, mask_id)
     done = torch.zeros(batch, dtype=torch.bool, device=device)  # rows past an EOS (eos_id)
     held = None if credit is None else Credit(batch, block_length, credit, device)

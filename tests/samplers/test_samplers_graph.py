@@ -135,6 +135,65 @@ def test_step_graphs_recapture_after_the_model_moves(prompt):
     assert first.shape == again.shape
 
 
+
+def test_step_graphs_drop_a_step_whose_model_moved_during_the_call(prompt):
+    """A parameter swapped from on_step (new storage, same values) leaves the call's later captures reading
+    storage the kept graphs' earlier ones do not: the step is not kept, the next call builds its own."""
+    m = Transformer.from_preset("tiny", seed=0).eval()
+    graphs, kw = mdsample.StepGraphs(), _kw(cache="prefix")
+
+    def swap(step, x):
+        if step == 3:
+            m.lm_head.weight = torch.nn.Parameter(m.lm_head.weight.detach().clone())
+
+    out = mdsample.generate(m, prompt, cuda_graph=graphs, on_step=swap, **kw)
+    assert len(graphs) == 0
+    assert torch.equal(out, mdsample.generate(m, prompt, **kw))
+    mdsample.generate(m, prompt, cuda_graph=graphs, **kw)
+    assert len(graphs) == 1
+
+
+class _Holder:
+    """A backbone that is no nn.Module: the protocol's methods, the module held as an attribute."""
+
+    def __init__(self, module):
+        self.module, self.config = module, module.config
+        self.hidden, self.head, self.new_cache = module.hidden, module.head, module.new_cache
+
+    def __call__(self, x, **kw):
+        return self.module(x, **kw)
+
+
+def test_step_graphs_see_the_tensors_of_a_wrapped_module(prompt):
+    m = Transformer.from_preset("tiny", seed=0).eval()
+    holder, graphs, kw = _Holder(m), mdsample.StepGraphs(), _kw(cache="dual")
+    first = mdsample.generate(holder, prompt, cuda_graph=graphs, **kw)
+    (step,) = [e[-1] for e in graphs._entries.values()]
+    mdsample.generate(holder, prompt, cuda_graph=graphs, **kw)
+    assert [e[-1] for e in graphs._entries.values()] == [step]
+    m.to(torch.float64)
+    again = mdsample.generate(holder, prompt, cuda_graph=graphs, **kw)
+    assert [e[-1] for e in graphs._entries.values()] != [step]
+    assert torch.equal(again, mdsample.generate(m, prompt, **kw)) and first.shape == again.shape
+
+
+def test_step_graphs_refuse_a_model_whose_tensors_they_cannot_see(prompt):
+    m = Transformer.from_preset("tiny", seed=0).eval()
+
+    class Closure:  # the module reachable only through closures
+        config, vocab_size = m.config, m.config.vocab_size
+        hidden = staticmethod(lambda x, **k: m.hidden(x, **k))
+        head = staticmethod(lambda h: m.head(h))
+        new_cache = staticmethod(lambda *a, **k: m.new_cache(*a, **k))
+
+        def __call__(self, x, **kw):
+            return m(x, **kw)
+
+    with pytest.raises(TypeError, match="StepGraphs cannot see the tensors of Closure"):
+        mdsample.generate(Closure(), prompt, cuda_graph=mdsample.StepGraphs(), **_kw(cache="dual"))
+    assert torch.equal(mdsample.generate(Closure(), prompt, cuda_graph=True, **_kw(cache="dual")),
+                       mdsample.generate(m, prompt, **_kw(cache="dual")))
+
 def _guarded(fn, calls):
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
