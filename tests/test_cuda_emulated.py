@@ -191,6 +191,17 @@ def test_near_certain_top_token_stats(lib):
             assert_close_per_row(r.entropy, entropy, f"entropy V={vocab}")
 
 
+def test_near_tie_stats(lib):
+    """The margin at near-ties and tiny gaps over huge stats temperatures (test_stats_near_ties' rows), both plans."""
+    from test_stats_near_ties import STATS_TEMPERATURES, assert_stats_exact, near_tie_rows
+
+    for t in STATS_TEMPERATURES:
+        for device in (H100, ONE_SM):
+            got = emulated(lib, mdsample.sample_categorical, near_tie_rows(), temperature=0.0, return_stats=True,
+                           stats_temperature=t, device=device)
+            assert_stats_exact(got, near_tie_rows(), t)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_guidance_matches_cpu_backend(lib, dtype):
     """CFG with -inf on either side, the unconditional rows aligned unlike the conditional ones."""

@@ -34,7 +34,7 @@ import math
 import torch
 
 from .philox import DOMAIN_FORWARD_MASK, DOMAIN_TIMESTEP, draw_words, uniform52
-from .sampling import guided_scores
+from .sampling import guided_scores, shifted_scores
 
 TIMESTEP_MODES = ("stratified", "shifted", "iid")
 
@@ -135,8 +135,9 @@ def masked_nll(
         g[:, exclude] = -math.inf
     tgt = target[rows]
     in_vocab = (tgt >= 0) & (tgt < v)
-    bad = torch.isnan(g).any(-1) | torch.isposinf(g).any(-1) | ~in_vocab
-    nll = torch.logsumexp(g, -1) - g.gather(1, tgt.clamp(0, v - 1).unsqueeze(-1)).squeeze(-1)
+    bad = torch.isnan(g).any(-1) | torch.isposinf(g).any(-1) | ~torch.isfinite(g).any(-1) | ~in_vocab
+    z, _, tail = shifted_scores(g)
+    nll = torch.log1p(tail) - z.gather(1, tgt.clamp(0, v - 1).unsqueeze(-1)).squeeze(-1)
     value = torch.where(bad, math.nan, w[rows] * nll)
     per_row = torch.zeros(n, dtype=torch.float64, device=logits.device).index_put_((rows,), value)
     return per_row.view(n_seqs, length).sum(-1).to(torch.float32)

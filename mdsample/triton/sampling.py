@@ -123,6 +123,14 @@ def _log1p(x):
 
 
 @triton.jit
+def _expm1(x):
+    """e^x - 1 for x <= 0 (fp32 or fp64), accurate for tiny |x|: the rounding error of e^x cancels in x / log(u);
+    -1 at x = -inf."""
+    u = tl.exp(x)
+    return tl.where(u == 1.0, x, tl.where(u == 0.0, -1.0, (u - 1.0) * (x / tl.log(u))))
+
+
+@triton.jit
 def _scores(logits_row, guidance_row, cols, vocab, exclude, guidance_mult, HAS_GUIDANCE: tl.constexpr):
     """fp32 scores of tokens ``cols`` (a block or a scalar) of one row; -inf past the vocab and at ``exclude``."""
     in_row = cols < vocab
@@ -421,9 +429,9 @@ def _finish_row(
             logprob64 = (g_tok.to(tl.float64) - big_m) * inv_st64 - log_sum
             logprob = logprob64.to(tl.float32)
             prob = tl.exp(logprob64).to(tl.float32)
-            # p1 - p2 = (1 - e^((top2 - top1)/T)) / sum: top1 and top2 may be close.
+            # p1 - p2 = -expm1((top2 - top1)/T) / sum: 1 - e^gap would cancel at a near-tie.
             gap = (top2.to(tl.float64) - big_m) * inv_st64
-            margin = ((1.0 - tl.exp(gap)) / st_sum).to(tl.float32)
+            margin = (-_expm1(gap) / st_sum).to(tl.float32)
             entropy = (log_sum - sx / st_sum).to(tl.float32)  # both terms >= 0: no cancellation
             if bad:
                 logprob = tl.full([], float("nan"), tl.float32)
