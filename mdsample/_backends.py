@@ -64,6 +64,14 @@ def interpreter_broken(triton_version: str, numpy_version: str):
             "pip install 'numpy<2.4' or 'triton>=3.7' to run the Triton kernels on the CPU")
 
 
+def _interpret_env() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# Read before ``import triton``: Triton makes its own jit functions (tl.max, tl.sum, ...) interpreted or compiled
+# as it loads, so a TRITON_INTERPRET set later gives kernels that fail deep inside Triton on either device.
+_INTERPRETED = _interpret_env()
+
 try:
     import triton  # noqa: F401
     import triton.language  # noqa: F401
@@ -80,8 +88,17 @@ else:
 
 
 def triton_interpreted() -> bool:
-    """True when Triton kernels run on the CPU through ``TRITON_INTERPRET=1``."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when Triton kernels run on the CPU through ``TRITON_INTERPRET=1`` (as set when mdsample loaded)."""
+    return _INTERPRETED
+
+
+def _interpreter_switched():
+    """Why the Triton backend is off because TRITON_INTERPRET changed since mdsample loaded, or None."""
+    if _interpret_env() == _INTERPRETED:
+        return None
+    then, now = ("set", "unset") if _INTERPRETED else ("unset", "set")
+    return (f"TRITON_INTERPRET was {then} when mdsample imported triton and is {now} now; Triton chooses between "
+            "its interpreter and its compiler as it loads, so set it before `import mdsample` (and triton)")
 
 
 def available(backend: str, device_type: str) -> bool:
@@ -93,6 +110,8 @@ def available(backend: str, device_type: str) -> bool:
     if backend == "cuda":
         return device_type == "cuda"
     if backend == "triton":
+        if _interpreter_switched():
+            return False
         return device_type == "cuda" or (triton_interpreted() and _interpreter_reason is None)
     return backend == "reference"
 
@@ -101,6 +120,8 @@ def why_not(backend: str, device_type: str) -> str:
     """A sentence saying why ``backend`` cannot run on ``device_type`` tensors."""
     if backend in _reasons:
         return _reasons[backend]
+    if backend == "triton" and _interpreter_switched():
+        return _interpreter_switched()
     if backend == "triton" and device_type == "cpu":
         if triton_interpreted() and _interpreter_reason is not None:
             return _interpreter_reason

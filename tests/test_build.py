@@ -3,6 +3,7 @@ import os
 import re
 import struct
 import subprocess
+import sys
 
 import pytest
 
@@ -115,9 +116,39 @@ def test_a_broken_interpreter_turns_triton_off_on_cpu_and_info_says_why(monkeypa
     if "triton" in _backends._reasons:
         pytest.skip(_backends._reasons["triton"])
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_backends, "_INTERPRETED", True)
     monkeypatch.setattr(_backends, "_interpreter_reason", "the interpreter cannot run here")
     assert not _backends.available("triton", "cpu") and _backends.available("triton", "cuda")
     assert _backends.why_not("triton", "cpu") == "the interpreter cannot run here"
     assert "not on cpu tensors: the interpreter cannot run here" in info()
     with pytest.raises(ValueError, match="the interpreter cannot run here"):
         _backends.resolve("triton", "cpu")
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+def test_triton_interpret_changed_after_import_turns_triton_off_with_the_fix(monkeypatch, device_type):
+    """Triton fixes interpreter-or-compiler as it loads; flipping TRITON_INTERPRET later made kernels that raised
+    an InterpreterError from inside Triton. Now the backend is off on both devices, and the reason says when to
+    set it."""
+    if "triton" in _backends._reasons:
+        pytest.skip(_backends._reasons["triton"])
+    monkeypatch.setenv("TRITON_INTERPRET", "0" if _backends.triton_interpreted() else "1")
+    assert not _backends.available("triton", device_type)
+    with pytest.raises(ValueError, match=r"TRITON_INTERPRET was (un)?set when mdsample imported triton.*"
+                                         r"before `import mdsample`"):
+        _backends.resolve("triton", device_type)
+
+
+def test_triton_interpret_set_after_import_is_refused_before_any_kernel_runs():
+    if "triton" in _backends._reasons:
+        pytest.skip(_backends._reasons["triton"])
+    script = ("import os, torch, mdsample\n"
+              "os.environ['TRITON_INTERPRET'] = '1'\n"
+              "try:\n"
+              "    mdsample.sample_categorical(torch.randn(2, 50), seed=1, backend='triton')\n"
+              "except ValueError as exc:\n"
+              "    print(exc)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "TRITON_INTERPRET was unset when mdsample imported triton and is set now" in out.stdout
