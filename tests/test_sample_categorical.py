@@ -70,6 +70,21 @@ def test_matches_reference_features(fast_backend, device, kw):
           mdsample.sample_categorical(logits, backend="reference", **kw))
 
 
+@pytest.mark.parametrize("stats_temperature", [1e-45, 1e-40, 3e38, 3.4e38])
+def test_stats_at_temperatures_past_float32s_normal_range_match_reference(fast_backend, device, stats_temperature):
+    """The kernels hold 1 / T_stats in [2^-126, 3e38], the reference the same: past that range the margin (a
+    subnormal) came out 3.5x the reference's, and a log-probability -3e35 against -inf. Gaps of 1e-3 keep
+    gap / T finite at the bound; rtol 1e-3 is 30 ulps of a subnormal near 4e-41."""
+    logits = _logits((4, 300), scale=1e-3, device=device)
+    kw = dict(seed=3, return_stats=True, stats_temperature=stats_temperature)
+    got = mdsample.sample_categorical(logits, backend=fast_backend, **kw)
+    want = mdsample.sample_categorical(logits, backend="reference", **kw)
+    assert torch.equal(got.tokens.cpu(), want.tokens.cpu())
+    for name in ("logprob", "prob", "margin", "entropy"):
+        torch.testing.assert_close(getattr(got, name).cpu(), getattr(want, name).cpu(), rtol=1e-3, atol=0.0,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_guidance_matches_reference_formula(fast_backend, device):
     cond = _logits((5, 2500), seed=1, device=device)
     uncond = _logits((5, 2500), seed=2, device=device)

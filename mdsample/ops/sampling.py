@@ -170,10 +170,15 @@ def sample_categorical(
         active: bool ``[...]``; inactive rows are not read and return ``fallback``
             (int or int64 ``[...]``; -1 when not given).
         guidance: unconditional logits, same shape/dtype as ``logits``; the draw is from
-            ``l_u + (guidance_scale + 1)(l_c - l_u)`` (SMDM / LLaDA CFG), fused in the same read.
+            ``l_u + (guidance_scale + 1)(l_c - l_u)`` (SMDM / LLaDA CFG), fused in the same read. At
+            ``guidance_scale=0`` that is the formula, l_c up to float32 rounding; the samplers pass no guidance
+            then (``cfg_scale=0`` runs no unconditional pass, as LLaDA's ``if cfg_scale > 0`` does).
         return_stats: also return logprob, prob, margin and entropy (a :class:`SampleResult`).
         stats_temperature: temperature of those statistics: default the sampling temperature
-            (Dream), 1.0 on argmax rows; pass 1.0 for LLaDA's confidence.
+            (Dream), 1.0 on argmax rows; pass 1.0 for LLaDA's confidence. The kernels scale by
+            1 / stats_temperature in float32, held in its normal range [2^-126, 3e38]: a value outside
+            [3.3e-39, 8.5e37] gives the statistics of that bound, which differ only where they leave float32's
+            normal range themselves (a log-probability past -1e37, a margin under 1e-38).
         check: validate values (NaN rows, ranges) with a host sync; False makes no host
             sync, so with seed/offset as device tensors the call can be captured in a
             CUDA graph that replays with fresh noise; bad rows then give -1. Under ``torch.compile``

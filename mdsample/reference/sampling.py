@@ -155,9 +155,11 @@ def row_stats(g: torch.Tensor, tokens: torch.Tensor, stats_temperature: torch.Te
     ``g`` is float64 ``[N, V]`` scores, ``tokens`` ``[N]`` int64 in ``[0, V)``, ``T`` ``[N]`` float32. From
     :func:`shifted_scores`: the margin is -expm1(z2) / sum (not a difference of two near-equal
     probabilities: a near-tie's margin came out 19% off) and the entropy log1p(tail) - sum(e^z z) / sum
-    adds two terms >= 0.
+    adds two terms >= 0. 1 / T is held in [2^-126, 3e38], as the kernels hold their float32 scale
+    (``inv_temperature`` of csrc/include/mdsample/online.h).
     """
-    z, e, tail = shifted_scores(g / stats_temperature.to(torch.float64).unsqueeze(-1))
+    scale = (1.0 / stats_temperature.to(torch.float64)).clamp(2.0**-126, 3e38)
+    z, e, tail = shifted_scores(g * scale.unsqueeze(-1))
     log_sum = torch.log1p(tail)
     tok_logp = z.gather(1, tokens.unsqueeze(-1)).squeeze(1) - log_sum
     z2 = z.topk(2, -1).values[:, 1] if z.shape[1] > 1 else torch.full_like(tail, -math.inf)
