@@ -220,3 +220,17 @@ def test_schedule_returning_the_wrong_shape_is_named():
     x0 = torch.zeros(2, 7, dtype=torch.long)
     with pytest.raises(ValueError, match=r"OneValue.mask_prob returned shape \(\)"):
         mdsample.forward_mask(x0, torch.tensor([0.2, 0.5]), mask_id=9, schedule=OneValue())
+
+
+def test_schedule_giving_a_probability_outside_0_1_is_refused_and_x0_kept():
+    class Doubled:
+        def mask_prob(self, t):
+            return 2.0 * t
+
+    x0 = torch.arange(14, dtype=torch.long).view(2, 7)
+    before = x0.clone()
+    with pytest.raises(ValueError, match=r"schedule.mask_prob\(t\) must lie in \[0, 1\]"):
+        mdsample.forward_mask(x0, torch.tensor([0.2, 0.7]), mask_id=99, schedule=Doubled())
+    assert torch.equal(x0, before)
+    out = mdsample.forward_mask(x0, torch.tensor([0.2, 0.7]), mask_id=99, schedule=Doubled(), check=False)
+    assert out.shape == x0.shape  # unchecked, the kernel still runs on it safely

@@ -75,7 +75,7 @@ def forward_mask(x0, t=None, *, mask_id, schedule="loglinear", eps=1e-3, maskabl
             in the counter (default: its flat index). Pass (sequence, token) ids to make a
             sequence's mask independent of how it is batched.
         count: int or integer tensor broadcastable to ``[...]``, >= 0: exact-count variant.
-        check: validate values (ranges of t, count, positions) with a host sync.
+        check: validate values (ranges of t, count, positions) with one host sync, after the kernel.
         backend: "auto", "cuda", "triton", "cpu" or "reference".
 
     Returns:
@@ -87,6 +87,7 @@ def forward_mask(x0, t=None, *, mask_id, schedule="loglinear", eps=1e-3, maskabl
     batch = math.prod(lead)
     mask_id = V.int_number("mask_id", mask_id, low=0, high=2**63 - 1)
     checking = check and not torch.compiler.is_compiling()
+    pending = []  # value checks, read together after the kernel (V.defer: they can only spoil masks)
 
     if (t is None) == (count is None):
         raise ValueError("forward_mask needs exactly one of t (Bernoulli masking) and count (exact-count masking)")
@@ -99,21 +100,21 @@ def forward_mask(x0, t=None, *, mask_id, schedule="loglinear", eps=1e-3, maskabl
         if isinstance(t, numbers.Number) and not isinstance(t, torch.Tensor):
             t = V.finite_number("t", t, low=0.0)
         tt = V.per_row("t", t, lead, device, torch.float64, kind="float")
-        if checking and batch and not bool(((tt >= 0) & (tt <= 1)).all()):
-            raise ValueError("t must lie in [0, 1] for every sequence")
+        if checking:
+            V.defer(pending, ~((tt >= 0) & (tt <= 1)).all(), "t must lie in [0, 1] for every sequence")
         prob = mask_prob(schedule, tt, eps).reshape(batch).contiguous()
-        if checking and batch and not bool(((prob >= 0) & (prob <= 1)).all()):
-            raise ValueError("schedule.mask_prob(t) must lie in [0, 1]")
+        if checking:
+            V.defer(pending, ~((prob >= 0) & (prob <= 1)).all(), "schedule.mask_prob(t) must lie in [0, 1]")
     else:
         counts = V.per_row("count", count, lead, device, torch.int64, kind="int")
-        if checking and batch and bool((counts < 0).any()):
-            raise ValueError("count must be >= 0 for every sequence")
+        if checking:
+            V.defer(pending, (counts < 0).any(), "count must be >= 0 for every sequence")
 
     position = None
     if positions is not None:
         position = V.per_row("positions", positions, shape, device, torch.int64, kind="int").view(batch, length)
-        if checking and position.numel() and not bool(((position >= 0) & (position <= MAX_POSITION)).all()):
-            raise ValueError("positions must lie in [0, 2^48)")
+        if checking:
+            V.defer(pending, ~((position >= 0) & (position <= MAX_POSITION)).all(), "positions must lie in [0, 2^48)")
     elif checking and x0.numel() > MAX_POSITION + 1:
         raise ValueError(f"x0 has {x0.numel()} tokens: more than 2^48 default positions")
     allowed = None
@@ -130,4 +131,5 @@ def forward_mask(x0, t=None, *, mask_id, schedule="loglinear", eps=1e-3, maskabl
         out = forward_mask_op(x0_rows, backend=chosen, **args)
     else:
         out = run_forward_mask(x0_rows, backend=chosen, **args)
+    V.raise_pending(pending)
     return out.view(shape)

@@ -37,8 +37,7 @@ import torch
 
 from ..models.protocol import Backbone
 from ..ops import _validate as V
-from ..ops._rows import RowDraw
-from ..ops.sampling import _fp32_positive, raise_bad_rows, sample_categorical
+from ..ops.sampling import _fp32_positive, sample_categorical
 from . import _checks as C
 from ._random import DOMAIN_REVEAL, seed_value, uniforms
 from .progress import Progress
@@ -86,18 +85,11 @@ def duo_posterior_step(logits, x, *, alpha_t, alpha_s, temperature=1.0, seed=0, 
 
     if _fp32_positive(temperature):  # the sampling op's rule: T <= 2^-150 is argmax there too
         work = logits if logits.dtype == torch.float64 else logits.float()
-        # Shifted by the row max first: l / T overflows float32 for tiny T (a finite row stays finite), and
-        # a row with NaN, +inf or no finite logit turns x_hat[x_t] into NaN, which would otherwise pick
-        # the uniform component without the sampling op ever seeing the row.
+        # Shifted by the row max first: l / T overflows float32 for tiny T (a finite row stays finite).
         scaled = (work - work.amax(-1, keepdim=True)) / temperature
         lse = torch.logsumexp(scaled, dim=-1)
         at_x = scaled.gather(-1, x.unsqueeze(-1)).squeeze(-1)
         xhat_x = torch.exp((at_x - lse).to(torch.float64))
-        bad = ~torch.isfinite(xhat_x)
-        if bool(bad.any()):
-            req = RowDraw(logits=logits, row_offsets=None, row_stride=vocab, temperature=temperature, seed=seed,
-                          offset=offset, position=None)
-            raise_bad_rows(req, torch.where(bad, -1, 0).reshape(-1), None)
     else:
         top = sample_categorical(logits, temperature=0.0, backend=backend)
         xhat_x = (top == x).to(torch.float64)
@@ -109,7 +101,9 @@ def duo_posterior_step(logits, x, *, alpha_t, alpha_s, temperature=1.0, seed=0, 
     u_pick, u_tok = uniforms(seed, offset, positions, DOMAIN_REVEAL)
     pick = u_pick * (w1 + w2 + w3)
     keep = pick < w1
-    from_model = ~keep & (pick < w1 + w2)
+    # A row with NaN, +inf or no finite logit makes x_hat[x_t] NaN, and every comparison with a NaN pick is
+    # False: such rows go to the sampling op, whose check names them (one host read per step, not two).
+    from_model = (~keep & (pick < w1 + w2)) | torch.isnan(pick)
     drawn = sample_categorical(logits, temperature=temperature, seed=seed, offset=offset, positions=positions,
                                active=from_model, fallback=x, backend=backend)
     uniform_tok = (u_tok * vocab).to(torch.int64).clamp_max(vocab - 1)

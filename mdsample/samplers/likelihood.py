@@ -190,11 +190,12 @@ def _chunk_values(fwd: RowForward, xs, xt, ans_rows, w, sigma, nll_kw) -> torch.
     """
     mask_id, c = nll_kw["mask_id"], xs.shape[0]
     scored = (xt == mask_id) & ans_rows
-    if not bool(scored.any()):  # nothing masked: the value is 0 whatever the model says
-        return torch.zeros(c, dtype=torch.float64, device=xs.device)
+    zero = torch.zeros(c, dtype=torch.float64, device=xs.device)  # nothing masked: 0 whatever the model says
     seqs = torch.arange(c, device=xs.device)
     if fwd.backbone.has_head:
-        row_seq, row_pos = scored.nonzero(as_tuple=True)
+        row_seq, row_pos = scored.nonzero(as_tuple=True)  # the chunk's one read of its shape
+        if row_seq.numel() == 0:
+            return zero
         logits, guidance = fwd.rows(xt, seqs, row_seq, row_pos, sigma=sigma)
         _in_vocab(fwd, xs, logits)
         rows = logits.shape[0]
@@ -203,7 +204,9 @@ def _chunk_values(fwd: RowForward, xs, xt, ans_rows, w, sigma, nll_kw) -> torch.
             torch.full((rows, 1), mask_id, dtype=torch.int64, device=xs.device),
             weight=w[row_seq].to(torch.float32),
             guidance=None if guidance is None else guidance.reshape(rows, 1, -1), **nll_kw)
-        return torch.zeros(c, dtype=torch.float64, device=xs.device).index_add_(0, row_seq, per_row.double())
+        return zero.index_add_(0, row_seq, per_row.double())
+    if not bool(scored.any()):
+        return zero
     logits, guidance = fwd.full(xt, seqs, sigma=sigma)
     _in_vocab(fwd, xs, logits)
     tok_w = torch.where(ans_rows, w.unsqueeze(1), 0.0).to(torch.float32)
