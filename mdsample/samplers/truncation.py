@@ -125,7 +125,15 @@ def truncate(logits: torch.Tensor, *, temperature: float, top_p: Optional[float]
     if top_p is not None and out.numel():
         scaled = out.to(torch.float32)
         if temperature > 0:
-            scaled = scaled / temperature
+            divided = scaled / temperature
+            if temperature < 1.0:  # l / T can overflow float32 only at T < 1
+                # Scores at +-inf made the softmax NaN and kept the lowest id, not the argmax: such rows are
+                # shifted by their max first (the order, ties included, is the same; the mass is).
+                top = scaled.amax(1, keepdim=True)
+                shifted = (scaled - torch.where(torch.isfinite(top), top, 0.0)) / temperature
+                overflow = (torch.isinf(divided) & torch.isfinite(scaled)).any(1, keepdim=True)
+                divided = torch.where(overflow, shifted, divided)
+            scaled = divided
         out.masked_fill_(~_nucleus(scaled, top_p, sync_free=sync_free, rule=rule), -torch.inf)
     if top_k is not None and top_k < out.shape[1] and out.numel():
         kth = torch.topk(out, top_k, dim=1).values[:, -1:]

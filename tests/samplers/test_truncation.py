@@ -68,3 +68,18 @@ def test_sync_free_nucleus_is_the_same_set(rule):
                   [torch.randint(-2, 2, (20, 300), generator=g).float()])
     for top_p in (0.3, 0.9):
         assert torch.equal(_nucleus(x, top_p, sync_free=True, rule=rule), _nucleus(x, top_p, rule=rule))
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_top_p_at_a_temperature_where_l_over_t_overflows_keeps_the_argmax(rule, sync_free):
+    """At T = 1e-40, l / T is +-inf for every nonzero logit; the softmax was NaN and the set kept the lowest id.
+    softmax(l / T) is then the argmax's (shared equally by tied maxima: Dream's rule keeps both at p = 0.9,
+    BD3-LM's drops the second, whose mass crosses p)."""
+    logits = torch.tensor([[1.0, 3.0, 2.0, -1.0], [1.0, 3.0, 3.0, -1.0], [-2.0, -1.0, -3.0, -4.0]])
+    want = torch.tensor([[False, True, False, False], [False, True, rule == "dream", False],
+                         [False, True, False, False]])
+    for T in (1e-40, 1e-37, 2.0**-149):
+        got = truncate(logits, temperature=T, top_p=0.9, top_k=None, rule=rule, sync_free=sync_free)
+        assert torch.equal(torch.isfinite(got), want), T
+        assert torch.equal(got[want], logits[want])
