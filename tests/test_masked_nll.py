@@ -213,6 +213,9 @@ def test_torch_compile_fullgraph():
         (dict(weight=torch.ones(2, 3, dtype=torch.int64)), TypeError, "weight"),
         (dict(weight=torch.tensor([1.0, math.inf])), ValueError, "weight"),
         (dict(weight="1"), TypeError, "weight"),
+        (dict(weight=1e39), ValueError, r"weight must lie within float32's range"),  # a RuntimeError once
+        (dict(weight=torch.tensor([1.0, 1e300], dtype=torch.float64)), ValueError,
+         r"weight must be finite and within float32"),
         (dict(guidance=torch.zeros(2, 3, 11)), ValueError, "guidance"),
         (dict(guidance_scale=1.0), ValueError, "guidance_scale"),
         (dict(guidance=torch.zeros(2, 3, 10), guidance_scale=math.nan), ValueError, "guidance_scale"),

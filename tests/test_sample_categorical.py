@@ -474,6 +474,19 @@ def test_float64_rows_beyond_float32_are_named(fast_backend):
             mdsample.sample_categorical(torch.tensor([row], dtype=torch.float64), backend=fast_backend)
 
 
+def test_float64_values_below_float32s_range_read_as_minus_inf(fast_backend, device):
+    """As documented: a finite row draws as if its values under -3.4e38 were -inf; with guidance such a token
+    leaves the guided row (the reference, in float64, scores it -1e300 + 2 * (0 + 1e300) and picks it)."""
+    l = torch.tensor([[0.0, 1.0, -1e300]] * 64, dtype=torch.float64, device=device)
+    drawn = mdsample.sample_categorical(l, seed=torch.arange(64, device=device), backend=fast_backend)
+    assert not bool((drawn == 2).any()) and bool((drawn == 0).any())
+    c = torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64, device=device)
+    u = torch.tensor([[0.0, 0.0, -1e300]], dtype=torch.float64, device=device)
+    kw = dict(guidance=u, guidance_scale=1.0, temperature=0.0)
+    assert mdsample.sample_categorical(c, backend=fast_backend, **kw).tolist() == [1]
+    assert mdsample.sample_categorical(c, backend="reference", **kw).tolist() == [2]
+
+
 @requires.cpu_backend
 def test_value_checks_cost_one_host_read(monkeypatch):
     """check=True reads the per-row value checks (temperature, positions, stats_temperature; unmask_step's

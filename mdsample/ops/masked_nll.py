@@ -17,7 +17,7 @@ def _weights(weight, shape: torch.Size, device) -> torch.Tensor | None:
     if weight is None:
         return None
     if isinstance(weight, numbers.Number) and not isinstance(weight, torch.Tensor):
-        w = V.finite_number("weight", weight)
+        w = V.finite_number("weight", weight, fp32=True)
         return None if w == 1.0 else V.per_row("weight", w, shape, device, torch.float32, kind="float")
     w = V.as_tensor("weight", weight)
     if w.dim() > 0 and w.shape == shape[:-1]:
@@ -59,7 +59,8 @@ def masked_nll(logits, x0, x_t, *, mask_id, weight=None, exclude=None, guidance=
             (leading dims may be strided: a slice of a doubled CFG batch is read in place).
             The compiled backends (cpu, cuda, triton) read float64 logits as float32, so their precision
             is float32's (logits near 1e6 keep ~0.06 of absolute precision: shift such rows by their max
-            first); ``reference`` reads float64.
+            first) and so is their range (above 3.4e38: +inf, a NaN row; below -3.4e38: -inf); ``reference``
+            reads float64.
         x0: integer ``[..., L]``: the clean tokens (targets), in [0, V) where read.
         x_t: integer ``[..., L]``: the noised tokens; rows equal to ``mask_id`` are scored.
         mask_id: the mask token id, in [0, V).
@@ -95,8 +96,10 @@ def masked_nll(logits, x0, x_t, *, mask_id, weight=None, exclude=None, guidance=
     mask_id = V.token_id("mask_id", mask_id, vocab)
     excl = -1 if exclude is None else V.token_id("exclude", exclude, vocab)
     w = _weights(weight, shape, device)
-    if checking and w is not None and w.numel() and not bool(torch.isfinite(w).all()):
-        raise ValueError("weight must be finite")
+    pending = []  # value checks, read with the NaN test after the kernel (one host read; V.defer)
+    if checking and w is not None:
+        V.defer(pending, ~torch.isfinite(w).all(),
+                "weight must be finite and within float32's range (|weight| <= 3.4e38) everywhere")
 
     guidance, g_offsets, scale = V.guidance_rows(guidance, guidance_scale, logits)
 
@@ -104,11 +107,14 @@ def masked_nll(logits, x0, x_t, *, mask_id, weight=None, exclude=None, guidance=
         read = xt == mask_id
         if w is not None:
             read &= w != 0
-        outside = read & ((target < 0) | (target >= vocab))
-        if bool(outside.any()):
+        outside = read & ((target < 0) | (target >= vocab))  # every backend scores such a row NaN, reads nothing
+
+        def outside_message():
             r = int(outside.nonzero()[0, 0])
-            raise ValueError(f"x0{list(V.unravel(r, shape))} = {int(target[r])} is a masked target outside the "
-                             f"vocabulary [0, {vocab})")
+            return (f"x0{list(V.unravel(r, shape))} = {int(target[r])} is a masked target outside the vocabulary "
+                    f"[0, {vocab})")
+
+        V.defer(pending, outside.any(), outside_message)
 
     req = NllRequest(
         logits=logits, row_offsets=V.row_offsets(logits), target=target, xt=xt, weight=w, mask_id=mask_id,
@@ -120,7 +126,7 @@ def masked_nll(logits, x0, x_t, *, mask_id, weight=None, exclude=None, guidance=
         out = masked_nll_op(req, chosen)
     else:
         out = run_masked_nll(req, chosen)
-        if checking and bool(torch.isnan(out).any()):
+        if checking and V.raise_pending(pending, torch.isnan(out)):
             b = int(torch.isnan(out).nonzero()[0, 0])
             where = list(V.unravel(b, shape[:-1]))
             guided = "" if guidance is None else (", or its guided scores l_u + (w + 1)(l_c - l_u) overflow float32 "

@@ -159,7 +159,8 @@ def sample_categorical(
         logits: ``[..., V]`` float16/bfloat16/float32/float64, last dim stride 1;
             leading dims may have any strides (an expanded tensor is not copied). The compiled
             backends (cpu, cuda, triton) read float64 as float32, with its precision and range: a row
-            holding values beyond +-3.4e38 raises (``check=False``: gives -1); ``reference`` reads float64.
+            holding a value above 3.4e38 raises (``check=False``: gives -1), one below -3.4e38 reads as
+            -inf (never drawn, and out of the guided row as a masked token is); ``reference`` reads float64.
         temperature: float >= 0 or float tensor over the leading dims ``[...]``; 0 = argmax
             (lowest index on ties, no randomness consumed).
         seed, offset: int or int64 tensor over ``[...]``: the Philox key and step counter.
@@ -178,7 +179,10 @@ def sample_categorical(
             (Dream), 1.0 on argmax rows; pass 1.0 for LLaDA's confidence. The kernels scale by
             1 / stats_temperature in float32, held in its normal range [2^-126, 3e38]: a value outside
             [3.3e-39, 8.5e37] gives the statistics of that bound, which differ only where they leave float32's
-            normal range themselves (a log-probability past -1e37, a margin under 1e-38).
+            normal range themselves (a log-probability past -1e37, a margin under 1e-38). Score gaps are
+            float32 too: in a row spanning more than 3.4e38 the far tokens count as probability 0 in the
+            statistics, which shows only at a stats_temperature above ~2^120 (the draw weighs such rows in
+            double).
         check: validate values (NaN rows, ranges) with a host sync; False makes no host
             sync, so with seed/offset as device tensors the call can be captured in a
             CUDA graph that replays with fresh noise; bad rows then give -1. Under ``torch.compile``

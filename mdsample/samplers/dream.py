@@ -115,7 +115,7 @@ def _sample_dream(model, prompt, *, max_new_tokens, steps, alg, alg_temp, temper
     backbone = Backbone(model)
     is_prompt = torch.zeros((batch, total), dtype=torch.bool, device=device)
     is_prompt[:, :plen] = True
-    if cfg_scale > 0 and plen == 0:
+    if cfg_scale > 0 and not bool((x[:, :plen] != mask_id).any()):  # all-mask: the two passes would be one
         raise ValueError("cfg_scale > 0 needs a non-empty prompt: the unconditional input masks the prompt")
     fwd = RowForward(backbone, mask_id=mask_id, cfg_scale=cfg_scale, uncond_mask=is_prompt, attention_mask=am)
     C.canvas_fits(backbone, x, plen, "generated" if smdm else "max_new_tokens", max_new_tokens)

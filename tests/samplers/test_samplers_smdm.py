@@ -271,6 +271,7 @@ def test_progress_bar(capsys):
     (dict(cfg_scale=-1.0), ValueError, "cfg_scale"),
     (dict(mask_id=V), ValueError, "mask_id"),
     (dict(prompt=None, cfg_scale=1.0), ValueError, "cfg_scale"),
+    (dict(prompt=torch.full((2, 3), MASK), cfg_scale=1.0), ValueError, "cfg_scale > 0 needs a non-empty prompt"),
     (dict(prompt=None, batch_size=0), ValueError, "batch_size"),
     (dict(prompt=torch.ones(2, 2, 2, dtype=torch.long)), ValueError, "prompt"),
     (dict(seed="0"), TypeError, "seed"),
