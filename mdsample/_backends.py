@@ -120,8 +120,8 @@ def why_not(backend: str, device_type: str) -> str:
     """A sentence saying why ``backend`` cannot run on ``device_type`` tensors."""
     if backend in _reasons:
         return _reasons[backend]
-    if backend == "triton" and _interpreter_switched():
-        return _interpreter_switched()
+    if backend == "triton" and (switched := _interpreter_switched()):
+        return switched
     if backend == "triton" and device_type == "cpu":
         if triton_interpreted() and _interpreter_reason is not None:
             return _interpreter_reason
