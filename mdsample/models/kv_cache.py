@@ -47,6 +47,7 @@ from typing import Optional, Union
 
 import torch
 
+from ..ops import _validate as V
 from .transformer import Transformer, attention_allowed, key_padding_mask
 
 Index = Union[int, torch.Tensor]
@@ -71,11 +72,9 @@ class KVCache:
     def __init__(self, model: Transformer, batch_size: int, max_len: Optional[int] = None, *, device=None,
                  dtype=None):
         cfg = model.config
-        max_len = cfg.max_seq_len if max_len is None else max_len
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
-        if not isinstance(max_len, int) or not 0 < max_len <= cfg.max_seq_len:
-            raise ValueError(f"max_len must be an int in [1, max_seq_len={cfg.max_seq_len}]; got {max_len!r}")
+        batch_size = V.int_number("batch_size", batch_size, low=1)
+        max_len = V.int_number("max_len (at most the model's max_seq_len)",
+                               cfg.max_seq_len if max_len is None else max_len, low=1, high=cfg.max_seq_len)
         d = None if device is None else torch.device(device)
         if d is not None and (d.type != model.device.type or d.index not in (None, model.device.index)):
             raise ValueError(f"device must be the model's ({model.device}): attention reads the cache beside the "
@@ -96,14 +95,27 @@ class KVCache:
     def set_key_mask(self, attention_mask: Optional[torch.Tensor]) -> None:
         """Hide padding keys from every real query: ``attention_mask`` ``[B, <= max_len]`` (1 = real token), or
         None for none. Copied into one persistent bool ``[B, max_len]`` buffer (slots past the mask count
-        as real), so a captured CUDA graph reads the new mask when it is set again."""
+        as real), so a captured CUDA graph reads the new mask when it is set again.
+
+        In ``"block_causal"`` mode the cache's blocks lie at absolute positions (its commits end on their
+        boundaries), so each row's padding before its first real token must be whole blocks; otherwise the
+        real tokens would be grouped into other blocks than alone (one host read checks it)."""
         if attention_mask is None:
             self.key_mask = None
             return
+        attention_mask = V.as_tensor("attention_mask", attention_mask)
         b, n = attention_mask.shape if attention_mask.dim() == 2 else (None, None)
         if b != self.batch_size or n > self.max_len:
             raise ValueError(f"attention_mask must be [B={self.batch_size}, <= {self.max_len}]; "
                              f"got {tuple(attention_mask.shape)}")
+        bs = self.model.config.block_size
+        if self.model.config.attention == "block_causal" and n:
+            first = (attention_mask != 0).int().argmax(1)
+            if bool((first % bs != 0).any()):
+                row = int((first % bs != 0).int().argmax())
+                raise ValueError(f"attention_mask row {row} has {int(first[row])} padding positions before its "
+                                 f"first real token, not a multiple of block_size={bs}: the cache's blocks lie at "
+                                 "absolute positions, so pad each prompt by whole blocks")
         if self.key_mask is None:
             self.key_mask = torch.ones(self.batch_size, self.max_len, dtype=torch.bool, device=self.kv.device)
         self.key_mask[:, :n].copy_(attention_mask != 0)
@@ -129,13 +141,15 @@ class KVCache:
         if isinstance(start, torch.Tensor):
             return
         cfg = self.model.config
+        start = V.int_number("start", start)
+        length = V.int_number("length", length, low=0)
         end = start + length
         if cfg.attention == "block_causal" and end % cfg.block_size and end != self.max_len:
             raise ValueError(f"commit({start}, {length}) ends inside a block of {cfg.block_size}: in block_causal "
                              "mode only whole blocks are final")
         if not 0 <= start <= self.length:
             raise ValueError(f"commit(start={start}) would leave a gap: the committed prefix ends at {self.length}")
-        if length < 0 or start + length > self.filled:
+        if start + length > self.filled:
             raise ValueError(f"commit({start}, {length}) covers slots never written (written up to {self.filled})")
         self.length = start + length
 
@@ -188,15 +202,19 @@ class KVCache:
             raise ValueError("x must hold at least one position")
         if start is None:
             start = self.length
+        if isinstance(kv_len, torch.Tensor) and not isinstance(start, torch.Tensor):
+            raise TypeError("kv_len may be a tensor only with a tensor start (the graph-safe path)")
+        if kv_len is not None and not isinstance(kv_len, torch.Tensor):
+            kv_len = V.int_number("kv_len", kv_len)
         if isinstance(start, torch.Tensor):
             return self._hidden_static(x, start, kv_len)
-        return self._hidden_eager(x, int(start), kv_len)
+        return self._hidden_eager(x, V.int_number("start", start), kv_len)
 
     def _hidden_eager(self, x: torch.Tensor, start: int, kv_len: Optional[Index]) -> torch.Tensor:
         """Python-int positions: attend to the slice ``[0, kv_len)`` only (no work on empty slots)."""
         n, cfg, model = x.shape[1], self.model.config, self.model
         end = start + n
-        kv_len = end if kv_len is None else int(kv_len)
+        kv_len = end if kv_len is None else kv_len
         if start < 0 or end > self.max_len:
             raise ValueError(f"chunk [{start}, {end}) does not fit the cache's {self.max_len} slots")
         if start > self.length:

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import _validate as V
+
 
 def _sdpa_broadcasts_kv_heads() -> bool:
     """Whether SDPA takes ``enable_gqa`` (torch 2.5 on). Asked of SDPA itself, once: a version check would
@@ -146,29 +148,29 @@ def preset(name: str, **overrides) -> TransformerConfig:
 
 
 def attention_allowed(mode: str, block_size: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-    """Which keys each query may see, by absolute position.
+    """Which keys each query may see, by position.
 
     Args:
         mode: one of :data:`ATTENTION_MODES`.
-        q_pos: int64 ``[n]`` absolute positions of the queries.
-        k_pos: int64 ``[S]`` absolute positions of the keys.
+        q_pos: int64 ``[..., n]`` positions of the queries.
+        k_pos: int64 ``[..., S]`` positions of the keys (leading dims broadcast with ``q_pos``'s).
 
     Returns:
-        bool ``[n, S]``, True where query i may attend to key j (SDPA's boolean-mask convention).
+        bool ``[..., n, S]``, True where query i may attend to key j (SDPA's boolean-mask convention).
     """
-    q, k = q_pos[:, None], k_pos[None, :]
+    q, k = q_pos[..., :, None], k_pos[..., None, :]
     if mode == "causal":
         return k <= q
     if mode == "block_causal":
         return torch.div(k, block_size, rounding_mode="floor") <= torch.div(q, block_size, rounding_mode="floor")
-    return torch.ones(q_pos.shape[0], k_pos.shape[0], dtype=torch.bool, device=q_pos.device)
+    return torch.ones(torch.broadcast_shapes(q.shape, k.shape), dtype=torch.bool, device=q_pos.device)
 
 
 def key_padding_mask(attention_mask: torch.Tensor, batch: int, keys: int,
                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Bool ``[B, 1, n, S]``: ``mask`` (bool ``[n, S]``, or None = all allowed) with the padding keys of
-    ``attention_mask`` (``[B, >= S]``, 1 = real token; its first ``S`` columns are the keys) hidden; a
-    query row left with no key (a padding query) sees every key instead, so that no row is NaN."""
+    """Bool ``[B, 1, n, S]``: ``mask`` (bool ``[n, S]`` or ``[B, 1, n, S]``, or None = all allowed) with the
+    padding keys of ``attention_mask`` (``[B, >= S]``, 1 = real token; its first ``S`` columns are the keys)
+    hidden; a query row left with no key (a padding query) sees every key instead, so that no row is NaN."""
     if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] < keys:
         raise ValueError(f"attention_mask must be [B={batch}, {keys}] (1 = real token); "
                          f"got {tuple(attention_mask.shape)}")
@@ -375,7 +377,9 @@ class Transformer(nn.Module):
         """The layer stack on tokens at given positions: the building block of the cached forward.
 
         Args:
-            x: LongTensor ``[B, n]``.
+            x: LongTensor ``[B, n]`` of ids in ``[0, vocab_size)``; outside it a ValueError names ``x`` on
+                the CPU, while on CUDA the embedding's device-side assert fires (checking there would cost every
+                step a host read; the samplers check their prompts once instead).
             cos, sin: ``[n, Dh]`` RoPE tables at the tokens' absolute positions.
             mask: bool ``[n, S]`` (True = may attend) over the ``S`` keys the hook returns, or None.
             is_causal: SDPA's top-left causal mask instead of ``mask`` (only when ``S == n``).
@@ -384,7 +388,11 @@ class Transformer(nn.Module):
         Returns:
             final-normed hidden states ``[B, n, D]``.
         """
-        h = self.embed(x)
+        try:
+            h = self.embed(x)
+        except IndexError:  # CPU only (on CUDA a device-side assert): reading the ids costs the step path nothing
+            V.tokens_in_vocab("x", x, self.config.vocab_size)
+            raise
         for layer in self.layers:
             h = layer(h, cos, sin, mask, is_causal, kv_hook)
         return self.norm(h)
@@ -398,10 +406,11 @@ class Transformer(nn.Module):
         """Uncached forward: tokens ``[B, L]`` (positions 0..L-1) -> final-normed hidden ``[B, L, D]``.
 
         ``attention_mask``: ``[B, L]`` (bool or int, 1 = real token) or None. Padding keys are
-        hidden from every real query; positions stay absolute (LLaDA's convention for left-padded
-        prompts). RoPE attention sees only relative positions, so the real tokens compute what they
-        compute alone, which is also what Hugging Face's and Dream's real-token position count gives
-        (tested); the outputs at padding positions are computed but meaningless.
+        hidden from every real query; RoPE positions stay absolute (LLaDA's convention for left-padded
+        prompts). RoPE attention sees only relative positions, and the causal order and block grid
+        are counted from each row's first real token, so the real tokens compute what they compute
+        alone in every attention mode, which is also what Hugging Face's and Dream's real-token
+        position count gives (tested); the outputs at padding positions are computed but meaningless.
         """
         self._check_tokens(x)
         n = x.shape[1]
@@ -417,8 +426,11 @@ class Transformer(nn.Module):
             if getattr(attention_mask, "shape", None) != x.shape:  # key_padding_mask takes wider ones (caches)
                 raise ValueError(f"attention_mask must be [B, L] = {list(x.shape)}, like x; got "
                                  f"{list(getattr(attention_mask, 'shape', ()))}")
-            if is_causal:  # SDPA's causal flag does not combine with a mask: spell it out
-                pos = torch.arange(n, device=x.device)
+            if mode != "bidirectional":
+                # Positions from each row's first real token (argmax: no host read): at absolute positions,
+                # padding that is not whole blocks would regroup a row's real tokens into other blocks.
+                real = attention_mask != 0
+                pos = (torch.arange(n, device=x.device) - real.int().argmax(1, keepdim=True))[:, None]
                 mask, is_causal = attention_allowed(mode, self.config.block_size, pos, pos), False
             mask = key_padding_mask(attention_mask, x.shape[0], n, mask)
         return self.run(x, self.rope_cos[:n], self.rope_sin[:n], mask, is_causal)

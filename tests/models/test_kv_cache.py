@@ -183,6 +183,48 @@ def test_bookkeeping_errors():
     assert cache.kv.shape == (2, 2, 2, 2, 16, 16)  # [layers, 2, B, kv_heads, max_len, head_dim]
 
 
+@pytest.mark.parametrize("bad", [-1, 128])
+@torch.no_grad()
+def test_token_ids_outside_the_vocabulary_are_named(bad):
+    """An id outside [0, vocab) gave the embedding's bare IndexError; now a ValueError names x and the id, in
+    the uncached and the cached forward, and the cache writes nothing."""
+    model = model_for("causal")
+    x = tokens(2, 6)
+    x[1, 3] = bad
+    with pytest.raises(ValueError, match=f"x holds token id {bad}, outside the model's vocabulary of size 128"):
+        model(x)
+    cache = model.new_cache(2, 8)
+    with pytest.raises(ValueError, match=f"token id {bad}"):
+        cache.forward_block(x, 0)
+    assert cache.filled == 0 and not cache.kv.any()
+
+
+def test_positions_and_sizes_must_be_ints():
+    """int(start) read 5.9 as 5 and True as 1, and KVCache(model, True) made a batch-1 cache: a position or
+    size that is not an int is now a TypeError naming it; a negative length names its range."""
+    model = model_for("block_causal")
+    cache = model.new_cache(2, 16)
+    x = tokens(2, 4)
+    with torch.no_grad():
+        cache.forward_block(x, 0)
+        for name, kw in (("start", dict(start=0.0)), ("start", dict(start=True)),
+                         ("kv_len", dict(start=0, kv_len=4.0))):
+            with pytest.raises(TypeError, match=f"{name} must be an int"):
+                cache.forward_block(x, **kw)
+        with pytest.raises(TypeError, match="kv_len may be a tensor only with a tensor start"):
+            cache.forward_block(x, 0, kv_len=torch.tensor(4))
+    with pytest.raises(ValueError, match=r"length must be an int in \[0, inf\]; got -1"):
+        cache.commit(0, -1)
+    with pytest.raises(TypeError, match="start must be an int"):
+        cache.commit(0.5, 4)
+    with pytest.raises(TypeError, match="batch_size must be an int"):
+        KVCache(model, True, 4)
+    with pytest.raises(TypeError, match="max_len"):
+        KVCache(model, 2, 4.0)
+    with pytest.raises(TypeError, match="attention_mask must be a torch.Tensor"):
+        cache.set_key_mask([[1, 1], [1, 1]])
+
+
 def _padding(b, n, lens):
     am = torch.zeros(b, n, dtype=torch.long)
     for j, k in enumerate(lens):
@@ -197,7 +239,7 @@ def test_padding_keys_are_hidden(attention):
     is no mask; the cached calls (eager and tensor-start) apply the same mask as the uncached forward."""
     model = model_for(attention)
     x = tokens(3, 12, seed=4)
-    am = _padding(3, 12, [12, 7, 3])
+    am = _padding(3, 12, [12, 8, 4] if attention == "block_causal" else [12, 7, 3])  # cache: whole blocks
     torch.testing.assert_close(model.hidden(x, torch.ones_like(x)), model.hidden(x), **TOL)
     h = model.hidden(x, am)
     other = torch.where(am.bool(), x, (x + 5) % 127)  # different pad tokens
@@ -215,14 +257,20 @@ def test_padding_keys_are_hidden(attention):
         model.hidden(x, am[:2])
 
 
+@pytest.mark.parametrize("attention", ["bidirectional", "block_causal", "causal"])
 @torch.no_grad()
-def test_a_padded_row_computes_its_prompt_alone():
-    """RoPE attention depends on relative positions only: with its padding hidden, a left-padded row gives
-    what its tokens give alone (so absolute positions equal Hugging Face's / Dream's real-token count)."""
-    model = model_for("bidirectional")
+def test_a_padded_row_computes_its_prompt_alone(attention):
+    """RoPE attention depends on relative positions only, and the causal order and block grid count from a
+    row's first real token: with its padding hidden, a left-padded row gives what its tokens give alone (so
+    absolute positions equal Hugging Face's / Dream's real-token count). Padding of 3, 4 and 5 positions
+    (block 4): at absolute positions, block_causal grouped the 3- and 5-padded rows' tokens into other blocks
+    (1.5 off). The cache keeps absolute blocks, so there padding is whole blocks (the refusal is tested below)."""
+    model = model_for(attention)
     x = tokens(2, 10, seed=6)
+    for pad in (3, 4, 5):
+        am = _padding(2, 10, [10, 10 - pad])
+        torch.testing.assert_close(model.hidden(x, am)[1, pad:], model.hidden(x[1:, pad:])[0], **TOL)
     am = _padding(2, 10, [10, 6])
-    torch.testing.assert_close(model.hidden(x, am)[1, 4:], model.hidden(x[1:, 4:])[0], **TOL)
     cache = model.new_cache(2, 12, attention_mask=am)
     cache.hidden_block(x, 0)
     cache.commit(0, 8)
@@ -231,6 +279,17 @@ def test_a_padded_row_computes_its_prompt_alone():
     alone.commit(0, 4)
     torch.testing.assert_close(cache.hidden_block(x[:, 8:], 8, kv_len=10)[1],
                                alone.hidden_block(x[1:, 8:], 4, kv_len=6)[0], **TOL)
+
+
+def test_a_block_causal_cache_takes_padding_by_whole_blocks():
+    """The cache's blocks lie at absolute positions: padding of 3 (block 4) would regroup the row's tokens,
+    so set_key_mask names the row; whole blocks, no padding and a bidirectional cache pass."""
+    model = model_for("block_causal")
+    with pytest.raises(ValueError, match="row 1 has 3 padding positions.*block_size=4"):
+        model.new_cache(2, 12, attention_mask=_padding(2, 10, [10, 7]))
+    model.new_cache(2, 12, attention_mask=_padding(2, 10, [10, 6]))
+    model.new_cache(2, 12, attention_mask=torch.ones(2, 10, dtype=torch.long))
+    model_for("bidirectional").new_cache(2, 12, attention_mask=_padding(2, 10, [10, 7]))
 
 
 @torch.no_grad()
