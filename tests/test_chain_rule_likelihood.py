@@ -153,7 +153,8 @@ def test_progress_bar(capsys):
     (dict(cfg_scale=-1.0, prompt_len=1), ValueError, "cfg_scale"),
     (dict(batch_size=0), ValueError, "batch_size"),
     (dict(attention_mask=torch.ones(1, 4)), ValueError, "attention_mask"),
-    (dict(attention_mask=torch.zeros(2, 4)), ValueError, "real answer token"),
+    (dict(attention_mask=torch.zeros(2, 4, dtype=torch.long)), ValueError, "real answer token"),
+    (dict(attention_mask=torch.zeros(2, 4)), TypeError, "attention_mask must be bool or integer"),
     (dict(subs=1), TypeError, "subs"),
 ])
 def test_bad_input_names_the_argument(kwargs, exc, word):

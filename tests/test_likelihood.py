@@ -556,6 +556,10 @@ def test_padded_batch_of_different_lengths():
     assert int(unpadded.num_tokens[0]) == 32  # without the mask the pads would be scored
     with pytest.raises(ValueError, match="attention_mask"):
         mdsample.likelihood(MARKOV, x, attention_mask=am[:1], mask_id=MARKOV.mask_id)
+    with pytest.raises(TypeError, match="attention_mask must be bool or integer"):  # 0.5 read as a real token
+        mdsample.likelihood(MARKOV, x, attention_mask=am * 0.5, mask_id=MARKOV.mask_id)
+    with pytest.raises(ValueError, match=r"attention_mask must hold only 0 \(padding\) and 1"):
+        mdsample.likelihood(MARKOV, x, attention_mask=am * 2, mask_id=MARKOV.mask_id)
     with pytest.raises(ValueError, match="real answer token"):
         mdsample.likelihood(MARKOV, x, attention_mask=am, prompt_len=torch.tensor([25, 3]), mask_id=MARKOV.mask_id)
 

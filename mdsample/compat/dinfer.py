@@ -91,6 +91,7 @@ class _BlockDecoder:
             iter_threshold: this call's threshold instead of the decoder's (dInfer's schedules): a float, or
                 a 0-d tensor (read to the host: one sync for a CUDA tensor).
         """
+        logits = C.V.float_logits("logits", logits)
         block_start = C.integer("block_start", block_start, low=0)
         block_end = C.integer("block_end", block_end, low=block_start)
         block = x[:, block_start:block_end]

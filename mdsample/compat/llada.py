@@ -61,9 +61,9 @@ def add_gumbel_noise(logits, temperature, *, seed=None, offset=0, backend="auto"
 def get_num_transfer_tokens(mask_index, steps):
     """LLaDA's ``get_num_transfer_tokens``: int64 ``[B, steps]`` from bool ``mask_index`` ``[B, L]``."""
     mask_index = V.as_tensor("mask_index", mask_index)
-    if mask_index.dim() != 2:  # upstream's sum(dim=1, keepdim=True) needs [B, L] too
-        raise ValueError(f"mask_index must be [B, L]; got shape {tuple(mask_index.shape)}")
-    return transfer_counts(mask_index, C.integer("steps", steps, low=1))
+    if mask_index.dim() != 2 or mask_index.dtype != torch.bool:  # upstream's (x == mask_id), summed over dim 1
+        raise ValueError(f"mask_index must be bool [B, L]; got {mask_index.dtype} of shape {tuple(mask_index.shape)}")
+    return transfer_counts(mask_index, steps)
 
 
 def llada_call(model, prompt, upstream: str, *, remasking, temperature, seed, attention_mask, **kw):

@@ -88,12 +88,25 @@ def prompt_canvas(prompt, attention_mask, gen_length: int, mask_id: int):
     x = torch.cat([prompt, torch.full((batch, gen_length), mask_id, dtype=torch.int64, device=device)], 1)
     if attention_mask is None:
         return x, None, plen
-    am = V.as_tensor("attention_mask", attention_mask)
-    if am.shape != prompt.shape:
-        raise ValueError(f"attention_mask must have the prompt's shape {tuple(prompt.shape)}; got {tuple(am.shape)}")
-    if am.device != device:
-        raise ValueError(f"attention_mask is on {am.device} but the prompt is on {device}")
+    am = padding_mask(attention_mask, prompt)
     return x, torch.cat([am, torch.ones((batch, gen_length), dtype=am.dtype, device=device)], 1), plen
+
+
+def padding_mask(attention_mask, like: torch.Tensor) -> torch.Tensor:
+    """A checked attention mask: bool or integer, of ``like``'s shape and device, holding only 0 (padding) and
+    1 (real token); one host read. Before, NaN, 0.5 or 2 read as real tokens, since the models test ``!= 0``."""
+    am = V.as_tensor("attention_mask", attention_mask)
+    if am.shape != like.shape:
+        raise ValueError(f"attention_mask must have the shape of the tokens {tuple(like.shape)}; got "
+                         f"{tuple(am.shape)}")
+    if am.device != like.device:
+        raise ValueError(f"attention_mask is on {am.device} but the tokens are on {like.device}")
+    if am.dtype != torch.bool and am.dtype not in V.INT_DTYPES:
+        raise TypeError(f"attention_mask must be bool or integer (1 = real token, 0 = padding); got {am.dtype}")
+    if am.dtype != torch.bool and bool(((am != 0) & (am != 1)).any()):
+        raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (real token); it also holds "
+                         f"{sorted(set(am.unique().tolist()) - {0, 1})[:3]}")
+    return am
 
 
 def canvas_fits(backbone, x: torch.Tensor, plen: int, new: str, n_new: int) -> None:

@@ -75,13 +75,18 @@ def duo_posterior_step(logits, x, *, alpha_t, alpha_s, temperature=1.0, seed=0, 
         raise ValueError(f"x must have the leading shape of logits {tuple(lead)}; got {tuple(x.shape)}")
     x = x.to(torch.int64)
     V.tokens_in_vocab("x", x, vocab)
-    a_t = C.real("alpha_t", float(alpha_t), low=0.0, high=1.0)
-    a_s = C.real("alpha_s", float(alpha_s), low=0.0, high=1.0)
+    a_t = C.real("alpha_t", alpha_t, low=0.0, high=1.0)
+    a_s = C.real("alpha_s", alpha_s, low=0.0, high=1.0)
     if a_s < a_t or a_s == 0.0:
         raise ValueError(f"need 0 <= alpha_t <= alpha_s <= 1 and alpha_s > 0; got alpha_t={a_t}, alpha_s={a_s}")
     temperature = C.real("temperature", temperature, low=0.0)
     if positions is None:
         positions = torch.arange(x.numel(), device=x.device).view(lead)
+    else:
+        positions = V.as_tensor("positions", positions)
+        if positions.dtype not in V.INT_DTYPES or positions.shape != lead:
+            raise ValueError(f"positions must be an integer tensor of x's shape {tuple(lead)}; got "
+                             f"{positions.dtype} of shape {tuple(positions.shape)}")
 
     if _fp32_positive(temperature):  # the sampling op's rule: T <= 2^-150 is argmax there too
         work = logits if logits.dtype == torch.float64 else logits.float()

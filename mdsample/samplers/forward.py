@@ -43,9 +43,17 @@ class RowForward:
         self.cfg_scale = cfg_scale
         self.uncond_mask = uncond_mask
         self.attention_mask = attention_mask
-        self._vocab_checked = False
-        if backbone.vocab_size is not None:
-            check_vocab("model", backbone.vocab_size, mask_id)
+        self._ids: dict[str, int] = {}
+        self._logits_vocab: Optional[int] = None  # V of the first logits, once seen
+        self.check_id("mask_id", mask_id)
+
+    def check_id(self, arg: str, token: int) -> None:
+        """``token`` (the argument ``arg``: mask_id, eos_id) must be an id of the model's vocabulary: the one it
+        declares, checked now, and the logits' V, checked at the first logits (now if they were seen)."""
+        self._ids[arg] = token
+        for vocab in (self.backbone.vocab_size, self._logits_vocab):
+            if vocab is not None:
+                check_vocab("model", vocab, token, arg=arg)
 
     def begin_block(self, x: torch.Tensor, start: int, end: int) -> None:
         """Called when a semi-AR block ``[start, end)`` begins (no-op without a cache)."""
@@ -60,9 +68,10 @@ class RowForward:
         return torch.cat([xs, xu], 0), doubled(am), doubled(sigma)
 
     def _check(self, logits: torch.Tensor) -> None:
-        if not self._vocab_checked:
-            check_vocab("model", logits.shape[-1], self.mask_id)
-            self._vocab_checked = True
+        if self._logits_vocab is None:
+            for arg, token in self._ids.items():
+                check_vocab("model", logits.shape[-1], token, arg=arg)
+            self._logits_vocab = logits.shape[-1]
 
     def rows(self, x: torch.Tensor, seqs: torch.Tensor, row_seq: torch.Tensor, row_pos: torch.Tensor, *,
              sigma: Optional[torch.Tensor] = None):

@@ -138,11 +138,7 @@ def _scored(x: torch.Tensor, prompt_len, attention_mask, mask_id: int, cfg: floa
         raise ValueError("cfg_scale > 0 needs prompt_len: the unconditional input masks the prompt")
     real = None
     if attention_mask is not None:
-        real = C.V.as_tensor("attention_mask", attention_mask)
-        if real.shape != x.shape or real.device != device:
-            raise ValueError(f"attention_mask must be [B, L] = {tuple(x.shape)} on {device}; got "
-                             f"{tuple(real.shape)} on {real.device}")
-        real = real != 0
+        real = C.padding_mask(attention_mask, x) != 0
     if bool(((x == mask_id) if real is None else (x == mask_id) & real).any()):
         raise ValueError(f"x must not contain mask_id ({mask_id}): its tokens are the clean data being scored")
     answer = torch.arange(length, device=device) >= prompt.unsqueeze(1)

@@ -184,8 +184,6 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
         raise ValueError("cfg_scale > 0 needs a non-empty prompt: the unconditional input masks the prompt")
     backbone = Backbone(model)
     C.canvas_fits(backbone, x, plen, "gen_length", gen_length)
-    if eos_id is not None and backbone.vocab_size is not None:
-        C.check_vocab("model", backbone.vocab_size, eos_id, arg="eos_id")
     if vicinity is not None:
         if cache != "dual":
             raise ValueError(f"vicinity (dInfer's vicinity refresh) widens the dual cache's window: give cache='dual' "
@@ -226,6 +224,8 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
             fwd = CachedRowForward(backbone, mode=cache, total=total, batch_size=batch, refresh_every=refresh_every,
                                    vicinity=vicinity or (0, 0),
                                    mask_id=mask_id, cfg_scale=cfg_scale, uncond_mask=is_prompt, attention_mask=am)
+    if eos_id is not None:
+        fwd.check_id("eos_id", eos_id)
     guidance_scale = cfg_scale if cfg_scale > 0 else 0.0
 
     pos_ids = (torch.arange(batch, device=device).unsqueeze(1) * total

@@ -25,6 +25,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from . import _checks as C
+
 __all__ = ["transfer_counts", "select", "confidence", "logprob_with", "CONFIDENCES"]
 
 CONFIDENCES = ("low_confidence", "entropy", "margin")
@@ -34,12 +36,17 @@ def transfer_counts(masked: torch.Tensor, steps: int) -> torch.Tensor:
     """LLaDA's ``get_num_transfer_tokens``: tokens to commit per step of a block.
 
     Args:
-        masked: int64 ``[B]`` number of masked positions in the block (or bool ``[B, L]``).
-        steps: steps per block.
+        masked: integer ``[B]`` number of masked positions in the block (or bool ``[B, L]``).
+        steps: steps per block, an int >= 1.
 
     Returns:
         int64 ``[B, steps]``: ``M // steps`` each, plus one for the first ``M % steps`` steps.
     """
+    masked = C.V.as_tensor("masked", masked)
+    steps = C.integer("steps", steps, low=1)
+    if not ((masked.dim() == 2 and masked.dtype == torch.bool) or (masked.dim() == 1 and masked.dtype in C.V.INT_DTYPES)):
+        raise TypeError(f"masked must be integer counts [B] or a bool mask [B, L]; got {masked.dtype} of shape "
+                        f"{tuple(masked.shape)}")
     if masked.dim() == 2:
         masked = masked.sum(1)
     masked = masked.to(torch.int64)
@@ -86,9 +93,9 @@ def select(conf: torch.Tensor, candidates: torch.Tensor, *, k: Optional[torch.Te
     """Positions to commit, bool ``[B, L]``; fixed shapes, no host sync (the module docstring states each rule).
 
     Args:
-        conf: float64 ``[B, L]`` confidences (any value off the candidates; they are ignored).
+        conf: float ``[B, L]`` confidences (any value off the candidates; they are ignored).
         candidates: bool ``[B, L]``.
-        k: int64 ``[B]``: commit the top k (LLaDA); or
+        k: integer ``[B]``: commit the top k (LLaDA; k <= 0 commits none, its values are not read); or
         threshold: float: Fast-dLLM threshold rule (dInfer's with ``near_top``); or
         factor: float: Fast-dLLM factor rule; or
         low_threshold: float: dInfer's hierarchy rule (``threshold`` optional beside it, then strict).
@@ -101,6 +108,16 @@ def select(conf: torch.Tensor, candidates: torch.Tensor, *, k: Optional[torch.Te
         raise ValueError(f"select needs exactly one of k, threshold, factor, low_threshold; got {given or 'none'}")
     if near_top is not None and (threshold is None or low_threshold is not None or near_top < 0):
         raise ValueError(f"near_top (dInfer's cutoff) is a float >= 0 for the threshold rule; got {near_top!r}")
+    if not (isinstance(conf, torch.Tensor) and conf.dim() == 2 and conf.is_floating_point()):
+        raise TypeError(f"conf must be a float tensor [B, L]; got {getattr(conf, 'dtype', type(conf).__name__)} "
+                        f"of shape {tuple(getattr(conf, 'shape', ()))}")
+    if not (isinstance(candidates, torch.Tensor) and candidates.dtype == torch.bool and candidates.shape == conf.shape):
+        raise TypeError(f"candidates must be a bool tensor of conf's shape {tuple(conf.shape)}; got "
+                        f"{getattr(candidates, 'dtype', type(candidates).__name__)} of shape "
+                        f"{tuple(getattr(candidates, 'shape', ()))}")
+    if k is not None and not (isinstance(k, torch.Tensor) and k.dtype in C.V.INT_DTYPES and k.shape == conf.shape[:1]):
+        raise TypeError(f"k must be an integer tensor [B={conf.shape[0]}]; got {getattr(k, 'dtype', type(k).__name__)}"
+                        f" of shape {tuple(getattr(k, 'shape', ()))}")
     if low_threshold is not None:
         return _hierarchy(conf, candidates, low_threshold, threshold)
     conf = torch.where(candidates, conf, -torch.inf)

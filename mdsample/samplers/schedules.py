@@ -28,6 +28,8 @@ from typing import Union
 
 import torch
 
+from . import _checks as C
+
 __all__ = ["Schedule", "LogLinear", "Cosine", "MDLMCosine", "get_schedule", "time_grid", "SCHEDULES"]
 
 Time = Union[float, torch.Tensor]
@@ -133,5 +135,8 @@ def get_schedule(schedule) -> Schedule:
 
 
 def time_grid(steps: int, eps: float) -> torch.Tensor:
-    """MDLM's grid ``linspace(1, eps, steps + 1)`` as float64 ``[steps + 1]`` (on the CPU)."""
+    """MDLM's grid ``linspace(1, eps, steps + 1)`` as float64 ``[steps + 1]`` (on the CPU); ``steps`` an int
+    >= 1, ``eps`` in ``[0, 1)``."""
+    steps = C.integer("steps", steps, low=1)
+    eps = C.real("eps", eps, low=0.0, high=1.0, high_inclusive=False)
     return torch.linspace(1.0, eps, steps + 1, dtype=torch.float64)

@@ -272,6 +272,13 @@ def test_decoder_arguments():
         dec.decode(torch.zeros(3, 5, V), P, P + BLOCK, canvas(3))
     with pytest.raises(ValueError, match=r"mask_id \(8\) must be a token of the logits' vocabulary \[0, 5\)"):
         dec.decode(torch.zeros(3, BLOCK, 5), P, P + BLOCK, canvas(3))
+    with pytest.raises(TypeError, match="logits must be float16, bfloat16, float32 or float64"):
+        dec.decode(torch.zeros(3, BLOCK, V, dtype=torch.long), P, P + BLOCK, canvas(3))
+    x, y = canvas(3), canvas(3)  # NumPy logits (DLPack): read as torch, no AttributeError on .dim()
+    logits = torch.randn(3, BLOCK, V, generator=torch.Generator().manual_seed(1))
+    dec.decode(logits.numpy(), P, P + BLOCK, x)
+    dec.decode(logits, P, P + BLOCK, y)
+    assert torch.equal(x, y) and not torch.equal(x, canvas(3))
 
 
 def test_threshold_decoder_commits_every_tie_of_the_top():

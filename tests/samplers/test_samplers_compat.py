@@ -68,7 +68,7 @@ def test_get_num_transfer_tokens_matches_llada():
     for i in range(5):
         want[i, : int(mask_num[i] % steps)] += 1
     assert torch.equal(got, want)
-    with pytest.raises(ValueError, match=r"mask_index must be \[B, L\]; got shape \(17,\)"):
+    with pytest.raises(ValueError, match=r"mask_index must be bool \[B, L\]; got torch.bool of shape \(17,\)"):
         llada.get_num_transfer_tokens(mask_index[0], steps)
 
 

@@ -151,6 +151,12 @@ def test_posterior_step_bad_input():
         duo_posterior_step(logits, torch.full((4,), 5), alpha_t=0.3, alpha_s=0.6)
     with pytest.raises(TypeError, match="x"):
         duo_posterior_step(logits, torch.zeros(4), alpha_t=0.3, alpha_s=0.6)
+    x = torch.zeros(4, dtype=torch.long)
+    for a_t, a_s in ((False, True), ("0.3", "0.6")):  # float() turned them into numbers before the check
+        with pytest.raises(TypeError, match="alpha_t must be a real number"):
+            duo_posterior_step(logits, x, alpha_t=a_t, alpha_s=a_s)
+    with pytest.raises(ValueError, match=r"positions must be an integer tensor of x's shape \(4,\)"):
+        duo_posterior_step(logits, x, alpha_t=0.3, alpha_s=0.6, positions=torch.zeros(5, dtype=torch.long))
 
 
 @pytest.mark.parametrize("bad, message", [(float("nan"), "contains NaN"), (float("inf"), r"contains \+inf"),

@@ -311,6 +311,9 @@ def test_progress_bar(capsys):
     (dict(factor=-1.0), ValueError, "factor"),
     (dict(temperature=-0.1), ValueError, "temperature"),
     (dict(attention_mask=torch.ones(2, 3)), ValueError, "attention_mask"),
+    (dict(attention_mask=torch.ones(3, 5)), TypeError, "attention_mask must be bool or integer"),  # NaN read as 1
+    (dict(attention_mask=torch.full((3, 5), 2)), ValueError, r"only 0 \(padding\) and 1 .* holds \[2\]"),
+    (dict(eos_id=V), ValueError, f"eos_id {V} is not a token of the model's vocabulary of size {V}"),
     (dict(mask_id=V), ValueError, "mask_id"),
     (dict(seed="0"), TypeError, "seed"),
     (dict(low_threshold=0.4, factor=1.0), ValueError, "low_threshold"),

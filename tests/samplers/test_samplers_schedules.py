@@ -48,6 +48,41 @@ def test_grid_and_bad_schedule():
 def test_transfer_counts():
     got = transfer_counts(torch.tensor([7, 0, 3]), 3)
     assert got.tolist() == [[3, 2, 2], [0, 0, 0], [1, 1, 1]]
+    assert torch.equal(transfer_counts(torch.tensor([[True, False, True]]), 2), torch.tensor([[1, 1]]))
+
+
+def test_transfer_counts_and_time_grid_check_their_arguments():
+    """steps=2.5 gave float counts summing to 5 for 4 masks, a count of 3.7 read as 3, steps=0 a
+    ZeroDivisionError; time_grid(0) gave [1.0] and eps=-1 negative times."""
+    m = torch.ones(1, 4, dtype=torch.bool)
+    for steps, exc in ((2.5, TypeError), (True, TypeError), (0, ValueError), (-2, ValueError)):
+        with pytest.raises(exc, match="steps must be"):
+            transfer_counts(m, steps)
+    for masked in (torch.tensor([3.7]), torch.ones(1, 4, dtype=torch.long), torch.tensor([[[True]]])):
+        with pytest.raises(TypeError, match=r"masked must be integer counts \[B\] or a bool mask \[B, L\]"):
+            transfer_counts(masked, 2)
+    for steps, eps, match in ((0, 1e-3, "steps"), (2.0, 1e-3, "steps"), (3, -1.0, "eps"), (3, 1.0, "eps")):
+        with pytest.raises((TypeError, ValueError), match=match):
+            time_grid(steps, eps)
+    assert time_grid(2, 0.0).tolist() == [1.0, 0.5, 0.0]
+
+
+def test_select_checks_its_tensors():
+    """k=2 gave an AttributeError, a float k=1.5 committed two, an int candidates mask a bare RuntimeError; the
+    types and shapes are checked (free: no value is read). k <= 0 commits none, as documented."""
+    c = torch.tensor([[0.5, 0.2, 0.9, 0.1]], dtype=torch.float64)
+    cand = torch.tensor([[True, True, False, True]])
+    assert not select(c, cand, k=torch.tensor([-1])).any()
+    for kw, match in ((dict(k=2), "k must be an integer tensor"), (dict(k=torch.tensor([1.5])), "k must be"),
+                      (dict(k=torch.tensor([1, 1])), r"k must be an integer tensor \[B=1\]")):
+        with pytest.raises(TypeError, match=match):
+            select(c, cand, **kw)
+    with pytest.raises(TypeError, match="candidates must be a bool tensor of conf's shape"):
+        select(c, cand.long(), k=torch.tensor([1]))
+    with pytest.raises(TypeError, match="candidates must be a bool tensor of conf's shape"):
+        select(c[:, :3], cand, threshold=0.5)
+    with pytest.raises(TypeError, match=r"conf must be a float tensor \[B, L\]"):
+        select(c[0], cand[0], threshold=0.5)
 
 
 def test_select_rules():
