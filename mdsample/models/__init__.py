@@ -15,4 +15,4 @@ from .shift import Shifted, shifted
 from .kv_cache import KVCache
 from .ar import generate_ar, generate_ar_uncached
 from .protocol import Backbone, CacheBackbone, DiffusionBackbone, KVCacheLike, RowBackbone, device_of, hidden_of, logits_of
-from .hf import HFBackbone, HFRowBackbone, hf_backbone
+from .hf import HFBackbone, HFRowBackbone, RowPathMismatch, hf_backbone

@@ -212,21 +212,68 @@ def test_mistral_without_sliding_window_is_llama(transformers):
     torch.testing.assert_close(from_llama(hf, attention="causal")(x), hf(x).logits, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("family,over", [("GraniteForCausalLM", dict(logits_scaling=8.0)),
-                                         ("CohereForCausalLM", dict(logit_scale=0.0625))])
-@torch.no_grad()
-def test_row_logits_keep_the_models_logit_scaling(transformers, family, over):
-    """hf_backbone's row path applies what the model's forward applies after lm_head."""
+_SMALLEST = dict(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=1, max_position_embeddings=64)
+_RECURRENT = dict(_SMALLEST, num_hidden_layers=2, lru_width=16, attention_window_size=8,
+                  block_types=["recurrent", "attention"], logits_soft_cap=2.0)
+_FALCON_H1 = dict(_SMALLEST, mamba_d_ssm=16, mamba_n_heads=2, mamba_d_head=8, mamba_d_state=8, mamba_n_groups=1,
+                  mamba_chunk_size=8, lm_head_multiplier=3.0)
+_BART = dict(vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+             decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64)
+
+
+def _hf_model(transformers, family, over, *, config=None):
+    """A tiny random float64 ``family`` (a transformers class name) in eval mode, or a skip: ``_small`` with
+    ``over``, or the whole ``config`` keywords."""
     cls = getattr(transformers, family, None)
     if cls is None:
         pytest.skip(f"transformers has no {family}")
+    config_cls = getattr(transformers, family.replace("ForCausalLM", "Config").replace("ForConditionalGeneration",
+                                                                                        "Config"))
     torch.manual_seed(0)
-    hf = cls(_small(getattr(transformers, family.replace("ForCausalLM", "Config")), **over)).double().eval()
-    b = mdsample.models.Backbone(mdsample.models.hf_backbone(hf))
+    hf = cls(config_cls(**config) if config else _small(config_cls, **over)).double().eval()
+    bias = getattr(hf, "final_logits_bias", None)
+    if bias is not None:
+        bias.normal_()  # zeros at init: make it matter
+    if family.startswith("RecurrentGemma"):
+        hf.lm_head.weight.data.mul_(50)  # logits beyond the soft cap
+    return hf
+
+
+@pytest.mark.parametrize("family,over", [("GraniteForCausalLM", dict(logits_scaling=8.0)),
+                                         ("CohereForCausalLM", dict(logit_scale=0.0625)),
+                                         ("RecurrentGemmaForCausalLM", _RECURRENT),
+                                         ("FalconH1ForCausalLM", _FALCON_H1),
+                                         ("BartForConditionalGeneration", _BART)])
+@torch.no_grad()
+def test_row_logits_keep_the_models_logit_scaling(transformers, family, over):
+    """hf_backbone's row path applies what the model's forward applies after lm_head. Before, the last three
+    lost RecurrentGemma's soft cap (58 against the cap 2), Falcon-H1's multiplier and BART's final bias."""
+    hf = _hf_model(transformers, family, over, config=over if "vocab_size" in over else None)
+    adapter = mdsample.models.hf_backbone(hf)
+    assert isinstance(adapter, mdsample.models.HFRowBackbone)
+    b = mdsample.models.Backbone(adapter)
     x = _tokens(V=40)
     full = hf(input_ids=x).logits
     seq, pos = torch.tensor([0, 1, 2]), torch.tensor([3, 0, 10])
     torch.testing.assert_close(b.logits_at(x, seq, pos), full[seq, pos], rtol=1e-6, atol=1e-6)
+
+
+@torch.no_grad()
+def test_a_forward_the_row_path_does_not_know_is_caught(transformers):
+    """HyperCLOVA X multiplies by logits_scaling where Granite divides: the row path gave logits 16x off at
+    logits_scaling 4, unseen. The probe at wrapping time catches it: HFRowBackbone raises, hf_backbone warns
+    and returns the full-logits adapter, whose logits are the model's."""
+    hf = _hf_model(transformers, "HyperCLOVAXForCausalLM", {}, config=dict(_SMALLEST, logits_scaling=4.0))
+    with pytest.raises(mdsample.models.RowPathMismatch, match=r"HyperCLOVAXForCausalLM's forward .* use_head=False"):
+        mdsample.models.HFRowBackbone(hf)
+    with pytest.warns(UserWarning, match="falls back to the full-logits adapter"):
+        adapter = mdsample.models.hf_backbone(hf)
+    assert type(adapter) is mdsample.models.HFBackbone
+    x = _tokens(V=40)
+    torch.testing.assert_close(adapter(x), hf(input_ids=x).logits, rtol=0, atol=0)
+    hf.train()  # dropout would part the two paths: no probe, the caller's risk (samplers run eval models)
+    assert isinstance(mdsample.models.HFRowBackbone(hf), mdsample.models.HFRowBackbone)
 
 
 def test_qwen2_sliding_window_is_refused(transformers):
