@@ -173,6 +173,9 @@ def test_schedules_and_inputs():
         (dict(t=0.5, schedule="linear"), ValueError, "schedule"),
         (dict(t=0.5, schedule=3), TypeError, "schedule"),
         (dict(t=0.5, eps=1.0), ValueError, "eps"),
+        (dict(count=1, schedule="linear"), ValueError, "schedule"),  # unused with count, accepted unchecked once
+        (dict(count=1, eps=5.0), ValueError, "eps"),
+        (dict(t=0.5, check=1), TypeError, "check must be a bool"),
         (dict(t=0.5, maskable=torch.ones(3, dtype=torch.bool)), ValueError, "maskable"),
         (dict(t=0.5, maskable=torch.ones(2, 5)), TypeError, "maskable"),
         (dict(t=0.5, positions=torch.full((2, 5), -1)), ValueError, "positions"),

@@ -193,6 +193,11 @@ def test_torch_compile_fullgraph():
     fn = torch.compile(lambda l, a, b: mdsample.masked_nll(l, a, b, mask_id=3, exclude=3, backend="cpu"),
                        fullgraph=True, backend="eager")
     torch.testing.assert_close(fn(logits, x0, xt), mdsample.masked_nll(logits, x0, xt, mask_id=3, exclude=3))
+    # A per-sequence weight [B]: its ambiguity test used torch.broadcast_shapes in a try, which dynamo cannot trace.
+    w = torch.tensor([1.0, 2.0])
+    fw = torch.compile(lambda l, a, b, w: mdsample.masked_nll(l, a, b, mask_id=3, weight=w, backend="cpu"),
+                       fullgraph=True, backend="eager")
+    torch.testing.assert_close(fw(logits, x0, xt, w), mdsample.masked_nll(logits, x0, xt, mask_id=3, weight=w))
 
 
 @pytest.mark.parametrize(
@@ -220,6 +225,7 @@ def test_torch_compile_fullgraph():
         (dict(guidance_scale=1.0), ValueError, "guidance_scale"),
         (dict(guidance=torch.zeros(2, 3, 10), guidance_scale=math.nan), ValueError, "guidance_scale"),
         (dict(backend="fast"), ValueError, "backend"),
+        (dict(check="no"), TypeError, "check must be a bool"),  # read as true once
     ],
 )
 def test_bad_input(change, exc, word):

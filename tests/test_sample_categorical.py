@@ -455,6 +455,7 @@ BAD_CALLS = [
     (dict(backend="gpu"), ValueError, "backend"),
     (dict(backend="cuda"), ValueError, "cuda"),
     (dict(logits=torch.zeros(3, 10)[:, ::2]), ValueError, "stride"),
+    (dict(check="no"), TypeError, "check must be a bool"),  # read as true once
 ]
 
 

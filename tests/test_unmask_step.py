@@ -93,6 +93,7 @@ BAD = [
     (dict(reveal_prob=torch.tensor([0.5, 2.0]).view(2, 1)), ValueError, "reveal_prob"),
     (dict(reveal_prob=torch.ones(3)), ValueError, "reveal_prob"),
     (dict(temperature=-1.0), ValueError, "temperature"),
+    (dict(check=0), TypeError, "check must be a bool"),
 ]
 
 

@@ -18,17 +18,18 @@ from ..ops.sampling import sample_categorical
 from .transformer import Transformer
 
 
-def _check(model: Transformer, prompt: torch.Tensor, max_new_tokens: int) -> None:
+def _check(model: Transformer, prompt: torch.Tensor, max_new_tokens: int) -> int:
+    """The checked arguments of an AR decode; returns ``max_new_tokens`` as an int."""
     if model.config.attention != "causal":
         raise ValueError(f"AR decoding needs a model with attention='causal'; got {model.config.attention!r}")
     if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.int64 or prompt.dim() != 2 or prompt.shape[1] == 0:
         raise TypeError("prompt must be a non-empty int64 LongTensor [B, P]")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0; got {max_new_tokens!r}")
+    max_new_tokens = V.int_number("max_new_tokens", max_new_tokens, low=0)
     if prompt.shape[1] + max_new_tokens > model.config.max_seq_len:
         raise ValueError(f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
                          f"max_seq_len ({model.config.max_seq_len})")
     V.tokens_in_vocab("prompt", prompt, model.config.vocab_size)  # one host read, before the loop
+    return max_new_tokens
 
 
 def _draw(logits, temperature, seed, t, rows, backend):
@@ -62,7 +63,7 @@ def generate_ar(model: Transformer, prompt: torch.Tensor, max_new_tokens: int, t
         seed: Philox key of the draws.
         backend: backend of :func:`mdsample.sample_categorical`.
     """
-    _check(model, prompt, max_new_tokens)
+    max_new_tokens = _check(model, prompt, max_new_tokens)
     b, p = prompt.shape
     out = torch.empty(b, p + max_new_tokens, dtype=torch.int64, device=prompt.device)
     out[:, :p] = prompt
@@ -89,7 +90,7 @@ def generate_ar_uncached(model: Transformer, prompt: torch.Tensor, max_new_token
     Same draws as :func:`generate_ar` (same counters): the reference it is tested against and
     the no-cache baseline of the benchmarks. Shapes as in :func:`generate_ar`.
     """
-    _check(model, prompt, max_new_tokens)
+    max_new_tokens = _check(model, prompt, max_new_tokens)
     b, p = prompt.shape
     out = torch.empty(b, p + max_new_tokens, dtype=torch.int64, device=prompt.device)
     out[:, :p] = prompt

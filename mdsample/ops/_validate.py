@@ -226,6 +226,13 @@ def int_number(name: str, value, *, low: int | None = None, high: int | None = N
     return v
 
 
+def flag(name: str, value) -> bool:
+    """A bool (``check="no"`` read as true before)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool; got {type(value).__name__}")
+    return value
+
+
 def choice(name: str, value, options) -> str:
     """One of the strings ``options``."""
     if not isinstance(value, str) or value not in options:

@@ -86,17 +86,17 @@ def forward_mask(x0, t=None, *, mask_id, schedule="loglinear", eps=1e-3, maskabl
     lead, length = shape[:-1], shape[-1]
     batch = math.prod(lead)
     mask_id = V.int_number("mask_id", mask_id, low=0, high=2**63 - 1)
-    checking = check and not torch.compiler.is_compiling()
+    checking = V.flag("check", check) and not torch.compiler.is_compiling()
     pending = []  # value checks, read together after the kernel (V.defer: they can only spoil masks)
 
     if (t is None) == (count is None):
         raise ValueError("forward_mask needs exactly one of t (Bernoulli masking) and count (exact-count masking)")
     prob = counts = None
+    _check_schedule(schedule)  # checked with count too, where they are unused: a typo there raised nothing
+    eps = V.finite_number("eps", eps, low=0.0)
+    if eps >= 1.0:
+        raise ValueError(f"eps must be in [0, 1); got {eps}")
     if t is not None:
-        _check_schedule(schedule)
-        eps = V.finite_number("eps", eps, low=0.0)
-        if eps >= 1.0:
-            raise ValueError(f"eps must be in [0, 1); got {eps}")
         if isinstance(t, numbers.Number) and not isinstance(t, torch.Tensor):
             t = V.finite_number("t", t, low=0.0)
         tt = V.per_row("t", t, lead, device, torch.float64, kind="float")

@@ -30,10 +30,9 @@ def _weights(weight, shape: torch.Size, device) -> torch.Tensor | None:
 
 
 def _broadcasts(small: torch.Size, shape: torch.Size) -> bool:
-    try:
-        return torch.broadcast_shapes(small, shape) == shape
-    except RuntimeError:
-        return False
+    """Whether ``small`` broadcasts to ``shape`` (a plain shape comparison: torch.compile traces it, while it
+    cannot trace torch.broadcast_shapes raising inside a try)."""
+    return len(small) <= len(shape) and all(a in (1, b) for a, b in zip(reversed(small), reversed(shape)))
 
 
 def masked_nll(logits, x0, x_t, *, mask_id, weight=None, exclude=None, guidance=None, guidance_scale=0.0,
@@ -83,7 +82,7 @@ def masked_nll(logits, x0, x_t, *, mask_id, weight=None, exclude=None, guidance=
         raise ValueError(f"logits must have shape [..., L, V]; got {tuple(logits.shape)}")
     device, shape, vocab = logits.device, logits.shape[:-1], logits.shape[-1]
     n_seqs, length = math.prod(shape[:-1]), shape[-1]
-    checking = check and not torch.compiler.is_compiling()
+    checking = V.flag("check", check) and not torch.compiler.is_compiling()
 
     def tokens(name, value):
         t = V.int_tokens(name, value)

@@ -33,7 +33,7 @@ def build_request(
 ) -> RowDraw:
     """Validate the arguments shared by sample_categorical and unmask_step into a :class:`RowDraw`; the checks of
     tensor values are appended to ``pending`` (:func:`mdsample.ops._validate.defer`), read after the kernel."""
-    check = check and not torch.compiler.is_compiling()  # a traced graph cannot branch on values
+    check = V.flag("check", check) and not torch.compiler.is_compiling()  # a traced graph cannot branch on values
     pending = [] if pending is None else pending
     logits = V.float_logits("logits", logits)
     device, lead, vocab = logits.device, logits.shape[:-1], logits.shape[-1]

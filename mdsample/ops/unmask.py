@@ -60,7 +60,7 @@ def unmask_step(
     )
     logits = req.logits
     lead, vocab = logits.shape[:-1], logits.shape[-1]
-    checking = check and not torch.compiler.is_compiling()
+    checking = V.flag("check", check) and not torch.compiler.is_compiling()
     x = V.as_tensor("x", x)
     if x.dtype not in V.INT_DTYPES:
         raise TypeError(f"x must be an integer tensor of token ids; got {x.dtype}")

@@ -27,10 +27,7 @@ def real(name: str, value, *, low: Optional[float] = None, high: Optional[float]
     return v
 
 
-def flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool; got {type(value).__name__}")
-    return value
+flag = V.flag
 
 
 def choice(name: str, value, options) -> str:

@@ -43,6 +43,18 @@ def test_refuses_non_causal_model():
         generate_ar(Transformer(preset("tiny")), prompt(1, 3), 4)
 
 
+def test_max_new_tokens_is_an_int():
+    """True generated one token, and NumPy's int64 was refused as "not an int"."""
+    import numpy as np
+
+    model = causal_tiny()
+    with pytest.raises(TypeError, match="max_new_tokens must be an int"):
+        generate_ar(model, prompt(1, 3), True)
+    with pytest.raises(ValueError, match=r"max_new_tokens must be an int in \[0, inf\]"):
+        generate_ar(model, prompt(1, 3), -1)
+    assert torch.equal(generate_ar(model, prompt(1, 3), np.int64(2)), generate_ar(model, prompt(1, 3), 2))
+
+
 def test_refuses_token_ids_outside_the_vocabulary():
     model = causal_tiny()
     vocab = model.config.vocab_size
