@@ -381,7 +381,8 @@ class Transformer(nn.Module):
                 the CPU, while on CUDA the embedding's device-side assert fires (checking there would cost every
                 step a host read; the samplers check their prompts once instead).
             cos, sin: ``[n, Dh]`` RoPE tables at the tokens' absolute positions.
-            mask: bool ``[n, S]`` (True = may attend) over the ``S`` keys the hook returns, or None.
+            mask: bool ``[n, S]`` or ``[B, 1, n, S]`` (True = may attend) over the ``S`` keys the hook returns,
+                or None.
             is_causal: SDPA's top-left causal mask instead of ``mask`` (only when ``S == n``).
             kv_hook: see :data:`KVHook`; None attends to the ``n`` tokens themselves.
 
