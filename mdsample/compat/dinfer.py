@@ -110,6 +110,9 @@ class _BlockDecoder:
         if iter_threshold is None:
             threshold = self.threshold
         else:  # dInfer's schedules pass floats or 0-d tensors
+            if torch.is_tensor(iter_threshold) and iter_threshold.numel() != 1:
+                raise ValueError(f"iter_threshold must be a float or a one-element tensor (one threshold per "
+                                 f"call, as dInfer); got shape {tuple(iter_threshold.shape)}")
             threshold = C.real("iter_threshold", float(iter_threshold) if torch.is_tensor(iter_threshold)
                                else iter_threshold)
         dtype = self.conf_dtype or logits.dtype

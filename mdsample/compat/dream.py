@@ -123,6 +123,9 @@ def _new_tokens(model: Any, opts: dict, plen: int, *, explicit_max_length: bool)
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if isinstance(limit, int):
         total = min(total, limit)
+        if total <= plen:
+            raise ValueError(f"the input length ({plen}) reaches the model's max_position_embeddings ({limit}): no "
+                             "room for the default 20 new tokens")
     return total - plen
 
 
@@ -144,14 +147,17 @@ def diffusion_generate(model, inputs, generation_config=None, *, attention_mask=
             ignores them. ``alg_temp`` is ignored with ``alg="origin"``, as upstream.
     """
     opts = _options(model, generation_config, kwargs)
-    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 2:
-        raise ValueError(f"inputs must be an int64 tensor [B, P]; got {getattr(inputs, 'shape', type(inputs))}")
+    inputs = C.V.as_tensor("inputs", inputs)
+    if inputs.dtype not in C.V.INT_DTYPES or inputs.dim() != 2:
+        raise ValueError(f"inputs must be an integer tensor [B, P] of token ids; got {inputs.dtype} of shape "
+                         f"{tuple(inputs.shape)}")
     plen = inputs.shape[1]
     new = _new_tokens(model, opts, plen, explicit_max_length="max_length" in kwargs)
     n = C.integer("num_return_sequences", opts["num_return_sequences"], low=1)
     if n != 1:
         inputs = inputs.repeat_interleave(n, 0)
-        attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(n, 0)
+        attention_mask = None if attention_mask is None else C.V.as_tensor(
+            "attention_mask", attention_mask).repeat_interleave(n, 0)
     backbone = model
     if not isinstance(model, HFBackbone):
         dream_type = str(getattr(getattr(model, "config", None), "model_type", "")).lower() == "dream"

@@ -158,5 +158,6 @@ def _transfer(logits, temperature, remasking, mask_index, x, seed, offset, backe
     if remasking == "low_confidence":
         conf = res.prob.to(torch.float64)
     else:
-        conf = torch.rand(mask_index.shape, device=logits.device, dtype=torch.float64)
+        # float32, as upstream's torch.rand((B, L)): the same draws from the same global RNG state
+        conf = torch.rand(mask_index.shape, device=logits.device).double()
     return res.tokens, select(conf, mask_index, **rule)

@@ -226,6 +226,9 @@ def _generate(model, prompt, *, steps, gen_length, block_length, temperature, cf
                                    mask_id=mask_id, cfg_scale=cfg_scale, uncond_mask=is_prompt, attention_mask=am)
     if eos_id is not None:
         fwd.check_id("eos_id", eos_id)
+    for arg, ids in (("logits_exclude", logits_exclude), ("confidence_exclude", confidence_exclude)):
+        for tok in ids:  # the drop-ins' LLaDA EOS / EOT ids: a toy model without a declared vocabulary lacks them
+            fwd.check_id(arg, tok)
     guidance_scale = cfg_scale if cfg_scale > 0 else 0.0
 
     pos_ids = (torch.arange(batch, device=device).unsqueeze(1) * total

@@ -274,6 +274,8 @@ def test_decoder_arguments():
         dec.decode(torch.zeros(3, BLOCK, 5), P, P + BLOCK, canvas(3))
     with pytest.raises(TypeError, match="logits must be float16, bfloat16, float32 or float64"):
         dec.decode(torch.zeros(3, BLOCK, V, dtype=torch.long), P, P + BLOCK, canvas(3))
+    with pytest.raises(ValueError, match="iter_threshold must be a float or a one-element tensor"):
+        dec.decode(torch.zeros(3, BLOCK, V), P, P + BLOCK, canvas(3), iter_threshold=torch.tensor([0.5, 0.2]))
     x, y = canvas(3), canvas(3)  # NumPy logits (DLPack): read as torch, no AttributeError on .dim()
     logits = torch.randn(3, BLOCK, V, generator=torch.Generator().manual_seed(1))
     dec.decode(logits.numpy(), P, P + BLOCK, x)

@@ -23,6 +23,20 @@ def test_config_only_names_are_accepted_and_ignored(llama):
         dream.diffusion_generate(llama, p, eos_token=2, **SMALL)
 
 
+def test_inputs_and_lengths_are_named(llama):
+    """Float inputs were refused as the sampler's "prompt", a NumPy mask failed with num_return_sequences=2
+    (an AttributeError), and a prompt filling the context blamed max_new_tokens, which was never passed."""
+    p, am = _padded_prompts()
+    with pytest.raises(ValueError, match=r"inputs must be an integer tensor \[B, P\] of token ids; got torch.float32"):
+        dream.diffusion_generate(llama, p.float(), **SMALL)
+    want = dream.diffusion_generate(llama, p, attention_mask=am, num_return_sequences=2, seed=1, **SMALL)
+    got = dream.diffusion_generate(llama, p.numpy(), attention_mask=am.numpy(), num_return_sequences=2, seed=1, **SMALL)
+    assert torch.equal(got, want)
+    full = torch.ones(1, 64, dtype=torch.long)  # max_position_embeddings = 64
+    with pytest.raises(ValueError, match=r"input length \(64\) reaches the model's max_position_embeddings \(64\)"):
+        dream.diffusion_generate(llama, full, steps=2, mask_token_id=39)
+
+
 def test_output_reads_as_dreams_model_output(llama):
     """``DreamModelOutput`` is a transformers ``ModelOutput``: a mapping (and tuple view) of its fields not None."""
     ModelOutput = requires.transformers().utils.ModelOutput

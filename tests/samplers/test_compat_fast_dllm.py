@@ -39,6 +39,26 @@ def test_get_transfer_index_is_upstreams(rule):
     assert torch.equal(x0[~mask_index], x[~mask_index]) and bool((x0[mask_index] < 11).all())
 
 
+def test_random_remasking_draws_upstreams_uniforms():
+    """remasking="random" ranks by torch.rand((B, L)) from the global RNG, as upstream: the same float32 draws
+    after the same manual_seed, and the RNG left in the same state (float64 draws differed in 49 of 50 seeds)."""
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 6, 9, generator=g)
+    mask_index = torch.ones(2, 6, dtype=torch.bool)
+    x = torch.zeros(2, 6, dtype=torch.long)
+    k = torch.tensor([2, 3])
+    for seed in range(5):
+        torch.manual_seed(seed)
+        _, take = fast_dllm.get_transfer_index(logits, 0.0, "random", mask_index, x, k, None)
+        after = torch.rand(1)
+        torch.manual_seed(seed)
+        u = torch.rand((2, 6))
+        want = torch.zeros_like(take)
+        for j in range(2):
+            want[j, torch.topk(u[j], int(k[j])).indices] = True
+        assert torch.equal(take, want) and torch.equal(torch.rand(1), after)
+
+
 def _logits_with_top_probs(probs):
     """[1, n, 4] logits whose position i draws token 0 at T = 0 with p(token 0) = probs[i]."""
     logits = torch.full((1, len(probs), 4), -30.0)

@@ -72,6 +72,17 @@ def test_get_num_transfer_tokens_matches_llada():
         llada.get_num_transfer_tokens(mask_index[0], steps)
 
 
+def test_llada_exclusions_on_a_model_without_a_declared_vocabulary():
+    """logits_eos_inf removes LLaDA's EOS 126081: on a model that declares no vocabulary it failed deep inside
+    (an IndexError); the first logits' V now names the id."""
+    table = torch.randn(MASK + 1, MASK + 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model = lambda x, attention_mask=None: table[x]  # noqa: E731
+    for kw, arg in ((dict(logits_eos_inf=True), "logits_exclude 126081"),
+                    (dict(confidence_eos_eot_inf=True), r"confidence_exclude 126\d+")):
+        with pytest.raises(ValueError, match=f"{arg} is not a token of the model's vocabulary of size {MASK + 1}"):
+            llada.generate(model, prompts(), steps=4, gen_length=4, block_length=4, mask_id=MASK, **kw)
+
+
 def test_llada_generate_signature_and_parity():
     model, p = TinyLM(), prompts()
     # Upstream's positional order: model, prompt, attention_mask, steps, gen_length, block_length, temperature,
