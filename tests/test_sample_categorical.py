@@ -145,6 +145,23 @@ def test_inactive_rows_are_not_checked_and_return_fallback(fast_backend, device)
     assert out[1] == -1
 
 
+def test_infinite_temperature_draws_the_finite_tokens_alike(fast_backend, device):
+    """T = +inf (reachable with check=False, or a float64 T above 3.4e38): every backend scales by the kernels'
+    clamped 2^-126, so all finite tokens weigh the same and the draws agree bitwise. The reference divided
+    -inf by inf (NaN) and returned the excluded token 0 for every row, and unmask_step revealed the mask."""
+    logits = torch.tensor([[-math.inf, 0.0, 1.0, 2.0, 3.0]] * 64, device=device)
+    t = torch.full((64,), math.inf, device=device)
+    got = {b: mdsample.sample_categorical(logits, temperature=t, exclude=1, seed=1, check=False, backend=b)
+           for b in ("reference", fast_backend)}
+    assert torch.equal(got["reference"], got[fast_backend])
+    assert set(got["reference"].tolist()) == {2, 3, 4}  # 64 draws miss one of 3 tokens with chance 3 (2/3)^64 ~ 1e-11
+    x = torch.full((8, 8), 1, device=device)
+    revealed = {b: mdsample.unmask_step(logits[:8, None].expand(8, 8, 5), x, mask_id=1, reveal_prob=1.0,
+                                         temperature=t[:8, None].expand(8, 8), seed=2, check=False, backend=b)
+                for b in ("reference", fast_backend)}
+    assert torch.equal(revealed["reference"], revealed[fast_backend]) and bool((revealed["reference"] > 1).all())
+
+
 def test_bad_rows_raise_naming_the_row_or_return_minus_one(fast_backend, device):
     logits = _logits((2, 3, 300), device=device)
     logits[1, 2, 7] = math.nan
@@ -456,6 +473,9 @@ BAD_CALLS = [
     (dict(backend="cuda"), ValueError, "cuda"),
     (dict(logits=torch.zeros(3, 10)[:, ::2]), ValueError, "stride"),
     (dict(check="no"), TypeError, "check must be a bool"),  # read as true once
+    (dict(return_stats="no"), TypeError, "return_stats must be a bool"),
+    (dict(active=0.5), TypeError, "active must be a bool or bool tensor"),  # read as True once
+    (dict(active=True, fallback=2**63), ValueError, "fallback must be a token id in the int64 range"),  # wrapped
 ]
 
 

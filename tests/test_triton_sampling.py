@@ -157,6 +157,23 @@ def test_guidance(dtype):
         assert int(tri.tokens[2]) == 5
 
 
+def test_guidance_factor_rounds_as_the_cpp_kernels():
+    """w + 1 in fp32 (float(w) + 1.0f), as cpu / cuda: at w = 2/3 the double sum rounded once is an ulp off, and an
+    exact tie of the guided scores (c = [1, s], u = [0, s] with s = fp32(w) + 1) then broke the other way on Triton."""
+    w = 2 / 3
+    s = float(torch.tensor(w, dtype=torch.float32) + 1.0)
+    cond, uncond = torch.tensor([[1.0, s]], device=DEVICE), torch.tensor([[0.0, s]], device=DEVICE)
+    for backend in ("cpu", "cuda"):
+        if _backends.available(backend, DEVICE):
+            got = {b: mdsample.sample_categorical(cond, guidance=uncond, guidance_scale=w, temperature=0.0,
+                                                  return_stats=True, backend=b) for b in ("triton", backend)}
+            assert torch.equal(got["triton"].tokens, got[backend].tokens)
+            torch.testing.assert_close(got["triton"].margin, got[backend].margin, rtol=0, atol=0)
+    from mdsample.triton.sampling import guidance_factor
+
+    assert guidance_factor(w) == s and guidance_factor(1.5) == 2.5
+
+
 def test_exclude_active_fallback():
     n, vocab = 32, 300
     logits = _logits((n, vocab), torch.float16, seed=31)

@@ -94,6 +94,7 @@ BAD = [
     (dict(reveal_prob=torch.ones(3)), ValueError, "reveal_prob"),
     (dict(temperature=-1.0), ValueError, "temperature"),
     (dict(check=0), TypeError, "check must be a bool"),
+    (dict(return_revealed="no"), TypeError, "return_revealed must be a bool"),  # returned a tuple once
 ]
 
 

@@ -72,6 +72,8 @@ def per_row(name: str, value, lead_shape: torch.Size, device: torch.device, dtyp
         return value  # the common case of a plain Python number, before the general checks below
     if isinstance(value, bool) and kind != "bool":
         raise TypeError(f"{name} must be a number or tensor, not bool")
+    if kind == "bool" and isinstance(value, numbers.Number) and not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool or bool tensor; got {type(value).__name__}")  # 0.5 read as True
     if isinstance(value, numbers.Number) and not isinstance(value, torch.Tensor):
         if kind == "int" and not isinstance(value, numbers.Integral):
             raise TypeError(f"{name} must be an int or int64 tensor; got {type(value).__name__}")

@@ -1,6 +1,7 @@
 """``mdsample.sample_categorical``: exact fused categorical sampling from logits (DESIGN.md §5)."""
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -58,9 +59,12 @@ def build_request(
     if active is None and fallback is not None:
         raise ValueError("fallback is what inactive rows return: it needs active")
     act = None if active is None else rows("active", active, torch.bool, "bool")
+    if isinstance(fallback, numbers.Integral) and not -2**63 <= fallback < 2**63:  # a token id: no unsigned wrap
+        raise ValueError(f"fallback must be a token id in the int64 range (e.g. -1); got {fallback}")
     fb = None if fallback is None else rows("fallback", fallback, torch.int64, "int")
 
     stats_t = None
+    return_stats = V.flag("return_stats", return_stats)
     if stats_temperature is not None and not return_stats:
         raise ValueError("stats_temperature needs return_stats=True")
     if return_stats:
@@ -173,7 +177,9 @@ def sample_categorical(
         guidance: unconditional logits, same shape/dtype as ``logits``; the draw is from
             ``l_u + (guidance_scale + 1)(l_c - l_u)`` (SMDM / LLaDA CFG), fused in the same read. At
             ``guidance_scale=0`` that is the formula, l_c up to float32 rounding; the samplers pass no guidance
-            then (``cfg_scale=0`` runs no unconditional pass, as LLaDA's ``if cfg_scale > 0`` does).
+            then (``cfg_scale=0`` runs no unconditional pass, as LLaDA's ``if cfg_scale > 0`` does). The
+            compiled backends combine in float32: a guided score beyond 3.4e38 from finite inputs (e.g. l_c = 3e38,
+            l_u = -3e38) makes its row bad (a ValueError; ``check=False``: -1), where ``reference`` (float64) draws.
         return_stats: also return logprob, prob, margin and entropy (a :class:`SampleResult`).
         stats_temperature: temperature of those statistics: default the sampling temperature
             (Dream), 1.0 on argmax rows; pass 1.0 for LLaDA's confidence. The kernels scale by

@@ -61,6 +61,7 @@ def unmask_step(
     logits = req.logits
     lead, vocab = logits.shape[:-1], logits.shape[-1]
     checking = V.flag("check", check) and not torch.compiler.is_compiling()
+    return_revealed = V.flag("return_revealed", return_revealed)
     x = V.as_tensor("x", x)
     if x.dtype not in V.INT_DTYPES:
         raise TypeError(f"x must be an integer tensor of token ids; got {x.dtype}")

@@ -100,7 +100,8 @@ def sample_rows(
     argmax = torch.where(g == gmax, idx, v).amin(-1)
 
     t = temperature.to(torch.float64).unsqueeze(-1)
-    a = torch.where(t > 0, g / torch.where(t > 0, t, 1.0), -math.inf)
+    # T = +inf: the kernels' clamped scale 2^-126 (-inf / inf would be NaN, and the row would draw token 0).
+    a = torch.where(t > 0, g / torch.where(t > 0, torch.where(torch.isinf(t), 2.0 ** 126, t), 1.0), -math.inf)
     nc = -(-v // CHUNK)
     a = torch.nn.functional.pad(a, (0, nc * CHUNK - v), value=-math.inf).view(n, nc, CHUNK)
     m = a.amax(-1)

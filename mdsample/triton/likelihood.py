@@ -40,7 +40,7 @@ import triton.language as tl
 
 from ..reference.philox import DOMAIN_FORWARD_MASK, DOMAIN_TIMESTEP
 from ._device import on_device_of
-from .sampling import _log1p, _philox_words, _scores, _uniform52
+from .sampling import _log1p, _philox_words, _scores, _uniform52, guidance_factor
 
 _DOMAIN_TIMESTEP = tl.constexpr(DOMAIN_TIMESTEP)
 _DOMAIN_FORWARD_MASK = tl.constexpr(DOMAIN_FORWARD_MASK)
@@ -295,7 +295,7 @@ def masked_nll(req) -> torch.Tensor:
         vocab = req.logits.shape[-1]
         with on_device_of(row_value):
             _masked_nll_kernel[(n_rows,)](
-                req.logits, req.row_offsets, req.guidance, req.guidance_offsets, req.guidance_scale + 1.0,
+                req.logits, req.row_offsets, req.guidance, req.guidance_offsets, guidance_factor(req.guidance_scale),
                 req.target, req.xt, req.weight, row_value, vocab, req.mask_id, req.exclude,
                 HAS_GUIDANCE=req.guidance is not None, HAS_WEIGHT=req.weight is not None,
                 BLOCK=min(triton.next_power_of_2(vocab), _BLOCK_VOCAB),

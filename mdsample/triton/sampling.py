@@ -356,7 +356,8 @@ def _finish_row(
                                                 HAS_SEED_ARR, HAS_OFFSET_ARR, HAS_POSITION_ARR, _DOMAIN_TOKEN)
             u1 = _uniform52(tok0, tok1)
             u2 = _uniform52(tok2, tok3)
-            t64 = temperature.to(tl.float64)
+            # T = +inf divides by the kernels' clamped 2^126 (inv_temperature): -inf / inf would be NaN.
+            t64 = tl.where(temperature < float("inf"), temperature.to(tl.float64), 8.507059173023462e37)
             big_m = row_max.to(tl.float64)
 
             # ---- pass 2: pick the chunk (float64 running sum of W over the records) ----
@@ -609,6 +610,13 @@ def use_split(n_rows: int, vocab: int, sms: int) -> bool:
     return triton.cdiv(vocab, CHUNK) > 1 and n_rows < _ROWS_PER_SM * sms
 
 
+def guidance_factor(guidance_scale: float) -> float:
+    """``w + 1`` as the C++ kernels compute it, ``float(w) + 1.0f`` in fp32 (two roundings): the sum in double
+    rounded once to the fp32 argument parted from it by an ulp at w = 2/3, and an exact tie's argmax with it."""
+    w = struct.unpack("<f", struct.pack("<f", guidance_scale))[0]
+    return struct.unpack("<f", struct.pack("<f", w + 1.0))[0]
+
+
 def _reveal_prob(req: RowDraw):
     """``tensor_or_value`` of the float64 reveal probability: one value goes as its int64 bits
     (a float kernel argument would be rounded to fp32)."""
@@ -654,7 +662,7 @@ def sample_rows(req: RowDraw, *, split: bool | None = None,
     has_active = req.active is not None and not unmask
     args = (
         req.logits, req.row_offsets, req.row_stride, req.guidance, req.guidance_offsets, req.guidance_row_stride,
-        req.guidance_scale + 1.0, *tensor_or_value(req, "temperature"), *tensor_or_value(req, "seed"),
+        guidance_factor(req.guidance_scale), *tensor_or_value(req, "temperature"), *tensor_or_value(req, "seed"),
         *tensor_or_value(req, "offset"), req.position,
         req.active.view(torch.uint8) if has_active else None,
         req.fallback if has_active else None,
