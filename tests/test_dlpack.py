@@ -92,6 +92,14 @@ def test_bad_dlpack_input_names_the_argument():
         mdsample.sample_categorical(logits[::-1])
     with pytest.raises(ValueError, match="temperature has negative strides"):
         mdsample.sample_categorical(logits, temperature=np.ones(logits.shape[:-1], dtype=np.float32)[:, ::-1])
+    # DLPack's BufferError (torch's "native byte order" text) named no argument; a sparse per-row tensor failed
+    # as "must broadcast to (4,); got shape (4,)"
+    with pytest.raises(TypeError, match=r"logits has dtype >f4, which DLPack cannot hand to torch"):
+        mdsample.sample_categorical(logits.astype(">f4"))
+    with pytest.raises(TypeError, match="logits has dtype object"):
+        mdsample.sample_categorical(logits.astype(object))
+    with pytest.raises(TypeError, match="temperature must be a dense"):
+        mdsample.sample_categorical(torch.zeros(4, 3), temperature=torch.ones(4).to_sparse())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CuPy arrays need a GPU")

@@ -12,8 +12,10 @@ INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def as_tensor(name: str, value) -> torch.Tensor:
-    """``value`` as a torch tensor; objects with ``__dlpack__`` (CuPy, JAX) come in without a copy."""
+    """``value`` as a dense torch tensor; objects with ``__dlpack__`` (CuPy, JAX) come in without a copy."""
     if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided:  # a sparse tensor failed later as "must broadcast ...; got shape (4,)"
+            raise TypeError(f"{name} must be a dense (strided) tensor; got layout {value.layout}: call .to_dense()")
         return value
     if hasattr(value, "__dlpack__"):
         # torch aborts the process (not an exception) on a DLPack tensor with a negative stride
@@ -31,6 +33,10 @@ def as_tensor(name: str, value) -> torch.Tensor:
 
             if not isinstance(value, numpy.ndarray):
                 raise
+            if not value.dtype.isnative or value.dtype.hasobject:
+                raise TypeError(f"{name} has dtype {value.dtype}, which DLPack cannot hand to torch (it takes "
+                                "numeric dtypes in native byte order): convert it, e.g. array.astype(numpy.float32)"
+                                ) from None
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
                 return torch.from_numpy(value)
