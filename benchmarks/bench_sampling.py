@@ -119,10 +119,12 @@ def print_table(results: list[dict]) -> None:
 def sweep(device: torch.device, vocabs, row_counts, naive_points, compiled, *, dtype: torch.dtype, runs: int,
           max_bytes: int, copy_gbps: float, graphs: bool, checkpoint=None) -> list[dict]:
     """The sweep: each mdsample backend of ``device`` over ``vocabs`` x ``row_counts`` (series "sweep",
-    inputs over ``max_bytes`` skipped), then the naive formulas (series "naive") and unmask_step at
-    ``naive_points``, then (``graphs``, GPU) the sweep's decode shapes as CUDA-graph replays (series
-    "graph"). Every row has median_s, gbps and pct_copy (% of ``copy_gbps``). ``checkpoint(rows)``, if
-    given, receives the rows so far after each vocabulary and each naive point (to save partial results)."""
+    inputs over ``max_bytes`` skipped), then (``graphs``, GPU) the sweep's decode shapes as CUDA-graph
+    replays (series "graph"), then the naive formulas (series "naive") and unmask_step at ``naive_points``:
+    the issue's goals first, the cold torch.compile of the naive baselines last. Every row has median_s, gbps
+    and pct_copy (% of ``copy_gbps``), or an ``error`` where a backend failed (the others go on).
+    ``checkpoint(rows)``, if given, receives the rows so far after each vocabulary, graph shape and naive
+    point (to save partial results)."""
     backends = [b for b in _backends_for(device) if b != "triton" or device.type == "cuda"]  # not the interpreter
     results = []
 
@@ -141,9 +143,15 @@ def sweep(device: torch.device, vocabs, row_counts, naive_points, compiled, *, d
                 continue
             inputs = rotating_inputs(lambda: (torch.randn(rows, vocab, device=device) * 3).to(dtype), nbytes, device)
             for backend in backends:
-                t = median_time(_mdsample(backend), inputs, device=device, runs=runs)
                 row = {"op": "sample_categorical", "series": "sweep", "impl": f"mdsample[{backend}]", "rows": rows,
-                       "vocab": vocab, "dtype": str(dtype).split(".")[-1], "median_s": t, "gbps": nbytes / t / 1e9}
+                       "vocab": vocab, "dtype": str(dtype).split(".")[-1]}
+                try:
+                    t = median_time(_mdsample(backend), inputs, device=device, runs=runs)
+                except Exception as exc:  # noqa: BLE001  (reported in the results: one backend must not end the sweep)
+                    results.append({**row, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                    print(f"{row['impl']} {rows}x{vocab}: {results[-1]['error']}", flush=True)
+                    continue
+                row.update(median_s=t, gbps=nbytes / t / 1e9)
                 if backend == "triton" and device.type == "cuda":
                     from mdsample.triton.sampling import _sm_count, use_split
 
@@ -152,24 +160,26 @@ def sweep(device: torch.device, vocabs, row_counts, naive_points, compiled, *, d
                 print(f"{row['impl']:<18}{rows:>6} x {vocab:<7}{t * 1e6:>10.1f} us{row['gbps']:>9.1f} GB/s", flush=True)
             del inputs
         progress()
+    if graphs and device.type == "cuda":
+        sweep_rows = [r for r in results if r["series"] == "sweep" and "error" not in r]
+        for rows in _graph_series(device, backends, sweep_rows, dtype, runs):
+            results += rows
+            progress()
     for rows, vocab in naive_points:
         for r in bench_sampling(rows, vocab, dtype, device, compiled, runs):
             results.append({**r, "series": "naive"})
         results += [{**r, "series": "unmask"} for r in bench_unmask(rows, vocab, dtype, device, runs, backends)]
         progress()
-    if graphs and device.type == "cuda":
-        results += _graph_series(device, backends, [r for r in results if r["series"] == "sweep"], dtype, runs)
     progress()
     return results
 
 
-def _graph_series(device, backends, sweep_rows, dtype, runs) -> list[dict]:
-    """The decode shapes (rows <= GRAPH_ROWS) of the sweep again, each call replayed from a CUDA graph.
-
-    Last in the run: a backend that cannot be captured records its error and the others go on.
+def _graph_series(device, backends, sweep_rows, dtype, runs):
+    """The decode shapes (rows <= GRAPH_ROWS) of the sweep again, replayed from a CUDA graph: yields each
+    shape's rows (one per backend). A backend that cannot be captured records its error and the others go on.
     """
-    out = []
     for vocab, rows in sorted({(r["vocab"], r["rows"]) for r in sweep_rows if r["rows"] <= GRAPH_ROWS}):
+        out = []
         nbytes = _logits_bytes(rows, vocab, dtype)
         inputs = rotating_inputs(lambda: (torch.randn(rows, vocab, device=device) * 3).to(dtype), nbytes, device)
         for backend in backends:
@@ -183,7 +193,8 @@ def _graph_series(device, backends, sweep_rows, dtype, runs) -> list[dict]:
                 continue
             out.append({**row, "median_s": t, "gbps": nbytes / t / 1e9})
             print(f"graph {row['impl']:<12}{rows:>6} x {vocab:<7}{t * 1e6:>10.1f} us", flush=True)
-    return out
+        del inputs
+        yield out
 
 
 def main(argv=None) -> int:
@@ -245,6 +256,8 @@ def main(argv=None) -> int:
             png = plot_sweep(json.loads(path.read_text()), path.with_suffix(".png"))
         except ImportError:  # the GPU machine may lack matplotlib: the JSON is what counts, plot it elsewhere
             png = f"not drawn (no matplotlib): python benchmarks/plot_sampling.py {path}"
+        except ValueError as exc:  # nothing to plot (no backend measured a sweep row): the JSON says why
+            png = f"not drawn: {exc}"
         print(f"results: {path}\nplot: {png}")
     return 0
 

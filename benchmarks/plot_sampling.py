@@ -25,7 +25,7 @@ def plot_sweep(doc: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in doc["rows"] if r.get("series") == "sweep"]
+    rows = [r for r in doc["rows"] if r.get("series") == "sweep" and "median_s" in r]  # error rows: not drawn
     graphed = [r for r in doc["rows"] if r.get("series") == "graph" and "median_s" in r]
     if not rows:
         raise ValueError("the results hold no sweep rows (run bench_sampling.py --sweep)")

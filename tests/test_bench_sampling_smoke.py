@@ -70,3 +70,35 @@ def test_sweep_checkpoints_partial_results():
     assert len(seen) >= 3 and [len(s) for s in seen] == sorted(len(s) for s in seen) and seen[-1] == rows
     assert seen[0] and all(r["series"] == "sweep" and r["vocab"] == 3000 for r in seen[0])
     assert all(prefix == rows[:len(prefix)] for prefix in seen)
+
+
+def test_a_failing_backend_leaves_an_error_row_and_the_sweep_goes_on(monkeypatch):
+    """A backend that raises at a shape (a Triton compile error on a fresh GPU) ended the whole sweep step, and
+    with it the rows of that vocabulary already measured: it now records an error row and the rest run."""
+    bench = _load("bench_sampling")
+    real = bench._mdsample
+    monkeypatch.setattr(bench, "_backends_for", lambda device: ["cpu", "reference"])
+
+    def flaky(backend):
+        if backend == "cpu":
+            def fail(logits):
+                raise RuntimeError("compile failed")
+            return fail
+        return real(backend)
+
+    monkeypatch.setattr(bench, "_mdsample", flaky)
+    rows = bench.sweep(torch.device("cpu"), [3000], [1, 2], [], (), dtype=torch.bfloat16, runs=1,
+                       max_bytes=2**30, copy_gbps=10.0, graphs=False)
+    errors = [r for r in rows if "error" in r]
+    assert [(r["impl"], r["rows"]) for r in errors] == [("mdsample[cpu]", 1), ("mdsample[cpu]", 2)]
+    assert all("compile failed" in r["error"] for r in errors)
+    assert sorted(r["rows"] for r in rows if r["impl"] == "mdsample[reference]" and "median_s" in r) == [1, 2]
+
+
+def test_the_sweep_without_rows_to_plot_still_succeeds(tmp_path):
+    """No backend measured a sweep row (every one failed, or a failed build left none): the JSON is written and
+    the step exits 0, saying why there is no plot (it exited 1 on plot_sweep's ValueError)."""
+    bench = _load("bench_sampling")
+    rc = bench.main(["--sweep", "--vocabs", "3000", "--row-counts", "1", "--runs", "1", "--naive-at", "1", "3000",
+                     "--no-compile", "--max-gib", "0.000000001", "--results-dir", str(tmp_path)])
+    assert rc == 0 and list(tmp_path.glob("*-sampling-sweep*.json"))
