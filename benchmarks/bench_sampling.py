@@ -162,8 +162,8 @@ def sweep(device: torch.device, vocabs, row_counts, naive_points, compiled, *, d
         progress()
     if graphs and device.type == "cuda":
         sweep_rows = [r for r in results if r["series"] == "sweep" and "error" not in r]
-        for rows in _graph_series(device, backends, sweep_rows, dtype, runs):
-            results += rows
+        for shape_rows in _graph_series(device, backends, sweep_rows, dtype, runs):
+            results += shape_rows
             progress()
     for rows, vocab in naive_points:
         for r in bench_sampling(rows, vocab, dtype, device, compiled, runs):
