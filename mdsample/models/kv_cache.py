@@ -48,7 +48,7 @@ from typing import Optional, Union
 import torch
 
 from ..ops import _validate as V
-from .transformer import Transformer, attention_allowed, key_padding_mask
+from .transformer import Transformer, attention_allowed, first_real, key_padding_mask
 
 Index = Union[int, torch.Tensor]
 
@@ -110,9 +110,10 @@ class KVCache:
                              f"got {tuple(attention_mask.shape)}")
         bs = self.model.config.block_size
         if self.model.config.attention == "block_causal" and n:
-            first = (attention_mask != 0).int().argmax(1)
-            if bool((first % bs != 0).any()):
-                row = int((first % bs != 0).int().argmax())
+            first = first_real(attention_mask)
+            partial = first % bs != 0
+            if bool(partial.any()):
+                row = int(partial.int().argmax())
                 raise ValueError(f"attention_mask row {row} has {int(first[row])} padding positions before its "
                                  f"first real token, not a multiple of block_size={bs}: the cache's blocks lie at "
                                  "absolute positions, so pad each prompt by whole blocks")

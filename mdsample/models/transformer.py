@@ -166,6 +166,12 @@ def attention_allowed(mode: str, block_size: int, q_pos: torch.Tensor, k_pos: to
     return torch.ones(torch.broadcast_shapes(q.shape, k.shape), dtype=torch.bool, device=q_pos.device)
 
 
+def first_real(attention_mask: torch.Tensor) -> torch.Tensor:
+    """int64 ``[B]``: each row's first real position of ``attention_mask`` ``[B, L]`` (1 = real token; 0 for a row
+    with none), on the device (an argmax: no host read)."""
+    return (attention_mask != 0).int().argmax(1)
+
+
 def key_padding_mask(attention_mask: torch.Tensor, batch: int, keys: int,
                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Bool ``[B, 1, n, S]``: ``mask`` (bool ``[n, S]`` or ``[B, 1, n, S]``, or None = all allowed) with the
@@ -430,8 +436,7 @@ class Transformer(nn.Module):
             if mode != "bidirectional":
                 # Positions from each row's first real token (argmax: no host read): at absolute positions,
                 # padding that is not whole blocks would regroup a row's real tokens into other blocks.
-                real = attention_mask != 0
-                pos = (torch.arange(n, device=x.device) - real.int().argmax(1, keepdim=True))[:, None]
+                pos = (torch.arange(n, device=x.device) - first_real(attention_mask)[:, None])[:, None]
                 mask, is_causal = attention_allowed(mode, self.config.block_size, pos, pos), False
             mask = key_padding_mask(attention_mask, x.shape[0], n, mask)
         return self.run(x, self.rope_cos[:n], self.rope_sin[:n], mask, is_causal)
