@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from benchmarks._timing import cpu_threads, device_name, write_results
+from benchmarks._timing import add_results_dir, cpu_threads, device_name, write_results
 from mdsample.models import Transformer
 
 
@@ -165,7 +165,7 @@ def build_model(preset: str, dtype: str, device) -> Transformer:
 
 def e2e_parser(description: str, **int_options) -> argparse.ArgumentParser:
     """The options of every e2e script (--device, --preset, --dtype, --repeats, --skip-reference,
-    --no-write) and its own integer ones: ``name=None`` takes one value, ``name="+"`` a list."""
+    --no-write, --results-dir) and its own integer ones: ``name=None`` takes one value, ``name="+"`` a list."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--device", default=None)
     ap.add_argument("--preset", default=None)
@@ -174,7 +174,8 @@ def e2e_parser(description: str, **int_options) -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--skip-reference", action="store_true")
-    ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/ files")
+    ap.add_argument("--no-write", action="store_true", help="write no results files")
+    add_results_dir(ap)
     return ap
 
 
@@ -197,7 +198,7 @@ def parse_with_defaults(ap, argv, gpu_defaults: dict, cpu_defaults: dict):
 def run_and_report(args, run, kind: str, describe) -> dict:
     """Run ``run(args)``, a generator of result rows (one CPU thread on CPU), printing each row
     (``describe(row)``) as it arrives; unless ``args.no_write``, (re)write the rows so far as
-    ``benchmarks/results/<device>-<kind>-<date>.json`` after each one, marked ``"complete": false``
+    ``<results_dir>/<device>-<kind>-<date>.json`` after each one, marked ``"complete": false``
     until the last, so a run cut short by a time limit still leaves what it measured."""
     device = pick_device(args.device)
     # On the CPU one thread: tiny matmuls, where OpenMP's fork/join only adds overhead on shared cores.
@@ -212,7 +213,8 @@ def _run_and_report(args, run, kind, describe, device) -> dict:
 
     def write(complete: bool):
         if not args.no_write:
-            out["path"] = str(write_results(kind, device, out["rows"], {"cpu_smoke": cpu_smoke, "complete": complete}))
+            out["path"] = str(write_results(kind, device, out["rows"], {"cpu_smoke": cpu_smoke, "complete": complete},
+                                             results_dir=args.results_dir))
 
     for row in run(args):
         out["rows"].append(row)

@@ -6,6 +6,7 @@ Results name the device they ran on; a CPU time is never labelled as a GPU one.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import json
@@ -20,6 +21,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def add_results_dir(ap: argparse.ArgumentParser) -> None:
+    """Give a benchmark's parser ``--results-dir``, where its JSON and PNG go (default ``benchmarks/results/``,
+    whose files are the committed record: a trial run elsewhere leaves them alone)."""
+    ap.add_argument("--results-dir", type=Path, default=RESULTS,
+                    help="directory for the results JSON and plot (default benchmarks/results/)")
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import naive  # noqa: E402
-from benchmarks._timing import device_name, extra_memory, median_time, rotating_inputs, write_results  # noqa: E402
+from benchmarks._timing import add_results_dir, device_name, extra_memory, median_time, rotating_inputs, write_results  # noqa: E402
 from mdsample.compat import dinfer  # noqa: E402
 
 MASK, THRESHOLD, LOW_THRESHOLD, TEMPERATURE = 0, 0.9, 0.4, 1.0
@@ -126,6 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    add_results_dir(ap)
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     vocab, batches, runs = (32000, [1], 3) if args.quick else (args.vocab, args.batches, args.runs)
@@ -143,7 +144,8 @@ def main(argv=None) -> int:
             "note": "one dInfer decoder step on a fully masked block; CPU rows are CPU measurements",
             "runs": runs, "block": args.block, "compile": compiled, "threshold": THRESHOLD,
             "low_threshold": LOW_THRESHOLD, "temperature": TEMPERATURE,
-            "extra_memory": "GPU: allocator peak beyond the inputs; CPU: sum of torch allocations (upper bound)"})
+            "extra_memory": "GPU: allocator peak beyond the inputs; CPU: sum of torch allocations (upper bound)"},
+            results_dir=args.results_dir)
         print("wrote", path)
         try:
             title = f"{device_name(device)}: one decode step, block {args.block}, V {vocab}, bf16, T {TEMPERATURE}"

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import mdsample  # noqa: E402
 from benchmarks._timing import (  # noqa: E402
-    copy_bandwidth, device_name, extra_memory, median_time, rotating_inputs, write_results)
+    add_results_dir, copy_bandwidth, device_name, extra_memory, median_time, rotating_inputs, write_results)
 from likelihood_oracles import MarkovOracle  # noqa: E402  (tests/likelihood_oracles.py)
 from mdsample import _backends  # noqa: E402
 from mdsample.models.transformer import Transformer  # noqa: E402
@@ -293,12 +293,13 @@ def bench_chain_rule(device, *, batch, length, prompt_len, vocab, batch_size, ru
 PARTS = ("masked_nll", "e2e", "variance", "chain_rule")
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run; about a minute on a GPU)")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args()
+    add_results_dir(ap)
+    args = ap.parse_args(argv)
     parts = args.parts.split(",")
     if not set(parts) <= set(PARTS):
         ap.error(f"--parts must name some of {', '.join(PARTS)}; got {args.parts}")
@@ -364,7 +365,7 @@ def main():
                  copy_bandwidth_gbps=copy_gbps, extra_memory=memory,
                  note=("CPU measurements (" + device_name(device) + "); not GPU numbers.") if not gpu
                  else "GPU measurements: CUDA events after warm-up, median, inputs rotated past L2.")
-    path = write_results("likelihood" + ("-quick" if q else ""), device, rows, extra)
+    path = write_results("likelihood" + ("-quick" if q else ""), device, rows, extra, results_dir=args.results_dir)
     print(f"wrote {path}")
 
 

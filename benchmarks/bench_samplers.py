@@ -43,7 +43,7 @@ from mdsample import _backends  # noqa: E402
 
 from benchmarks._e2e import (Counting, reference_bd3lm, reference_dream, reference_llada, reference_mdlm,  # noqa: E402
                              reference_smdm)
-from benchmarks._timing import cpu_model, cpu_threads, git_commit  # noqa: E402
+from benchmarks._timing import add_results_dir, cpu_model, cpu_threads, git_commit  # noqa: E402
 
 
 class TinyDiffusionLM(torch.nn.Module):
@@ -293,13 +293,14 @@ def _bd3lm(quick, V2, mask2):
     }
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small settings (smoke run)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: stable on shared machines)")
-    ap.add_argument("--out", default=None, help="output JSON path")
+    ap.add_argument("--out", default=None, help="output JSON path (overrides --results-dir)")
+    add_results_dir(ap)
     ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run (default all)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     results = run(args.quick, args.threads, args.only)
     record = {
         "benchmark": "bench_samplers",
@@ -316,10 +317,10 @@ def main():
         "sections": args.only,
         "results": results,
     }
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"cpu-samplers-{datetime.date.today().isoformat()}{'-quick' if args.quick else ''}"
+    out = args.out or os.path.join(args.results_dir, f"cpu-samplers-{datetime.date.today().isoformat()}"
+                                   f"{'-quick' if args.quick else ''}"
                                    f"{'' if set(args.only) == set(SECTIONS) else '-' + '-'.join(args.only)}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
         json.dump(record, f, indent=2)
     print(json.dumps(record, indent=2))

@@ -33,7 +33,7 @@ import mdsample  # noqa: E402
 from mdsample import _backends  # noqa: E402
 from benchmarks import naive  # noqa: E402
 from benchmarks._timing import (  # noqa: E402
-    RESULTS, copy_bandwidth, graph_time, median_time, rotating_inputs, write_results)
+    add_results_dir, copy_bandwidth, graph_time, median_time, rotating_inputs, write_results)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
                         help="run the naive formulas and unmask_step at this one shape instead of the grid's")
     parser.add_argument("--no-graph", action="store_true", help="sweep: skip the CUDA-graph decode timings")
     parser.add_argument("--max-gib", type=float, default=2.0, help="skip sweep inputs larger than this")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    add_results_dir(parser)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -43,7 +44,7 @@ from mdsample.samplers.graph_step import BlockStep  # noqa: E402
 from benchmarks._e2e import (  # noqa: E402
     Counting, build_model, cuda_event_ms, e2e_parser, kernel_ms, measure, parse_with_defaults, pick_device,
     reference_llada, run_and_report)
-from benchmarks._timing import RESULTS, device_name  # noqa: E402
+from benchmarks._timing import device_name  # noqa: E402
 
 GPU_DEFAULTS = dict(preset="llada_8b", batch=1, prompt=64, gen=[256, 1024], block=32, tps=[1, 2, 4, 8],
                     dtype="bfloat16")
@@ -220,7 +221,7 @@ def main(argv=None) -> dict:
     args = parse(argv)
     out = run_and_report(args, run, "e2e-llada", describe)
     if not args.no_write:
-        out["plot"] = plot(out["rows"], pick_device(args.device), RESULTS / (os.path.basename(out["path"])[:-5] + ".png"))
+        out["plot"] = plot(out["rows"], pick_device(args.device), Path(out["path"]).with_suffix(".png"))
     return out
 
 

@@ -1,6 +1,7 @@
 """CPU smoke test of the end-to-end benchmark scripts (tiniest settings; no numbers checked)."""
 import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,13 +48,24 @@ def test_e2e_mdlm_smoke():
     assert all(r["forwards"] > 0 and r["tokens_per_s"] > 0 for r in out["rows"])
 
 
-def test_e2e_llada_smoke():
+def test_e2e_llada_smoke(tmp_path):
+    """The run writes its JSON, and its plot beside it, into --results-dir and nowhere else."""
+    import json
+
+    results = _package_module("_timing").RESULTS
+    before = {p: p.stat().st_mtime_ns for p in results.iterdir()} if results.is_dir() else {}
     out = _load("e2e_llada").main(["--device", "cpu", "--prompt", "4", "--gen", "8", "--block", "4", "--tps", "2",
-                                   "--no-hf", "--no-write"])
+                                   "--no-hf", "--results-dir", str(tmp_path)])
     methods = {r["method"] for r in out["rows"]}
     assert {"mdsample cache=prefix", "mdsample cache=dual", "reference LLaDA loop",
             "AR twin (mdsample KV cache)"} <= methods
     assert out["cpu_smoke"]
+    (path,) = tmp_path.glob("cpu-e2e-llada-*.json")
+    assert path == Path(out["path"]) and json.loads(path.read_text())["complete"] is True
+    if out["plot"] is not None:
+        assert Path(out["plot"]).parent == tmp_path
+    after = {p: p.stat().st_mtime_ns for p in results.iterdir()} if results.is_dir() else {}
+    assert after == before
 
 
 def test_e2e_dream_smoke():
@@ -64,19 +76,18 @@ def test_e2e_dream_smoke():
     assert all(r["forwards"] > 0 for r in out["rows"])
 
 
-def test_rows_are_written_as_they_arrive(tmp_path, monkeypatch):
+def test_rows_are_written_as_they_arrive(tmp_path):
     """A run cut short (a time limit, an error) leaves the rows measured so far, marked incomplete."""
     import json
     import types
 
-    e2e, timing = _package_module("_e2e"), _package_module("_timing")
-    monkeypatch.setattr(e2e, "write_results", lambda *a, **k: timing.write_results(*a, **k, results_dir=tmp_path))
+    e2e = _package_module("_e2e")
 
     def run(args):
         yield {"method": "first", "x": 1}
         raise RuntimeError("cut short")
 
-    args = types.SimpleNamespace(device="cpu", no_write=False)
+    args = types.SimpleNamespace(device="cpu", no_write=False, results_dir=tmp_path)
     with pytest.raises(RuntimeError, match="cut short"):
         e2e.run_and_report(args, run, "partial", lambda r: r["method"])
     (path,) = tmp_path.glob("*-partial-*.json")  # and no half-written temporary beside it
@@ -228,3 +239,20 @@ def test_bench_decoders_baselines_are_the_decoders_rules(tmp_path):
     pytest.importorskip("matplotlib")
     png = bench.plot(rows, "smoke", tmp_path / "decoders.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("bench_decoders", ["--quick"]),
+    ("bench_likelihood", ["--quick", "--parts", "variance"]),
+])
+def test_results_dir_option(script, argv, tmp_path, monkeypatch):
+    """--results-dir takes the run's files; benchmarks/results/ (the committed record) is left alone."""
+    bench = _package_module(script)
+    written = []
+    monkeypatch.setattr(bench, "write_results", lambda *a, **k: written.append(k.get("results_dir")) or
+                        _package_module("_timing").write_results(*a, **k))
+    if script == "bench_likelihood":  # the variance part at its smallest: the option, not the estimator, is tested
+        monkeypatch.setattr(bench, "bench_variance", lambda *a, **k: {"op": "variance_reduction", "model": "m",
+                                                                      "modes": {}})
+    bench.main(argv + ["--results-dir", str(tmp_path)])
+    assert written == [tmp_path] and len(list(tmp_path.glob("cpu-*.json"))) == 1
