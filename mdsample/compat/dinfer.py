@@ -78,7 +78,8 @@ class _BlockDecoder:
         self.calls = 0
 
     def block_init(self, block_x, block_id) -> None:
-        """dInfer's hook at each block start (the rules here keep no per-block state)."""
+        """dInfer's hook at each block start: ``block_x`` the block's int64 tokens ``[B, block]``,
+        ``block_id`` its index. The rules here keep no per-block state, so it does nothing."""
 
     def decode(self, logits: torch.Tensor, block_start: int, block_end: int, x, iter_threshold=None) -> None:
         """Commit tokens of the block ``[block_start, block_end)`` of ``x`` in place.
@@ -200,6 +201,8 @@ class CreditThresholdParallelDecoder(ThresholdParallelDecoder):
         self._state: Optional[Credit] = None  # the block of the current call
 
     def block_init(self, block_x, block_id) -> None:
+        """dInfer's hook at each block start (arguments as the base class's): the credit of earlier blocks
+        is dropped."""
         self._states.clear()
 
     def _fuse(self, logits, masked, block_start, block_end):

@@ -58,12 +58,15 @@ class DreamOutput:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
     def keys(self):
+        """The set fields' names, as ``transformers.ModelOutput``."""
         return self._set().keys()
 
     def values(self):
+        """The set fields' values, as ``transformers.ModelOutput``."""
         return self._set().values()
 
     def items(self):
+        """``(name, value)`` of the set fields, as ``transformers.ModelOutput``."""
         return self._set().items()
 
     def to_tuple(self) -> tuple:

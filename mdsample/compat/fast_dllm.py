@@ -64,7 +64,21 @@ def _committing_steps(step_callback):
 def generate(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.,
              remasking='low_confidence', mask_id=126336, threshold=None, factor=None, step_callback=None, *,
              attention_mask=None, seed=None, backend="auto"):
-    """Fast-dLLM's ``generate`` (no cache): ``(x int64 [B, P + gen_length], nfe int)``."""
+    """Fast-dLLM's ``generate`` (no cache): ``(x int64 [B, P + gen_length], nfe int)``.
+
+    Args:
+        model: the LLaDA-style model (an HF module or an :class:`mdsample.models.Backbone`).
+        prompt: int64 ``[B, P]`` token ids (on any device: moved to the model's).
+        steps, gen_length, block_length: as upstream: ``gen_length`` tokens in blocks of ``block_length``,
+            ``steps`` denoising steps shared evenly between the blocks.
+        temperature: float >= 0 (0: argmax); remasking: ``"low_confidence"`` or ``"random"``.
+        mask_id: the [MASK] token id.
+        threshold, factor: Fast-dLLM's parallel rules (None: LLaDA's fixed count per step).
+        step_callback: None or ``step_callback(i: int)``, called after each step that ran.
+        attention_mask: None or bool / 0-1 int ``[B, P]`` (1 = real token) for left-padded prompts.
+        seed: Philox key; None draws one from the torch global RNG when the call is random.
+        backend: sampling backend, as :func:`mdsample.sample_categorical`.
+    """
     return _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor,
                 step_callback, cache=None, attention_mask=attention_mask, seed=seed, backend=backend)
 
@@ -72,7 +86,8 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=128, tempera
 def generate_with_prefix_cache(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.,
                                remasking='low_confidence', mask_id=126336, threshold=None, factor=None,
                                step_callback=None, *, attention_mask=None, seed=None, backend="auto"):
-    """Fast-dLLM's prefix-cache ``generate``: ``(x int64 [B, P + gen_length], nfe int)``."""
+    """Fast-dLLM's prefix-cache ``generate``: ``(x int64 [B, P + gen_length], nfe int)`` for ``prompt`` int64
+    ``[B, P]`` (``attention_mask`` ``[B, P]``, 1 = real token); the arguments as :func:`generate`."""
     return _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor,
                 step_callback, cache="prefix", attention_mask=attention_mask, seed=seed, backend=backend)
 
@@ -80,7 +95,8 @@ def generate_with_prefix_cache(model, prompt, steps=128, gen_length=128, block_l
 def generate_with_dual_cache(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.,
                              remasking='low_confidence', mask_id=126336, threshold=None, factor=None,
                              step_callback=None, *, attention_mask=None, seed=None, backend="auto"):
-    """Fast-dLLM's dual-cache ``generate``: ``(x int64 [B, P + gen_length], nfe int)``."""
+    """Fast-dLLM's dual-cache ``generate``: ``(x int64 [B, P + gen_length], nfe int)`` for ``prompt`` int64
+    ``[B, P]`` (``attention_mask`` ``[B, P]``, 1 = real token); the arguments as :func:`generate`."""
     return _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor,
                 step_callback, cache="dual", attention_mask=attention_mask, seed=seed, backend=backend)
 
@@ -101,6 +117,7 @@ def get_transfer_index(logits, temperature, remasking, mask_index, x, num_transf
             confidence >= threshold.
         seed: Philox key of the draw; None draws one from the torch global RNG when ``temperature > 0``.
         offset: Philox step counter: a loop with a fixed ``seed`` passes its step here for fresh noise.
+        backend: sampling backend, as :func:`mdsample.sample_categorical`.
 
     As upstream, the mask token may be drawn (no ``mask_id`` here); the draw is exact and the
     confidences float32 probabilities (upstream's float64 softmax can order near-ties differently).

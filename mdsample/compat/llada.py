@@ -41,16 +41,19 @@ def add_gumbel_noise(logits, temperature, *, seed=None, offset=0, backend="auto"
     """LLaDA's ``add_gumbel_noise``: scores whose argmax over the last dim is a draw from ``softmax(l / T)``.
 
     Args:
-        logits: ``[..., V]`` float tensor.
-        temperature: float >= 0. At 0 the logits are returned unchanged (argmax), as upstream.
+        logits: ``[..., V]`` float tensor (or an array: read as a torch tensor, see ``mdsample.as_tensor``).
+        temperature: float >= 0. At 0 the logits come back as given (the same tensor object, as upstream).
         seed: Philox key; None draws one from the torch global RNG.
+        offset: Philox counter offset (a step index), as :func:`gumbel_argmax`.
+        backend: sampling backend, as :func:`mdsample.sample_categorical`.
 
     Returns:
-        ``[..., V]`` in the logits' dtype (not float64): 0 at the sampled token, -inf elsewhere.
-        Only its argmax is meaningful (the only use upstream makes of it); prefer
-        :func:`gumbel_argmax`, which returns the tokens without this tensor.
+        ``[..., V]`` torch tensor in the logits' dtype (not float64). At ``temperature > 0``: 0 at the
+        sampled token, -inf elsewhere; at 0: ``logits`` itself. Only its argmax is meaningful (the only use
+        upstream makes of it); prefer :func:`gumbel_argmax`, which returns the tokens without this tensor.
     """
     temperature = V.finite_number("temperature", temperature, low=0.0)
+    logits = V.as_tensor("logits", logits)  # an array comes back a tensor at every temperature
     if temperature == 0:
         return logits
     tokens = gumbel_argmax(logits, temperature, seed=seed, offset=offset, backend=backend)
@@ -81,7 +84,8 @@ def llada_call(model, prompt, upstream: str, *, remasking, temperature, seed, at
 def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, block_length=128, temperature=0.,
              cfg_scale=0., remasking='low_confidence', mask_id=126336, logits_eos_inf=False,
              confidence_eos_eot_inf=False, *, seed=None, backend="auto"):
-    """LLaDA's ``generate`` with its signature: int64 ``[B, P + gen_length]``.
+    """LLaDA's ``generate`` with its signature: int64 ``[B, P + gen_length]`` for ``prompt`` int64 ``[B, P]``
+    (``attention_mask`` None or bool / 0-1 int ``[B, P]``, 1 = real token, for left-padded prompts).
 
     ``logits_eos_inf`` bans EOS (126081) from the draw; ``confidence_eos_eot_inf`` removes
     EOT (126348) from the confidence softmax, and at ``temperature == 0`` EOS too (upstream's

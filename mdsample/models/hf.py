@@ -69,6 +69,7 @@ class HFBackbone:
 
     @property
     def device(self) -> Optional[torch.device]:
+        """The Hugging Face model's ``device``, None when it has none."""
         dev = getattr(self.hf_model, "device", None)
         return torch.device(dev) if dev is not None else None
 
@@ -144,7 +145,8 @@ class HFRowBackbone(HFBackbone):
                                   "not know; wrap it with hf_backbone(model, use_head=False) (full logits)")
 
     def hidden(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Last hidden states ``[B, L, D]`` of ``x`` ``[B, L]`` (shifted like the logits)."""
+        """Last hidden states ``[B, L, D]`` of ``x`` ``[B, L]`` (shifted like the logits); ``attention_mask``
+        None or ``[B, L]`` (1 = real token), passed to the model as its ``attention_mask``."""
         out = self.body(input_ids=x, **self._mask_kwargs(attention_mask), **self._body_extra)
         return shift_rows(hidden_of(out), self.logits_shift)
 

@@ -70,27 +70,41 @@ class DiffusionBackbone(Protocol):
 class RowBackbone(DiffusionBackbone, Protocol):
     """A backbone that also splits into a body ``hidden`` and a per-row ``head``."""
 
-    def hidden(self, x: torch.Tensor, **kw: Any) -> Any: ...
+    def hidden(self, x: torch.Tensor, **kw: Any) -> Any:
+        """Hidden states ``[B, L, D]`` of tokens ``x`` int64 ``[B, L]`` (a tensor, or an output object, dict or tuple
+        holding it as :func:`hidden_of` reads it)."""
+        ...
 
-    def head(self, h: torch.Tensor) -> torch.Tensor: ...
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, V]`` of hidden rows ``h`` ``[N, D]``: applied to the rows being sampled only."""
+        ...
 
 
 @runtime_checkable
 class KVCacheLike(Protocol):
     """A model's KV cache: ``prefill`` / ``forward_block`` (block call with a start position) / ``commit``."""
 
-    def prefill(self, x: torch.Tensor) -> Any: ...
+    def prefill(self, x: torch.Tensor) -> Any:
+        """Run the prefix ``x`` int64 ``[B, P]`` and keep its K/V as committed slots ``[0, P)``."""
+        ...
 
-    def forward_block(self, x: torch.Tensor, start: Any = None, *, kv_len: Any = None) -> Any: ...
+    def forward_block(self, x: torch.Tensor, start: Any = None, *, kv_len: Any = None) -> Any:
+        """Logits ``[B, n, V]`` of chunk ``x`` int64 ``[B, n]`` at positions ``start..start+n-1``, attending to
+        slots ``[0, kv_len)`` (default ``start + n``); the chunk's K/V are written, not committed."""
+        ...
 
-    def commit(self, start: Any, length: int) -> None: ...
+    def commit(self, start: Any, length: int) -> None:
+        """Declare slots ``[start, start+length)`` final: part of the prefix later calls attend to."""
+        ...
 
 
 @runtime_checkable
 class CacheBackbone(DiffusionBackbone, Protocol):
     """A backbone that builds a KV cache: ``new_cache(batch_size, max_len) -> KVCacheLike``."""
 
-    def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCacheLike: ...
+    def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCacheLike:
+        """An empty cache for ``batch_size`` sequences of up to ``max_len`` positions (default: the model's)."""
+        ...
 
 
 _CACHE_METHODS = ("prefill", "forward_block", "commit")
@@ -269,7 +283,9 @@ class Backbone:
     def cache_rows(self, cache: KVCacheLike, x: torch.Tensor, start, seq: torch.Tensor, pos: torch.Tensor, *,
                    kv_len=None) -> torch.Tensor:
         """Feed chunk ``x`` ``[b, n]`` at positions ``start..start+n-1`` against ``cache`` and return
-        the logits ``[N, V]`` of rows ``(seq[j], pos[j])`` (``pos`` relative to the chunk).
+        the logits ``[N, V]`` of rows ``(seq[j], pos[j])``: ``seq``, ``pos`` int64 ``[N]``, ``pos`` relative to
+        the chunk. ``start`` and ``kv_len`` are passed to the cache's ``hidden_block`` / ``forward_block``
+        (a Python int, or a 0-dim int64 device tensor on the graph-safe path; ``kv_len`` None: ``start + n``).
 
         With ``cache.hidden_block`` and the model's ``head`` only those N rows go through the head.
         """
@@ -306,6 +322,7 @@ class Backbone:
 
     @property
     def device(self) -> Optional[torch.device]:
+        """The wrapped model's device (:func:`device_of`), None when it has no weights to tell."""
         return device_of(self.model)
 
     def _kwargs(self, sigma, attention_mask) -> dict:

@@ -47,7 +47,8 @@ class Shifted:
         return getattr(model, name)
 
     def __call__(self, x: torch.Tensor, **kw) -> torch.Tensor:
-        """Logits ``[B, L, V]``: position i gets the model's output at ``i - shift``."""
+        """Logits ``[B, L, V]`` of tokens ``x`` int64 ``[B, L]``: position i gets the model's output at
+        ``i - shift``; keyword arguments go to the wrapped model."""
         return shift_rows(logits_of(self.model(x, **kw)), self.logits_shift)
 
     def _hidden(self, x: torch.Tensor, **kw) -> torch.Tensor:

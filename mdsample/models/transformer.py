@@ -3,8 +3,9 @@
 One module, three attention modes (``TransformerConfig.attention``):
 
 - ``"bidirectional"``: every position sees every position (MDLM, SMDM, LLaDA, Dream);
-- ``"block_causal"``: positions are cut into blocks of ``block_size`` from position 0;
-  a query sees every key of its own block and of earlier blocks (BD3-LM);
+- ``"block_causal"``: positions are cut into blocks of ``block_size`` from each row's first
+  real token (position 0 without padding); a query sees every key of its own block and of
+  earlier blocks (BD3-LM);
 - ``"causal"``: a query sees keys at or before its position (the KV-cache AR twin).
 
 Architecture: token embedding -> ``num_layers`` x [RMSNorm -> GQA attention with RoPE ->
@@ -103,6 +104,7 @@ class TransformerConfig:
 
     @property
     def head_dim(self) -> int:
+        """Per-head width: ``hidden_size // num_heads``."""
         return self.hidden_size // self.num_heads
 
     def replace(self, **changes) -> "TransformerConfig":
@@ -152,6 +154,7 @@ def attention_allowed(mode: str, block_size: int, q_pos: torch.Tensor, k_pos: to
 
     Args:
         mode: one of :data:`ATTENTION_MODES`.
+        block_size: int >= 1, the block length of ``"block_causal"`` (unused by the other modes).
         q_pos: int64 ``[..., n]`` positions of the queries.
         k_pos: int64 ``[..., S]`` positions of the keys (leading dims broadcast with ``q_pos``'s).
 
@@ -367,10 +370,12 @@ class Transformer(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Where the weights live."""
         return self.embed.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The weights' (and so the hidden states' and logits') dtype."""
         return self.embed.weight.dtype
 
     @property

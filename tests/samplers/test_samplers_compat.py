@@ -3,6 +3,7 @@ import math
 import types
 
 import pytest
+import numpy as np
 import torch
 
 import mdsample
@@ -57,6 +58,16 @@ def test_add_gumbel_noise():
     p = torch.softmax(logits.double() / 0.7, -1)
     assert chi_square_pvalue(frequencies(out, 4), {(v,): float(p[v]) for v in range(4)}) > ALPHA
     assert torch.equal(out, llada.gumbel_argmax(logits.expand(n, 4), 0.7, seed=3))
+
+
+def test_add_gumbel_noise_array_is_a_tensor_at_every_temperature():
+    """A NumPy array came back an ndarray at T = 0 and raised in full_like at T > 0."""
+    arr = np.array([[1.0, 0.0, 3.0], [0.5, 2.0, -1.0]], dtype=np.float32)
+    for t in (0.0, 0.9):
+        out = llada.add_gumbel_noise(arr, t, seed=1)
+        assert isinstance(out, torch.Tensor) and out.shape == (2, 3) and out.dtype == torch.float32
+    assert torch.equal(llada.add_gumbel_noise(arr, 0.0), torch.from_numpy(arr))
+    assert torch.equal(llada.add_gumbel_noise(arr, 0.9, seed=1).argmax(-1), llada.gumbel_argmax(arr, 0.9, seed=1))
 
 
 def test_get_num_transfer_tokens_matches_llada():
