@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import setuptools
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -44,4 +45,18 @@ class CMakeBuild(build_ext):
 
 ext_modules = [] if os.environ.get("MDSAMPLE_NO_EXT") == "1" else [CMakeExtension("mdsample._C")]
 
-setup(ext_modules=ext_modules, cmdclass={"build_ext": CMakeBuild})
+CLASSIFIERS = [
+    "Programming Language :: Python :: 3",
+    "Programming Language :: C++",
+    "Operating System :: POSIX :: Linux",
+    "Environment :: GPU :: NVIDIA CUDA",
+    "Topic :: Scientific/Engineering :: Artificial Intelligence",
+]
+# setuptools >= 77 refuses a license classifier beside the SPDX expression; older ones know only the text field.
+if int(setuptools.__version__.split(".")[0]) >= 77:
+    LICENSE = {"license_expression": "Apache-2.0"}
+else:
+    LICENSE = {"license": "Apache-2.0"}
+    CLASSIFIERS.append("License :: OSI Approved :: Apache Software License")
+
+setup(ext_modules=ext_modules, cmdclass={"build_ext": CMakeBuild}, classifiers=CLASSIFIERS, **LICENSE)

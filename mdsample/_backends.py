@@ -20,7 +20,8 @@ except ImportError as exc:  # pure-Python install (MDSAMPLE_NO_EXT=1) or a faile
         _reasons["cpu"] = _reasons["cuda"] = f"mdsample._C did not import: {exc}"
     else:  # Python's own message would blame a circular import
         _reasons["cpu"] = _reasons["cuda"] = ("mdsample._C is not in this install (a pure-Python build, "
-                                              "MDSAMPLE_NO_EXT=1: the reference and Triton backends only)")
+                                              "MDSAMPLE_NO_EXT=1: the reference and Triton backends only); "
+                                              "reinstall without MDSAMPLE_NO_EXT, with a C++ compiler and CMake")
 else:
     _isa = os.environ.get("MDSAMPLE_CPU_ISA")
     if _isa and _isa not in ("base", "avx2", "avx512"):  # the C++ side takes an unknown name as "the best"
@@ -29,7 +30,8 @@ else:
         warnings.warn(f"MDSAMPLE_CPU_ISA={_isa!r} is not one of base, avx2, avx512: ignored, the cpu backend uses "
                       f"{_C.cpu_isa()}", RuntimeWarning, stacklevel=2)
     if not _C.has_cuda():
-        _reasons["cuda"] = "mdsample._C was built without nvcc (no CUDA kernels compiled in)"
+        _reasons["cuda"] = ("mdsample._C was built without CUDA kernels (no nvcc found at build time, or "
+                            "MDSAMPLE_NO_CUDA=1): rebuild with nvcc on PATH (or CUDACXX set) and MDSAMPLE_NO_CUDA unset")
 
 # The oldest Triton the kernels are verified on: 3.4, 3.5, 3.6 and 3.9 pass the Triton tests under the
 # interpreter (3.6 and 3.9 also compile every kernel for sm_90). 3.0 - 3.3 fail them there (3.0 returns
@@ -77,7 +79,7 @@ try:
     import triton.language  # noqa: F401
 except ImportError as exc:
     triton = None
-    _reasons["triton"] = f"triton did not import: {exc}"
+    _reasons["triton"] = f"triton did not import: {exc} (pip install 'triton>=3.4', or mdsample[triton])"
 else:
     _too_old = triton_too_old(triton.__version__)
     if _too_old:
@@ -126,7 +128,8 @@ def why_not(backend: str, device_type: str) -> str:
         if triton_interpreted() and _interpreter_reason is not None:
             return _interpreter_reason
         return "triton runs CPU tensors only under TRITON_INTERPRET=1"
-    return f"backend {backend!r} does not run on {device_type} tensors"
+    hint = {"cpu": ": move them to a CUDA device", "cuda": ": 'cuda' and 'triton' run CUDA tensors"}.get(device_type, "")
+    return f"backend {backend!r} does not run on {device_type} tensors{hint}"
 
 
 def resolve(backend: str, device_type: str) -> str:
@@ -137,7 +140,8 @@ def resolve(backend: str, device_type: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {backend!r}")
     if not available(backend, device_type):
-        raise ValueError(f"backend {backend!r} is not available: {why_not(backend, device_type)}")
+        raise ValueError(f"backend {backend!r} cannot run here: {why_not(backend, device_type)} (backend='auto' "
+                         "takes the first that can)")
     return backend
 
 

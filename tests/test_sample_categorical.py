@@ -557,3 +557,18 @@ def test_extreme_temperatures_with_gaps_of_their_size_draw_the_reference_tokens(
     got = mdsample.sample_categorical(logits, temperature=t, seed=3, backend=fast_backend)
     want = mdsample.sample_categorical(logits.cpu(), temperature=t, seed=3, backend="reference")
     assert torch.equal(got.cpu(), want)
+
+
+def test_a_backend_that_cannot_run_says_what_to_do():
+    """The error named the cause only ("not available: ... does not run on cpu tensors", while `info` listed
+    the backend as loaded): it now also says how to get there, and that backend='auto' picks one that runs."""
+    logits = torch.randn(2, 5)
+    for backend in ("cuda", "triton"):
+        if _backends.available(backend, "cpu"):  # triton under TRITON_INTERPRET=1
+            continue
+        with pytest.raises(ValueError, match=r"backend 'auto'|backend='auto'") as err:
+            mdsample.sample_categorical(logits, backend=backend)
+        assert any(fix in str(err.value) for fix in ("move them to a CUDA device", "TRITON_INTERPRET=1",
+                                                     "pip install", "rebuild", "reinstall")), str(err.value)
+    if "cpu" not in _backends._reasons:  # a pure-Python install says why the extension is missing instead
+        assert "'cuda' and 'triton' run CUDA tensors" in _backends.why_not("cpu", "cuda")

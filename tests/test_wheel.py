@@ -108,13 +108,16 @@ def _common_contents(names):
 
 
 def _check_metadata(wheel, names, version):
-    """The wheel's Version is the package's ``__version__``; it requires torch and numpy."""
+    """The wheel's Version is the package's ``__version__``; it requires torch and numpy and declares its license."""
     with zipfile.ZipFile(wheel) as z:
         meta = z.read(_common_contents(names)).decode()
     assert f"\nVersion: {version}\n" in meta
     requires = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
     assert any(r.startswith("torch") for r in requires) and any(r.startswith("numpy") for r in requires), requires
     assert [n for n in names if ".dist-info/" in n and n.endswith("LICENSE")], "no license file in the wheel"
+    # setup.py declares it the way the building setuptools reads it (SPDX from 77 on, the text field before)
+    assert "\nLicense-Expression: Apache-2.0\n" in meta or "\nLicense: Apache-2.0\n" in meta, meta[:600]
+    assert "\nClassifier: Environment :: GPU :: NVIDIA CUDA\n" in meta
 
 
 def test_pure_python_wheel(tmp_path):

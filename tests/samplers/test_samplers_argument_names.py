@@ -44,7 +44,24 @@ CALLS = [
     ("logits_eos_inf removes LLaDA's token 126081", lambda: _compat_llada().generate(
         M, torch.ones(1, 3, dtype=torch.long), steps=4, gen_length=4, block_length=4, mask_id=127,
         logits_eos_inf=True)),
+    # no mask_id given or declared: the upstream default (LLaDA's, Dream's) is past the model's 64 tokens, where
+    # the model's embedding raised a bare IndexError
+    ("mask_id is required.*default 126336.*vocabulary of 64 tokens", lambda: mdsample.generate(
+        _small_vocab, torch.tensor([[1, 2]]), steps=2, gen_length=4, block_length=4)),
+    ("mask_id is required.*default 151666.*vocabulary of 64 tokens", lambda: mdsample.sample_dream(
+        _small_vocab, torch.tensor([[1, 2]]), max_new_tokens=4, steps=2)),
 ]
+
+
+class _SmallVocab(torch.nn.Module):
+    """Declares its vocabulary (64) and no mask id."""
+    vocab_size = 64
+
+    def forward(self, x):
+        return torch.zeros(*x.shape, 64)
+
+
+_small_vocab = _SmallVocab()
 
 
 def _undeclared(x):
