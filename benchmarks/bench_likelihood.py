@@ -1,7 +1,7 @@
 """Likelihood evaluation: masked_nll vs cross-entropy on materialised logits, end to end, variance.
 
 Standalone: ``python benchmarks/bench_likelihood.py [--quick] [--parts masked_nll,e2e,variance,chain_rule]
-[--threads N]``
+[--threads N] [--results-dir DIR]``
 
 Four parts, in one run on whatever device is present (CPU here; the numbers are
 labelled with the device they come from, never quoted as GPU numbers):
@@ -29,11 +29,13 @@ labelled with the device they come from, never quoted as GPU numbers):
    against ``mdsample.chain_rule_likelihood`` (hidden/head: one logits row per input). Same inputs.
 
 Writes ``benchmarks/results/<device>-likelihood-<date>.json`` (``cpu-...`` here, e.g. ``h100_80gb_hbm3-...``
-on a GPU; ``likelihood-quick`` with ``--quick``). ``--quick --parts masked_nll`` is the GPU check's call.
+on a GPU; ``likelihood-quick`` with ``--quick``; ``--results-dir`` elsewhere) and its plot beside it
+(``benchmarks/plot_likelihood.py``). ``--quick --parts masked_nll`` is the GPU check's call.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -50,6 +52,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import mdsample  # noqa: E402
 from benchmarks._timing import (  # noqa: E402
     add_results_dir, copy_bandwidth, device_name, extra_memory, median_time, rotating_inputs, write_results)
+from benchmarks.plot_likelihood import plot_likelihood  # noqa: E402
 from likelihood_oracles import MarkovOracle  # noqa: E402  (tests/likelihood_oracles.py)
 from mdsample import _backends  # noqa: E402
 from mdsample.models.transformer import Transformer  # noqa: E402
@@ -367,6 +370,12 @@ def main(argv=None):
                  else "GPU measurements: CUDA events after warm-up, median, inputs rotated past L2.")
     path = write_results("likelihood" + ("-quick" if q else ""), device, rows, extra, results_dir=args.results_dir)
     print(f"wrote {path}")
+    try:
+        print(f"wrote {plot_likelihood(json.loads(path.read_text()), path.with_suffix('.png'))}")
+    except ImportError:
+        print("matplotlib missing: no plot")
+    except ValueError as exc:  # nothing drawable: the JSON stands alone
+        print(f"no plot: {exc}")
 
 
 if __name__ == "__main__":

@@ -241,6 +241,22 @@ def test_bench_decoders_baselines_are_the_decoders_rules(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_likelihood_plot_draws_each_kind_of_row(tmp_path):
+    """The plot of a committed full run (masked_nll, end to end, variance) draws, and one with nothing to draw
+    says so rather than writing an empty figure."""
+    pytest.importorskip("matplotlib")
+    import json
+
+    plot = _package_module("plot_likelihood").plot_likelihood
+    doc = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results" /
+                      "cpu-likelihood-2026-11-22.json").read_text())
+    assert {r["op"] for r in doc["rows"]} >= {"masked_nll", "variance_reduction", "likelihood_end_to_end"}
+    assert plot(doc, tmp_path / "l.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no masked_nll"):
+        plot({**doc, "rows": [{"op": "other"}]}, tmp_path / "empty.png")
+    assert not (tmp_path / "empty.png").exists()
+
+
 @pytest.mark.parametrize("script, argv", [
     ("bench_decoders", ["--quick"]),
     ("bench_likelihood", ["--quick", "--parts", "variance"]),
@@ -252,7 +268,14 @@ def test_results_dir_option(script, argv, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "write_results", lambda *a, **k: written.append(k.get("results_dir")) or
                         _package_module("_timing").write_results(*a, **k))
     if script == "bench_likelihood":  # the variance part at its smallest: the option, not the estimator, is tested
-        monkeypatch.setattr(bench, "bench_variance", lambda *a, **k: {"op": "variance_reduction", "model": "m",
-                                                                      "modes": {}})
+        monkeypatch.setattr(bench, "bench_variance", lambda *a, **k: {
+            "op": "variance_reduction", "model": "m", "modes": {"count/iid": {"variance_vs_same_masking_iid": 1.0,
+                                                                    "variance_vs_bernoulli_iid": 1.0}}})
     bench.main(argv + ["--results-dir", str(tmp_path)])
-    assert written == [tmp_path] and len(list(tmp_path.glob("cpu-*.json"))) == 1
+    (path,) = tmp_path.glob("cpu-*.json")
+    assert written == [tmp_path]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the plot beside it
