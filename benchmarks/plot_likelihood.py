@@ -12,9 +12,12 @@ The title names the device; a CPU run says so.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._plot import replot_main, save_titled  # noqa: E402
 
 _STYLES = ["-", "--", ":", "-."]
 _TIMED = ("likelihood_end_to_end", "chain_rule_likelihood")
@@ -91,24 +94,11 @@ def plot_likelihood(doc: dict, path: Path) -> Path:
         _variance(axes.pop(0), var)
     if timed:
         _timed(axes.pop(0), timed)
-    title = f"likelihood: {doc['device']} (commit {str(doc.get('commit', ''))[:10]}, {doc['date']})"
-    if doc.get("device_type") == "cpu":
-        title += " | CPU run: no GPU meaning"
-    fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_titled(fig, plt, doc, "likelihood", path)
 
 
 def main(argv=None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print(__doc__)
-        return 2
-    src = Path(args[0])
-    print(plot_likelihood(json.loads(src.read_text()), src.with_suffix(".png")))
-    return 0
+    return replot_main(plot_likelihood, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,12 @@ a CPU run is marked a smoke test.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._plot import replot_main, save_titled  # noqa: E402
 
 _STYLES = ["-", "--", ":", "-."]
 
@@ -65,24 +68,11 @@ def plot_sweep(doc: dict, path: Path) -> Path:
         ax.grid(True, which="both", alpha=0.3)
     ax_pct.legend(fontsize=7, ncol=2)
     dtype = rows[0]["dtype"]
-    title = f"sample_categorical, {dtype}: {doc['device']} (commit {doc.get('commit', '')[:10]}, {doc['date']})"
-    if doc.get("device_type") == "cpu":
-        title += " | CPU smoke run: no GPU meaning"
-    fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_titled(fig, plt, doc, f"sample_categorical, {dtype}", path)
 
 
 def main(argv=None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print(__doc__)
-        return 2
-    src = Path(args[0])
-    print(plot_sweep(json.loads(src.read_text()), src.with_suffix(".png")))
-    return 0
+    return replot_main(plot_sweep, __doc__, argv)
 
 
 if __name__ == "__main__":
