@@ -128,8 +128,8 @@ def mask_token(model, mask_id, fallback: Optional[int]) -> int:
     """The mask id to use: the caller's; else the one the model declares; else ``fallback`` (the upstream
     project's constant, e.g. LLaDA's 126336; None: the caller must give one), checked as an id >= 0. A
     ``fallback`` is a guess about the model, so it is refused when it lies past every vocabulary size the model
-    declares (``vocab_size``, ``padded_vocab_size``: SMDM's mask id 32000 is its ``vocab_size``), where the
-    model's embedding would fail without naming ``mask_id``."""
+    declares (the larger of ``vocab_size`` and ``padded_vocab_size``: SMDM's mask id 32000 equals its
+    ``vocab_size`` and lies inside its padded one), where the model's embedding would fail without naming it."""
     if mask_id is not None:
         return integer("mask_id", mask_id, low=0)
     declared = declared_mask_id(model)
