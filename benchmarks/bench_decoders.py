@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import naive  # noqa: E402
-from benchmarks._timing import add_results_dir, device_name, extra_memory, median_time, rotating_inputs, write_results  # noqa: E402
+from benchmarks._timing import (  # noqa: E402
+    add_results_dir, device_name, extra_memory, median_time, rotating_inputs, write_results)
 from mdsample.compat import dinfer  # noqa: E402
 
 MASK, THRESHOLD, LOW_THRESHOLD, TEMPERATURE = 0, 0.9, 0.4, 1.0

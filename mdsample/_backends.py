@@ -31,7 +31,8 @@ else:
                       f"{_C.cpu_isa()}", RuntimeWarning, stacklevel=2)
     if not _C.has_cuda():
         _reasons["cuda"] = ("mdsample._C was built without CUDA kernels (no nvcc found at build time, or "
-                            "MDSAMPLE_NO_CUDA=1): rebuild with nvcc on PATH (or CUDACXX set) and MDSAMPLE_NO_CUDA unset")
+                            "MDSAMPLE_NO_CUDA=1): rebuild with nvcc on PATH (or CUDACXX set) and "
+                            "MDSAMPLE_NO_CUDA unset")
 
 # The oldest Triton the kernels are verified on: 3.4, 3.5, 3.6 and 3.9 pass the Triton tests under the
 # interpreter (3.6 and 3.9 also compile every kernel for sm_90). 3.0 - 3.3 fail them there (3.0 returns
@@ -128,7 +129,8 @@ def why_not(backend: str, device_type: str) -> str:
         if triton_interpreted() and _interpreter_reason is not None:
             return _interpreter_reason
         return "triton runs CPU tensors only under TRITON_INTERPRET=1"
-    hint = {"cpu": ": move them to a CUDA device", "cuda": ": 'cuda' and 'triton' run CUDA tensors"}.get(device_type, "")
+    hint = {"cpu": ": move them to a CUDA device",
+            "cuda": ": 'cuda' and 'triton' run CUDA tensors"}.get(device_type, "")
     return f"backend {backend!r} does not run on {device_type} tensors{hint}"
 
 
