@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+LINE_STYLES = ["-", "--", ":", "-."]  # one per series within a colour
+
 
 def save_titled(fig, plt, doc: dict, what: str, path) -> Path:
     """Title ``fig`` with ``what``, the device, commit and date of results ``doc`` (a CPU run marked as one),

@@ -17,9 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._plot import replot_main, save_titled  # noqa: E402
+from benchmarks._plot import LINE_STYLES, replot_main, save_titled  # noqa: E402
 
-_STYLES = ["-", "--", ":", "-."]
 _TIMED = ("likelihood_end_to_end", "chain_rule_likelihood")
 
 
@@ -34,8 +33,8 @@ def _masked_nll(ax_gbps, ax_mem, rows, plt):
             if not line:
                 continue
             frac, gbps, mem = zip(*line)
-            style = dict(color=colours(ii % 10), linestyle=_STYLES[ki % len(_STYLES)], marker="o", markersize=3,
-                         label=f"{impl} {dtype} V={vocab}")
+            style = dict(color=colours(ii % 10), linestyle=LINE_STYLES[ki % len(LINE_STYLES)], marker="o",
+                         markersize=3, label=f"{impl} {dtype} V={vocab}")
             ax_gbps.plot(frac, gbps, **style)
             if all(m is not None for m in mem):
                 ax_mem.plot(frac, [max(m, 1) / 2**20 for m in mem], **style)

@@ -16,9 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._plot import replot_main, save_titled  # noqa: E402
+from benchmarks._plot import LINE_STYLES, replot_main, save_titled  # noqa: E402
 
-_STYLES = ["-", "--", ":", "-."]
 
 
 def plot_sweep(doc: dict, path: Path) -> Path:
@@ -44,7 +43,7 @@ def plot_sweep(doc: dict, path: Path) -> Path:
             if not line:
                 continue
             n, gbps, pct, secs = zip(*line)
-            style = dict(color=colour, linestyle=_STYLES[bi % len(_STYLES)], marker="o", markersize=3,
+            style = dict(color=colour, linestyle=LINE_STYLES[bi % len(LINE_STYLES)], marker="o", markersize=3,
                          label=f"V={vocab} {impl}")
             ax_gbps.plot(n, gbps, **style)
             if all(p is not None for p in pct):

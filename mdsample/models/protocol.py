@@ -56,6 +56,7 @@ __all__ = [
     "device_of",
     "declared_mask_id",
     "declared_vocab_size",
+    "declared_vocab_bound",
 ]
 
 
@@ -164,6 +165,15 @@ def _declared_int(model: Any, *names: str) -> Optional[int]:
 def declared_vocab_size(model: Any) -> Optional[int]:
     """The output vocabulary a model declares (``vocab_size`` or ``config.vocab_size``), or None."""
     return _declared_int(model, "vocab_size", "config.vocab_size")
+
+
+def declared_vocab_bound(model: Any) -> Optional[int]:
+    """The largest vocabulary a model declares, counting a ``padded_vocab_size`` beside ``vocab_size`` (lit-gpt's
+    SMDM puts its mask id 32000 at ``vocab_size``, inside the padded table), or None: ids at or past it are
+    surely not the model's."""
+    sizes = [n for n in (declared_vocab_size(model), _declared_int(model, "padded_vocab_size",
+                                                                   "config.padded_vocab_size")) if n is not None]
+    return max(sizes) if sizes else None
 
 
 def declared_mask_id(model: Any) -> Optional[int]:

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from ..models.protocol import _declared_int, declared_mask_id, declared_vocab_size
+from ..models.protocol import declared_mask_id, declared_vocab_bound
 from ..ops import _validate as V
 
 
@@ -127,9 +127,8 @@ def step_hook(on_step):
 def mask_token(model, mask_id, fallback: Optional[int]) -> int:
     """The mask id to use: the caller's; else the one the model declares; else ``fallback`` (the upstream
     project's constant, e.g. LLaDA's 126336; None: the caller must give one), checked as an id >= 0. A
-    ``fallback`` is a guess about the model, so it is refused when it lies past every vocabulary size the model
-    declares (the larger of ``vocab_size`` and ``padded_vocab_size``: SMDM's mask id 32000 equals its
-    ``vocab_size`` and lies inside its padded one), where the model's embedding would fail without naming it."""
+    ``fallback`` is a guess about the model, so it is refused at or past :func:`declared_vocab_bound`, where the
+    model's embedding would fail without naming it."""
     if mask_id is not None:
         return integer("mask_id", mask_id, low=0)
     declared = declared_mask_id(model)
@@ -138,11 +137,10 @@ def mask_token(model, mask_id, fallback: Optional[int]) -> int:
     if fallback is None:
         raise ValueError("mask_id is required: the model declares none (mask_id, config.mask_id or "
                          "config.mask_token_id)")
-    sizes = [n for n in (declared_vocab_size(model), _declared_int(model, "padded_vocab_size",
-                                                                   "config.padded_vocab_size")) if n is not None]
-    if sizes and fallback >= max(sizes):
+    vocab = declared_vocab_bound(model)
+    if vocab is not None and fallback >= vocab:
         raise ValueError(f"mask_id is required: the model declares none, and the default {fallback} (the upstream "
-                         f"model's) lies outside its vocabulary of {max(sizes)} tokens; pass the model's [MASK] id")
+                         f"model's) lies outside its vocabulary of {vocab} tokens; pass the model's [MASK] id")
     return fallback
 
 
